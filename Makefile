@@ -1,0 +1,64 @@
+# edgeft — `make help` lists the targets and the variables you can override.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EDGEFT := $(VENV)/bin/edgeft
+# The install stamp is what every other target depends on: a fresh clone installs, a second run does not.
+STAMP  := $(VENV)/.installed
+
+# User-facing variables (see `make help`).
+BASE   ?=
+DATA   ?=
+EVAL   ?=
+QUANT  ?= Q4_K_M
+NAME   ?=
+RECIPE ?=
+OUT    ?= out
+
+# Without a CUDA driver we install the CPU torch wheel first: a bare `torch` requirement would pull a multi-GB
+# CUDA build. On a CUDA machine pip picks the matching CUDA build itself.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: help install test bench clean
+
+help: ## show this help
+	@echo "edgeft — fine-tune, convert, quantize and validate a GGUF"
+	@echo
+	@echo "Targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (override on the command line, e.g. make release BASE=path/to/hf-model DATA=train.jsonl):"
+	@echo "  BASE=    base model: local HF folder or hub id (default: the built-in demo base)"
+	@echo "  DATA=    training conversations, JSONL (default: the demo's)"
+	@echo "  EVAL=    held-out conversations, JSONL (default: the demo's)"
+	@echo "  QUANT=   quant type to ship, llama.cpp names (default: $(QUANT))"
+	@echo "  NAME=    release name (default: edgeft-demo, or the base folder's name)"
+	@echo "  RECIPE=  training/eval recipe YAML"
+	@echo "  OUT=     work folder for intermediate outputs (default: $(OUT))"
+
+install: $(STAMP) ## create .venv and install edgeft with the train and dev extras
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+ifeq ($(HAS_CUDA),1)
+	@echo "CUDA found: pip chooses the CUDA torch build"
+else
+	@echo "no CUDA: installing the CPU torch wheel ($(TORCH_SPEC)) first"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+endif
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	@touch $@
+
+test: $(STAMP) ## run the test suite (installs first on a fresh clone)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP) ## run the benchmarks under tests/bench, print a table and write $(OUT)/bench.json
+	$(PY) -m tests.bench --out $(OUT)/bench.json
+
+clean: ## remove work outputs (keeps .venv and the fixture cache)
+	rm -rf $(OUT) .pytest_cache

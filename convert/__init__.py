@@ -1,0 +1,1 @@
+"""HF checkpoint -> GGUF. numpy + safetensors + gguf only: this package never imports torch."""

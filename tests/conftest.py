@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: the offline model factory, cached across the session (and across runs on disk)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never touch a hub: make any accidental download fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def fixture_model():
+    """`fixture_model("qwen2", aligned=True)` -> Path of a cached tiny HF model folder (see tests/factory.py)."""
+    from tests.factory import build_model
+
+    return build_model
+
+
+@pytest.fixture(scope="session")
+def fixture_tokenizer():
+    """`fixture_tokenizer("spm-gemma")` -> Path of a cached tokenizer folder."""
+    from tests.factory import build_tokenizer
+
+    return build_tokenizer

@@ -1,0 +1,433 @@
+"""Offline fixture factory: tiny random-weight HF causal LMs with real tokenizers trained on the spot.
+
+Used by the tests (through conftest's `fixture_model`) and by `make bench`. Nothing is downloaded: tokenizers are
+trained here with `tokenizers` (byte-level BPE with Llama-3's or Qwen2's pre-tokenizer regex) or `sentencepiece`
+(SPM with byte fallback, as Llama 2 / Mistral / Phi-3 / Gemma ship), and models are built from their transformers
+config classes with random weights. Everything is cached by a hash of its inputs and of this file.
+
+    from tests.factory import build_model
+    model_dir = build_model("qwen2")                    # tiny: hidden 64, 2 layers
+    model_dir = build_model("llama", aligned=True)      # hidden 256 / intermediate 512 for K-quant tests
+    model_dir = build_model("mistral", shards=3, dtype="bfloat16")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tests import corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EDGEFT_CACHE", ROOT / ".cache")) / "fixtures"
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
+TOKENIZER_KINDS = ("bpe-llama3", "bpe-qwen2", "spm-llama2", "spm-mistral", "spm-phi3", "spm-gemma")
+
+DEFAULT_TOKENIZER = {
+    "llama": "bpe-llama3",
+    "mistral": "spm-mistral",
+    "qwen2": "bpe-qwen2",
+    "qwen3": "bpe-qwen2",
+    "phi3": "spm-phi3",
+    "gemma2": "spm-gemma",
+}
+
+# The pre-tokenizer regexes as the real tokenizer.json files carry them (Llama 3 groups digits by three; Qwen2 splits
+# every digit). The converter must recognise them from this definition alone.
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Mistral v0.1 style: a system message is folded into the first user turn, roles must alternate.
+MISTRAL_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{{ bos_token }}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.first and system_message != '' %}{{ '[INST] ' + system_message + '\n\n' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+    "{% else %}{{ message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.first %}{{ bos_token + '[INST] ' + system_message + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+    "{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# Gemma rejects the system role, like the real template does.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+# Per tokenizer kind: special tokens (in id order after the trained vocabulary for BPE, as user symbols for SPM), which
+# of them play bos/eos/pad/unk, the template, and for SPM the model-level options that differ between families.
+TOKENIZER_SPECS: dict[str, dict] = {
+    "bpe-llama3": {
+        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                     "<|reserved_special_token_0|>"],
+        "bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": None, "unk": None,
+        "add_bos": True, "regex": LLAMA3_REGEX, "template": LLAMA3_TEMPLATE, "normalize_nfc": False,
+    },
+    "bpe-qwen2": {
+        "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": None,
+        "add_bos": False, "regex": QWEN2_REGEX, "template": CHATML_TEMPLATE, "normalize_nfc": True,
+    },
+    "spm-llama2": {
+        "user_symbols": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>",
+        "add_bos": True, "add_dummy_prefix": True, "template": LLAMA2_TEMPLATE, "class": "LlamaTokenizer",
+    },
+    "spm-mistral": {
+        "user_symbols": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>",
+        "add_bos": True, "add_dummy_prefix": True, "template": MISTRAL_TEMPLATE, "class": "LlamaTokenizer",
+    },
+    "spm-phi3": {
+        "user_symbols": ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        "bos": "<s>", "eos": "<|end|>", "pad": "<|endoftext|>", "unk": "<unk>",
+        "add_bos": False, "add_dummy_prefix": True, "template": PHI3_TEMPLATE, "class": "LlamaTokenizer",
+    },
+    "spm-gemma": {
+        "user_symbols": ["<start_of_turn>", "<end_of_turn>"],
+        "bos": "<bos>", "eos": "<eos>", "pad": "<pad>", "unk": "<unk>",
+        "add_bos": True, "add_dummy_prefix": False, "template": GEMMA_TEMPLATE, "class": "GemmaTokenizer",
+    },
+}
+
+BPE_VOCAB_SIZE = 640
+SPM_VOCAB_SIZE = 600
+
+
+def _source_hash() -> str:
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(corpus.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# Taken once at import: a process still running older factory code must never fill the cache under the new key.
+SOURCE_HASH = _source_hash()
+
+
+def _cached(kind: str, params: dict, build) -> Path:
+    """Build into a temp folder and rename: concurrent test processes may race, the first rename wins."""
+    key = hashlib.sha256(json.dumps([kind, params, SOURCE_HASH], sort_keys=True).encode()).hexdigest()[:16]
+    target = CACHE / f"{kind}-{key}"
+    if (target / ".complete").exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=CACHE))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text(json.dumps(params, sort_keys=True))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Someone else finished first (target exists and is not empty): theirs is identical.
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizers
+
+
+def _train_bpe(spec: dict, out: Path) -> None:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
+    if spec["normalize_nfc"]:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(spec["regex"]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus.training_text(), trainer)
+    # Specials go after the trained vocabulary, as in Llama 3 and Qwen2.
+    tok.add_special_tokens(spec["specials"])
+    if spec["add_bos"]:
+        from tokenizers import processors
+
+        bos = spec["bos"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec["bos"], eos_token=spec["eos"], pad_token=spec["pad"], unk_token=spec["unk"],
+        clean_up_tokenization_spaces=False,
+    )
+    hf.chat_template = spec["template"]
+    hf.save_pretrained(out)
+    _patch_tokenizer_config(out, add_bos=spec["add_bos"], add_eos=False)
+
+
+def _train_spm(spec: dict, out: Path) -> None:
+    import io
+
+    import sentencepiece as spm
+    import transformers
+
+    model = io.BytesIO()
+    specials = {"pad": spec["pad"], "unk": spec["unk"], "bos": spec["bos"], "eos": spec["eos"]}
+    # Gemma puts <pad>, <eos>, <bos>, <unk> at ids 0..3; Llama-family puts <unk>, <s>, </s> at 0..2 and has no pad.
+    if spec["class"] == "GemmaTokenizer":
+        ids = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
+    else:
+        ids = {"unk": 0, "bos": 1, "eos": 2, "pad": -1}
+    user_symbols = list(spec["user_symbols"])
+    # A pad/eos that is not one of SPM's built-in pieces (Phi-3's <|endoftext|>) lives among the user symbols.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.training_text()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=SPM_VOCAB_SIZE,
+        character_coverage=1.0,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=spec["add_dummy_prefix"],
+        user_defined_symbols=user_symbols,
+        unk_id=ids["unk"], bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"],
+        unk_piece=specials["unk"] or "<unk>", bos_piece=specials["bos"] if ids["bos"] >= 0 else "<s>",
+        eos_piece="</s>" if spec["eos"] in user_symbols else specials["eos"],
+        pad_piece=specials["pad"] if ids["pad"] >= 0 else "<pad>",
+        num_threads=1,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    # Real SPM repos ship tokenizer.model plus a tokenizer.json that transformers converted from it; produce both
+    # the same way (transformers 5 converts on load when only tokenizer.model is there).
+    config = {
+        "tokenizer_class": spec["class"], "bos_token": spec["bos"], "eos_token": spec["eos"],
+        "pad_token": spec["pad"], "unk_token": spec["unk"], "add_bos_token": spec["add_bos"],
+        "add_eos_token": False, "legacy": False, "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    hf = transformers.AutoTokenizer.from_pretrained(str(out))
+    special = [s for s in spec["user_symbols"] if s not in (spec["bos"], spec["eos"], spec["pad"], spec["unk"])]
+    if special:
+        hf.add_special_tokens({"additional_special_tokens": special})
+    hf.chat_template = spec["template"]
+    hf.save_pretrained(out)
+    _patch_tokenizer_config(out, add_bos=spec["add_bos"], add_eos=False)
+
+
+def _patch_tokenizer_config(out: Path, *, add_bos: bool, add_eos: bool) -> None:
+    """Real repos state add_bos/add_eos and the template in tokenizer_config.json; make sure ours do too."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["add_bos_token"] = add_bos
+    config["add_eos_token"] = add_eos
+    template_file = out / "chat_template.jinja"
+    if "chat_template" not in config and template_file.exists():
+        config["chat_template"] = template_file.read_text()
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def build_tokenizer(kind: str) -> Path:
+    """A cached folder with the tokenizer files of `kind` (one of TOKENIZER_KINDS)."""
+    if kind not in TOKENIZER_SPECS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+    spec = TOKENIZER_SPECS[kind]
+    trainer = _train_bpe if kind.startswith("bpe") else _train_spm
+    return _cached(f"tok-{kind}", {"kind": kind}, lambda out: trainer(spec, out))
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def _base_config(arch: str, aligned: bool) -> dict:
+    if aligned:
+        dims = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2}
+    else:
+        dims = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4, "num_key_value_heads": 2}
+    common = {
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5,
+        "initializer_range": 0.02,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        **dims,
+    }
+    per_arch = {
+        "llama": {},
+        "mistral": {"sliding_window": None},
+        "qwen2": {"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "rms_norm_eps": 1e-6},
+        "qwen3": {"head_dim": dims["hidden_size"] // dims["num_attention_heads"] * 2, "rms_norm_eps": 1e-6},
+        "phi3": {"num_key_value_heads": dims["num_attention_heads"], "original_max_position_embeddings": 1024,
+                 "sliding_window": None},
+        "gemma2": {"head_dim": dims["hidden_size"] // dims["num_attention_heads"],
+                   "query_pre_attn_scalar": dims["hidden_size"] // dims["num_attention_heads"],
+                   "sliding_window": 64, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+                   "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh"},
+    }
+    return {**common, **per_arch[arch]}
+
+
+CONFIG_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+}
+
+
+def _randomize(model, seed: int) -> None:
+    """Random weights with enough spread that logits are far from uniform (so top-1 comparisons mean something)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                # Norm weights and biases off their defaults, so a converter that drops or mis-offsets them shows.
+                base = 0.0 if ("bias" in name or "gemma" in type(model).__name__.lower()) else 1.0
+                param.copy_(base + 0.1 * torch.randn(param.shape, generator=gen))
+            else:
+                fan_in = param.shape[-1]
+                param.copy_(torch.randn(param.shape, generator=gen) * (1.5 / fan_in ** 0.5))
+
+
+def _write_shards(state: dict, out: Path, shards: int) -> None:
+    from safetensors.torch import save_file
+
+    names = list(state)
+    if shards <= 1:
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    per = -(-len(names) // shards)
+    weight_map = {}
+    total = 0
+    for index in range(shards):
+        part = names[index * per:(index + 1) * per]
+        file_name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n] for n in part}, str(out / file_name), metadata={"format": "pt"})
+        for n in part:
+            weight_map[n] = file_name
+            total += state[n].numel() * state[n].element_size()
+    index_doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2))
+
+
+def _build_model(arch: str, params: dict, out: Path) -> None:
+    import torch
+    import transformers
+
+    tok_dir = build_tokenizer(params["tokenizer"])
+    for item in tok_dir.iterdir():
+        if item.is_file() and item.name != ".complete":
+            shutil.copy2(item, out / item.name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+    spec = TOKENIZER_SPECS[params["tokenizer"]]
+
+    config_cls, model_cls = CONFIG_CLASSES[arch]
+    config_kwargs = _base_config(arch, params["aligned"])
+    config_kwargs.update(params["overrides"])
+    ids = {role: (tokenizer.convert_tokens_to_ids(spec[role]) if spec.get(role) else None)
+           for role in ("bos", "eos", "pad")}
+    config = getattr(transformers, config_cls)(
+        vocab_size=len(tokenizer),
+        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        tie_word_embeddings=params["tie"] or arch == "gemma2",
+        **config_kwargs,
+    )
+    config.architectures = [model_cls]
+    torch.manual_seed(params["seed"])
+    model = getattr(transformers, model_cls)(config).eval()
+    _randomize(model, params["seed"])
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[params["dtype"]]
+    model = model.to(dtype)
+    config.dtype = params["dtype"]
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    _write_shards(state, out, params["shards"])
+    config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    if params["license"]:
+        (out / "README.md").write_text(
+            f"---\nlicense: {params['license']}\n---\n\n# tiny-{arch}\n\nRandom-weight fixture built offline by edgeft's tests.\n"
+        )
+
+
+def build_model(
+    arch: str,
+    *,
+    aligned: bool = False,
+    tokenizer: str | None = None,
+    shards: int = 1,
+    dtype: str = "float32",
+    tie: bool = False,
+    seed: int = 0,
+    license: str | None = "apache-2.0",
+    **config_overrides,
+) -> Path:
+    """A cached local HF folder holding a tiny random-weight model of `arch` (one of ARCHS)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    params = {
+        "arch": arch, "aligned": aligned, "tokenizer": tokenizer or DEFAULT_TOKENIZER[arch], "shards": shards,
+        "dtype": dtype, "tie": tie, "seed": seed, "license": license, "overrides": config_overrides,
+    }
+    return _cached(f"{arch}", params, lambda out: _build_model(arch, params, out))
