@@ -1,0 +1,100 @@
+"""Reading conversation JSONL and finding/rendering chat templates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeft.data.io import read_conversations, scan_jsonl, validate_messages
+from edgeft.data.templates import CHATML_TEMPLATE, TemplateRenderError, render_chat, template_for
+from edgeft.errors import EdgeftError
+
+
+def msgs(*pairs):
+    return {"messages": [{"role": r, "content": c} for r, c in pairs]}
+
+
+@pytest.mark.parametrize("obj, expected", [
+    ({"text": "hi"}, 'missing "messages"'),
+    ({"messages": []}, "non-empty list"),
+    (msgs(("user", "hi"), ("bot", "yo")), "unknown role 'bot'"),
+    (msgs(("user", "hi"), ("assistant", "  ")), "message 1 (assistant): empty content"),
+    (msgs(("system", "s"), ("user", "hi")), "no assistant turn"),
+    (msgs(("user", "a"), ("assistant", "b"), ("user", "c")), "does not end with an assistant turn"),
+    (msgs(("user", "a"), ("user", "b"), ("assistant", "c")), "roles out of order: user at position 1"),
+    (msgs(("assistant", "a"), ("user", "b"), ("assistant", "c")), "roles out of order: assistant at position 0"),
+    (msgs(("user", "a"), ("system", "b"), ("assistant", "c")), "system message at position 1"),
+])
+def test_schema_problems(obj, expected):
+    problems = validate_messages(obj)
+    assert any(expected in p for p in problems), problems
+
+
+def test_valid_conversations_pass():
+    assert validate_messages(msgs(("system", "s"), ("user", "a"), ("assistant", "b"))) == []
+    assert validate_messages(msgs(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))) == []
+
+
+def test_read_conversations_stops_at_first_bad_line_with_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(msgs(("user", "a"), ("assistant", "b")))
+    path.write_text(f"{good}\n\n{good}\nnot json\n")
+    with pytest.raises(EdgeftError, match=rf"^{path}:4: invalid JSON"):
+        read_conversations(path)
+    assert [r.line for r in scan_jsonl(path)] == [1, 3, 4]  # blank lines are skipped, numbering is the file's
+    path.write_text(f"{good}\n{good}\n")
+    assert read_conversations(path)[1]["messages"][1]["content"] == "b"
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(EdgeftError, match="no such file"):
+        read_conversations(tmp_path / "nope.jsonl")
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(EdgeftError, match="not UTF-8"):
+        scan_jsonl(bad)
+
+
+def test_template_for_model_folder(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "CFG"}))
+    assert template_for(tmp_path) == "CFG"
+    (tmp_path / "chat_template.jinja").write_text("FILE")
+    assert template_for(tmp_path) == "FILE"  # transformers 5 saves the template beside the config
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EdgeftError, match="no chat template"):
+        template_for(empty)
+    assert template_for(empty, default=CHATML_TEMPLATE) == CHATML_TEMPLATE
+    (empty / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": "DEFAULT"}]}))
+    assert template_for(empty) == "DEFAULT"
+
+
+def test_render_matches_hf_conventions():
+    template = "{{ bos_token }}{% for m in messages %}{{ m.content | tojson }}{% endfor %}{{ raise_exception('no') if not messages }}"
+    assert render_chat(template, [{"role": "user", "content": "<a>&é"}], special_tokens={"bos_token": "<s>"}) == '<s>"<a>&é"'
+    with pytest.raises(TemplateRenderError, match="no"):
+        render_chat(template, [])
+    assert render_chat("{{ strftime_now('%Y') | length }}", []) == "4"
+    # A `{% generation %}` block renders its body (the mask does not depend on it).
+    assert render_chat("{% generation %}x{% endgeneration %}", []) == "x"
+
+
+def test_templates_run_in_a_sandbox():
+    with pytest.raises(TemplateRenderError):
+        render_chat("{{ messages.__class__.__mro__ }}", [])
+    with pytest.raises(TemplateRenderError):
+        render_chat("{% set x = messages.append(1) %}", [])  # immutable sandbox: no mutation of inputs
+
+
+def test_template_syntax_error_is_one_line():
+    with pytest.raises(EdgeftError, match="syntax error"):
+        render_chat("{% for %}", [])
+
+
+def test_byte_order_mark_and_crlf_are_tolerated(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    line = json.dumps(msgs(("user", "a"), ("assistant", "b")))
+    path.write_bytes(b"\xef\xbb\xbf" + (line + "\r\n" + line + "\r\n").encode())
+    assert len(read_conversations(path)) == 2
