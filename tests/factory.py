@@ -120,22 +120,32 @@ TOKENIZER_SPECS: dict[str, dict] = {
         "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": None,
         "add_bos": False, "regex": QWEN2_REGEX, "template": CHATML_TEMPLATE, "normalize_nfc": True,
     },
+    # `legacy` is what each real repo's tokenizer_config.json says: meta-llama/Llama-2-7b-hf and microsoft/Phi-3-*
+    # false, mistralai/Mistral-7B(-Instruct)-v0.1 true. transformers 5 reads it where it rebuilds LlamaTokenizer
+    # (model_type llama, or a folder with tokenizer files only): true gives Metaspace(prepend_scheme="always"), "▁"
+    # before the text after every special token as the repos' tokenizer.json and llama.cpp do; false gives "first".
     "spm-llama2": {
-        "user_symbols": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>",
+        "user_symbols": [], "added": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>", "legacy": False,
         "add_bos": True, "add_dummy_prefix": True, "template": LLAMA2_TEMPLATE, "class": "LlamaTokenizer",
     },
     "spm-mistral": {
-        "user_symbols": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>",
+        "user_symbols": [], "added": [], "bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>", "legacy": True,
         "add_bos": True, "add_dummy_prefix": True, "template": MISTRAL_TEMPLATE, "class": "LlamaTokenizer",
     },
+    # Phi-3 keeps Llama 2's tokenizer.model and adds its chat tokens past it (ids 32000..32010 in the real repo) as
+    # special added tokens with rstrip=true (whitespace after them is swallowed), except <|endoftext|>; its </s>
+    # (id 2) is also rstrip=true, special=false. llama.cpp reproduces exactly this set by name (llama-vocab.cpp).
     "spm-phi3": {
-        "user_symbols": ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        "bos": "<s>", "eos": "<|end|>", "pad": "<|endoftext|>", "unk": "<unk>",
+        "user_symbols": [],
+        "added": [("<|endoftext|>", False), ("<|assistant|>", True), ("<|system|>", True), ("<|end|>", True),
+                  ("<|user|>", True)],
+        "rstrip_builtin": ["</s>"],
+        "bos": "<s>", "eos": "<|end|>", "pad": "<|endoftext|>", "unk": "<unk>", "legacy": False,
         "add_bos": False, "add_dummy_prefix": True, "template": PHI3_TEMPLATE, "class": "LlamaTokenizer",
     },
     "spm-gemma": {
-        "user_symbols": ["<start_of_turn>", "<end_of_turn>"],
-        "bos": "<bos>", "eos": "<eos>", "pad": "<pad>", "unk": "<unk>",
+        "user_symbols": ["<start_of_turn>", "<end_of_turn>"], "added": [],
+        "bos": "<bos>", "eos": "<eos>", "pad": "<pad>", "unk": "<unk>", "legacy": False,
         "add_bos": True, "add_dummy_prefix": False, "template": GEMMA_TEMPLATE, "class": "GemmaTokenizer",
     },
 }
@@ -222,6 +232,7 @@ def _train_spm(spec: dict, out: Path) -> None:
 
     import sentencepiece as spm
     import transformers
+    from tokenizers import AddedToken
 
     model = io.BytesIO()
     specials = {"pad": spec["pad"], "unk": spec["unk"], "bos": spec["bos"], "eos": spec["eos"]}
@@ -231,7 +242,8 @@ def _train_spm(spec: dict, out: Path) -> None:
     else:
         ids = {"unk": 0, "bos": 1, "eos": 2, "pad": -1}
     user_symbols = list(spec["user_symbols"])
-    # A pad/eos that is not one of SPM's built-in pieces (Phi-3's <|endoftext|>) lives among the user symbols.
+    added = [text for text, _ in spec["added"]]
+    # An eos/pad that is not one of SPM's built-in pieces (Phi-3's <|end|>, <|endoftext|>) is an added token.
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus.training_text()),
         model_writer=model,
@@ -247,7 +259,7 @@ def _train_spm(spec: dict, out: Path) -> None:
         user_defined_symbols=user_symbols,
         unk_id=ids["unk"], bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"],
         unk_piece=specials["unk"] or "<unk>", bos_piece=specials["bos"] if ids["bos"] >= 0 else "<s>",
-        eos_piece="</s>" if spec["eos"] in user_symbols else specials["eos"],
+        eos_piece="</s>" if spec["eos"] in user_symbols + added else specials["eos"],
         pad_piece=specials["pad"] if ids["pad"] >= 0 else "<pad>",
         num_threads=1,
         minloglevel=2,
@@ -256,26 +268,62 @@ def _train_spm(spec: dict, out: Path) -> None:
     # Real SPM repos ship tokenizer.model plus a tokenizer.json that transformers converted from it; produce both
     # the same way (transformers 5 converts on load when only tokenizer.model is there).
     config = {
-        "tokenizer_class": spec["class"], "bos_token": spec["bos"], "eos_token": spec["eos"],
-        "pad_token": spec["pad"], "unk_token": spec["unk"], "add_bos_token": spec["add_bos"],
-        "add_eos_token": False, "legacy": False, "clean_up_tokenization_spaces": False,
+        "tokenizer_class": spec["class"], "bos_token": spec["bos"], "unk_token": spec["unk"],
+        "eos_token": spec["eos"] if spec["eos"] not in added else "</s>",
+        "pad_token": spec["pad"] if spec["pad"] not in added else None,
+        "add_bos_token": spec["add_bos"], "add_eos_token": False, "legacy": spec["legacy"],
+        "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     hf = transformers.AutoTokenizer.from_pretrained(str(out))
-    special = [s for s in spec["user_symbols"] if s not in (spec["bos"], spec["eos"], spec["pad"], spec["unk"])]
+    special = [s for s in user_symbols if s not in (spec["bos"], spec["eos"], spec["pad"], spec["unk"])]
     if special:
         hf.add_special_tokens({"additional_special_tokens": special})
+    if spec["added"]:
+        # In id order past the SPM vocabulary, each with the repo's rstrip flag.
+        hf.add_tokens([AddedToken(text, rstrip=rstrip, lstrip=False, normalized=False, special=True)
+                       for text, rstrip in spec["added"]], special_tokens=True)
+        hf.eos_token, hf.pad_token = spec["eos"], spec["pad"]
+    if spec["add_dummy_prefix"]:
+        # The real Llama 2 / Mistral v0.1 / Phi-3 tokenizer.json (written by transformers 4's converter) has no
+        # pre-tokenizer and the normalizer Prepend("▁") + Replace(" ", "▁"): "▁" before every piece of text between
+        # added tokens, as sentencepiece run per piece. transformers 5 would write Metaspace here; it loads this file
+        # as-is for model types it maps to TokenizersBackend (mistral, phi3) and rebuilds it from `legacy` for llama.
+        from tokenizers import normalizers
+
+        hf.backend_tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        hf.backend_tokenizer.pre_tokenizer = None
     hf.chat_template = spec["template"]
     hf.save_pretrained(out)
-    _patch_tokenizer_config(out, add_bos=spec["add_bos"], add_eos=False)
+    _patch_tokenizer_config(out, add_bos=spec["add_bos"], add_eos=False, legacy=spec["legacy"])
+    if spec.get("rstrip_builtin"):
+        _mark_rstrip(out, spec["rstrip_builtin"])
 
 
-def _patch_tokenizer_config(out: Path, *, add_bos: bool, add_eos: bool) -> None:
-    """Real repos state add_bos/add_eos and the template in tokenizer_config.json; make sure ours do too."""
+def _mark_rstrip(out: Path, pieces: list[str]) -> None:
+    """Phi-3's own files list its built-in </s> as an added token with rstrip=true, special=false; write the same."""
+    tokenizer_json = json.loads((out / "tokenizer.json").read_text())
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    for entry in tokenizer_json["added_tokens"]:
+        if entry["content"] in pieces:
+            entry.update(rstrip=True, special=False)
+    for entry in (config.get("added_tokens_decoder") or {}).values():
+        if entry["content"] in pieces:
+            entry.update(rstrip=True, special=False)
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, indent=2, ensure_ascii=False))
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def _patch_tokenizer_config(out: Path, *, add_bos: bool, add_eos: bool, legacy: bool | None = None) -> None:
+    """Real repos state add_bos/add_eos (and SPM ones `legacy`) and the template in tokenizer_config.json; make sure
+    ours do too."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
     config["add_bos_token"] = add_bos
     config["add_eos_token"] = add_eos
+    if legacy is not None:
+        config["legacy"] = legacy
     template_file = out / "chat_template.jinja"
     if "chat_template" not in config and template_file.exists():
         config["chat_template"] = template_file.read_text()

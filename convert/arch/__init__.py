@@ -1,0 +1,31 @@
+"""Architectures, registered by Hugging Face class name (config.json's `architectures[0]`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from convert.arch import gemma2, llama, mistral, phi3, qwen2, qwen3  # noqa: F401  (registration)
+from convert.arch.base import REGISTRY, Architecture, read_config
+from edgeft.errors import EdgeftError
+
+__all__ = ["Architecture", "load_architecture", "supported_architectures"]
+
+
+def supported_architectures() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def load_architecture(model_dir: str | os.PathLike) -> Architecture:
+    """The Architecture for a local HF model folder, from its config.json."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    names = config.get("architectures") or []
+    if not names:
+        raise EdgeftError(f"{model_dir / 'config.json'}: no 'architectures' entry; cannot tell which model this is")
+    cls = REGISTRY.get(names[0])
+    if cls is None:
+        raise EdgeftError(
+            f"{model_dir / 'config.json'}: architecture {names[0]} is not supported; "
+            f"supported: {', '.join(supported_architectures())}")
+    return cls(config, model_dir)

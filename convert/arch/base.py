@@ -1,0 +1,193 @@
+"""What every architecture shares: reading config.json, the registry by HF class name, tensor-name tables.
+
+An architecture module only declares data (its GGUF arch name and tensor-name table) and overrides small hooks:
+`write_hparams` for its hyper-parameters, `transform_tensor` for per-tensor rewrites. Nothing arch-specific lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+
+REGISTRY: dict[str, type["Architecture"]] = {}
+
+# HF tensor names shared by the Llama family of decoders. `{bid}` is the block index.
+LLAMA_FAMILY_TENSORS: dict[str, str] = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
+    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
+    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
+    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
+    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
+    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
+    "model.layers.{bid}.mlp.gate_proj.weight": "blk.{bid}.ffn_gate.weight",
+    "model.layers.{bid}.mlp.up_proj.weight": "blk.{bid}.ffn_up.weight",
+    "model.layers.{bid}.mlp.down_proj.weight": "blk.{bid}.ffn_down.weight",
+}
+
+# Optional biases (Llama's attention_bias / mlp_bias configs); llama.cpp loads them when present.
+LLAMA_FAMILY_BIASES: dict[str, str] = {
+    "model.layers.{bid}.self_attn.q_proj.bias": "blk.{bid}.attn_q.bias",
+    "model.layers.{bid}.self_attn.k_proj.bias": "blk.{bid}.attn_k.bias",
+    "model.layers.{bid}.self_attn.v_proj.bias": "blk.{bid}.attn_v.bias",
+    "model.layers.{bid}.self_attn.o_proj.bias": "blk.{bid}.attn_output.bias",
+    "model.layers.{bid}.mlp.gate_proj.bias": "blk.{bid}.ffn_gate.bias",
+    "model.layers.{bid}.mlp.up_proj.bias": "blk.{bid}.ffn_up.bias",
+    "model.layers.{bid}.mlp.down_proj.bias": "blk.{bid}.ffn_down.bias",
+}
+
+# Tensors some checkpoints carry that llama.cpp recomputes itself.
+IGNORED_TENSORS = re.compile(r"(^|\.)rotary_emb\.inv_freq$|(^|\.)masked_bias$|(^|\.)attn\.bias$")
+
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
+def register(*hf_class_names: str) -> Callable[[type["Architecture"]], type["Architecture"]]:
+    def wrap(cls: type["Architecture"]) -> type["Architecture"]:
+        for name in hf_class_names:
+            REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise EdgeftError(f"{model_dir}: not a folder; pass a local Hugging Face model folder")
+    if not path.exists():
+        raise EdgeftError(f"{model_dir}: config.json is missing; this does not look like a Hugging Face model folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgeftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); fix or re-download config.json") from exc
+
+
+class Architecture:
+    """One HF decoder family. Subclasses set `gguf_arch` and `tensor_map`, and override hooks where needed."""
+
+    gguf_arch: str = ""
+    tensor_map: dict[str, str] = LLAMA_FAMILY_TENSORS
+
+    def __init__(self, config: dict[str, Any], model_dir: Path):
+        self.config = config
+        self.model_dir = model_dir
+        # transformers 5 folds rope settings into `rope_parameters`; older configs have rope_theta/rope_scaling.
+        self.rope = dict(config.get("rope_scaling") or {})
+        self.rope.update(config.get("rope_parameters") or {})
+
+    # ---- hyper-parameters -----------------------------------------------------------------------------------
+    def get(self, *keys: str, default: Any = None) -> Any:
+        for key in keys:
+            if key in self.config and self.config[key] is not None:
+                return self.config[key]
+        if default is not None:
+            return default
+        raise EdgeftError(f"{self.model_dir / 'config.json'}: missing {' or '.join(keys)}; the config is incomplete")
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.get("num_hidden_layers", "n_layer"))
+
+    @property
+    def n_head(self) -> int:
+        return int(self.get("num_attention_heads"))
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(self.get("num_key_value_heads", default=self.n_head))
+
+    @property
+    def n_embd(self) -> int:
+        return int(self.get("hidden_size"))
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.get("head_dim", default=self.n_embd // self.n_head))
+
+    @property
+    def rotary_dims(self) -> int:
+        """How many dims of each head rotary embedding applies to (all of them unless partial_rotary_factor < 1)."""
+        fraction = float(self.rope.get("partial_rotary_factor", self.config.get("partial_rotary_factor") or 1.0))
+        return int(fraction * self.head_dim)
+
+    @property
+    def rope_theta(self) -> float:
+        return float(self.rope.get("rope_theta", self.get("rope_theta", default=10000.0)))
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+    def write_hparams(self, writer) -> None:
+        """Keys every llama-family arch in llama.cpp reads; subclasses add their own after calling this."""
+        writer.add_context_length(int(self.get("max_position_embeddings")))
+        writer.add_embedding_length(self.n_embd)
+        writer.add_block_count(self.n_layer)
+        writer.add_feed_forward_length(int(self.get("intermediate_size")))
+        writer.add_head_count(self.n_head)
+        writer.add_head_count_kv(self.n_head_kv)
+        writer.add_layer_norm_rms_eps(float(self.get("rms_norm_eps")))
+        writer.add_rope_freq_base(self.rope_theta)
+        writer.add_key_length(self.head_dim)
+        writer.add_value_length(self.head_dim)
+        writer.add_rope_dimension_count(self.rotary_dims)
+        self.write_rope_scaling(writer)
+
+    def write_rope_scaling(self, writer) -> None:
+        import gguf
+
+        kind = self.rope.get("rope_type", self.rope.get("type", "default"))
+        if kind in (None, "default"):
+            return
+        factor = float(self.rope.get("factor", 1.0))
+        if kind == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(factor)
+        elif kind == "yarn":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            writer.add_rope_scaling_factor(factor)
+            writer.add_rope_scaling_orig_ctx_len(int(self.rope["original_max_position_embeddings"]))
+        elif kind == "llama3" and self.supports_llama3_rope:
+            pass  # expressed as the generated rope_freqs tensor, see llama.py
+        else:
+            raise EdgeftError(
+                f"{self.model_dir / 'config.json'}: rope scaling type {kind!r} is not supported for "
+                f"{type(self).__name__}; supported: linear, yarn{', llama3' if self.supports_llama3_rope else ''}")
+
+    supports_llama3_rope = False
+
+    # ---- tensors --------------------------------------------------------------------------------------------
+    def gguf_tensor_name(self, hf_name: str) -> str | None:
+        """GGUF name for an HF tensor; None when the tensor is not written (e.g. a tied lm_head)."""
+        if hf_name == "lm_head.weight" and self.tied_embeddings:
+            return None
+        if IGNORED_TENSORS.search(hf_name):
+            return None
+        match = _BLOCK.search(hf_name)
+        key = _BLOCK.sub(".{bid}.", hf_name, count=1) if match else hf_name
+        template = self.tensor_map.get(key)
+        if template is None:
+            raise EdgeftError(
+                f"tensor {hf_name}: not expected in a {type(self).__name__} checkpoint; "
+                "is config.json's architecture right for these weights?")
+        return template.format(bid=match.group(1)) if match else template
+
+    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        """Per-tensor rewrite into llama.cpp's layout. Default: unchanged."""
+        return array
+
+    def transform_is_rowwise(self, hf_name: str) -> bool:
+        """True when transform_tensor can be applied to row chunks independently (lets us stream big tensors)."""
+        return type(self).transform_tensor is Architecture.transform_tensor
+
+    def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Tensors llama.cpp needs that the checkpoint does not hold (e.g. rope frequency factors)."""
+        return iter(())

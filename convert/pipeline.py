@@ -1,0 +1,191 @@
+"""convert_model: HF folder -> one GGUF, in one streaming pass.
+
+Memory stays bounded by one tensor (or one row chunk of a big one): we first plan every tensor from the
+safetensors headers alone (name, shape, type, byte size), write the GGUF header, metadata and tensor-info table,
+then read, rewrite, encode and append each tensor's data in turn. gguf.GGUFWriter would otherwise keep every
+tensor in memory until the end. Everything goes to a temporary file that is renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from convert.arch import Architecture, load_architecture
+from convert.gguf_out import BulkGGUFWriter, stream_tensor_data
+from convert.reader import iter_row_chunks, open_weights
+from convert.vocab import load_vocab, write_vocab
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_file
+
+# Rows are processed in chunks of at most this many values (16 MB as float32) when the rewrite allows it.
+CHUNK_ELEMENTS = 4 * 1024 * 1024
+
+
+@dataclass
+class PlannedTensor:
+    gguf_name: str
+    shape: tuple[int, ...]
+    hf_name: str | None = None  # None for tensors we generate
+    generated: np.ndarray | None = None
+    qtype: object = None
+    nbytes: int = 0
+
+
+def _order_key(name: str) -> tuple:
+    # token_embd first, blocks in numeric order, output tensors last — the same for sharded and unsharded input.
+    match = re.match(r"blk\.(\d+)\.", name)
+    if match:
+        return (1, int(match.group(1)), name)
+    return (0 if name.startswith(("token_embd", "rope_")) else 2, 0, name)
+
+
+def plan_tensors(arch: Architecture, reader) -> list[PlannedTensor]:
+    planned: dict[str, PlannedTensor] = {}
+    for hf_name in reader.names():
+        gguf_name = arch.gguf_tensor_name(hf_name)
+        if gguf_name is None:
+            continue
+        if gguf_name in planned:
+            raise EdgeftError(f"tensor {hf_name}: maps to {gguf_name}, which another tensor already filled")
+        planned[gguf_name] = PlannedTensor(gguf_name, tuple(reader.shape(hf_name)), hf_name=hf_name)
+    for gguf_name, array in arch.extra_tensors():
+        planned[gguf_name] = PlannedTensor(gguf_name, tuple(array.shape), generated=array)
+    if "token_embd.weight" not in planned:
+        raise EdgeftError(f"{arch.model_dir}: no token embedding (model.embed_tokens.weight) in the weights; "
+                          "the checkpoint is incomplete")
+    return sorted(planned.values(), key=lambda t: _order_key(t.gguf_name))
+
+
+def encoded_nbytes(shape: tuple[int, ...], qtype) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    n = math.prod(shape)
+    return n // block * type_size
+
+
+def _writer_dtype(qtype):
+    import gguf
+
+    return {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
+
+
+def _chunk_jobs(tensor: PlannedTensor, arch: Architecture, reader, encode: Callable[[np.ndarray], np.ndarray]):
+    """Zero-argument jobs, each reading, rewriting and encoding the next row chunk of the tensor."""
+    if tensor.generated is not None:
+        yield lambda: encode(np.asarray(tensor.generated, dtype=np.float32))
+        return
+    name = tensor.hf_name
+    if not arch.transform_is_rowwise(name) or len(tensor.shape) < 2:
+        yield lambda: encode(arch.transform_tensor(name, reader.read(name)))
+        return
+    for start, stop in iter_row_chunks(tensor.shape, CHUNK_ELEMENTS):
+        yield lambda start=start, stop=stop: encode(arch.transform_tensor(name, reader.read_rows(name, start, stop)))
+
+
+def convert_model(
+    model_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    outtype: str = "f16",
+    imatrix: str | os.PathLike | None = None,
+    threads: int | None = None,
+    allow_pickle: bool = False,
+    pretokenizer: str | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Convert a local Hugging Face model folder to one GGUF file at `out_path` and return its path.
+
+    `outtype` is a llama.cpp file type name (f32, f16, bf16, q8_0, or a K-quant such as q4_k_m); `imatrix` a
+    llama.cpp importance-matrix GGUF used by the quantizer; `pretokenizer` overrides the detected BPE pre-tokenizer.
+    """
+    import gguf
+
+    from convert.metadata import write_general
+    from convert.quant import load_imatrix, parse_file_type, plan_tensor_types
+
+    started = time.perf_counter()
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if out_path.is_dir():
+        raise EdgeftError(f"{out_path}: is a folder; pass a file name for -o, e.g. {out_path / 'model.gguf'}")
+    arch = load_architecture(model_dir)
+    file_type = parse_file_type(outtype)
+    reader = open_weights(model_dir, allow_pickle=allow_pickle)
+    vocab = load_vocab(model_dir, pretokenizer=pretokenizer)
+    importance = load_imatrix(imatrix) if imatrix else {}
+
+    tensors = plan_tensors(arch, reader)
+    embd = next(t for t in tensors if t.gguf_name == "token_embd.weight")
+    vocab.pad_to(embd.shape[0], str(model_dir))
+    types = plan_tensor_types(file_type, [(t.gguf_name, t.shape) for t in tensors], arch=arch.gguf_arch,
+                              n_layer=arch.n_layer, n_gqa=max(1, arch.n_head // arch.n_head_kv),
+                              has_imatrix=bool(importance))
+    for t in tensors:
+        t.qtype = types[t.gguf_name]
+        t.nbytes = encoded_nbytes(t.shape, t.qtype)
+
+    writer = BulkGGUFWriter(path=None, arch=arch.gguf_arch)
+    write_general(writer, model_dir=model_dir, config=arch.config, file_type=file_type)
+    arch.write_hparams(writer)
+    write_vocab(writer, vocab)
+    for t in tensors:
+        dtype = _writer_dtype(t.qtype)
+        shape = t.shape if dtype is not np.uint8 else gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
+        writer.add_tensor_info(t.gguf_name, shape, np.dtype(dtype), t.nbytes, raw_dtype=t.qtype)
+
+    total = sum(t.nbytes for t in tensors)
+    with atomic_file(out_path) as tmp:
+        writer.open_output_file(tmp)
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            _write_data(writer, tensors, arch, reader, importance, threads, total, progress)
+        finally:
+            writer.close()
+        # mkstemp creates 0600; a model file should get the usual permissions like any file the user writes.
+        os.chmod(tmp, 0o666 & ~_umask())
+    if log is not None:
+        seconds = time.perf_counter() - started
+        size = out_path.stat().st_size
+        log(f"wrote {out_path}: {len(tensors)} tensors, {file_type.name}, {size / 1e6:.1f} MB in {seconds:.1f} s")
+    return out_path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_data(writer, tensors, arch, reader, importance, threads, total, progress) -> None:
+    from tqdm import tqdm
+
+    from convert.quant import quantize_tensor
+
+    def encoder(t: PlannedTensor):
+        def encode(values: np.ndarray) -> np.ndarray:
+            values = np.asarray(values, dtype=np.float32)
+            if not np.isfinite(values).all():
+                raise EdgeftError(f"tensor {t.hf_name or t.gguf_name}: contains NaN or Inf; the checkpoint is damaged")
+            return quantize_tensor(values, t.qtype, imatrix=importance.get(t.gguf_name), threads=threads)
+        return encode
+
+    def jobs_with_progress(bar):
+        for index, t in enumerate(tensors, 1):
+            bar.set_postfix_str(f"tensor {index}/{len(tensors)}", refresh=False)
+            yield t.gguf_name, t.nbytes, _chunk_jobs(t, arch, reader, encoder(t))
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress, leave=False) as bar:
+        stream_tensor_data(writer.fout[0], jobs_with_progress(bar), alignment=writer.data_alignment,
+                           workers=min(2, os.cpu_count() or 1), on_bytes=bar.update)
+    writer.fout[0].flush()

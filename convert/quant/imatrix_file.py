@@ -1,0 +1,116 @@
+"""llama.cpp's importance-matrix file (GGUF flavour), read and written without llama.cpp.
+
+Format facts (llama.cpp tools/imatrix/imatrix.cpp save_imatrix, common/imatrix-loader.cpp):
+- KV: general.type = "imatrix"; imatrix.datasets (array of str), imatrix.chunk_count (u32), imatrix.chunk_size (u32).
+  llama-quantize refuses a GGUF imatrix that lacks any of the three imatrix.* keys ("missing imatrix metadata").
+- Per weight tensor W (GGUF name, e.g. "blk.0.attn_q.weight"), two F32 tensors, names sorted:
+  "W.in_sum2": ggml shape (n_per_row, n_mat) = numpy (n_mat, n_per_row): raw sums of squared input activations;
+  "W.counts":  ggml shape (1, n_mat) = numpy (n_mat, 1): number of activation rows summed (as float).
+  n_mat is 1 for dense weights, the expert count for MoE weights.
+- The quantizer uses sums / round(count) in float32, and 1.0 for a zero count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+
+SUMS_SUFFIX = ".in_sum2"
+COUNTS_SUFFIX = ".counts"
+KEY_TYPE = "general.type"
+KEY_DATASETS = "imatrix.datasets"
+KEY_CHUNK_COUNT = "imatrix.chunk_count"
+KEY_CHUNK_SIZE = "imatrix.chunk_size"
+
+
+@dataclass
+class ImatrixData:
+    """Raw statistics: sums (n_mat, n_per_row) float32 and counts (n_mat,) per GGUF weight name."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    chunk_size: int = 0
+
+    def importance(self) -> dict[str, np.ndarray]:
+        """What llama-quantize hands to ggml_quantize_chunk: sums / count per row group (float32), flattened."""
+        result = {}
+        for name, sums in self.sums.items():
+            sums = np.asarray(sums, dtype=np.float32).reshape(len(self.counts[name]), -1)
+            counts = np.rint(np.asarray(self.counts[name], dtype=np.float64)).astype(np.float32)[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), np.float32(1))
+            result[name] = values.astype(np.float32).reshape(-1)
+        return result
+
+
+def read_imatrix(path: str | os.PathLike) -> ImatrixData:
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeftError(f"{path}: imatrix file not found; create one with `edgeft imatrix MODEL --data calib.jsonl -o {path}`")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # the legacy .dat format or garbage
+        raise EdgeftError(f"{path}: not a GGUF imatrix ({exc}); regenerate it with `edgeft imatrix` or llama-imatrix") from exc
+
+    def field_value(key: str):
+        fld = reader.fields.get(key)
+        return None if fld is None else fld.contents()
+
+    data = ImatrixData(
+        datasets=list(field_value(KEY_DATASETS) or []),
+        chunk_count=int(field_value(KEY_CHUNK_COUNT) or 0),
+        chunk_size=int(field_value(KEY_CHUNK_SIZE) or 0),
+    )
+    if field_value(KEY_TYPE) not in (None, "imatrix"):
+        raise EdgeftError(f"{path}: general.type is {field_value(KEY_TYPE)!r}, not 'imatrix'; pass an imatrix file")
+    for tensor in reader.tensors:
+        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
+            raise EdgeftError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, imatrix tensors must be F32")
+        values = np.array(tensor.data, dtype=np.float32)
+        if tensor.name.endswith(SUMS_SUFFIX):
+            data.sums[tensor.name[: -len(SUMS_SUFFIX)]] = values.reshape(-1, int(tensor.shape[0]))
+        elif tensor.name.endswith(COUNTS_SUFFIX):
+            data.counts[tensor.name[: -len(COUNTS_SUFFIX)]] = values.reshape(-1)
+    unmatched = sorted(set(data.sums) ^ set(data.counts))
+    if unmatched:
+        raise EdgeftError(f"{path}: tensor {unmatched[0]} has in_sum2 without counts (or the reverse); file is damaged")
+    if not data.sums:
+        raise EdgeftError(f"{path}: imatrix holds no tensors; regenerate it with more calibration data")
+    return data
+
+
+def write_imatrix(path: str | os.PathLike, data: ImatrixData) -> Path:
+    """Write `data` in llama.cpp's layout, atomically."""
+    import gguf
+
+    from edgeft.fsutil import atomic_file
+
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        # GGUFWriter wants an architecture; imatrix files have none, so the general.architecture KV is dropped below.
+        writer = gguf.GGUFWriter(tmp, arch="imatrix")
+        writer.kv_data[0].pop("general.architecture", None)
+        writer.add_type("imatrix")
+        writer.add_array(KEY_DATASETS, list(data.datasets))
+        writer.add_uint32(KEY_CHUNK_COUNT, int(data.chunk_count))
+        writer.add_uint32(KEY_CHUNK_SIZE, int(data.chunk_size))
+        for name in sorted(data.sums):
+            sums = np.ascontiguousarray(data.sums[name], dtype=np.float32)
+            sums = sums.reshape(-1, sums.shape[-1])
+            counts = np.asarray(data.counts[name], dtype=np.float32).reshape(sums.shape[0], 1)
+            writer.add_tensor(name + SUMS_SUFFIX, sums)
+            writer.add_tensor(name + COUNTS_SUFFIX, counts)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path

@@ -1,0 +1,76 @@
+"""Which llama.cpp pre-tokenizer a byte-level BPE tokenizer needs, read from its own `pre_tokenizer` definition.
+
+llama.cpp hard-codes one regex set per pre-tokenizer name (src/llama-vocab.cpp); the GGUF only names it
+(`tokenizer.ggml.pre`). A wrong name still loads and silently splits text differently, and a missing one falls back
+to "default" with a warning, so we recognise the definition exactly and refuse anything else.
+
+Each tokenizer.json pre_tokenizer is reduced to a signature (a tuple of steps); the table maps signatures to names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeft.errors import EdgeftError
+
+# The regexes exactly as Llama 3 / Qwen2 tokenizer.json files carry them.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+BYTES_ONLY = ("bytelevel", False)  # ByteLevel with use_regex=false: only maps bytes, the split came before
+GPT2_BYTELEVEL = ("bytelevel", True)  # ByteLevel with use_regex=true: GPT-2's own regex
+
+# signature -> llama.cpp pre-tokenizer name
+PRETOKENIZER_TABLE: dict[tuple, str] = {
+    (("split", LLAMA3_SPLIT), BYTES_ONLY): "llama-bpe",  # Llama 3 / 3.1 / 3.2
+    (("split", QWEN2_SPLIT), BYTES_ONLY): "qwen2",  # Qwen2, Qwen2.5, Qwen3
+    (GPT2_BYTELEVEL,): "gpt-2",  # GPT-2 style (also phi-2)
+    (("digits", True), GPT2_BYTELEVEL): "smollm",  # SmolLM / SmolLM2: each digit apart, then GPT-2's regex
+}
+
+# Names llama.cpp accepts for `--pretokenizer` overrides (a subset we know the behaviour of; see llama-vocab.cpp).
+KNOWN_NAMES = ("llama-bpe", "qwen2", "gpt-2", "smollm", "starcoder", "refact", "command-r", "deepseek-llm",
+               "deepseek-coder", "deepseek-v3", "falcon", "mpt", "olmo", "dbrx", "smaug-bpe", "stablelm2",
+               "tekken", "gpt-4o", "llama4", "default")
+
+
+def _step_signature(step: dict[str, Any]) -> tuple:
+    kind = step.get("type")
+    if kind == "Split":
+        pattern = step.get("pattern") or {}
+        regex = pattern.get("Regex", pattern.get("String"))
+        if step.get("behavior", "Isolated") != "Isolated" or step.get("invert"):
+            return ("split-other", regex, step.get("behavior"), step.get("invert"))
+        return ("split", regex)
+    if kind == "ByteLevel":
+        if step.get("add_prefix_space"):
+            return ("bytelevel-prefix-space", bool(step.get("use_regex", True)))
+        return ("bytelevel", bool(step.get("use_regex", True)))
+    if kind == "Digits":
+        return ("digits", bool(step.get("individual_digits")))
+    return (kind or "unknown",)
+
+
+def pretokenizer_signature(pre_tokenizer: dict[str, Any] | None) -> tuple:
+    if not pre_tokenizer:
+        return ()
+    steps = pre_tokenizer["pretokenizers"] if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    return tuple(_step_signature(step) for step in steps)
+
+
+def detect_pretokenizer(tokenizer_json: dict[str, Any], *, source: str, override: str | None = None) -> str:
+    """llama.cpp pre-tokenizer name for this tokenizer.json; EdgeftError when unrecognised and not overridden."""
+    if override:
+        if override not in KNOWN_NAMES:
+            raise EdgeftError(f"--pretokenizer {override!r} is not one we know; choose one of: {', '.join(KNOWN_NAMES)}")
+        return override
+    signature = pretokenizer_signature(tokenizer_json.get("pre_tokenizer"))
+    name = PRETOKENIZER_TABLE.get(signature)
+    if name is None:
+        shown = "; ".join(":".join(str(x)[:60] for x in step) for step in signature) or "none"
+        raise EdgeftError(
+            f"{source}: pre-tokenizer not recognised ({shown}); llama.cpp would split text differently. "
+            f"If you know the matching llama.cpp type, pass --pretokenizer NAME ({', '.join(KNOWN_NAMES[:4])}, ...)")
+    return name

@@ -1,0 +1,215 @@
+"""Read a peft LoRA adapter folder into plain numpy pieces, keyed by the base model's tensor names.
+
+Shared by `edgeft.merge` (which adds the pieces into the base weights) and `convert.lora` (which writes them as a
+llama.cpp adapter GGUF), so it imports no torch. What peft saves (checked against peft 0.21):
+
+    base_model.model.<module>.lora_A.weight        (r, in)        linear
+    base_model.model.<module>.lora_B.weight        (out, r)
+    base_model.model.<module>.lora_B.bias          (out,)         only with lora_bias=True
+    base_model.model.<module>.lora_magnitude_vector (out,)         DoRA
+    base_model.model.<module>.lora_embedding_A     (r, vocab)     embedding
+    base_model.model.<module>.lora_embedding_B     (hidden, r)
+    base_model.model.<module>.weight               full tensor    modules_to_save
+    base_model.model.<module>.base_layer.weight    full tensor    embedding saved because it was resized/targeted
+    base_model.model.<module>.modules_to_save.weight  (+ .original_module.weight, the untouched copy: ignored)
+                                                   what peft writes for modules_to_save of a resized embedding
+    base_model.model.<module>.token_adapter.trainable_tokens_delta (n, hidden)  trainable_token_indices (new rows)
+    base_model.model.<module>.token_adapter.base_layer.weight      full tensor  the resized embedding they sit in
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+from edgeft.safetensors_stream import SafetensorsFile
+
+PEFT_PREFIX = "base_model.model."
+
+# LoRA variants whose result cannot be written as W0 + s*B*A (+ DoRA rescale); refuse them rather than merge wrong.
+UNSUPPORTED_OPTIONS: dict[str, str] = {
+    "alora_invocation_tokens": "activated LoRA only switches on after its invocation tokens, so it cannot be merged",
+    "layer_replication": "layer replication changes the layer count",
+    "use_qalora": "QA-LoRA pools its input groups",
+    "use_bdlora": "BD-LoRA shares blocks across layers",
+    "target_parameters": "LoRA on raw parameters (e.g. MoE experts) is not supported yet",
+}
+# suffix of a saved key -> (role, kind); kind tells merge how to form the delta.
+KEY_SUFFIXES: tuple[tuple[str, str, str], ...] = (
+    (".lora_A.weight", "A", "linear"),
+    (".lora_B.weight", "B", "linear"),
+    (".lora_B.bias", "bias", "linear"),
+    (".lora_magnitude_vector", "magnitude", "linear"),
+    (".lora_embedding_A", "A", "embedding"),
+    (".lora_embedding_B", "B", "embedding"),
+    (".token_adapter.trainable_tokens_delta", "token_rows", ""),
+    (".token_adapter.base_layer.weight", "full", ""),
+    (".base_layer.weight", "full", ""),
+    (".modules_to_save.weight", "full", ""),
+    (".modules_to_save.bias", "full_bias", ""),
+    (".original_module.weight", "ignore", ""),
+    (".original_module.bias", "ignore", ""),
+    (".weight", "full", ""),
+    (".bias", "full_bias", ""),
+)
+
+
+@dataclass
+class LoraPair:
+    """One adapted module. `delta()` is what gets added to the base weight (rows = output features)."""
+
+    module: str  # HF module path, e.g. model.layers.0.self_attn.q_proj
+    kind: str  # "linear" or "embedding"
+    A: np.ndarray  # linear: (r, in); embedding: (r, vocab)
+    B: np.ndarray  # linear: (out, r); embedding: (hidden, r)
+    scale: float
+    magnitude: np.ndarray | None = None  # DoRA: per-output-row norm target
+    bias: np.ndarray | None = None  # lora_bias: added to the base bias times scale
+    fan_in_fan_out: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.module}.weight"
+
+    def delta_shape(self) -> tuple[int, int]:
+        if self.kind == "embedding":
+            return int(self.A.shape[1]), int(self.B.shape[0])
+        rows, cols = int(self.B.shape[0]), int(self.A.shape[1])
+        return (cols, rows) if self.fan_in_fan_out else (rows, cols)
+
+    def delta_rows(self, start: int, stop: int) -> np.ndarray:
+        """scale * (B @ A) restricted to weight rows [start, stop), as float32, in the base weight's layout."""
+        if self.kind == "embedding":  # embedding weight is (vocab, hidden) = (B @ A).T
+            return self.scale * (self.A[:, start:stop].T @ self.B.T)
+        if self.fan_in_fan_out:  # Conv1D-style weights are stored (in, out)
+            return self.scale * (self.A[:, start:stop].T @ self.B.T)
+        return self.scale * (self.B[start:stop] @ self.A)
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: dict
+    pairs: dict[str, LoraPair] = field(default_factory=dict)  # base weight name -> pair
+    full: dict[str, np.ndarray] = field(default_factory=dict)  # base tensor name -> replacement tensor
+    token_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # weight -> (indices, rows)
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    def tensor_names(self) -> set[str]:
+        """Every base tensor this adapter changes."""
+        names = set(self.pairs) | set(self.full) | set(self.token_rows)
+        names |= {f"{pair.module}.bias" for pair in self.pairs.values() if pair.bias is not None}
+        return names
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's rank_pattern/alpha_pattern rule: a key matches when it is a dotted suffix (regex) of the module path."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def lora_scale(config: dict, module: str, rank: int) -> float:
+    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
+    if config.get("use_rslora"):
+        return alpha / math.sqrt(rank)
+    return alpha / rank
+
+
+def read_adapter_config(adapter_dir: Path) -> dict:
+    config_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir():
+        raise EdgeftError(f"{adapter_dir}: adapter folder not found; pass the folder `edgeft train` wrote (…/adapter)")
+    if not config_path.exists():
+        raise EdgeftError(f"{adapter_dir}: no adapter_config.json; pass a peft adapter folder "
+                          "(the one holding adapter_config.json and adapter_model.safetensors)")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise EdgeftError(f"{config_path}: invalid JSON ({exc}); re-save the adapter with peft") from exc
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise EdgeftError(f"{config_path}: adapter type {peft_type or 'unknown'!r} is not supported; "
+                          "edgeft handles LoRA adapters (plain, rsLoRA, DoRA)")
+    for option, why in UNSUPPORTED_OPTIONS.items():
+        if config.get(option):
+            raise EdgeftError(f"{config_path}: {option} is set; {why}; train a plain LoRA/rsLoRA/DoRA adapter")
+    return config
+
+
+def _token_indices(config: dict, module: str) -> list[int]:
+    spec = config.get("trainable_token_indices")
+    if isinstance(spec, dict):
+        # A tied lm_head gets rows saved under its own name with the embedding's indices (peft ties the two).
+        spec = _pattern_value(spec, module, next(iter(spec.values())) if len(spec) == 1 else None)
+    if not spec:
+        raise EdgeftError(f"adapter_config.json: trainable token rows saved for {module} but no "
+                          "trainable_token_indices for it; re-save the adapter with peft")
+    return list(spec)
+
+
+def load_adapter(adapter_dir: str | Path) -> Adapter:
+    """Parse adapter_config.json + adapter_model.safetensors (float32 numpy, keyed by base tensor names)."""
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not weights_path.exists():
+        if (adapter_dir / "adapter_model.bin").exists():
+            raise EdgeftError(f"{adapter_dir}: adapter_model.bin is a pickle; re-save the adapter with "
+                              "save_pretrained(safe_serialization=True)")
+        raise EdgeftError(f"{adapter_dir}: no adapter_model.safetensors; the adapter folder is incomplete")
+    weights = SafetensorsFile(weights_path)
+    adapter = Adapter(path=adapter_dir, config=config)
+    parts: dict[str, dict[str, object]] = {}
+    for key in weights.names():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        for suffix, role, kind in KEY_SUFFIXES:
+            if name.endswith(suffix):
+                module = name[: -len(suffix)]
+                break
+        else:
+            raise EdgeftError(f"{weights_path}: unexpected tensor {key}; this is not a LoRA adapter edgeft can read")
+        if role == "ignore":
+            continue
+        array = weights.read_numpy(key)
+        if role == "full":
+            adapter.full[f"{module}.weight"] = array
+        elif role == "full_bias":
+            adapter.full[f"{module}.bias"] = array
+        elif role == "token_rows":
+            indices = np.asarray(_token_indices(config, module), dtype=np.int64)
+            if indices.shape[0] != array.shape[0]:
+                raise EdgeftError(f"{weights_path}: {key} has {array.shape[0]} rows but adapter_config.json lists "
+                                  f"{indices.shape[0]} trainable token indices; re-save the adapter with peft")
+            adapter.token_rows[f"{module}.weight"] = (indices, array)
+        else:
+            entry = parts.setdefault(module, {"kind": kind})
+            entry[role] = array
+    for module, entry in parts.items():
+        if "A" not in entry or "B" not in entry:
+            raise EdgeftError(f"{weights_path}: {module} has only one of lora_A/lora_B; the adapter file is incomplete")
+        rank = int(entry["A"].shape[0])
+        pair = LoraPair(module=module, kind=str(entry["kind"]), A=entry["A"], B=entry["B"],
+                        scale=lora_scale(config, module, rank), magnitude=entry.get("magnitude"),
+                        bias=entry.get("bias"), fan_in_fan_out=bool(config.get("fan_in_fan_out")))
+        if pair.magnitude is not None and (pair.kind != "linear" or pair.fan_in_fan_out):
+            raise EdgeftError(f"{weights_path}: DoRA on {module} (an embedding or a Conv1D-style layer) is not supported; "
+                              "train DoRA on linear layers")
+        adapter.pairs[pair.weight_name] = pair
+    if not adapter.pairs and not adapter.full and not adapter.token_rows:
+        raise EdgeftError(f"{weights_path}: the adapter holds no tensors; train it again")
+    return adapter

@@ -1,0 +1,84 @@
+"""`edgeft eval`: does the fine-tuned GGUF beat the prompted base, without forgetting, as fast?"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did not pass
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Eval conversations, JSONL; the last assistant turn of each is the gold answer.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for report.json, report.md, review.md, eval.png, predictions.jsonl.")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Base GGUF to beat, prompted with --system and --shots.")
+@click.option("--metric", default="exact", show_default=True,
+              help="exact | normalized | json-valid | json-match | regex:PAT | sql-exec:DB.sqlite | judge:JUDGE.gguf")
+@click.option("--rubric", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Rubric text file for --metric judge:JUDGE.gguf.")
+@click.option("--system", default=None, help="System prompt for the baseline.")
+@click.option("--shots", type=int, default=0, show_default=True, help="Solved examples given to the baseline.")
+@click.option("--shots-from", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Training JSONL to take the --shots examples from (the first K).")
+@click.option("--probe", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="General text for the forgetting probe (default: the text shipped with edgeft).")
+@click.option("--choices", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help='Multiple-choice JSONL {"question", "choices", "answer"} scored by log-likelihood.')
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Higher-precision GGUF (F16) for KL-divergence / top-1 agreement / Δppl.")
+@click.option("--hf", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="HF model folder: check the chat-rendered eval tokenizes identically (needs transformers).")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Recipe YAML whose eval.gates section sets gates (flags win).")
+@click.option("--min-gain", type=float, default=None, help="Gate: beat the baseline by at least N points.")
+@click.option("--max-ppl-ratio", type=float, default=None, help="Gate: probe perplexity fine-tune/base at most P.")
+@click.option("--max-kld", type=float, default=None, help="Gate: mean KL-divergence vs --reference at most K.")
+@click.option("--min-speed-ratio", type=float, default=None, help="Gate: tg tok/s at least R x the base's (e.g. 0.95).")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most new tokens per answer.")
+@click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context size for generation.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice).")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
+@click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
+def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, shots_from, probe, choices,
+                 reference, hf, recipe, min_gain, max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx,
+                 threads, limit, no_speed):
+    """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
+
+    Generates greedily with the GGUF's own chat template, scores with --metric, gives both scores and their
+    difference with a bootstrap interval, a forgetting probe, and optionally KLD vs a reference, HF parity and
+    throughput. Exits with status 3 when a gate fails, naming it.
+
+    \b
+    Example:
+      edgeft eval out/model-Q4_K_M.gguf --data eval.jsonl -o out/eval \\
+        --baseline base-Q4_K_M.gguf --system "Answer with SQL only." --shots 3 --shots-from train.jsonl \\
+        --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
+    """
+    from runtime.evaluate import run_eval
+    from runtime.gates import gates_from_recipe, resolve_gates
+
+    gates = resolve_gates({"min_gain": min_gain, "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld,
+                           "min_speed_ratio": min_speed_ratio}, gates_from_recipe(recipe))
+    report = run_eval(model, data, out_dir, baseline=baseline, metric=metric, system=system, shots=shots,
+                      shots_from=shots_from, probe=probe, choices=choices, reference=reference, hf=hf, gates=gates,
+                      rubric=rubric, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
+                      speed=not no_speed)
+    scores = report["scores"]
+    line = f"{metric}: fine-tune {scores['model']['mean'] * 100:.1f}%"
+    if report.get("difference"):
+        difference = report["difference"]
+        line += (f", baseline {scores['baseline']['mean'] * 100:.1f}%, difference {difference['mean'] * 100:+.1f} "
+                 f"[{difference['low'] * 100:+.1f}, {difference['high'] * 100:+.1f}] points")
+    click.echo(line)
+    click.echo(f"report: {report['outputs']['report.md']}")
+    for row in report["gates"]:
+        click.echo(f"gate {row['text']}", err=not row["passed"])
+    if not report["passed"]:
+        click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs']['report.md']})",
+                   err=True)
+        sys.exit(GATE_FAILED_EXIT)

@@ -1,0 +1,361 @@
+"""Merge high: add a LoRA adapter into the base's original full-precision weights, one shard at a time.
+
+W = W0 + s·B·A with s = alpha/r (rsLoRA: alpha/sqrt(r)); DoRA then rescales each output row to its learned
+magnitude. W0 comes from the base checkpoint on disk, never from the NF4-dequantized copy training saw: that copy
+is off by the 4-bit rounding error, which is usually larger than the update itself. The merge reports how far a
+merge into the NF4-dequantized base would have landed from this one, so the difference is visible.
+
+Memory: tensors are read and written in row chunks with plain file reads (see `edgeft.safetensors_stream`), so the
+peak is the adapter plus a few chunks, whatever the model size. Output keeps the base's shard layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgeft.adapter import Adapter, load_adapter
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_dir
+from edgeft.safetensors_stream import FLOAT_DTYPES, SafetensorsFile, SafetensorsStreamWriter, read_index
+
+logger = logging.getLogger("edgeft.merge")
+
+DTYPE_CHOICES: dict[str, str | None] = {"auto": None, "bf16": "BF16", "f16": "F16", "f32": "F32",
+                                        "bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+CONFIG_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so one f32 chunk is ~16 MB
+NF4_BLOCK = 64  # QLoRA's NF4 block size
+# QLoRA (transformers' bitsandbytes integration) leaves the output head in full precision.
+NF4_SKIPPED = ("lm_head.weight",)
+# Carried from the base as they are (the license and card with its license front matter matter for a release).
+BASE_FILES = ("generation_config.json", "README.md", "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE")
+# The tokenizer comes as one set, from the adapter when `edgeft train` saved one there (it adds tokens), otherwise
+# from the base; mixing the two could pair a grown vocabulary with the old tokenizer.json.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+# The chat template the adapter was trained with (`edgeft train` writes chat_template.jinja) wins over the base's.
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+@dataclass
+class TensorJob:
+    name: str  # output tensor name
+    source: str  # base tensor it starts from (differs when untying lm_head from tied embeddings)
+    out_dtype: str
+    out_shape: tuple[int, ...]
+
+
+@dataclass
+class NF4Comparison:
+    """Accumulates ||merged_nf4 - merged||², ||merged||² and ||ΔW||² over every LoRA-merged linear weight."""
+
+    diff_sq: float = 0.0
+    merged_sq: float = 0.0
+    delta_sq: float = 0.0
+    per_tensor: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        relative = math.sqrt(self.diff_sq / self.merged_sq) if self.merged_sq else 0.0
+        versus_update = math.sqrt(self.diff_sq / self.delta_sq) if self.delta_sq else 0.0
+        worst = max(self.per_tensor.items(), key=lambda item: item[1]) if self.per_tensor else (None, 0.0)
+        return {"relative_error": relative, "error_over_update": versus_update,
+                "worst_tensor": worst[0], "worst_relative_error": worst[1]}
+
+
+def _resolve_dtype(dtype: str) -> str | None:
+    try:
+        return DTYPE_CHOICES[dtype.lower()]
+    except KeyError:
+        raise EdgeftError(f"--dtype {dtype!r} is not one of auto, bf16, f16, f32") from None
+
+
+def _read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise EdgeftError(f"{model_dir}: no config.json; pass the base model's HF folder with --base")
+    return json.loads(path.read_text())
+
+
+def _mismatch(adapter: Adapter, what: str) -> EdgeftError:
+    trained_on = adapter.base_model or "an unknown base"
+    return EdgeftError(f"{adapter.path}: {what}; this adapter was trained on another base ({trained_on}); "
+                       "pass the base it was trained on with --base")
+
+
+def _same_arrays(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, tuple):
+        return all(_same_arrays(x, y) for x, y in zip(a, b))
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _fold_tied_head(adapter: Adapter, embed: str) -> None:
+    """peft saves a tied model's lm_head copies (resized weight, trained token rows) next to the embedding's; when
+    they are the same data, the head simply follows the embedding and the merged model stays tied."""
+    head = "lm_head.weight"
+    if head in adapter.pairs or embed in adapter.pairs:
+        return
+    if _same_arrays(adapter.full.get(head), adapter.full.get(embed)) or head not in adapter.full:
+        if _same_arrays(adapter.token_rows.get(head), adapter.token_rows.get(embed)) or head not in adapter.token_rows:
+            adapter.full.pop(head, None)
+            adapter.token_rows.pop(head, None)
+
+
+def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple[dict[str, list[TensorJob]], dict]:
+    """Check the adapter against the base (shapes, names) and lay out every output tensor per shard.
+
+    Returns (shard file -> jobs in write order, config changes). Raises naming the first tensor that does not fit,
+    in the base's own tensor order, so the message is stable.
+    """
+    config = _read_config(base_dir)
+    if config.get("quantization_config"):
+        method = config["quantization_config"].get("quant_method", "quantized")
+        raise EdgeftError(f"{base_dir}: the base is a {method} checkpoint; merge high: pass the original "
+                          "full-precision (bf16/f16/f32) model with --base")
+    weight_map = read_index(base_dir)
+    headers = {shard: SafetensorsFile(base_dir / shard) for shard in sorted(set(weight_map.values()))}
+    shapes = {name: headers[shard].shape(name) for name, shard in weight_map.items()}
+    config_changes: dict = {}
+
+    sources = {name: name for name in weight_map}
+    embed = next((name for name in weight_map if name.endswith("embed_tokens.weight")), None)
+    tied = "lm_head.weight" not in weight_map and embed is not None
+    if tied:
+        _fold_tied_head(adapter, embed)
+    if tied and ("lm_head.weight" in adapter.tensor_names() or embed in adapter.pairs):
+        # peft adapts a tied model's input embedding and output head as two modules sharing one base tensor, so a
+        # LoRA on either one changes only that side; the merged model needs its own lm_head (untied).
+        sources["lm_head.weight"] = embed
+        shapes["lm_head.weight"] = shapes[embed]
+        config_changes["tie_word_embeddings"] = False
+    elif "lm_head.weight" in adapter.tensor_names() and "lm_head.weight" not in weight_map:
+        raise _mismatch(adapter, "it changes lm_head.weight, which the base does not have")
+
+    out_shapes = dict(shapes)
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    new_vocab = None
+    for name, array in sorted(adapter.full.items()):
+        if name not in shapes:
+            raise _mismatch(adapter, f"tensor {name} is not in the base model")
+        base_shape = shapes[name]
+        resized = (len(base_shape) == 2 and array.ndim == 2 and base_shape[0] == vocab
+                   and array.shape[1] == base_shape[1])  # added tokens: embeddings/head grow rows only
+        if tuple(array.shape) != base_shape and not resized:
+            raise _mismatch(adapter, f"tensor {name} is {tuple(array.shape)} in the adapter but {base_shape} in the base")
+        if resized and array.shape[0] != base_shape[0]:
+            new_vocab = int(array.shape[0])
+        out_shapes[name] = tuple(array.shape)
+    if new_vocab is not None:
+        config_changes["vocab_size"] = new_vocab
+    if sources.get("lm_head.weight") != "lm_head.weight" and "lm_head.weight" in sources:
+        out_shapes["lm_head.weight"] = out_shapes[sources["lm_head.weight"]]
+
+    file_order = [name for shard in sorted(headers) for name in headers[shard].names()]
+    order = {name: index for index, name in enumerate(file_order)}
+    for name, pair in sorted(adapter.pairs.items(), key=lambda item: order.get(item[0], len(order))):
+        if name not in out_shapes:
+            raise _mismatch(adapter, f"tensor {name} (LoRA on {pair.module}) is not in the base model")
+        if tuple(out_shapes[name]) != pair.delta_shape():
+            raise _mismatch(adapter, f"tensor {name}: lora_B·lora_A is {pair.delta_shape()} but the base weight is "
+                                     f"{tuple(out_shapes[name])}")
+        if pair.magnitude is not None and pair.magnitude.shape[0] != out_shapes[name][0]:
+            raise _mismatch(adapter, f"tensor {name}: DoRA magnitude has {pair.magnitude.shape[0]} rows, "
+                                     f"the base weight {out_shapes[name][0]}")
+        if pair.bias is not None and f"{pair.module}.bias" not in shapes:
+            raise EdgeftError(f"{adapter.path}: {pair.module} has a LoRA bias but the base layer has no bias; "
+                              "train with lora_bias=False")
+    for name, (indices, rows) in adapter.token_rows.items():
+        if name not in out_shapes or rows.shape[1:] != tuple(out_shapes[name][1:]):
+            raise _mismatch(adapter, f"trainable token rows for {name} do not fit the base")
+        if indices.size and indices.max() >= out_shapes[name][0]:
+            raise _mismatch(adapter, f"trainable token index {int(indices.max())} is beyond {name}'s "
+                                     f"{out_shapes[name][0]} rows")
+
+    def job_dtype(name: str) -> str:
+        stored = headers[weight_map[sources[name]]].dtype(sources[name])
+        return out_dtype if (out_dtype and stored in FLOAT_DTYPES) else stored
+
+    shards: dict[str, list[TensorJob]] = {shard: [] for shard in headers}
+    for shard, header in headers.items():
+        for name in (name for name in header.names() if weight_map.get(name) == shard):  # the index is the truth
+            shards[shard].append(TensorJob(name, name, job_dtype(name), out_shapes[name]))
+    if sources.get("lm_head.weight", "lm_head.weight") != "lm_head.weight":
+        shards[weight_map[embed]].append(TensorJob("lm_head.weight", embed, job_dtype("lm_head.weight"),
+                                                   out_shapes["lm_head.weight"]))
+    if out_dtype:
+        config_changes["torch_dtype" if "torch_dtype" in config else "dtype"] = CONFIG_DTYPE_NAMES[out_dtype]
+    return shards, config_changes
+
+
+def _rows_per_chunk(cols: int) -> int:
+    rows = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    return rows
+
+
+def _nf4_roundtrip(weight):
+    """What QLoRA's Linear4bit holds: NF4 with double-quantized absmax, as `Params4bit` quantizes a weight."""
+    import bitsandbytes.functional as bnb_functional
+
+    packed, state = bnb_functional.quantize_4bit(weight, blocksize=NF4_BLOCK, quant_type="nf4", compress_statistics=True)
+    return bnb_functional.dequantize_4bit(packed, state)
+
+
+def _apply_pair_(weight, delta, magnitude) -> None:
+    """In place: weight += ΔW, then DoRA's rescale W' = m / ||W0 + ΔW||_row * (W0 + ΔW) (norm over each output
+    row, as peft merges it) when there is a magnitude. In place because these are the merge's largest buffers."""
+    import torch
+
+    weight.add_(delta)
+    if magnitude is not None:
+        weight.mul_((magnitude / torch.linalg.norm(weight, dim=1)).unsqueeze(1))
+
+
+def _source_rows(job: TensorJob, base: SafetensorsFile, adapter: Adapter, start: int, stop: int):
+    import torch
+
+    # An untied lm_head starts from whatever its tied embedding started from (the saved, possibly resized, copy).
+    replacement = adapter.full.get(job.name, adapter.full.get(job.source))
+    if replacement is not None:
+        # a copy: the merge works in place and the adapter's arrays must stay as loaded
+        return torch.from_numpy(np.array(replacement[start:stop] if replacement.ndim else replacement, copy=True))
+    return torch.from_numpy(base.read_numpy(job.source, start, stop) if base.shape(job.source) else
+                            base.read_numpy(job.source))
+
+
+def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: SafetensorsStreamWriter,
+               nf4: NF4Comparison | None) -> None:
+    import torch
+
+    torch_dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    pair = adapter.pairs.get(job.name)
+    bias_pair = next((p for p in adapter.pairs.values() if p.bias is not None and f"{p.module}.bias" == job.name), None)
+    token_rows = adapter.token_rows.get(job.name)
+    touched = (pair or bias_pair or token_rows is not None or job.name in adapter.full or job.source != job.name)
+    if not touched and job.out_dtype == base.dtype(job.source):
+        rows = job.out_shape[0] if job.out_shape else 1
+        step = _rows_per_chunk(math.prod(job.out_shape[1:]) if job.out_shape else 1)
+        for start in range(0, rows, step):  # untouched and same dtype: copy bytes, no decode
+            writer.write(job.name, base.read_bytes(job.name, start, min(rows, start + step)) if job.out_shape
+                         else base.read_bytes(job.name))
+        if rows == 0:
+            writer.write(job.name, b"")
+        return
+    if job.out_dtype not in torch_dtypes:
+        raise EdgeftError(f"{base.path}: tensor {job.name} is {job.out_dtype}; only float tensors can be merged into")
+
+    rows = job.out_shape[0] if job.out_shape else 1
+    cols = math.prod(job.out_shape[1:]) if len(job.out_shape) > 1 else 1
+    compare_nf4 = nf4 is not None and pair is not None and pair.kind == "linear" and job.name not in NF4_SKIPPED
+    # Double quantization takes the mean of all absmax values of the tensor, so the NF4 round-trip needs the whole
+    # tensor at once; that is one linear weight (never an embedding), small next to a shard.
+    step = rows if compare_nf4 else (_rows_per_chunk(cols) if job.out_shape else 1)
+    diff_sq = merged_sq = 0.0
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        chunk = _source_rows(job, base, adapter, start, stop)
+        if token_rows is not None:
+            indices, values = token_rows
+            inside = (indices >= start) & (indices < stop)
+            chunk[torch.from_numpy(indices[inside] - start)] = torch.from_numpy(values[inside])
+        if bias_pair is not None:
+            chunk = chunk + bias_pair.scale * torch.from_numpy(bias_pair.bias[start:stop])
+        if pair is not None:
+            delta = torch.from_numpy(np.ascontiguousarray(pair.delta_rows(start, stop), dtype=np.float32))
+            magnitude = None if pair.magnitude is None else torch.from_numpy(pair.magnitude[start:stop])
+            low = _nf4_roundtrip(chunk) if compare_nf4 else None
+            _apply_pair_(chunk, delta, magnitude)
+            if low is not None:
+                _apply_pair_(low, delta, magnitude)
+                nf4.delta_sq += float(torch.linalg.vector_norm(delta)) ** 2
+                del delta
+                merged_sq += float(torch.linalg.vector_norm(chunk)) ** 2
+                diff_sq += float(torch.linalg.vector_norm(low.sub_(chunk))) ** 2
+                del low
+        encoded = chunk.to(torch_dtypes[job.out_dtype]) if chunk.dtype != torch_dtypes[job.out_dtype] else chunk
+        writer.write(job.name, encoded.contiguous().view(torch.uint8).reshape(-1).numpy())
+    if rows == 0:
+        writer.write(job.name, b"")
+    if nf4 is not None and merged_sq:
+        nf4.diff_sq += diff_sq
+        nf4.merged_sq += merged_sq
+        nf4.per_tensor[job.name] = math.sqrt(diff_sq / merged_sq)
+
+
+def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, config_changes: dict) -> None:
+    config = _read_config(base_dir)
+    config.update(config_changes)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir
+    template_source = adapter_dir if any((adapter_dir / name).exists() for name in TEMPLATE_FILES) else tokenizer_source
+    for source_dir, names in ((base_dir, BASE_FILES), (tokenizer_source, TOKENIZER_FILES),
+                              (template_source, TEMPLATE_FILES)):
+        for name in names:
+            if (source_dir / name).exists():
+                shutil.copyfile(source_dir / name, out_dir / name)
+
+
+def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwrite: bool = False,
+                  nf4_report: bool = True, progress: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Merge the LoRA adapter in `adapter_dir` into the full-precision base in `base_dir`; write a HF folder.
+
+    dtype: "auto" keeps each tensor's stored dtype; "bf16"/"f16"/"f32" converts floating tensors.
+    nf4_report: also merge every adapted weight into its NF4 round-trip and log the relative difference.
+    log: where that line goes (default: the `edgeft.merge` logger at INFO).
+    Writes `merge_report.json` (scales, tensors merged, NF4 comparison) beside the weights. Returns out_dir.
+    """
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    out_dtype = _resolve_dtype(dtype)
+    adapter = load_adapter(adapter_dir)
+    if not base_dir.is_dir():
+        raise EdgeftError(f"{base_dir}: base model folder not found; pass a local HF folder with --base")
+    shards, config_changes = plan_merge(base_dir, adapter, out_dtype)
+    nf4 = NF4Comparison() if nf4_report and adapter.pairs else None
+    jobs_total = sum(len(jobs) for jobs in shards.values())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=jobs_total, desc="merge", unit="tensor")
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        weight_map: dict[str, str] = {}
+        total_bytes = 0
+        for shard, jobs in shards.items():
+            base = SafetensorsFile(base_dir / shard)
+            specs = [(job.name, job.out_dtype, job.out_shape) for job in jobs]
+            with SafetensorsStreamWriter(tmp / shard, specs, base.metadata or None) as writer:
+                for job in jobs:
+                    _write_job(job, base, adapter, writer, nf4)
+                    weight_map[job.name] = shard
+                    if bar is not None:
+                        bar.update(1)
+            total_bytes += writer.total_bytes
+        if bar is not None:
+            bar.close()
+        if len(shards) > 1 or (base_dir / "model.safetensors.index.json").exists():
+            index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        _copy_side_files(base_dir, adapter_dir, tmp, config_changes)
+        report = {
+            "base": str(base_dir), "adapter": str(adapter_dir), "dtype": dtype,
+            "use_rslora": bool(adapter.config.get("use_rslora")), "use_dora": bool(adapter.config.get("use_dora")),
+            "lora_tensors": len(adapter.pairs), "replaced_tensors": sorted(adapter.full),
+            "scales": sorted({round(pair.scale, 6) for pair in adapter.pairs.values()}),
+            "config_changes": config_changes,
+            "nf4_merge_comparison": nf4.summary() if nf4 is not None else None,
+        }
+        (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if nf4 is not None:
+        summary = nf4.summary()
+        (log or logger.info)(
+            f"merged into the full-precision base; merging into the NF4-dequantized base instead would have moved "
+            f"the merged weights by {100 * summary['relative_error']:.2f}% (relative L2), "
+            f"{summary['error_over_update']:.1f}x the size of the LoRA update itself")
+    return out_dir

@@ -1,0 +1,1 @@
+"""Data files shipped with runtime (general.txt: the default forgetting-probe text)."""

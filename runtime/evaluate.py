@@ -1,0 +1,189 @@
+"""`run_eval`: does the shipped GGUF beat the well-prompted base, without breaking anything else, as fast?
+
+Order of work: check every input first (a typo in --metric must not cost an hour of generation), then generate
+with each model in turn (one model in memory at a time), then score (the judge model loads only now), then the
+optional measurements (probe, KLD, parity, speed), gates, and finally all outputs appear at once in OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_dir
+from runtime import examples as examples_mod
+from runtime.gates import GATES, check_gates, resolve_gates
+from runtime.generate import chat_reply, render_chat
+from runtime.load import check_gguf, open_gguf
+from runtime.metrics import Judge, parse_metric
+from runtime.stats import mean_interval, paired_difference
+
+
+def _progress(items: Sequence, description: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a core dependency, but a progress bar is never worth a crash
+        return items
+    return tqdm(items, desc=description, unit="ex", file=sys.stderr, disable=None, leave=False)
+
+
+def _generate(path: Path, prompts: list[list[dict]], *, n_ctx: int, threads: int | None, max_tokens: int,
+              label: str, rendered_with_gold: list[str] | None = None, golds: Sequence[str] = ()) -> list[str]:
+    llm = open_gguf(path, n_ctx=n_ctx, threads=threads)
+    answers = []
+    for index, messages in enumerate(_progress(prompts, f"generate ({label})")):
+        answers.append(chat_reply(llm, messages, max_tokens=max_tokens, path=str(path)).text)
+        if rendered_with_gold is not None:
+            full = list(messages) + [{"role": "assistant", "content": golds[index]}]
+            rendered_with_gold.append(render_chat(llm, full, add_generation_prompt=False, path=str(path)))
+    llm.close()
+    return answers
+
+
+def _probe(path: Path, text: str, choices: list[dict] | None, *, window: int, threads: int | None,
+           max_tokens: int | None) -> tuple[dict, dict | None]:
+    from runtime.perplexity import multiple_choice, perplexity
+
+    llm = open_gguf(path, n_ctx=window, logits_all=True, threads=threads)
+    result = perplexity(llm, text, window=window, max_tokens=max_tokens)
+    mc = multiple_choice(llm, choices) if choices else None
+    llm.close()
+    return result, mc
+
+
+def _safe_out_dir(out_dir: Path) -> bool:
+    """Overwrite only an earlier eval's folder (it has report.json) or an empty one, never an arbitrary folder."""
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise EdgeftError(f"-o {out_dir}: exists and is not a folder; choose another output folder")
+    if any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
+        raise EdgeftError(f"-o {out_dir}: folder is not empty and holds no earlier report.json; choose another -o")
+    return True
+
+
+def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+             baseline: str | os.PathLike | None = None, metric: str = "exact", system: str | None = None,
+             shots: int = 0, shots_from: str | os.PathLike | None = None, probe: str | os.PathLike | None = None,
+             choices: str | os.PathLike | None = None, reference: str | os.PathLike | None = None,
+             hf: str | os.PathLike | None = None, gates: dict[str, float] | None = None,
+             rubric: str | os.PathLike | None = None, max_tokens: int = 256, n_ctx: int = 4096,
+             threads: int | None = None, limit: int | None = None, probe_window: int = 512,
+             probe_max_tokens: int | None = 8192, speed: bool = True, bench_prompt: int = 128, bench_gen: int = 32,
+             bench_repeat: int = 3) -> dict:
+    """Evaluate `model` on `data` (JSONL conversations; the last assistant turn is the gold answer) and write
+    report.json, report.md, review.md, eval.png and predictions.jsonl into `out_dir`. Returns the report;
+    `report["passed"]` is False when a gate failed (the CLI then exits non-zero).
+
+    Example: `run_eval("ft.gguf", "eval.jsonl", "out/eval", baseline="base.gguf", system="Answer in SQL.",
+    shots=3, shots_from="train.jsonl", metric="sql-exec:shop.sqlite", gates={"min_gain": 5})`.
+    """
+    model, out_dir = check_gguf(model), Path(out_dir)
+    baseline = check_gguf(baseline) if baseline else None
+    reference = check_gguf(reference) if reference else None
+    examples = examples_mod.read_examples(data, limit=limit)
+    shot_turns = examples_mod.shot_turns(shots_from, shots)
+    scorer = parse_metric(metric, rubric_path=str(rubric) if rubric else None, threads=threads)
+    gates = resolve_gates(gates or {})
+    available = {"min_gain": baseline is not None, "max_ppl_ratio": baseline is not None,
+                 "max_kld": reference is not None, "min_speed_ratio": baseline is not None and speed}
+    for name in gates:
+        if not available[name]:
+            raise EdgeftError(f"gate {name} needs {GATES[name].needs}; add it or drop the gate")
+    from runtime.perplexity import read_choices, read_probe
+
+    probe_name, probe_text = read_probe(probe)
+    mc_items = read_choices(choices) if choices else None
+    _safe_out_dir(out_dir)
+
+    # 1. generation, one model in memory at a time
+    rendered: list[str] = []
+    golds = [example.gold for example in examples]
+    predictions = _generate(model, [e.prompt for e in examples], n_ctx=n_ctx, threads=threads,
+                            max_tokens=max_tokens, label="fine-tune", rendered_with_gold=rendered, golds=golds)
+    baseline_answers = None
+    if baseline is not None:
+        prompts = [examples_mod.baseline_prompt(e, system=system, shots=shot_turns) for e in examples]
+        baseline_answers = _generate(baseline, prompts, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens,
+                                     label="baseline")
+
+    # 2. scoring (a judge model loads only now, after the generators are closed)
+    rows = []
+    for index, example in enumerate(_progress(examples, "score")):
+        verdict = scorer.score(predictions[index], example.gold, example.question)
+        row = {"line": example.line, "question": example.question, "gold": example.gold,
+               "prediction": predictions[index], "model_score": verdict.score, "model_note": verdict.note}
+        if baseline_answers is not None:
+            base_verdict = scorer.score(baseline_answers[index], example.gold, example.question)
+            row.update(baseline=baseline_answers[index], baseline_score=base_verdict.score,
+                       baseline_note=base_verdict.note)
+        rows.append(row)
+    if isinstance(scorer, Judge):
+        scorer.close()
+    model_scores = [row["model_score"] for row in rows]
+    report: dict = {
+        "model": str(model), "baseline": str(baseline) if baseline else None, "data": str(data), "metric": metric,
+        "n": len(rows),
+        "settings": {"max_tokens": max_tokens, "n_ctx": n_ctx, "threads": threads, "system": system,
+                     "shots": shots, "shots_from": str(shots_from) if shots_from else None, "decoding": "greedy"},
+        "scores": {"model": mean_interval(model_scores)}, "difference": None,
+    }
+    if baseline_answers is not None:
+        baseline_scores = [row["baseline_score"] for row in rows]
+        report["scores"]["baseline"] = mean_interval(baseline_scores)
+        report["difference"] = paired_difference(model_scores, baseline_scores)
+    if isinstance(scorer, Judge):
+        unparsed_model = sum(1 for r in rows if r["model_note"].startswith("unparseable"))
+        unparsed_base = sum(1 for r in rows if r.get("baseline_note", "").startswith("unparseable"))
+        report["judge"] = {"model": str(scorer.path), "unparsed": {"model": unparsed_model, "baseline": unparsed_base}}
+
+    # 3. forgetting probe: always for the model, and the ratio when the base is known
+    probe_result: dict = {"text": probe_name}
+    probe_result["model"], model_mc = _probe(model, probe_text, mc_items, window=probe_window, threads=threads,
+                                             max_tokens=probe_max_tokens)
+    if baseline is not None:
+        probe_result["baseline"], base_mc = _probe(baseline, probe_text, mc_items, window=probe_window,
+                                                   threads=threads, max_tokens=probe_max_tokens)
+        probe_result["ppl_ratio"] = probe_result["model"]["ppl"] / probe_result["baseline"]["ppl"]
+    else:
+        base_mc = None
+    if mc_items:
+        probe_result["choices"] = {"model": model_mc, **({"baseline": base_mc} if base_mc else {})}
+    report["probe"] = probe_result
+
+    # 4. quantization quality, parity, speed
+    if reference is not None:
+        from runtime.kld import compare
+
+        report["quantization"] = compare(model, reference, rendered, n_ctx=n_ctx, threads=threads)
+    if hf is not None:
+        from runtime.parity import check_parity
+
+        report["parity"] = check_parity(model, hf, [e.prompt + [{"role": "assistant", "content": e.gold}]
+                                                    for e in examples])
+    if baseline is not None:
+        from runtime.load import tensor_type_differences
+
+        report["tensor_types"] = tensor_type_differences(model, baseline)
+    if speed and baseline is not None:
+        from runtime.throughput import measure_pair, speed_ratio
+
+        model_speed, base_speed = measure_pair(model, baseline, n_prompt=bench_prompt, n_gen=bench_gen,
+                                               threads=threads, repeat=bench_repeat)
+        report["throughput"] = {"model": model_speed, "baseline": base_speed,
+                                "ratio": speed_ratio(model_speed, base_speed)}
+
+    # 5. gates and outputs
+    report["gates"] = check_gates(gates, report)
+    report["failed_gates"] = [row["gate"] for row in report["gates"] if not row["passed"]]
+    report["passed"] = not report["failed_gates"]
+    from runtime.report import write_all
+
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_all(report, rows, tmp)
+    report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "review.md",
+                                                                  "eval.png", "predictions.jsonl")}
+    return report

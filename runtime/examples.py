@@ -1,0 +1,94 @@
+"""Eval examples: each JSONL conversation becomes (prompt messages, gold answer), the gold being the last
+assistant turn; and the baseline's prompt: system text plus K solved examples from the training set.
+
+runtime/ reads eval files itself (rather than through edgeft.data) so the laptop install, which has no training
+extras, can evaluate; the checks are the few an evaluation depends on, each reported as file:line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class Example:
+    line: int
+    prompt: list[dict]  # every turn before the last assistant one
+    gold: str
+
+    @property
+    def question(self) -> str:
+        """The last user turn, for review.md and the judge."""
+        users = [m["content"] for m in self.prompt if m["role"] == "user"]
+        return users[-1] if users else ""
+
+
+def read_conversations(path: str | Path, *, option: str = "--data") -> list[tuple[int, list[dict]]]:
+    """(line number, messages) for each non-empty line; EdgeftError with file:line on the first bad one."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeftError(f"{option} {path}: file not found; pass a JSONL file of {{\"messages\": [...]}} lines")
+    conversations = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise EdgeftError(f"{where}: not valid JSON ({exc.args[0]}); one conversation per line") from exc
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if not isinstance(messages, list) or not messages:
+                raise EdgeftError(f"{where}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
+            for turn, message in enumerate(messages):
+                if not isinstance(message, dict) or message.get("role") not in ROLES \
+                        or not isinstance(message.get("content"), str):
+                    raise EdgeftError(f"{where}: message {turn} needs a role in {sorted(ROLES)} and string content")
+            conversations.append((number, [{"role": m["role"], "content": m["content"]} for m in messages]))
+    if not conversations:
+        raise EdgeftError(f"{option} {path}: no conversations in the file")
+    return conversations
+
+
+def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example]:
+    examples = []
+    for number, messages in read_conversations(path):
+        if messages[-1]["role"] != "assistant":
+            raise EdgeftError(f"{path}:{number}: the last message must be the assistant's gold answer")
+        if not any(m["role"] == "user" for m in messages[:-1]):
+            raise EdgeftError(f"{path}:{number}: no user turn before the gold answer")
+        examples.append(Example(number, messages[:-1], messages[-1]["content"]))
+        if limit and len(examples) >= limit:
+            break
+    return examples
+
+
+def shot_turns(path: str | Path | None, shots: int) -> list[dict]:
+    """User/assistant turns of the first `shots` training conversations (system turns dropped: the baseline's
+    own system prompt leads). The first ones, not a random draw, so the baseline prompt is reproducible."""
+    if shots <= 0:
+        return []
+    if path is None:
+        raise EdgeftError(f"--shots {shots} needs --shots-from TRAIN.jsonl to draw the examples from")
+    turns: list[dict] = []
+    conversations = read_conversations(path, option="--shots-from")
+    for _number, messages in conversations[:shots]:
+        turns.extend(m for m in messages if m["role"] != "system")
+    if len(conversations) < shots:
+        raise EdgeftError(f"--shots-from {path}: only {len(conversations)} conversations for --shots {shots}")
+    return turns
+
+
+def baseline_prompt(example: Example, *, system: str | None, shots: list[dict]) -> list[dict]:
+    """The well-prompted base: system prompt, K solved examples, then the example's own turns."""
+    own_system = [m for m in example.prompt if m["role"] == "system"]
+    rest = [m for m in example.prompt if m["role"] != "system"]
+    lead = [{"role": "system", "content": system}] if system else own_system
+    return lead + list(shots) + rest

@@ -1,0 +1,250 @@
+"""Metrics: how one generated answer is scored against the gold (last assistant turn).
+
+Each metric is a small class with `score(prediction, gold, prompt) -> Verdict`; `METRICS` maps the names users
+type (`--metric exact`, `--metric sql-exec:shop.sqlite`) to them. A metric never raises on a bad *prediction*:
+invalid JSON, SQL that does not run, or a judge that rambles all count as wrong (with a note), because one odd
+answer must not sink a whole evaluation. Bad *inputs the user controls* (a missing database, gold that is not
+JSON) are EdgeftErrors, since every score would be meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgeft.errors import EdgeftError
+
+_FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
+
+
+@dataclass
+class Verdict:
+    score: float  # 0..1
+    note: str = ""  # why, for review.md ("invalid JSON", "no such table: x", ...)
+    parsed: bool = True  # False when a judge verdict could not be read
+
+
+def strip_fences(text: str) -> str:
+    """Answers often come wrapped in ```json / ```sql fences; score what is inside."""
+    text = text.strip()
+    match = _FENCE.match(text)
+    return match.group(1).strip() if match else text
+
+
+class Exact:
+    name = "exact"
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        # Surrounding whitespace is an artefact of templates/detokenization, not an answer difference.
+        return Verdict(float(prediction.strip() == gold.strip()))
+
+
+class Normalized:
+    name = "normalized"
+
+    @staticmethod
+    def normalize(text: str) -> str:
+        return " ".join(text.casefold().split())
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        return Verdict(float(self.normalize(prediction) == self.normalize(gold)))
+
+
+def _parse_json(text: str):
+    return json.loads(strip_fences(text))
+
+
+class JsonValid:
+    name = "json-valid"
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        try:
+            _parse_json(prediction)
+        except ValueError as exc:
+            return Verdict(0.0, f"invalid JSON: {exc}")
+        return Verdict(1.0)
+
+
+class JsonMatch:
+    name = "json-match"
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        try:
+            expected = _parse_json(gold)
+        except ValueError as exc:
+            raise EdgeftError(f"json-match: a gold answer is not JSON ({exc}): {gold[:80]!r}; fix the eval file "
+                              "or use --metric exact") from exc
+        try:
+            got = _parse_json(prediction)
+        except ValueError as exc:
+            return Verdict(0.0, f"invalid JSON: {exc}")
+        # Parsed equality: key order and spacing do not matter; 1 and 1.0 compare equal as in Python.
+        return Verdict(float(got == expected), "" if got == expected else "JSON differs")
+
+
+class Regex:
+    """`regex:PAT`. Without a capture group: 1 when PAT occurs in the prediction (format check).
+    With a group: the first group extracted from prediction and gold must be equal (answer extraction)."""
+
+    name = "regex"
+
+    def __init__(self, pattern: str):
+        try:
+            self.pattern = re.compile(pattern, re.DOTALL)
+        except re.error as exc:
+            raise EdgeftError(f"--metric regex:{pattern}: invalid regular expression ({exc})") from exc
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        found = self.pattern.search(prediction)
+        if self.pattern.groups == 0:
+            return Verdict(float(found is not None), "" if found else "pattern not found")
+        if found is None:
+            return Verdict(0.0, "pattern not found")
+        gold_match = self.pattern.search(gold)
+        expected = gold_match.group(1) if gold_match else gold.strip()
+        return Verdict(float(found.group(1).strip() == expected.strip()))
+
+
+class SqlExec:
+    """`sql-exec:DB.sqlite`: run gold and predicted SQL read-only; equal result multisets (row order ignored)."""
+
+    name = "sql-exec"
+    max_steps = 5_000_000  # sqlite VM instructions; stops runaway cross joins without a timer
+
+    def __init__(self, db_path: str):
+        self.path = Path(db_path)
+        if not self.path.is_file():
+            raise EdgeftError(f"--metric sql-exec:{db_path}: SQLite file not found; pass the database the gold "
+                              "queries run against")
+        with open(self.path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise EdgeftError(f"--metric sql-exec:{db_path}: not an SQLite database file")
+
+    def _run(self, sql: str):
+        # mode=ro: a predicted DROP/DELETE must not damage the user's database or later comparisons.
+        connection = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+        steps = [0]
+
+        def guard() -> int:
+            steps[0] += 1000
+            return 1 if steps[0] > self.max_steps else 0
+
+        connection.set_progress_handler(guard, 1000)
+        try:
+            rows = connection.execute(sql).fetchall()
+        finally:
+            connection.close()
+        return Counter(tuple(_canonical(value) for value in row) for row in rows)
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        try:
+            expected = self._run(strip_fences(gold))
+        except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
+            return Verdict(0.0, f"gold SQL failed: {exc}")
+        try:
+            got = self._run(strip_fences(prediction))
+        except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as exc:
+            return Verdict(0.0, f"SQL error: {exc}")
+        return Verdict(float(got == expected), "" if got == expected else "different result set")
+
+
+def _canonical(value):
+    # 3 and 3.0 are the same answer to "how many"; round floats so SUM/AVG summation order does not matter.
+    if isinstance(value, float):
+        return round(value, 6) if not value.is_integer() else int(value)
+    return value
+
+
+class Judge:
+    """`judge:JUDGE.gguf` + a rubric: a local model grades each answer 1-5 against the gold one."""
+
+    name = "judge"
+    scale = 5
+    _verdict = re.compile(r"score\s*[:=]?\s*\**\s*([1-5])\b", re.IGNORECASE)
+
+    def __init__(self, judge_path: str, rubric: str | None = None, *, threads: int | None = None,
+                 max_tokens: int = 200):
+        from runtime.load import check_gguf
+
+        self.path = check_gguf(judge_path)
+        self.rubric = rubric or DEFAULT_RUBRIC
+        self.threads = threads
+        self.max_tokens = max_tokens
+        self._llm = None
+        self.unparsed = 0
+
+    def _model(self):
+        if self._llm is None:
+            from runtime.load import open_gguf
+
+            self._llm = open_gguf(self.path, n_ctx=4096, threads=self.threads)
+        return self._llm
+
+    def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
+        from runtime.generate import chat_reply
+
+        messages = [
+            {"role": "system", "content": self.rubric},
+            {"role": "user", "content": f"Question:\n{prompt}\n\nReference answer:\n{gold}\n\n"
+                                        f"Candidate answer:\n{prediction}\n\n"
+                                        "Grade the candidate. End with a line `Score: N` (N from 1 to 5)."},
+        ]
+        reply = chat_reply(self._model(), messages, max_tokens=self.max_tokens, path=str(self.path)).text
+        return self.parse(reply)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def parse(self, reply: str) -> Verdict:
+        found = self._verdict.findall(reply)
+        if not found:
+            self.unparsed += 1
+            return Verdict(0.0, f"unparseable judge verdict: {reply.strip()[:120]!r}", parsed=False)
+        value = int(found[-1])
+        return Verdict((value - 1) / (self.scale - 1), f"judge score {value}/{self.scale}")
+
+
+DEFAULT_RUBRIC = (
+    "You are a strict grader. Compare the candidate answer with the reference answer. 5: same meaning and fully "
+    "correct; 4: correct with minor omissions; 3: partly correct; 2: mostly wrong; 1: wrong or off-topic. "
+    "Judge content, not style or length."
+)
+
+# name -> factory(argument or None, options) ; arguments follow the first colon: regex:PAT, sql-exec:DB, judge:GGUF
+METRICS: dict[str, Callable[..., object]] = {
+    "exact": lambda arg, **kw: Exact(),
+    "normalized": lambda arg, **kw: Normalized(),
+    "json-valid": lambda arg, **kw: JsonValid(),
+    "json-match": lambda arg, **kw: JsonMatch(),
+    "regex": lambda arg, **kw: Regex(arg),
+    "sql-exec": lambda arg, **kw: SqlExec(arg),
+    "judge": lambda arg, **kw: Judge(arg, kw.get("rubric"), threads=kw.get("threads")),
+}
+NEEDS_ARGUMENT = {"regex": "PATTERN", "sql-exec": "DB.sqlite", "judge": "JUDGE.gguf"}
+
+
+def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | None = None):
+    """`"sql-exec:db.sqlite"` -> a metric object; EdgeftError naming the known metrics otherwise."""
+    name, _, argument = spec.partition(":")
+    name = name.strip().lower()
+    if name not in METRICS:
+        known = ", ".join(f"{n}:{NEEDS_ARGUMENT[n]}" if n in NEEDS_ARGUMENT else n for n in METRICS)
+        raise EdgeftError(f"--metric {spec}: unknown metric; choose one of {known}")
+    if name in NEEDS_ARGUMENT and not argument:
+        raise EdgeftError(f"--metric {spec}: needs an argument, e.g. {name}:{NEEDS_ARGUMENT[name]}")
+    rubric = None
+    if rubric_path:
+        try:
+            rubric = Path(rubric_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise EdgeftError(f"--rubric {rubric_path}: cannot read ({exc.strerror})") from exc
+    metric = METRICS[name](argument or None, rubric=rubric, threads=threads)
+    metric.spec = spec
+    return metric

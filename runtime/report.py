@@ -1,0 +1,181 @@
+"""Eval outputs: report.json (everything, machine-readable), report.md (tables), review.md (50 side-by-side
+samples for a human), eval.png (fine-tune vs baseline bars with bootstrap intervals), predictions.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REVIEW_SAMPLES = 50
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value * 100:.1f}"
+
+
+def _num(value, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _interval(stats: dict) -> str:
+    return f"{_pct(stats['mean'])} [{_pct(stats['low'])}, {_pct(stats['high'])}]"
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_predictions(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Eval: {Path(report['model']).name}", "",
+             f"Data `{report['data']}` ({report['n']} examples), metric `{report['metric']}`, greedy, "
+             f"max {report['settings']['max_tokens']} new tokens.", ""]
+    scores = report["scores"]
+    lines += ["## Task score (%, 95% bootstrap interval)", "", "| system | score | n |", "|---|---|---|",
+              f"| fine-tune `{Path(report['model']).name}` | {_interval(scores['model'])} | {scores['model']['n']} |"]
+    if scores.get("baseline"):
+        settings = report["settings"]
+        how = f"system prompt: {'yes' if settings.get('system') else 'no'}, {settings.get('shots', 0)} shots"
+        lines.append(f"| baseline `{Path(report['baseline']).name}` ({how}) | {_interval(scores['baseline'])} | "
+                     f"{scores['baseline']['n']} |")
+    if report.get("difference"):
+        difference = report["difference"]
+        lines += ["", f"**Difference (fine-tune − baseline): {_interval(difference)} points**, "
+                      f"bootstrap P(not better) = {difference.get('p_not_better', float('nan')):.3f}."]
+    if report.get("judge"):
+        lines += ["", f"Judge verdicts that could not be parsed (counted as 0): {report['judge']['unparsed']}."]
+    probe = report.get("probe")
+    if probe:
+        lines += ["", "## Forgetting probe", "", f"Text: {probe['text']}", "", "| system | perplexity | tokens |",
+                  "|---|---|---|"]
+        for who in ("model", "baseline"):
+            if probe.get(who):
+                lines.append(f"| {who} | {_num(probe[who]['ppl'])} | {probe[who]['n_tokens']} |")
+        if probe.get("ppl_ratio") is not None:
+            lines += ["", f"Perplexity ratio fine-tune/base: **{probe['ppl_ratio']:.4f}**"]
+        if probe.get("choices"):
+            lines += ["", "| multiple choice | accuracy | accuracy (per char) | n |", "|---|---|---|---|"]
+            for who, result in probe["choices"].items():
+                lines.append(f"| {who} | {_pct(result['accuracy'])} | {_pct(result['accuracy_norm'])} | "
+                             f"{result['n']} |")
+    quality = report.get("quantization")
+    if quality:
+        lines += ["", f"## Quantization quality vs `{Path(quality['reference']).name}`", "",
+                  "| mean KLD | median KLD | p99 KLD | max KLD | top-1 agreement % | ppl | ppl (reference) | Δppl | tokens |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  f"| {_num(quality['kld_mean'])} | {_num(quality['kld_median'])} | {_num(quality['kld_p99'])} | "
+                  f"{_num(quality['kld_max'])} | {quality['top1_agreement']:.2f} | {_num(quality['ppl_model'])} | "
+                  f"{_num(quality['ppl_reference'])} | {_num(quality['delta_ppl'])} | {quality['n_tokens']} |"]
+    parity = report.get("parity")
+    if parity:
+        lines += ["", f"## HF parity (`{parity['hf']}`)", "",
+                  f"Template renders identically: {parity['template_matches']}/{parity['n']}; "
+                  f"token ids identical: {parity['token_matches']}/{parity['n']}."]
+        for mismatch in parity["mismatches"]:
+            lines.append(f"- example {mismatch['example']}: `{json.dumps({k: v for k, v in mismatch.items() if k != 'example'}, ensure_ascii=False)}`")
+    speed = report.get("throughput")
+    if speed:
+        lines += ["", "## Throughput (median tok/s)", "", "| system | pp tok/s | tg tok/s | load s | size MiB | peak RSS MiB |",
+                  "|---|---|---|---|---|---|"]
+        for who in ("model", "baseline"):
+            row = speed.get(who)
+            if row:
+                lines.append(f"| {who} | {_num(row['pp_tok_s'])} | {_num(row['tg_tok_s'])} | {row['load_s']:.2f} | "
+                             f"{row['size_mib']:.1f} | {row['peak_rss_mib']:.0f} |")
+        if speed.get("ratio"):
+            lines += ["", f"Speed ratio fine-tune/base: pp {_num(speed['ratio']['pp'])}, tg {_num(speed['ratio']['tg'])}"]
+    types = report.get("tensor_types")
+    if types:
+        if types["same"]:
+            lines += ["", "Tensor types: every tensor is stored in the same type as in the baseline."]
+        else:
+            lines += ["", f"Tensor types: **{types['n_differing']} tensors differ from the baseline's** "
+                          f"({types['n_only_in_model']} only in the fine-tune); a different type changes speed and size:",
+                      ""] + [f"- `{d['tensor']}`: {d['model']} (baseline {d['baseline']})" for d in types["differing"]]
+    if report.get("gates"):
+        lines += ["", "## Gates", ""] + [f"- {'✅' if row['passed'] else '❌'} {row['text']}" for row in report["gates"]]
+        failed = [row["gate"] for row in report["gates"] if not row["passed"]]
+        lines += ["", f"**Gates failed: {', '.join(failed)}**" if failed else "**All gates passed.**"]
+    return "\n".join(lines) + "\n"
+
+
+def _block(text: str) -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}\n{text.strip()}\n{fence}"
+
+
+def render_review(rows: list[dict], *, has_baseline: bool) -> str:
+    """Disagreements first (that is where a human learns something), then the rest, up to 50, in file order."""
+    disagreements = [r for r in rows if has_baseline and r["model_score"] != r.get("baseline_score")]
+    others = [r for r in rows if r not in disagreements]
+    chosen = sorted((disagreements + others)[:REVIEW_SAMPLES], key=lambda r: r["line"])
+    lines = [f"# Review: {len(chosen)} samples side by side", "",
+             f"{len(disagreements)} of {len(rows)} examples were scored differently for fine-tune and baseline; "
+             "they are included first.", ""]
+    for index, row in enumerate(chosen, 1):
+        verdict = f"fine-tune {row['model_score']:.2f}"
+        if has_baseline:
+            verdict += f", base {row['baseline_score']:.2f}"
+        lines += [f"## {index}. line {row['line']} — {verdict}", "", "**Prompt**", "", _block(row["question"]), "",
+                  "**Gold**", "", _block(row["gold"]), ""]
+        if has_baseline:
+            lines += [f"**Base** {('— ' + row['baseline_note']) if row.get('baseline_note') else ''}", "",
+                      _block(row["baseline"]), ""]
+        lines += [f"**Fine-tune** {('— ' + row['model_note']) if row.get('model_note') else ''}", "",
+                  _block(row["prediction"]), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bars with bootstrap intervals: fine-tune vs baseline score, and their difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = report["scores"]
+    names, means, lows, highs, colors = [], [], [], [], []
+    for who, label, color in (("model", "fine-tune", "#2a7ab0"), ("baseline", "baseline", "#999999")):
+        if scores.get(who):
+            names.append(label)
+            means.append(scores[who]["mean"] * 100)
+            lows.append(scores[who]["mean"] * 100 - scores[who]["low"] * 100)
+            highs.append(scores[who]["high"] * 100 - scores[who]["mean"] * 100)
+            colors.append(color)
+    if report.get("difference"):
+        difference = report["difference"]
+        names.append("difference")
+        means.append(difference["mean"] * 100)
+        lows.append((difference["mean"] - difference["low"]) * 100)
+        highs.append((difference["high"] - difference["mean"]) * 100)
+        colors.append("#3a9a50" if difference["low"] > 0 else "#c05040")
+    figure, axis = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    axis.bar(names, means, yerr=[lows, highs], capsize=6, color=colors)
+    axis.axhline(0, color="black", linewidth=0.6)
+    axis.set_ylabel(f"{report['metric']} (%)")
+    axis.set_title(f"{Path(report['model']).name}: n={report['n']}, 95% intervals", fontsize=9)
+    for x, mean in enumerate(means):
+        # Inside the bar, by its base: above the bar top the label would collide with the interval's whisker.
+        axis.annotate(f"{mean:.1f}", (x, 0), ha="center", va="bottom" if mean >= 0 else "top", fontsize=8,
+                      color="white" if abs(mean) > 4 else "black", xytext=(0, 3 if mean >= 0 else -3),
+                      textcoords="offset points")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+def write_all(report: dict, rows: list[dict], out_dir: Path) -> dict[str, Path]:
+    """Write the five files into `out_dir` (already a temporary folder; the caller renames it into place)."""
+    paths = {name: out_dir / name for name in ("report.json", "report.md", "review.md", "eval.png",
+                                                "predictions.jsonl")}
+    write_json(report, paths["report.json"])
+    paths["report.md"].write_text(render_markdown(report), encoding="utf-8")
+    paths["review.md"].write_text(render_review(rows, has_baseline=bool(report.get("baseline"))), encoding="utf-8")
+    plot(report, paths["eval.png"])
+    write_predictions(rows, paths["predictions.jsonl"])
+    return paths

@@ -1,0 +1,147 @@
+"""Bad input: one clear line, a non-zero exit, and no output (or temporary) file left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from tests.factory import build_model
+
+
+def _copy(arch: str, tmp_path, **kw):
+    target = tmp_path / "model"
+    shutil.copytree(build_model(arch, **kw), target)
+    return target
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["convert", *map(str, args)])
+
+
+def _assert_refused(result, out_dir, *needles):
+    assert result.exit_code == 1, result.output
+    # A progress bar may have been drawn (and erased with \r) before the failure; what stays on screen is after \r.
+    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not [p.name for p in out_dir.iterdir()], "something was left in the output folder"
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def test_missing_config(tmp_path, out_dir):
+    model = _copy("qwen2", tmp_path)
+    (model / "config.json").unlink()
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "config.json is missing")
+
+
+def test_unknown_architecture(tmp_path, out_dir):
+    model = _copy("qwen2", tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["FalconMambaForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "FalconMambaForCausalLM", "LlamaForCausalLM",
+                    "Gemma2ForCausalLM")
+
+
+def test_missing_shard(tmp_path, out_dir):
+    model = _copy("llama", tmp_path, shards=3)
+    (model / "model-00002-of-00003.safetensors").unlink()
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "model-00002-of-00003.safetensors", "missing")
+
+
+def test_truncated_safetensors(tmp_path, out_dir):
+    model = _copy("llama", tmp_path)
+    weights = model / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "truncated")
+
+
+def test_missing_tokenizer(tmp_path, out_dir):
+    model = _copy("mistral", tmp_path)
+    for name in ("tokenizer.json", "tokenizer.model"):
+        (model / name).unlink()
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "no tokenizer")
+
+
+def test_unrecognised_pretokenizer_and_override(tmp_path, out_dir):
+    model = _copy("llama", tmp_path)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    split = tokenizer["pre_tokenizer"]["pretokenizers"][0]
+    split["pattern"]["Regex"] = split["pattern"]["Regex"].replace(r"\p{N}{1,3}", r"\p{N}{1,4}")
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pre-tokenizer not recognised", "--pretokenizer")
+
+    result = _run(model, "-o", out_dir / "m.gguf", "--outtype", "f32", "--pretokenizer", "llama-bpe")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out_dir.iterdir()] == ["m.gguf"]
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path, out_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    model = _copy("qwen2", tmp_path)
+    state = load_file(model / "model.safetensors")
+    torch.save(state, model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pickle", "--allow-pickle")
+
+    result = _run(model, "-o", out_dir / "m.gguf", "--outtype", "f32", "--allow-pickle")
+    assert result.exit_code == 0, result.output
+    import gguf
+    import numpy as np
+
+    tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out_dir / "m.gguf").tensors}
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.bias"], state["model.layers.0.self_attn.q_proj.bias"].numpy())
+
+
+def test_output_folder_not_creatable(tmp_path, out_dir):
+    model = build_model("qwen2")
+    blocker = out_dir / "not-a-folder"
+    blocker.write_text("x")
+    result = _run(model, "-o", blocker / "m.gguf")
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert "cannot create output folder" in result.output or "not writable" in result.output
+    assert [p.name for p in out_dir.iterdir()] == ["not-a-folder"]
+
+
+def test_output_folder_not_writable(out_dir, monkeypatch):
+    model = build_model("qwen2")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root writes anywhere: make the permission check say no
+        import edgeft.fsutil
+
+        real_access = os.access
+        monkeypatch.setattr(edgeft.fsutil.os, "access",
+                            lambda path, mode, **kw: False if str(path) == str(out_dir) else real_access(path, mode, **kw))
+    out_dir.chmod(0o500)
+    try:
+        _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "not writable")
+    finally:
+        out_dir.chmod(0o700)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, out_dir, monkeypatch):
+    """A failure mid-stream (here: a NaN in a tensor) removes the temporary file."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    model = _copy("qwen2", tmp_path)
+    state = load_file(model / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    state[name] = state[name].copy()
+    state[name][3, 5] = np.nan
+    save_file(state, model / "model.safetensors")
+    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, name, "NaN")
