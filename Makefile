@@ -23,7 +23,7 @@ OUT    ?= out
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install test bench clean
+.PHONY: help install test bench clean gpu-check
 
 help: ## show this help
 	@echo "edgeft — fine-tune, convert, quantize and validate a GGUF"
@@ -59,6 +59,9 @@ test: $(STAMP) ## run the test suite (installs first on a fresh clone)
 
 bench: $(STAMP) ## run the benchmarks under tests/bench, print a table and write $(OUT)/bench.json
 	$(PY) -m tests.bench --out $(OUT)/bench.json
+
+gpu-check: $(STAMP) ## QLoRA on CUDA for 40 steps: tokens/s, peak GPU memory, loss curve (CUDA machine only)
+	$(PY) tests/gpu_check.py
 
 clean: ## remove work outputs (keeps .venv and the fixture cache)
 	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,52 @@
+"""`edgeft train`: QLoRA (or LoRA) fine-tuning of a local HF model on chat JSONL."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("train")
+@click.option("--base", required=True, type=click.Path(path_type=str), help="Base model: local Hugging Face folder.")
+@click.option("--data", required=True, type=click.Path(path_type=str), help="Training conversations, JSONL.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=str), default=None,
+              help="Held-out conversations, JSONL: eval loss every eval_every steps, best checkpoint, early stop.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder: the peft adapter, recipe.yaml, metrics.jsonl, loss.png, checkpoints/.")
+@click.option("--config", type=click.Path(path_type=str), default=None,
+              help="Recipe YAML (see edgeft/recipes/default.yaml); command-line options override it.")
+@click.option("--method", type=click.Choice(["qlora", "lora"]), default=None,
+              help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
+@click.option("--epochs", type=float, default=None, help="Passes over the training data (default 2).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default 1e-4).")
+@click.option("-r", "--rank", "r", type=int, default=None, help="LoRA rank (default 16; alpha defaults to 2r).")
+@click.option("--seed", type=int, default=None, help="Seed: same seed, same data, same result on CPU.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, seed, resume, overwrite):
+    """Fine-tune BASE on chat conversations and save a LoRA adapter.
+
+    QLoRA by default: the base is frozen in 4-bit NF4 with double quantization (bitsandbytes; fp32 compute on
+    CPU, bf16 on CUDA) and LoRA adapters on all linear layers learn from the assistant tokens only. Every other
+    setting lives in the recipe YAML; the resolved recipe is saved to OUT_DIR/recipe.yaml.
+
+    \b
+    Example:
+      edgeft train --base path/to/hf-model --data train.jsonl --eval eval.jsonl -o out/adapter
+      edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --config my-recipe.yaml --resume
+      torchrun --nproc_per_node 2 -m edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter
+    """
+    from edgeft.train import format_summary
+    from edgeft.train import train as run_training
+
+    out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
+                       method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed)
+    if int(os.environ.get("RANK", "0")) == 0:
+        import json
+
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        for line in format_summary(summary):
+            click.echo(line)
+        click.echo(f"adapter       {out}")

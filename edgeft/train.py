@@ -1,0 +1,151 @@
+"""`edgeft train`: QLoRA/LoRA fine-tuning with a plain PyTorch loop (edgeft/trainloop.py).
+
+AdamW + cosine schedule with warmup, gradient accumulation to the recipe's effective batch, loss on assistant
+tokens only (normalised by the number of such tokens in the whole optimizer step, over all processes), held-out
+eval every N steps with best checkpoint and early stop, resumable checkpoints every N steps.
+
+Multi-process: under `torchrun` each process trains on its share of every optimizer step and the LoRA gradients
+are summed with one all-reduce per step (gloo on CPU, NCCL on CUDA) before identical optimizer steps; rank 0
+writes. That is DDP's arithmetic for these parameters; doing it by hand keeps it correct with 4-bit frozen weights
+and gradient checkpointing, where DDP's module wrapper needs special settings (its hooks fire on recomputation).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+from edgeft import checkpoint as ckpt
+from edgeft.errors import EdgeftError
+from edgeft.recipe import Recipe, resolve_recipe, save_recipe
+from edgeft.trainmodel import bitsandbytes_problem, check_base
+
+
+def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool = False, resume: bool = False,
+          progress: bool = True, **overrides) -> Path:
+    """Fine-tune `base` on `data`; write the peft adapter plus recipe.yaml, metrics.jsonl, loss.png,
+    chat_template.jinja and summary.json into `out_dir` and return it. Settings: overrides > `config` > defaults."""
+    base = check_base(base)
+    out_dir, data = Path(out_dir), Path(data)
+    recipe = _resolve(out_dir, config, resume, overrides)
+    _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
+    _check_data(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
+    if recipe.method == "qlora":
+        problem = bitsandbytes_problem()
+        if problem:
+            raise EdgeftError(f"--method qlora needs bitsandbytes 4-bit, which does not run here ({problem}); "
+                              "install bitsandbytes>=0.50.2 or pass --method lora")
+    from edgeft.distributed import World
+
+    # Every process has passed the checks above before the group forms, so none sees another's outputs.
+    world = World()
+    try:
+        if world.is_main and overwrite and not resume and out_dir.exists():
+            shutil.rmtree(out_dir)
+        world.barrier()
+        return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress)
+    finally:
+        world.close()
+
+
+def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:
+    saved = out_dir / "recipe.yaml"
+    if resume and config is None and saved.is_file():
+        # A resumed run continues with the recipe it started with (the command line may still override).
+        return resolve_recipe(saved, **overrides)
+    return resolve_recipe(config, **overrides)
+
+
+def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    if resume:
+        if ckpt.latest_checkpoint(out_dir) is None:
+            raise EdgeftError(f"{out_dir}: no checkpoint to resume from; run without --resume to start training")
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise EdgeftError(f"{out_dir}: output folder exists and is not empty; pass --overwrite or --resume, "
+                          "or choose another -o")
+
+
+def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
+    from edgeft.data.check import check_dataset
+
+    if not data.is_file():
+        raise EdgeftError(f"{data}: training data not found; pass a JSONL file of conversations with --data")
+    if eval_path is not None and not Path(eval_path).is_file():
+        raise EdgeftError(f"{eval_path}: eval data not found; pass a JSONL file with --eval or leave it out")
+    # Schema, duplicates and train/eval contamination; token lengths are the mask builder's job during loading.
+    report = check_dataset(data, eval_path=eval_path)
+    if report.errors:
+        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise EdgeftError(f"data check failed: {report.errors[0]}{more}; run `edgeft data check {data}` "
+                          "for the full report")
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: Recipe, world, resume: bool,
+         progress: bool) -> Path:
+    from edgeft.traindata import tokenize_conversations
+    from edgeft.trainloop import TrainRun
+    from edgeft.trainmodel import load_tokenizer, load_training_model, parameter_counts
+
+    _seed_everything(recipe.seed)
+    tok = load_tokenizer(base, recipe)
+    train_examples = tokenize_conversations(data, tok.tokenizer, tok.chat_template, recipe.max_len)
+    eval_examples = (tokenize_conversations(eval_path, tok.tokenizer, tok.chat_template, recipe.max_len)
+                     if eval_path else [])
+    model = load_training_model(base, recipe, tok)
+    for p in model.parameters():
+        if p.requires_grad:  # every process starts from rank 0's adapter initialisation
+            world.broadcast_(p.data)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_recipe(recipe, out_dir / "recipe.yaml")  # what --resume reads back
+            (out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+    world.barrier()
+    run = TrainRun(model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)
+    if resume:
+        run.restore(ckpt.latest_checkpoint(out_dir))
+    else:
+        _seed_everything(recipe.seed + world.rank)  # different dropout masks per process
+    run.loop()
+    summary = run.finish(*parameter_counts(model))
+    if world.is_main:
+        save_recipe(recipe, out_dir / "recipe.yaml", extra={
+            "base": base, "data": data, "eval": eval_path, "processes": world.size,
+            "steps": f"{summary['steps']} of {summary['planned_steps']}"})
+    world.barrier()
+    return out_dir
+
+
+def format_summary(summary: dict) -> list[str]:
+    """The one-screen summary `edgeft train` prints."""
+    lines = [
+        f"method        {summary['method']} on {summary['device']} x{summary['processes']} process(es)",
+        f"trainable     {summary['trainable_params']:,} of {summary['total_params']:,} params "
+        f"({summary['trainable_pct']:.3f}%)",
+        f"steps         {summary['steps']} of {summary['planned_steps']}"
+        + ("  (early stop: eval loss stopped improving)" if summary["stopped_early"] else ""),
+        f"final loss    {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss    -",
+    ]
+    if summary["best_eval_loss"] is not None:
+        lines.append(f"best eval     {summary['best_eval_loss']:.4f} at step {summary['best_step']}")
+    lines += [
+        f"throughput    {summary['tokens_per_s']:.1f} tokens/s ({summary['tokens']:,} tokens in "
+        f"{summary['train_seconds']:.1f} s)",
+        f"peak memory   {summary['peak_memory_mb']:.0f} MiB",
+    ]
+    if summary["added_tokens"]:
+        lines.append(f"added tokens  {', '.join(summary['added_tokens'])} (embedding rows trained)")
+    return lines

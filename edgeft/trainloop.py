@@ -1,0 +1,263 @@
+"""The training loop: one optimizer step = every process's share of the step's micro-batches, one gradient
+all-reduce, clip, AdamW, cosine LR. Then maybe eval (best checkpoint, early stop) and maybe a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from edgeft import checkpoint as ckpt
+from edgeft.distributed import World
+from edgeft.errors import EdgeftError
+from edgeft.recipe import Recipe
+from edgeft.traindata import collate, label_count, plan_epoch
+
+METRICS = "metrics.jsonl"
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int):
+    """LR factor per step: linear warmup up to 1, then cosine decay towards 0 at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def token_loss_sum(model, batch):
+    """Summed next-token cross-entropy over labelled (assistant) positions only."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    # Only the labelled positions go through the vocab-wide softmax: most of a chat is prompt.
+    return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum")
+
+
+def sync_gradients(params, world: World) -> None:
+    """Sum the trainable gradients over processes with one flat all-reduce (what DDP does for these params)."""
+    import torch
+
+    if world.size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = world.sum_(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def evaluate(model, examples: list[dict], *, micro_batch: int, pad_id: int, device, world: World) -> float:
+    """Mean loss per assistant token over the held-out set (each process takes every world-th batch)."""
+    import torch
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    batches = [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    model.eval()
+    with torch.no_grad():
+        for batch_ids in batches[world.rank::world.size]:
+            batch = collate([examples[i] for i in batch_ids], pad_id, device)
+            totals[0] += token_loss_sum(model, batch).double()
+            totals[1] += (batch["labels"][:, 1:] != -100).sum()
+    model.train()
+    world.sum_(totals)
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def record_eval(state: dict, step: int, loss: float, patience: int | None) -> bool:
+    """Update the best-eval bookkeeping in `state`; True when `loss` is a new best.
+
+    After `patience` evals in a row without a new best, `stopped_early` is set: the held-out loss has stopped
+    improving (typically rising from epoch 3 on), so more steps would only fit the training set.
+    """
+    if state["best_eval"] is None or loss < state["best_eval"]:
+        state.update(best_eval=loss, best_step=step, evals_without_best=0)
+        return True
+    state["evals_without_best"] += 1
+    if patience and state["evals_without_best"] >= patience:
+        state["stopped_early"] = True
+    return False
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class TrainRun:
+    def __init__(self, model, recipe: Recipe, world: World, tok, train_examples, eval_examples, out_dir: Path,
+                 progress: bool = True):
+        import torch
+
+        self.model, self.recipe, self.world, self.tok = model, recipe, world, tok
+        self.train_examples, self.eval_examples, self.out_dir = train_examples, eval_examples, Path(out_dir)
+        self.progress = progress
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.params[0].device
+        self.pad_id = tok.pad_id
+        self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.lengths = [len(e["input_ids"]) for e in train_examples]
+        self._plans: dict[int, object] = {}
+        self.steps_per_epoch = len(self.plan(0).steps)
+        self.total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * self.steps_per_epoch))
+        warmup = max(1, math.ceil(recipe.warmup_ratio * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(warmup, self.total_steps))
+        self.state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_eval": None, "best_step": None,
+                      "evals_without_best": 0, "stopped_early": False, "last_loss": None}
+
+    def plan(self, epoch: int):
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_epoch(self.lengths, micro_batch=self.recipe.micro_batch,
+                                             accum=self.recipe.grad_accum(self.world.size), world=self.world.size,
+                                             seed=self.recipe.seed, epoch=epoch,
+                                             group_by_length=self.recipe.group_by_length)}
+        return self._plans[epoch]
+
+    def restore(self, path: Path) -> None:
+        state, rng_states = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                 scheduler=self.scheduler)
+        if len(rng_states) != self.world.size:
+            raise EdgeftError(f"{path}: written by {len(rng_states)} processes, resumed with {self.world.size}; "
+                              "resume with the same --nproc_per_node")
+        ckpt.restore_rng(rng_states[self.world.rank])
+        self.state.update(state)
+        if self.world.is_main:  # metrics after the checkpoint belong to the killed run's lost steps
+            metrics = self.out_dir / METRICS
+            rows = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= state["step"]] if metrics.is_file() else []
+            metrics.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+
+    def _log(self, row: dict) -> None:
+        if self.world.is_main:
+            with open(self.out_dir / METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def step(self, step: int) -> float:
+        import torch
+
+        epoch, index = divmod(step, self.steps_per_epoch)
+        mine = [[self.train_examples[i] for i in mb] for mb in self.plan(epoch).for_rank(index, self.world.rank,
+                                                                                         self.world.size)]
+        labelled = torch.tensor([float(sum(label_count(e) for mb in mine for e in mb))], dtype=torch.float64,
+                                device=self.device)
+        n_labels = max(1.0, float(self.world.sum_(labelled)[0]))
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, non-pad tokens
+        for examples in mine:
+            batch = collate(examples, self.pad_id, self.device)
+            summed = token_loss_sum(self.model, batch)
+            (summed / n_labels).backward()
+            totals[0] += summed.detach().double()
+            totals[1] += batch["attention_mask"].sum()
+        sync_gradients(self.params, self.world)
+        if self.recipe.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.world.sum_(totals)
+        self.state["tokens"] += int(totals[1])
+        return float(totals[0]) / n_labels
+
+    def loop(self) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
+                   disable=not (self.progress and self.world.is_main))
+        for step in range(self.state["step"], self.total_steps):
+            lr = self.scheduler.get_last_lr()[0]
+            started = time.perf_counter()
+            loss = self.step(step)
+            self.state["train_seconds"] += time.perf_counter() - started
+            self.state["step"] = done = step + 1
+            self.state["last_loss"] = loss
+            if done % self.recipe.log_every == 0 or done == self.total_steps:
+                self._log({"step": done, "epoch": round(done / self.steps_per_epoch, 4), "loss": loss, "lr": lr,
+                           "tokens": self.state["tokens"],
+                           "tokens_per_s": self.state["tokens"] / max(1e-9, self.state["train_seconds"])})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.eval_examples and (done % self.recipe.eval_every == 0 or done == self.total_steps):
+                self._eval(done)
+            if done % self.recipe.save_every == 0 and done < self.total_steps:
+                self._checkpoint(done)
+            if self.state["stopped_early"]:
+                break
+        bar.close()
+
+    def _eval(self, done: int) -> None:
+        loss = evaluate(self.model, self.eval_examples, micro_batch=self.recipe.micro_batch, pad_id=self.pad_id,
+                        device=self.device, world=self.world)
+        self._log({"step": done, "eval_loss": loss})
+        if record_eval(self.state, done, loss, self.recipe.early_stop):
+            if self.world.is_main:
+                ckpt.save_best(self.out_dir, model=self.model, state={"step": done, "eval_loss": loss})
+        elif self.state["stopped_early"]:
+            self._log({"step": done, "early_stop": True, "best_step": self.state["best_step"]})
+        self.world.barrier()
+
+    def _checkpoint(self, done: int) -> None:
+        from edgeft.checkpoint import capture_rng
+
+        rng_states = self.world.gather(capture_rng())
+        if self.world.is_main:
+            ckpt.save_checkpoint(self.out_dir, done, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, rng_states=rng_states, state=dict(self.state),
+                                 keep=self.recipe.keep_checkpoints)
+        self.world.barrier()
+
+    def finish(self, trainable: int, total: int) -> dict:
+        """Load the best weights if asked, write the adapter and the reports (rank 0); return the summary."""
+        best = ckpt.best_checkpoint(self.out_dir)
+        if self.eval_examples and self.recipe.keep == "best" and best is not None:
+            ckpt.load_trainable_state(self.model, best / "trainable.safetensors")
+        summary = {
+            "method": self.recipe.method, "processes": self.world.size, "device": str(self.device),
+            "steps": self.state["step"], "planned_steps": self.total_steps,
+            "trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(1, total),
+            "tokens": self.state["tokens"], "train_seconds": self.state["train_seconds"],
+            "tokens_per_s": self.state["tokens"] / max(1e-9, self.state["train_seconds"]),
+            "peak_memory_mb": peak_memory_mb(self.device), "final_loss": self.state["last_loss"],
+            "best_eval_loss": self.state["best_eval"], "best_step": self.state["best_step"],
+            "stopped_early": self.state["stopped_early"], "added_tokens": self.tok.added_tokens,
+        }
+        if self.world.is_main:
+            self._write_adapter()
+            from edgeft.plots import plot_loss
+
+            plot_loss(self.out_dir / METRICS, self.out_dir / "loss.png")
+            from edgeft.fsutil import atomic_file
+
+            with atomic_file(self.out_dir / "summary.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        return summary
+
+    def _write_adapter(self) -> None:
+        """Adapter files are renamed into OUT_DIR one by one, adapter_config.json last: peft (and our merge) only
+        sees an adapter once every file it names is complete."""
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=".tmp", dir=self.out_dir))
+        try:
+            # Resized vocabularies travel as trainable-token rows inside the adapter, not as whole embeddings.
+            self.model.save_pretrained(str(tmp), save_embedding_layers=False)
+            if self.tok.added_tokens:
+                self.tok.tokenizer.save_pretrained(str(tmp))
+            # The exact template training rendered: merge, convert and eval read it from here.
+            (tmp / "chat_template.jinja").write_text(self.tok.chat_template, encoding="utf-8")
+            for name in sorted(os.listdir(tmp), key=lambda n: n == "adapter_config.json"):
+                os.replace(tmp / name, self.out_dir / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,161 @@
+"""Loading a base for training: tokenizer + chat template (ChatML added when missing), the 4-bit or full-precision
+base, and the LoRA adapter on top. torch/transformers/peft are imported inside functions (see edgeft/__init__)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+from edgeft.recipe import Recipe
+
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+def check_base(base: str | Path) -> Path:
+    base = Path(base)
+    if not base.is_dir():
+        raise EdgeftError(f"{base}: base model folder not found; pass a local Hugging Face model folder with --base")
+    if not (base / "config.json").is_file():
+        raise EdgeftError(f"{base}: no config.json, so this is not a Hugging Face model folder; pass one with --base")
+    return base
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why 4-bit NF4 cannot run here, or None. Tried for real (a tiny Linear4bit forward), not just imported."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        layer = layer.to(device)
+        layer(torch.zeros(1, 64, device=device))
+    except Exception as exc:  # any failure (missing wheel, no kernel for this device) means the same to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{type(exc).__name__}: {first}"[:200]
+    return None
+
+
+@dataclass
+class TrainingTokenizer:
+    tokenizer: object
+    chat_template: str
+    added_tokens: list[str] = field(default_factory=list)
+    pad_id: int = 0
+
+
+def load_tokenizer(base: Path, recipe: Recipe) -> TrainingTokenizer:
+    """The tokenizer with the template training renders; ChatML tokens are added when the template needs them."""
+    from transformers import AutoTokenizer
+
+    from edgeft.data.templates import CHATML_TEMPLATE, template_for
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    if recipe.chat_template:
+        path = Path(recipe.chat_template)
+        if not path.is_file():
+            raise EdgeftError(f"{path}: chat template file not found; fix chat_template in the recipe")
+        template = path.read_text(encoding="utf-8")
+    else:
+        template = template_for(base, default=CHATML_TEMPLATE)
+    added = []
+    if template == CHATML_TEMPLATE:
+        vocab = tokenizer.get_vocab()
+        added = [t for t in CHATML_TOKENS if t not in vocab]
+        if added:
+            tokenizer.add_tokens(added, special_tokens=True)
+    tokenizer.chat_template = template
+    # Padding is masked out of attention and loss, so any id will do. The tokenizer itself is left as it is:
+    # when it is saved with the adapter, a made-up pad token must not travel into the merged model and GGUF.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return TrainingTokenizer(tokenizer, template, added, pad_id if pad_id is not None else 0)
+
+
+def _device_and_dtype():
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.bfloat16
+    return "cpu", torch.float32  # bitsandbytes' CPU 4-bit kernels and CPU autograd want fp32
+
+
+def _module_leaf_name(model, module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name.rsplit(".", 1)[-1]
+    raise EdgeftError("could not locate the embedding layers in the base model; file an issue with its config.json")
+
+
+def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
+    """The base (4-bit NF4 + double quant for qlora) with LoRA on the target linears; returns the peft model."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device, dtype = _device_and_dtype()
+    kwargs = {"dtype": dtype, "device_map": {"": device}}
+    if recipe.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise EdgeftError(f"{base}: cannot load the base model ({first}); check the folder is a causal LM") from None
+
+    token_indices = None
+    if tok.added_tokens:
+        # New rows start at the mean embedding (transformers' default) and are trained through peft's
+        # trainable tokens, so the adapter carries exactly those rows to merge and GGUF.
+        model.resize_token_embeddings(len(tok.tokenizer))
+        new_ids = tok.tokenizer.convert_tokens_to_ids(tok.added_tokens)
+        token_indices = {_module_leaf_name(model, model.get_input_embeddings()): new_ids}
+        output = model.get_output_embeddings()
+        if output is not None and output.weight is not model.get_input_embeddings().weight:
+            token_indices[_module_leaf_name(model, output)] = new_ids
+
+    checkpointing = recipe.use_gradient_checkpointing
+    if recipe.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs and with our manual gradient all-reduce.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+    lora = LoraConfig(
+        r=recipe.r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.dropout,
+        target_modules=recipe.target_modules, use_rslora=recipe.rslora, use_dora=recipe.dora,
+        trainable_token_indices=token_indices, task_type="CAUSAL_LM", bias="none")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise EdgeftError(f"target_modules={recipe.target_modules!r}: {first}; fix target_modules in the recipe") from None
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats(device)
+    return model
+
+
+def trainable_parameters(model) -> list[tuple[str, object]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as their unpacked element count, as people quote model sizes."""
+    trainable = sum(p.numel() for _, p in trainable_parameters(model))
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            state = getattr(p, "quant_state", None)
+            n = state.shape.numel() if state is not None else 2 * n  # two 4-bit values per stored byte
+        total += n
+    return trainable, total
