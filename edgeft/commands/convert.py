@@ -6,7 +6,7 @@ import click
 
 
 @click.command("convert")
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=str))
+@click.argument("model_dir")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="GGUF file to write (written to a temporary name, renamed when complete).")
 @click.option("--outtype", default="f16", show_default=True,
@@ -36,7 +36,9 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
     from pathlib import Path
 
     from convert import convert_model
+    from edgeft.modelref import resolve_model
 
+    model_dir = resolve_model(model_dir)
     if imatrix is not None and imatrix.lower() == "auto":
         # Computing the imatrix needs torch (the train extra); a file path does not.
         from edgeft.imatrix import resolve_imatrix

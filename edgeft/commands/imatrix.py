@@ -6,7 +6,7 @@ import click
 
 
 @click.command("imatrix")
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=str))
+@click.argument("model_dir")
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Calibration conversations, JSONL ({\"messages\": [...]} per line) - e.g. the training data.")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
@@ -26,6 +26,7 @@ def imatrix(model_dir, data_path, out_path, chat_template, max_examples, max_tok
       edgeft convert out/merged -o out/model-Q4_K_M.gguf --outtype q4_k_m --imatrix out/imatrix.gguf
     """
     from edgeft.imatrix import compute_imatrix
+    from edgeft.modelref import resolve_model
 
-    compute_imatrix(model_dir, data_path, out_path, chat_template=chat_template, max_examples=max_examples,
-                    max_tokens=max_tokens, threads=threads, log=lambda line: click.echo(line, err=True))
+    compute_imatrix(resolve_model(model_dir), data_path, out_path, chat_template=chat_template,
+                    max_examples=max_examples, max_tokens=max_tokens, threads=threads, log=lambda line: click.echo(line, err=True))

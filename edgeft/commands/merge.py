@@ -6,7 +6,7 @@ import click
 
 
 @click.command("merge")
-@click.option("--base", "base_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--base", "base_dir", required=True,
               help="Base model: the local HF folder the adapter was trained on (full precision, not 4-bit).")
 @click.option("--adapter", "adapter_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")
@@ -29,6 +29,8 @@ def merge(base_dir: str, adapter_dir: str, out_dir: str, dtype: str, overwrite: 
     """
     from edgeft.merge import merge_adapter
 
-    path = merge_adapter(base_dir, adapter_dir, out_dir, dtype=dtype, overwrite=overwrite,
+    from edgeft.modelref import resolve_model
+
+    path = merge_adapter(resolve_model(base_dir, what="base model"), adapter_dir, out_dir, dtype=dtype, overwrite=overwrite,
                          nf4_report=not no_nf4_report, progress=True, log=lambda line: click.echo(line, err=True))
     click.echo(f"merged model written to {path}")

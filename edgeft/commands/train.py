@@ -8,7 +8,7 @@ import click
 
 
 @click.command("train")
-@click.option("--base", required=True, type=click.Path(path_type=str), help="Base model: local Hugging Face folder.")
+@click.option("--base", required=True, help="Base model: local Hugging Face folder or hub id (owner/name).")
 @click.option("--data", required=True, type=click.Path(path_type=str), help="Training conversations, JSONL.")
 @click.option("--eval", "eval_path", type=click.Path(path_type=str), default=None,
               help="Held-out conversations, JSONL: eval loss every eval_every steps, best checkpoint, early stop.")
@@ -38,8 +38,12 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
       edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --config my-recipe.yaml --resume
       torchrun --nproc_per_node 2 -m edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter
     """
+    from edgeft.modelref import is_hub_id, resolve_model
     from edgeft.train import format_summary
     from edgeft.train import train as run_training
+
+    if is_hub_id(base):
+        base = str(resolve_model(base, what="base model"))
 
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
                        method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed)
