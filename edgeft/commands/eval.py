@@ -31,8 +31,8 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help='Multiple-choice JSONL {"question", "choices", "answer"} scored by log-likelihood.')
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Higher-precision GGUF (F16) for KL-divergence / top-1 agreement / Δppl.")
-@click.option("--hf", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="HF model folder: check the chat-rendered eval tokenizes identically (needs transformers).")
+@click.option("--hf", default=None,
+              help="HF model folder or hub id: check the chat-rendered eval tokenizes identically (needs transformers).")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Recipe YAML whose eval.gates section sets gates (flags win).")
 @click.option("--min-gain", type=float, default=None, help="Gate: beat the baseline by at least N points.")
@@ -64,6 +64,10 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
 
     gates = resolve_gates({"min_gain": min_gain, "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld,
                            "min_speed_ratio": min_speed_ratio}, gates_from_recipe(recipe))
+    if hf is not None:
+        from edgeft.modelref import resolve_model
+
+        hf = str(resolve_model(hf))
     report = run_eval(model, data, out_dir, baseline=baseline, metric=metric, system=system, shots=shots,
                       shots_from=shots_from, probe=probe, choices=choices, reference=reference, hf=hf, gates=gates,
                       rubric=rubric, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
