@@ -102,7 +102,9 @@ def plan_tensor_types(
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     """bf16 stored as uint16 (how safetensors gives it without torch) -> float32, exactly."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    from convert.reader import bf16_to_float32
+
+    return bf16_to_float32(np.asarray(bits, dtype=np.uint16))
 
 
 def quantize_tensor(
