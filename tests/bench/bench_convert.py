@@ -95,7 +95,7 @@ CHILD = """
 import json, resource, sys
 from convert import convert_model
 convert_model(sys.argv[1], sys.argv[2], outtype=sys.argv[3])
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))
 """
 
 

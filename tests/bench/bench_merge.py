@@ -80,7 +80,7 @@ def build_adapter(cache_dir: Path, model_dir: Path) -> Path:
 BASELINE_CHILD = """
 import json, resource
 import torch
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))
 """
 
 MERGE_CHILD = """
@@ -88,7 +88,7 @@ import json, resource, sys
 import torch
 from edgeft.merge import merge_adapter
 merge_adapter(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True, log=lambda line: None)
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024}))
 """
 
 

@@ -23,7 +23,7 @@ import json, resource, sys
 from convert import convert_model
 convert_model(sys.argv[1], sys.argv[2], outtype="q4_k_m", threads=int(sys.argv[3]))
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
 
 GGUF_TO_GGUF = """
@@ -31,7 +31,7 @@ import json, resource, sys
 from convert.quant.gguf_io import quantize_gguf
 quantize_gguf(sys.argv[1], sys.argv[2], "Q4_K_M", threads=int(sys.argv[3]))
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
 
 # The same job done by llama.cpp's own quantizer (llama_model_quantize in libllama, what llama-quantize calls), in
@@ -48,7 +48,7 @@ params = lib.llama_model_quantize_default_params()
 params.ftype, params.nthread = 15, int(sys.argv[3])  # LLAMA_FTYPE_MOSTLY_Q4_K_M
 assert lib.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) == 0
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"peak_rss_bytes": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
+print(json.dumps({"peak_rss_bytes": int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024, "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
 
 
