@@ -63,6 +63,28 @@ def _to_float(tensor: TensorEntry) -> Callable[[np.ndarray], np.ndarray]:
     )
 
 
+def _jobs(source: GGUFFile, ordered: list[TensorEntry], plan: dict, importance: dict | None):
+    """(tensor, kind, work) in file order: "start", then "data" (bytes to copy) or "quantize" slabs, then "end"."""
+    for tensor in ordered:
+        target = plan[tensor.name]
+        yield tensor, "start", None
+        raw = source.data(tensor)
+        if target == tensor.qtype:  # same type: copy the bytes
+            yield tensor, "data", raw
+        else:
+            to_float = _to_float(tensor)
+            values = (importance or {}).get(tensor.name)
+            if values is not None and values.size != tensor.n_per_row:
+                values = None  # token_embd: llama.cpp ignores a mismatched entry for it
+            row_bytes = tensor.nbytes // max(1, int(np.prod(tensor.ggml_shape[1:])))
+            rows = raw.reshape(-1, row_bytes)
+            step = max(1, SLAB_VALUES // tensor.n_per_row)
+            for start in range(0, len(rows), step):
+                yield tensor, "quantize", (rows[start : start + step], to_float, target, values)
+        del raw
+        yield tensor, "end", None
+
+
 def _ordered_map(pool: ThreadPoolExecutor, function, jobs, window: int):
     """Results of function(job) in job order, with at most `window` jobs in flight: parallel, bounded memory."""
     pending = deque()
@@ -155,10 +177,13 @@ def quantize_gguf(
 
     threads = threads or default_threads()
 
-    def encode(job) -> np.ndarray:
-        raw_rows, to_float, qtype, values = job
+    def encode(job):
+        tensor, kind, work = job
+        if kind != "quantize":
+            return job
+        raw_rows, to_float, qtype, values = work
         encoded = quantize_tensor(to_float(raw_rows), qtype, imatrix=values, threads=1)
-        return np.ascontiguousarray(encoded).view(np.uint8).reshape(-1)
+        return tensor, "data", np.ascontiguousarray(encoded).view(np.uint8).reshape(-1)
 
     try:
         bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="quantize", disable=not progress,
@@ -168,32 +193,22 @@ def quantize_gguf(
             for blob in kv_blobs + infos:
                 out.write(blob)
             data_start = _pad(out.tell(), alignment)
-            for tensor in ordered:
-                target = plan[tensor.name]
-                bar.set_postfix_str(f"{tensor.name} -> {target.name}", refresh=False)
-                out.write(b"\0" * (data_start + _pad(out.tell() - data_start, alignment) - out.tell()))
-                raw = source.data(tensor)
-                written = 0
-                if target == tensor.qtype:  # same type: copy the bytes
-                    out.write(memoryview(raw))
-                    written = raw.size
+            # One job stream across all tensors, so both threads stay busy over tensor boundaries (a per-tensor
+            # pool drains at the end of every tensor, which costs a core for most of a model's small tensors).
+            for tensor, kind, payload in _ordered_map(pool, encode, _jobs(source, ordered, plan, importance),
+                                                      window=4 * threads):
+                if kind == "start":
+                    bar.set_postfix_str(f"{tensor.name} -> {plan[tensor.name].name}", refresh=False)
+                    out.write(b"\0" * (data_start + _pad(out.tell() - data_start, alignment) - out.tell()))
+                    written = 0
+                elif kind == "data":
+                    out.write(memoryview(payload))
+                    written += payload.size
                 else:
-                    to_float = _to_float(tensor)
-                    values = (importance or {}).get(tensor.name)
-                    if values is not None and values.size != tensor.n_per_row:
-                        values = None  # token_embd: llama.cpp ignores a mismatched entry for it
-                    row_bytes = tensor.nbytes // max(1, int(np.prod(tensor.ggml_shape[1:])))
-                    rows = raw.reshape(-1, row_bytes)
-                    step = max(1, SLAB_VALUES // tensor.n_per_row)
-                    jobs = ((rows[a : a + step], to_float, target, values) for a in range(0, len(rows), step))
-                    for payload in _ordered_map(pool, encode, jobs, window=2 * threads):
-                        out.write(memoryview(payload))
-                        written += payload.size
-                del raw
-                if written != sizes[tensor.name]:
-                    raise RuntimeError(f"{tensor.name}: produced {written} bytes, planned {sizes[tensor.name]}")
-                source.release(tensor)
-                bar.update(written)
+                    if written != sizes[tensor.name]:
+                        raise RuntimeError(f"{tensor.name}: produced {written} bytes, planned {sizes[tensor.name]}")
+                    source.release(tensor)
+                    bar.update(written)
             out.write(b"\0" * (data_start + _pad(out.tell() - data_start, alignment) - out.tell()))
             # mkstemp made the file 0600; a model file gets the user's usual permissions.
             umask = os.umask(0)
