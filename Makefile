@@ -29,7 +29,7 @@ help: ## show this help
 	@echo "edgeft — fine-tune, convert, quantize and validate a GGUF"
 	@echo
 	@echo "Targets:"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (override on the command line, e.g. make release BASE=path/to/hf-model DATA=train.jsonl):"
 	@echo "  BASE=    base model: local HF folder or hub id (default: the built-in demo base)"
@@ -65,3 +65,6 @@ gpu-check: $(STAMP) ## QLoRA on CUDA for 40 steps: tokens/s, peak GPU memory, lo
 
 clean: ## remove work outputs (keeps .venv and the fixture cache)
 	rm -rf $(OUT) .pytest_cache
+
+# `make release`: the pipeline as file targets (data check -> train -> merge -> GGUF -> eval -> release/NAME/).
+include release.mk

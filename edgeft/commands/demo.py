@@ -1,0 +1,62 @@
+"""`edgeft demo`: build the built-in demo (NL->SQL data and a small pretrained base LM), offline and deterministic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group(invoke_without_command=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path(".cache/demo"),
+              show_default=True, help="folder for data/ and base/")
+@click.pass_context
+def demo(ctx: click.Context, out_dir: Path) -> None:
+    """Build the demo: a messy-English -> SQL task and a small base LM pretrained on CPU (cached).
+
+    \b
+    Example:
+      edgeft demo                      # both, into .cache/demo (the base takes a few minutes, once)
+      edgeft demo data -o DIR          # train.jsonl, eval.jsonl, shop.sqlite, schema.sql
+      edgeft demo base -o DIR/base     # the pretrained base model (HF folder)
+    """
+    ctx.obj = out_dir
+    if ctx.invoked_subcommand is None:
+        from edgeft.demo import build_demo
+
+        for role, path in build_demo(out_dir).items():
+            click.echo(f"{role:7s} {path}")
+
+
+@demo.command("data")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="folder for the task files (default: OUT/data)")
+@click.pass_obj
+def demo_data(parent_out: Path, out_dir: Path | None) -> None:
+    """Write train.jsonl (2,000 NL->SQL + 600 generic chats), eval.jsonl (200), shop.sqlite and schema.sql.
+
+    \b
+    Example:
+      edgeft demo data -o .cache/demo/data
+    """
+    from edgeft.demo.sql_task import write_task
+
+    for role, path in write_task(out_dir or parent_out / "data").items():
+        click.echo(f"{role:7s} {path}")
+
+
+@demo.command("base")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="HF folder for the base (default: OUT/base)")
+@click.option("--force", is_flag=True, help="pretrain again even when the cached base matches the recipe")
+@click.pass_obj
+def demo_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
+    """Pretrain the demo base LM (a few minutes on CPU; cached by recipe).
+
+    \b
+    Example:
+      edgeft demo base -o .cache/demo/base
+    """
+    from edgeft.demo.base_lm import build_base_model
+
+    build_base_model(out_dir or parent_out / "base", force=force)

@@ -1,0 +1,320 @@
+"""The demo task: messy English questions about a small shop database -> one SQLite query ("a terse SQL assistant").
+
+Deterministic from a seed. Nothing the eval set asks was seen in training: every eval question uses phrasings that
+no training example uses, and every eval answer is a query training never contains, because each (question kind,
+value) combination belongs to one side only (about a fifth, at least two per kind, picked by hash, to eval). Values
+themselves come from small sets that training covers: a 4.5M-parameter base has no copying ability to build on
+(measured: its fine-tunes learn the question kind but never copy an unseen value), so "Prague" must have been seen
+in some training question, just never in the kind of question eval asks about it (each value is eval-only in at
+most one kind). The SQLite file is what `sql-exec` runs gold and predicted queries on.
+
+Example:
+    write_task(Path(".cache/demo/data"))   # train.jsonl, eval.jsonl, shop.sqlite, schema.sql
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import string
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from edgeft.fsutil import atomic_file
+
+SEED = 1234
+N_TRAIN = 2000
+N_EVAL = 200
+N_GENERAL = 600  # generic chats mixed into training (not SQL; eval stays SQL only)
+
+# Short on purpose: the fine-tune learns the schema from its examples, and every token here is paid for in each of
+# the training sequences. The prompted base gets the schema spelled out instead (eval.system in the demo recipe).
+SYSTEM_PROMPT = "You are a terse SQL assistant. Reply with one SQLite query for the shop database and nothing else."
+
+CITIES = ["Lisbon", "Oslo", "Dublin", "Madrid", "Vienna", "Prague", "Berlin", "Paris", "Rome", "Athens", "Warsaw",
+          "Zurich", "Milan", "Porto", "Lyon", "Munich", "Tallinn", "Riga", "Sofia", "Krakow", "Seville", "Bergen"]
+CATEGORIES = ["books", "toys", "garden", "kitchen", "music", "sports", "office", "pets", "tools", "shoes"]
+FIRST = ["Ana", "Ben", "Carla", "Dan", "Eva", "Farid", "Greta", "Hugo", "Ines", "Jon", "Kira", "Liam", "Mia",
+         "Nils", "Olga", "Pablo", "Rosa", "Sven", "Tara", "Umar", "Vera", "Will", "Yara", "Zoe"]
+LAST = ["Silva", "Berg", "Novak", "Costa", "Meyer", "Rossi", "Dubois", "Kowalski", "Moreau", "Jensen", "Lopez",
+        "Horvat", "Weber", "Ferreira", "Nagy", "Larsen"]
+ADJECTIVES = ["Red", "Blue", "Tiny", "Smart", "Classic", "Quiet", "Solar", "Rapid", "Golden", "Silver", "Urban",
+              "Wild"]
+NOUNS = {"books": "Novel", "toys": "Robot", "garden": "Hose", "kitchen": "Kettle", "music": "Guitar",
+         "sports": "Racket", "office": "Stapler", "pets": "Leash", "tools": "Drill", "shoes": "Sneaker"}
+SIGNUP_YEARS = range(2012, 2026)
+ORDER_YEARS = range(2016, 2026)
+# Questions name values from small sets, so each value recurs often enough in training for a tiny model to learn it.
+ASKED_CITIES = CITIES[:8]
+ASKED_CATEGORIES = CATEGORIES[:6]
+PRICE_THRESHOLDS = range(100, 500, 50)
+ASKED_SIGNUP_YEARS = range(2016, 2024)
+ASKED_ORDER_YEARS = range(2018, 2025)
+ASKED_IDS = range(1, 13)       # customer ids questions may name
+ASKED_PRODUCTS = 12            # the first 12 products' names may be asked about
+QUANTITIES = (3, 5, 8, 10)
+EVAL_SHARE = 5                 # about one (question kind, value) combination in 5 is eval-only
+N_CUSTOMERS, N_PRODUCTS, N_ORDERS = 240, 120, 1500
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    sql: str
+    train: tuple[str, ...]  # phrasings used for training
+    eval: tuple[str, ...]   # phrasings only the eval set uses
+
+
+# {slot} names: city, category, price, qty, year (signup), oyear (order), cid, pid, product.
+# Gold queries stay under 13 words: longer ones would share 13-word n-grams with training answers, which the
+# data check's decontamination rightly reports.
+INTENTS = [
+    Intent("customers_in_city", "SELECT name FROM customers WHERE city = '{city}';",
+           ("Which customers live in {city}?", "list the customers from {city}", "who are our customers in {city}?",
+            "show me every customer based in {city}", "names of customers located in {city} please",
+            "give me the customers whose city is {city}"),
+           ("who lives in {city} among our clients?", "i need the client names for {city}")),
+    Intent("count_city", "SELECT COUNT(*) FROM customers WHERE city = '{city}';",
+           ("How many customers are in {city}?", "count the customers from {city}",
+            "number of customers living in {city}?", "how many clients do we have in {city}",
+            "what's the customer count for {city}?"),
+           ("customers in {city}: how many are there?", "total clients located in {city}?")),
+    Intent("products_in_category", "SELECT name FROM products WHERE category = '{category}';",
+           ("What products are in the {category} category?", "list all {category} products",
+            "show the products of category {category}", "which items do we sell in {category}?",
+            "names of products under {category}"),
+           ("{category} products, which ones?", "show me the items of the {category} category")),
+    Intent("avg_price_category", "SELECT AVG(price) FROM products WHERE category = '{category}';",
+           ("What is the average price of {category} products?", "average price in category {category}",
+            "mean price of the {category} items?", "how much do {category} products cost on average"),
+           ("the {category} category: what is the average price?", "average cost of items in {category}")),
+    Intent("cheaper_than", "SELECT name FROM products WHERE price < {price};",
+           ("Which products cost less than {price}?", "list products cheaper than {price}",
+            "show items priced under {price}", "products with a price below {price}?",
+            "what can I buy for less than {price} dollars"),
+           ("products under {price} dollars?", "items cheaper than {price}, which ones?")),
+    Intent("pricier_than", "SELECT name FROM products WHERE price > {price};",
+           ("Which products cost more than {price}?", "list products pricier than {price}",
+            "show items priced above {price}", "products with a price over {price}?",
+            "what costs more than {price} dollars"),
+           ("products over {price} dollars?", "items more expensive than {price}, which ones?")),
+    Intent("signup_year", "SELECT name FROM customers WHERE signup_year = {year};",
+           ("Which customers signed up in {year}?", "list customers who joined in {year}",
+            "who registered in {year}?", "customers with signup year {year}", "show everyone that signed up during {year}"),
+           ("customers who signed up during {year}?", "who joined us in {year}?")),
+    Intent("orders_in_year", "SELECT COUNT(*) FROM orders WHERE order_year = {oyear};",
+           ("How many orders were placed in {oyear}?", "count the orders from {oyear}",
+            "number of orders in {oyear}?", "how many orders did we get in {oyear}", "total orders for year {oyear}"),
+           ("orders placed during {oyear}, how many?", "count of orders in {oyear}")),
+    Intent("count_signups", "SELECT COUNT(*) FROM customers WHERE signup_year = {year};",
+           ("How many customers signed up in {year}?", "count the customers who joined in {year}",
+            "number of registrations in {year}?", "how many people registered during {year}"),
+           ("signups in {year}: how many?", "total customers that joined us in {year}?")),
+    Intent("orders_of_customer_id", "SELECT COUNT(*) FROM orders WHERE customer_id = {cid};",
+           ("How many orders has customer {cid} placed?", "count orders for customer id {cid}",
+            "number of orders by customer #{cid}", "how many times did customer {cid} order"),
+           ("number of orders of customer {cid}?", "how many orders came from customer id {cid}")),
+    Intent("category_of_product", "SELECT category FROM products WHERE name = '{product}';",
+           ("Which category is the {product} in?", "category of the {product}?", "what kind of product is the {product}",
+            "tell me the category for {product}"),
+           ("the {product}: which category?", "{product} belongs to what category?")),
+    Intent("customer_by_id", "SELECT name FROM customers WHERE id = {cid};",
+           ("What is the name of customer {cid}?", "who is customer number {cid}?", "name of the customer with id {cid}",
+            "show customer #{cid}", "look up customer id {cid}"),
+           ("customer id {cid}: what is the name?", "the name of customer #{cid}?")),
+    Intent("price_of_product", "SELECT price FROM products WHERE name = '{product}';",
+           ("What does the {product} cost?", "price of the {product}?", "how much is a {product}",
+            "show me the price for {product}", "tell me what {product} sells for"),
+           ("the {product}: what is its price?", "cost of the {product}?")),
+]
+
+# Eval phrasings are new sentences (never a training template) built mostly from words training uses: a 4.5M
+# model cannot know that "tally" means count, but it should cope with a new word order.
+# Messy-user noise: prefixes and the eval-only prefixes keep phrasing unseen too.
+PREFIXES = (["", "", "", "hey ", "pls ", "quick question: ", "can you tell me ", "i want to know "],
+            ["", "", "yo ", "so um ", "need this asap: "])
+
+
+def slots_of(intent: "Intent") -> list[str]:
+    return sorted({field for _, field, _, _ in string.Formatter().parse(intent.sql) if field})
+
+
+def _asked_values(shop: "_Shop") -> dict[str, list]:
+    return {"city": list(ASKED_CITIES), "category": list(ASKED_CATEGORIES), "price": list(PRICE_THRESHOLDS),
+            "qty": list(QUANTITIES), "year": list(ASKED_SIGNUP_YEARS), "oyear": list(ASKED_ORDER_YEARS),
+            "cid": list(ASKED_IDS), "pid": list(ASKED_IDS), "product": [p[1] for p in shop.products[:ASKED_PRODUCTS]]}
+
+
+def eval_combinations(shop: "_Shop") -> dict[str, set[tuple]]:
+    """Per question kind, the value combinations only eval asks: a fifth of them (at least one), picked by hash so
+    the choice never depends on generation order."""
+    import itertools
+
+    asked = _asked_values(shop)
+    chosen: dict[str, set[tuple]] = {}
+    taken: set[str] = set()  # a value is eval-only in one kind of question at most, so training sees it elsewhere
+    for intent in INTENTS:
+        combos = list(itertools.product(*(asked[slot] for slot in slots_of(intent))))
+        combos.sort(key=lambda c: zlib.crc32(repr((intent.name, c)).encode()))
+        picked = [c for c in combos if not taken & {str(v) for v in c}][: max(2, len(combos) // EVAL_SHARE)]
+        taken.update(str(v) for c in picked for v in c)
+        chosen[intent.name] = set(picked)
+    return chosen
+
+
+class _Shop:
+    """The database rows, generated once from the seed; names are split into training and held-out halves."""
+
+    def __init__(self, seed: int):
+        rng = random.Random(seed)
+        names = sorted({f"{f} {l}" for f in FIRST for l in LAST})
+        rng.shuffle(names)
+        self.customers = [(i + 1, names[i], rng.choice(CITIES), rng.choice(list(SIGNUP_YEARS)))
+                          for i in range(N_CUSTOMERS)]
+        products = sorted({f"{a} {NOUNS[c]}": c for a in ADJECTIVES for c in CATEGORIES}.items())
+        rng.shuffle(products)
+        self.products = [(i + 1, name, cat, rng.randint(5, 500)) for i, (name, cat) in enumerate(products[:N_PRODUCTS])]
+        self.orders = [(i + 1, rng.randint(1, N_CUSTOMERS), rng.randint(1, N_PRODUCTS), rng.randint(1, 12),
+                        rng.choice(list(ORDER_YEARS))) for i in range(N_ORDERS)]
+
+    def slot_values(self, rng: random.Random) -> dict:
+        return {
+            "city": rng.choice(ASKED_CITIES),
+            "category": rng.choice(ASKED_CATEGORIES),
+            "price": rng.choice(PRICE_THRESHOLDS),
+            "qty": rng.choice(QUANTITIES),
+            "year": rng.choice(ASKED_SIGNUP_YEARS),
+            "oyear": rng.choice(ASKED_ORDER_YEARS),
+            "cid": rng.choice(ASKED_IDS),
+            "pid": rng.choice(ASKED_IDS),
+            "product": rng.choice(self.products[:ASKED_PRODUCTS])[1],
+        }
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    i = rng.randrange(1, len(word) - 1)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]  # swap two letters
+    if kind == 1:
+        return word[:i] + word[i + 1:]  # drop one
+    return word[:i] + word[i] + word[i:]  # double one
+
+
+def messy(text: str, rng: random.Random, protected: set[str]) -> str:
+    """Make a question look typed in a hurry: lower case, lost punctuation, a typo, stray spaces.
+
+    Words in `protected` (the slot values) are left intact so the gold query stays well defined."""
+    words = text.split(" ")
+    out = []
+    lower = rng.random() < 0.5
+    for word in words:
+        if word.strip("?.,#") not in protected:
+            if lower:
+                word = word.lower()
+            if len(word) >= 5 and word.isalpha() and rng.random() < 0.12:
+                word = _typo(word, rng)
+        out.append(word)
+    text = " ".join(out)
+    if rng.random() < 0.4:
+        text = text.rstrip("?.!")
+    if rng.random() < 0.1:
+        text = text.replace(" ", "  ", 1)
+    return text
+
+
+def _protected_words(values: dict) -> set[str]:
+    return {w for v in values.values() for w in str(v).split()}
+
+
+def _conversation(question: str, sql: str) -> dict:
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                         {"role": "user", "content": question},
+                         {"role": "assistant", "content": sql}]}
+
+
+def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Train and eval conversations. Intents are balanced; user texts are unique across both sets."""
+    shop = _Shop(seed)
+    eval_only = eval_combinations(shop)
+    rng = random.Random(seed + 1)
+    seen_questions: set[str] = set()
+    train_answers: set[str] = set()
+    train_values: set[str] = set()
+    sets: dict[bool, list[dict]] = {False: [], True: []}
+    for held_out, count in ((False, n_train), (True, n_eval)):
+        attempts = 0
+        while len(sets[held_out]) < count:
+            attempts += 1
+            if attempts > count * 200:
+                raise RuntimeError("demo generator cannot find enough distinct questions; lower the counts")
+            intent = INTENTS[len(sets[held_out]) % len(INTENTS)]
+            values = shop.slot_values(rng)
+            if (tuple(values[slot] for slot in slots_of(intent)) in eval_only[intent.name]) != held_out:
+                continue
+            used = {slot: values[slot] for slot in slots_of(intent)}
+            if held_out and not all(str(value) in train_values for value in used.values()):
+                continue  # every value eval asks for was seen in training, in another kind of question
+            phrasing = rng.choice(intent.eval if held_out else intent.train)
+            prefix = rng.choice(PREFIXES[1] if held_out else PREFIXES[0])
+            question = messy(prefix + phrasing.format(**values), rng, _protected_words(values))
+            sql = intent.sql.format(**values)
+            key = " ".join(question.lower().split())
+            if key in seen_questions or (held_out and sql in train_answers):
+                continue
+            seen_questions.add(key)
+            if not held_out:
+                train_answers.add(sql)
+                train_values.update(str(value) for value in used.values())
+            sets[held_out].append(_conversation(question, sql))
+    return sets[False], sets[True]
+
+
+def schema_sql() -> str:
+    return resources.files("edgeft.demo").joinpath("schema.sql").read_text()
+
+
+def build_database(path: Path, seed: int = SEED) -> Path:
+    """Create the SQLite file from the shipped schema and the generated rows (atomically)."""
+    shop = _Shop(seed)
+    with atomic_file(path, suffix=".sqlite") as tmp:
+        tmp.unlink()  # sqlite wants to create the file itself
+        with sqlite3.connect(tmp) as db:
+            db.executescript(schema_sql())
+            db.executemany("INSERT INTO customers VALUES (?, ?, ?, ?)", shop.customers)
+            db.executemany("INSERT INTO products VALUES (?, ?, ?, ?)", shop.products)
+            db.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", shop.orders)
+        db.close()
+    return path
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN, n_eval: int = N_EVAL,
+               n_general: int = N_GENERAL) -> dict[str, Path]:
+    """Write train.jsonl (the SQL conversations plus `n_general` generic chats, shuffled), eval.jsonl (SQL only),
+    shop.sqlite and schema.sql into `out_dir`; returns their paths."""
+    from edgeft.demo.base_lm import general_chats
+
+    out_dir = Path(out_dir)
+    train, evaluation = generate(n_train, n_eval, seed)
+    # Replay of the base's kind of chat: the fine-tune trains the output head, and without it the model forgets
+    # general text entirely (measured: probe perplexity x48,000).
+    train = train + general_chats(n_general, seed)
+    random.Random(seed).shuffle(train)
+    paths = {
+        "train": write_jsonl(train, out_dir / "train.jsonl"),
+        "eval": write_jsonl(evaluation, out_dir / "eval.jsonl"),
+        "db": build_database(out_dir / "shop.sqlite", seed),
+    }
+    with atomic_file(out_dir / "schema.sql") as tmp:
+        tmp.write_text(schema_sql())
+    paths["schema"] = out_dir / "schema.sql"
+    return paths

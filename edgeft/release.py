@@ -1,0 +1,199 @@
+"""Publish a release: `release/NAME/` with the GGUF, manifest.json, a model card and an Ollama Modelfile.
+
+Publishing is all-or-nothing: the folder is assembled under a temporary name and renamed into place only when every
+gate passed; a failed gate raises EdgeftError naming it and leaves any earlier release untouched. The manifest
+records the sha256 and size of every file, so `verify_release` (and anyone with `sha256sum`) can prove the folder
+is what was evaluated.
+
+Example:
+    publish_release("edgeft-demo", Path("release"), gguf=Path("out/model-Q4_K_M.gguf"), base_dir=Path("base"),
+                    quant="Q4_K_M", recipe=recipe, data_files={"train": Path("train.jsonl")}, metrics=metrics,
+                    gates=gates)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_dir, atomic_file
+
+VERSIONED_PACKAGES = ["edgeft", "torch", "transformers", "peft", "gguf", "llama-cpp-python"]
+LICENSE_FILES = ["LICENSE", "LICENSE.txt", "LICENSE.md", "license.txt", "COPYING"]
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path, root: Path | None = None) -> dict:
+    path = Path(path)
+    return {"path": str(path.relative_to(root)) if root else str(path), "size": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions from package metadata (nothing is imported, so torch is not loaded for this)."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if versions["edgeft"] is None:  # running from a checkout that is not pip-installed
+        from edgeft import __version__
+        versions["edgeft"] = __version__
+    return versions
+
+
+def _front_matter_license(readme: Path) -> str | None:
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    match = re.match(r"---\s*\n(.*?)\n---", text, re.S)
+    if not match:
+        return None
+    found = re.search(r"^license:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", match.group(1), re.M)
+    return found.group(1).strip() if found else None
+
+
+def base_license(base_dir: Path) -> dict:
+    """The base model's license as its own files declare it: model-card front matter, config, or a LICENSE file.
+
+    Returns {"license": id or None, "source": where it was found, "flag": None or why a user must look}."""
+    base_dir = Path(base_dir)
+    readme = base_dir / "README.md"
+    if readme.is_file() and (found := _front_matter_license(readme)):
+        return {"license": found, "source": "README.md front matter", "flag": None}
+    config = base_dir / "config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("license")
+        if value:
+            return {"license": str(value), "source": "config.json", "flag": None}
+    for name in LICENSE_FILES:
+        if (base_dir / name).is_file():
+            first = (base_dir / name).read_text(errors="replace").strip().splitlines()[:1]
+            return {"license": (first[0].strip() if first else "see LICENSE"), "source": name, "flag": None}
+    return {"license": None, "source": None,
+            "flag": f"no license found in {base_dir} (README.md front matter, config.json, LICENSE): "
+                    "check the base model's terms before distributing this release"}
+
+
+def license_text(base_dir: Path) -> str | None:
+    for name in LICENSE_FILES:
+        if (Path(base_dir) / name).is_file():
+            return (Path(base_dir) / name).read_text(errors="replace")
+    return None
+
+
+def failed_gates(gates: list[dict]) -> list[dict]:
+    """Gate rows as runtime.gates.check_gates writes them: {"gate", "threshold", "value", "passed", "text"}."""
+    return [g for g in gates if not g.get("passed")]
+
+
+def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, base_info: dict, recipe: dict,
+                   data_files: dict[str, Path], metrics: dict, gates: list[dict]) -> dict:
+    """Everything a reader needs to trust and reproduce the release, as one JSON-able dict."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        "quant": quant,
+        "files": files,
+        "base_model": {"path": str(base_dir), "name": Path(base_dir).name, **base_info},
+        "recipe": recipe,
+        "data": {role: file_entry(path) for role, path in data_files.items()},
+        "metrics": metrics,
+        "gates": gates,
+        "verdict": "pass" if not failed_gates(gates) else "fail",
+        "versions": package_versions(),
+    }
+
+
+def verify_release(folder: Path) -> list[str]:
+    """Problems found when re-hashing a published folder against its manifest ([] means it is intact)."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    problems = []
+    listed = set()
+    for entry in manifest["files"]:
+        path = folder / entry["path"]
+        listed.add(entry["path"])
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+        elif path.stat().st_size != entry["size"]:
+            problems.append(f"{entry['path']}: size {path.stat().st_size} != {entry['size']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json"}
+    problems.extend(f"{name}: not listed in the manifest" for name in sorted(extra))
+    return problems
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link costs no disk for a multi-GB GGUF; across file systems fall back to a copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _make_readable(folder: Path) -> None:
+    # Temporary files and folders are created private (mkstemp/mkdtemp: 0600/0700); a release is for sharing.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path, quant: str, recipe: dict,
+                    data_files: dict[str, Path], metrics: dict, gates: list[dict], adapter: Path | None = None,
+                    system_prompt: str | None = None, chat_template: str | None = None,
+                    stop_tokens: list[str] | None = None, report_dir: Path | None = None) -> Path:
+    """Assemble release_root/NAME atomically; refuse (EdgeftError naming the gates) when any gate failed."""
+    from edgeft.release_card import render_model_card, render_modelfile
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise EdgeftError(f"release name {name!r} is not a plain file name; use letters, digits, '.', '_' or '-'")
+    bad = failed_gates(gates)
+    if bad:
+        where = f" (report kept in {report_dir})" if report_dir else ""
+        raise EdgeftError("gate failed: " + "; ".join(g.get("text") or g["gate"] for g in bad) +
+                          f"{where}; nothing was published to {Path(release_root) / name}")
+    for path in [gguf, adapter, *data_files.values()]:
+        if path is not None and not Path(path).is_file():
+            raise EdgeftError(f"{path}: missing; run the stage that makes it (make release reruns it)")
+    base_info = base_license(base_dir)
+    gguf_name = f"{name}-{quant}.gguf"
+    with atomic_dir(Path(release_root) / name, overwrite=True) as tmp:
+        _link_or_copy(Path(gguf), tmp / gguf_name)
+        if adapter is not None:
+            _link_or_copy(Path(adapter), tmp / f"{name}-adapter.gguf")
+        license_body = license_text(base_dir)
+        if license_body:
+            (tmp / "LICENSE").write_text(license_body)
+        (tmp / "Modelfile").write_text(render_modelfile(
+            gguf_name, chat_template=chat_template, system_prompt=system_prompt, stop_tokens=stop_tokens,
+            license_id=base_info["license"]))
+        draft = build_manifest(name=name, quant=quant, files=[], base_dir=base_dir, base_info=base_info,
+                               recipe=recipe, data_files=data_files, metrics=metrics, gates=gates)
+        (tmp / "README.md").write_text(render_model_card(draft, gguf_name=gguf_name, system_prompt=system_prompt))
+        draft["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
+        (tmp / "manifest.json").write_text(json.dumps(draft, indent=2, sort_keys=False) + "\n")
+        _make_readable(tmp)
+    return Path(release_root) / name
+
+
+def write_json(path: Path, data) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return path

@@ -1,0 +1,159 @@
+"""Text of a release: the model card (README.md) and the Ollama Modelfile, rendered from the manifest.
+
+The card leads with the claim and its evidence (task metric vs the prompted base with its interval), then what it
+may have cost (forgetting, quantization), speed, and how to run the single GGUF with llama.cpp, llama-cpp-python
+and Ollama.
+"""
+
+from __future__ import annotations
+
+# Ollama needs its own (Go) template: one per chat-template family, found by the markers the Jinja template emits.
+# Stop strings are the family's end-of-turn markers, so generation ends where training taught it to.
+OLLAMA_TEMPLATES = [
+    ("<|im_start|>", ["<|im_start|>", "<|im_end|>"],
+     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"),
+    ("<|start_header_id|>", ["<|start_header_id|>", "<|eot_id|>"],
+     "<|begin_of_text|>{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
+     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+     "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("<start_of_turn>", ["<start_of_turn>", "<end_of_turn>"],
+     "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}{{ .Role }}{{ end }}\n"
+     "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"),
+    ("<|user|>", ["<|user|>", "<|end|>", "<|assistant|>"],
+     "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
+     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"),
+    ("[INST]", ["[INST]", "[/INST]", "</s>"],
+     "{{- range .Messages }}{{ if eq .Role \"user\" }}[INST] {{ if and $.System (eq (len (slice $.Messages 0)) 1) }}"
+     "{{ $.System }}\n\n{{ end }}{{ .Content }}[/INST]{{ else }}{{ .Content }}</s>{{ end }}{{ end }}"),
+]
+
+
+def ollama_template(chat_template: str | None) -> tuple[str | None, list[str]]:
+    for marker, stops, template in OLLAMA_TEMPLATES:
+        if chat_template and marker in chat_template:
+            return template, stops
+    return None, []
+
+
+def _triple_quoted(text: str) -> str:
+    return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'
+
+
+def render_modelfile(gguf_name: str, *, chat_template: str | None = None, system_prompt: str | None = None,
+                     stop_tokens: list[str] | None = None, license_id: str | None = None) -> str:
+    template, stops = ollama_template(chat_template)
+    lines = [f"# Run: ollama create NAME -f Modelfile && ollama run NAME", f"FROM ./{gguf_name}"]
+    if template:
+        lines.append(f"TEMPLATE {_triple_quoted(template)}")
+    else:
+        lines.append("# No TEMPLATE: Ollama uses the chat template stored in the GGUF (tokenizer.chat_template).")
+    if system_prompt:
+        lines.append(f"SYSTEM {_triple_quoted(system_prompt)}")
+    for stop in dict.fromkeys([*(stop_tokens or []), *stops]):
+        lines.append(f'PARAMETER stop "{stop}"')
+    # Evaluated greedily; the same settings reproduce the card's numbers.
+    lines.append("PARAMETER temperature 0")
+    if license_id:
+        lines.append(f"LICENSE {_triple_quoted(license_id)}")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _task_section(task: dict) -> list[str]:
+    if not task:
+        return ["No task metric was recorded."]
+    ci = task.get("ci95")
+    ci_text = f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} points)" if ci else ""
+    delta = task.get("delta")
+    return [
+        f"| model | {task.get('metric', 'metric')} on {task.get('n', '?')} held-out examples |",
+        "|---|---|",
+        f"| this fine-tune ({task.get('quant', 'GGUF')}) | {_pct(task.get('finetune'))} |",
+        f"| prompted base ({task.get('baseline_setup', 'system prompt + examples')}) | {_pct(task.get('baseline'))} |",
+        "",
+        f"Difference: **{_num(None if delta is None else 100 * delta, '+.1f')} points**{ci_text}.",
+    ]
+
+
+def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | None = None) -> str:
+    m = manifest.get("metrics", {})
+    base = manifest["base_model"]
+    forgetting, quant, speed = m.get("forgetting", {}), m.get("quantization", {}), m.get("throughput", {})
+    license_line = base.get("license") or "**not found**"
+    lines = [
+        "---",
+        f"license: {base.get('license') or 'unknown'}",
+        f"base_model: {base.get('name')}",
+        "tags: [gguf, edgeft, llama.cpp]",
+        "---",
+        f"# {manifest['name']}",
+        "",
+        m.get("description") or f"A fine-tune of `{base.get('name')}`, shipped as one GGUF ({manifest['quant']}).",
+        "",
+        "## Does it beat the prompted base?",
+        *_task_section(m.get("task", {})),
+        "",
+        "## What it may have cost",
+        "| check | value |",
+        "|---|---|",
+        f"| forgetting probe perplexity, fine-tune / base | {_num(forgetting.get('ppl_finetune'), '.2f')} / "
+        f"{_num(forgetting.get('ppl_base'), '.2f')} (ratio {_num(forgetting.get('ratio'))}) |",
+        f"| {manifest['quant']} vs {quant.get('reference', 'F16')}: mean KL-divergence | {_num(quant.get('kld'), '.4f')} |",
+        f"| {manifest['quant']} vs {quant.get('reference', 'F16')}: top-1 agreement | {_pct(quant.get('top1'))} |",
+        "",
+        "## Speed (llama.cpp on the machine that built it)",
+        "| model | prompt tok/s | generation tok/s |",
+        "|---|---|---|",
+    ]
+    for who in ("finetune", "base"):
+        row = speed.get(who) or {}
+        lines.append(f"| {who} | {_num(row.get('pp'), '.1f')} | {_num(row.get('tg'), '.1f')} |")
+    if speed.get("settings"):
+        lines += ["", f"Settings: {speed['settings']}."]
+    gates = manifest.get("gates", [])
+    lines += ["", "## Gates", "| gate | result |", "|---|---|"]
+    lines += [f"| {g.get('text') or g['gate']} | {'pass' if g.get('passed') else 'FAIL'} |" for g in gates] or ["| none | - |"]
+    system_arg = f' -p "{system_prompt}"' if system_prompt else ""
+    lines += [
+        "",
+        "## Run it",
+        "llama.cpp:",
+        "```sh",
+        f"llama-cli -m {gguf_name} -cnv --temp 0{system_arg}",
+        "```",
+        "llama-cpp-python:",
+        "```python",
+        "from llama_cpp import Llama",
+        f"llm = Llama(model_path=\"{gguf_name}\")",
+        "messages = " + (f"[{{\"role\": \"system\", \"content\": {system_prompt!r}}}, " if system_prompt else "[")
+        + "{\"role\": \"user\", \"content\": \"...\"}]",
+        "print(llm.create_chat_completion(messages, temperature=0)[\"choices\"][0][\"message\"][\"content\"])",
+        "```",
+        "Ollama:",
+        "```sh",
+        f"ollama create {manifest['name']} -f Modelfile && ollama run {manifest['name']}",
+        "```",
+        "",
+        "## Provenance",
+        f"- Base model: `{base.get('name')}`; license: {license_line}"
+        + (f" (from {base['source']})" if base.get("source") else ""),
+    ]
+    if base.get("flag"):
+        lines.append(f"- **License flag:** {base['flag']}")
+    lines += [f"- Data: " + ", ".join(f"{role} `{_file_name(d['path'])}` (sha256 {d['sha256'][:12]}…)"
+                                     for role, d in manifest.get("data", {}).items()),
+              "- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items() if v),
+              "- Every file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
+    return "\n".join(lines)
+
+
+def _file_name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]

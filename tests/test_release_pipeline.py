@@ -1,0 +1,153 @@
+"""The release pipeline: settings, incremental stages, interrupted training, and one end-to-end run on a fixture
+model that is not the demo's (the same stages `make release BASE=... DATA=... EVAL=...` runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft import release_pipeline as rp
+from edgeft.cli import main
+from edgeft.errors import EdgeftError
+from edgeft.release import verify_release
+
+FIXTURE_RECIPE = """\
+name: fixture-release
+train: {method: lora, r: 4, max_steps: 2, effective_batch: 8, micro_batch: 8, max_len: 512, eval_every: 2,
+        save_every: 1, early_stop: null}
+eval: {metric: exact, shots: 1, max_tokens: 4, imatrix_examples: 8, gates: {min_gain: 0}}
+"""
+
+
+def test_demo_defaults():
+    s = rp.resolve_settings()
+    assert s.demo and s.name == "edgeft-demo" and s.quant == "Q4_K_M"
+    assert s.base == rp.DEMO_DIR / "base" and s.data == rp.DEMO_DIR / "data" / "train.jsonl"
+    assert s.recipe["eval"]["gates"]["min_gain"] == 20
+    assert s.path("model") == Path("out/edgeft-demo/model-Q4_K_M.gguf")
+
+
+def test_base_needs_data_and_eval():
+    with pytest.raises(EdgeftError, match="needs DATA="):
+        rp.resolve_settings(base="some/model", data="t.jsonl")
+    result = CliRunner().invoke(main, ["release", "--base", "some/model"])
+    assert result.exit_code == 1 and "needs DATA=" in result.output and "Traceback" not in result.output
+
+
+def test_recipe_unknown_key(tmp_path):
+    (tmp_path / "r.yaml").write_text("trian: {}\n")
+    with pytest.raises(EdgeftError, match="unknown release recipe keys"):
+        rp.resolve_settings(base="m", data="t", eval_path="e", recipe_path=tmp_path / "r.yaml")
+
+
+def test_settings_file_rewritten_only_on_change(tmp_path):
+    s = rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
+    s.out.mkdir(parents=True)
+    rp.stage_settings(s)
+    path = s.path("settings")
+    os.utime(path, (1, 1))
+    rp.stage_settings(s)
+    assert path.stat().st_mtime == 1  # unchanged settings: make sees nothing new
+    rp.stage_settings(rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path, quant="q8_0"))
+    assert path.stat().st_mtime > 1 and json.loads(path.read_text())["quant"] == "Q8_0"
+
+
+def test_staleness(tmp_path):
+    s = rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
+    s.out.mkdir(parents=True)
+    for path in (s.data, s.eval, s.path("settings")):
+        path.write_text("x")
+    check = rp.STAGE_BY_NAME["check"]
+    assert rp._stale(check, s)  # no output yet
+    s.path("check").write_text("{}")
+    old = time.time() - 100
+    for path in (s.data, s.eval, s.path("settings")):
+        os.utime(path, (old, old))
+    assert not rp._stale(check, s)
+    s.data.touch()
+    assert rp._stale(check, s)
+
+
+def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monkeypatch):
+    """A training run killed after a checkpoint leaves only adapter.partial/; the rerun resumes it, then renames."""
+    import edgeft.checkpoint
+    import edgeft.train
+
+    s = rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
+    partial = s.path("adapter").with_name("adapter.partial")
+    (partial / "checkpoint-25").mkdir(parents=True)
+    calls = []
+
+    def fake_train(base, data, out_dir, **kwargs):
+        calls.append(kwargs)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "adapter_config.json").write_text("{}")
+        return out_dir
+
+    monkeypatch.setattr(edgeft.train, "train", fake_train)
+    monkeypatch.setattr(edgeft.checkpoint, "latest_checkpoint",
+                        lambda d: (Path(d) / "checkpoint-25") if (Path(d) / "checkpoint-25").is_dir() else None)
+    rp.stage_train(s)
+    assert calls[-1]["resume"] and not calls[-1]["overwrite"]
+    assert (s.path("adapter") / "adapter_config.json").is_file() and not partial.exists()
+    rp.stage_train(s)  # a fresh run (no partial) starts over
+    assert not calls[-1]["resume"] and calls[-1]["overwrite"]
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
+    from edgeft.demo.sql_task import generate, write_jsonl
+
+    base = fixture_model("llama", aligned=True)
+    train, evaluation = generate()
+    # The data check compares answers with punctuation stripped, so "price < 450" and "price > 450" look alike to
+    # it: keep the small slices apart on that normalisation.
+    loose = lambda example: re.sub(r"\W+", " ", example["messages"][-1]["content"]).strip()  # noqa: E731
+    evaluation = evaluation[:6]
+    train = [e for e in train if loose(e) not in {loose(x) for x in evaluation}][:16]
+    data = write_jsonl(train, tmp_path / "train.jsonl")
+    eval_path = write_jsonl(evaluation, tmp_path / "eval.jsonl")
+    (tmp_path / "recipe.yaml").write_text(FIXTURE_RECIPE)
+    args = ["release", "--base", str(base), "--data", str(data), "--eval", str(eval_path), "--recipe",
+            str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--release-dir", str(tmp_path / "rel")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "rel" / "fixture-release"
+    assert verify_release(folder) == []
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"fixture-release-Q4_K_M.gguf", "fixture-release-adapter.gguf", "manifest.json", "README.md",
+                     "Modelfile"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["verdict"] == "pass" and manifest["quant"] == "Q4_K_M"
+    metrics = manifest["metrics"]
+    assert metrics["quantization"]["kld"] is not None and metrics["forgetting"]["ratio"] is not None
+    assert metrics["throughput"]["finetune"]["tg"] > 0 and metrics["throughput"]["base"]["tg"] > 0
+    assert metrics["parity"]["ok"]
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(folder / "fixture-release-Q4_K_M.gguf"), verbose=False, n_ctx=256)
+    assert llm.n_vocab() > 0 and llm.metadata.get("general.license") == "apache-2.0"
+    llm.close()
+
+    # Second run: every stage is up to date.
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and again.output.count("up to date") == len(rp.STAGES)
+
+    # A failing gate: publishing refuses, names the gate, and leaves the report in OUT.
+    s = rp.resolve_settings(base=base, data=data, eval_path=eval_path, recipe_path=tmp_path / "recipe.yaml",
+                            out=tmp_path / "out", release_root=tmp_path / "rel2")
+    report_path = s.path("eval") / "report.json"
+    report = json.loads(report_path.read_text())
+    report["gates"] = [{"gate": "max_kld", "threshold": 0.0, "value": 0.3, "passed": False,
+                        "text": "max_kld: 0.3 (need <= 0) — FAIL"}]
+    report_path.write_text(json.dumps(report))
+    with pytest.raises(EdgeftError, match="max_kld"):
+        rp.run_stage("publish", s)
+    assert not (tmp_path / "rel2" / "fixture-release").exists() and report_path.is_file()
