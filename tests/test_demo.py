@@ -70,14 +70,18 @@ def test_eval_is_unseen(task):
         if len(literals) == 1:
             assert (shape(_gold(example)), literals[0]) not in train_combinations
     # phrasings: the eval templates are not training templates
+    train_templates = {sql_task._normal(t) for i in sql_task.INTENTS for p in i.train for t in sql_task.all_expansions(p)}
+    assert len(train_templates) > 5000  # compositional: many phrasings, so eval's new ones are in style
     for intent in sql_task.INTENTS:
-        assert not set(intent.train) & set(intent.eval)
+        assert not {sql_task._normal(p) for p in intent.eval} & train_templates, intent.name
     assert len({_gold(e) for e in task["eval"]}) >= 2 * len(sql_task.INTENTS)
 
 
 def test_questions_are_messy(task):
     questions = [_question(e) for e in task["train"]]
-    template_words = {w.strip("?,.#{}'").lower() for i in sql_task.INTENTS for p in i.train + i.eval for w in p.split()}
+    phrases = [p for i in sql_task.INTENTS for p in i.train + i.eval] + [w for g in sql_task.WORDS.values() for w in g]
+    phrases += sql_task.PREFIXES[0] + sql_task.PREFIXES[1]
+    template_words = {w.strip("?,.#{}':").lower() for p in phrases for w in p.split()}
     lower = sum(q == q.lower() for q in questions) / len(questions)
     no_mark = sum(not q.rstrip().endswith("?") for q in questions) / len(questions)
     typos = sum(any(w.isalpha() and len(w) >= 4 and w.lower() not in template_words and not w[0].isupper()
@@ -132,6 +136,10 @@ def test_corpus_has_no_sql_and_has_chat():
     copied = [a for pairs in turns for q, a in pairs if a and a in q]
     assert len(copied) > 10
     assert not any(re.search(r"\bSELECT\b.*\bFROM\b.*\bWHERE\b", t) for t in texts)
+    # the shop's names are in the corpus (so the tokenizer has them whole), as plain prose only
+    with_places = build_corpus(dict(TINY, place_texts=20))
+    assert any(city in t for t in with_places for city in sql_task.ASKED_CITIES)
+    assert not any(re.search(r"\bSELECT\b.*\bFROM\b.*\bWHERE\b", t) for t in with_places)
 
 
 @pytest.fixture(scope="module")

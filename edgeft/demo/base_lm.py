@@ -27,8 +27,8 @@ from edgeft.fsutil import atomic_dir
 RECIPE = {
     "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-    "seq_len": 128, "batch_size": 16, "steps": 320, "lr": 3e-3, "warmup": 30, "seed": 0, "threads": 1,
-    "corpus_chars": 6_000_000, "chat_fraction": 0.25, "reading_fraction": 0.6, "version": 2,
+    "seq_len": 128, "batch_size": 16, "steps": 560, "lr": 3e-3, "warmup": 30, "seed": 0, "threads": 1,
+    "corpus_chars": 6_000_000, "chat_fraction": 0.25, "reading_fraction": 0.75, "place_texts": 1200, "version": 4,
 }
 
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -132,6 +132,24 @@ def _chatml(turns: list[tuple[str, str]]) -> str:
     return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns)
 
 
+def place_and_thing_texts(rng: random.Random, n: int) -> list[str]:
+    """Plain sentences naming the demo shop's cities, goods, categories and years, like any general corpus would:
+    it gives the tokenizer whole tokens for those words (a value is then one token to carry over), never SQL."""
+    from edgeft.demo.sql_task import ADJECTIVES, CATEGORIES, CITIES, NOUNS
+
+    # Quoted half the time: after a quote a word has no leading space, and that spelling needs its own token too.
+    def name(words):
+        return f"'{rng.choice(words)}'" if rng.random() < 0.5 else rng.choice(words)
+
+    products = [f"{adjective} {noun}" for adjective in ADJECTIVES for noun in NOUNS.values()]
+    forms = [lambda: f"{name(CITIES)} is a city in Europe, and many people live in {name(CITIES)}.",
+             lambda: f"The {name(products)} was made in {rng.randint(2012, 2025)} and shipped from {name(CITIES)}.",
+             lambda: f"Shops sell {name(CATEGORIES)}, {name(CATEGORIES)} and {name(CATEGORIES)} to customers.",
+             lambda: f"In {rng.randint(2012, 2025)} the {rng.choice(products).lower()} cost {rng.randint(5, 500)} "
+                     f"dollars."]
+    return [" ".join(rng.choice(forms)() for _ in range(4)) for _ in range(n)]
+
+
 def build_corpus(recipe: dict = RECIPE) -> list[str]:
     """Documents (plain docstrings and ChatML chats), shuffled with the recipe's seed, about corpus_chars long."""
     rng = random.Random(recipe["seed"])
@@ -159,6 +177,7 @@ def build_corpus(recipe: dict = RECIPE) -> list[str]:
                 turns = [("system", "You are a helpful assistant."), *turns]
             chats.append(_chatml(turns))
     texts.extend(chats)
+    texts.extend(place_and_thing_texts(rng, recipe.get("place_texts", 0)))
     rng.shuffle(texts)
     return texts
 

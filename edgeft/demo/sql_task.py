@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import string
 import zlib
@@ -26,7 +27,7 @@ from pathlib import Path
 from edgeft.fsutil import atomic_file
 
 SEED = 1234
-N_TRAIN = 2000
+N_TRAIN = 4000
 N_EVAL = 200
 N_GENERAL = 600  # generic chats mixed into training (not SQL; eval stays SQL only)
 
@@ -64,77 +65,133 @@ N_CUSTOMERS, N_PRODUCTS, N_ORDERS = 240, 120, 1500
 class Intent:
     name: str
     sql: str
-    train: tuple[str, ...]  # phrasings used for training
-    eval: tuple[str, ...]   # phrasings only the eval set uses
+    train: tuple[str, ...]  # training patterns: {slot} values and {group} synonyms from WORDS, expanded at random
+    eval: tuple[str, ...]   # phrasings only the eval set uses (never an expansion of a training pattern)
 
 
-# {slot} names: city, category, price, qty, year (signup), oyear (order), cid, pid, product.
+# Synonym groups the training patterns draw from, so training covers the *words* of the task in many orders and
+# combinations: a new eval sentence is then new wording in a familiar style, not a foreign language.
+WORDS = {
+    "list": ("list", "show", "show me", "give me", "get", "find", "display", "fetch", "tell me", "pull up", "print"),
+    "cust": ("customers", "clients", "people", "users", "buyers", "shoppers"),
+    "prod": ("products", "items", "goods", "things", "articles"),
+    "count": ("how many", "count", "count the", "number of", "the number of", "total number of"),
+    "in": ("in", "from", "living in", "based in", "located in", "who live in", "that live in", "residing in"),
+    "join": ("signed up in", "joined in", "registered in", "signed up during", "joined during", "registered during",
+             "became customers in", "made an account in"),
+    "avg": ("average price", "mean price", "avg price", "average cost", "mean cost", "typical price"),
+    "below": ("less than", "cheaper than", "under", "below", "priced under", "priced below", "costing less than"),
+    "above": ("more than", "pricier than", "over", "above", "priced over", "priced above", "costing more than",
+              "more expensive than"),
+    "cost": ("price", "cost", "price tag", "selling price"),
+    "kind": ("category", "product category", "kind of product", "type of product", "section"),
+    "orders": ("orders", "purchases", "sales"),
+    "custid": ("customer {cid}", "customer #{cid}", "customer id {cid}", "customer number {cid}", "client {cid}",
+            "client #{cid}", "user id {cid}"),
+    "name": ("name", "full name", "customer name"),
+    "please": ("", "", "", " please", " pls", " thanks", " thx", " for me", " now"),
+}
+
+# {slot} names: city, category, price, year (signup), oyear (order), cid, product; other {names} are WORDS groups.
 # Gold queries stay under 13 words: longer ones would share 13-word n-grams with training answers, which the
 # data check's decontamination rightly reports.
 INTENTS = [
     Intent("customers_in_city", "SELECT name FROM customers WHERE city = '{city}';",
-           ("Which customers live in {city}?", "list the customers from {city}", "who are our customers in {city}?",
-            "show me every customer based in {city}", "names of customers located in {city} please",
-            "give me the customers whose city is {city}"),
+           ("{list} the {cust} {in} {city}{please}", "which {cust} are {in} {city}?", "who are the {cust} {in} {city}?",
+            "{cust} {in} {city}{please}", "{list} all {city} {cust}", "names of {cust} {in} {city}",
+            "{cust} whose city is {city}", "who lives in {city}?", "{city}: {list} the {cust}", "{city} {cust}?"),
            ("who lives in {city} among our clients?", "i need the client names for {city}")),
     Intent("count_city", "SELECT COUNT(*) FROM customers WHERE city = '{city}';",
-           ("How many customers are in {city}?", "count the customers from {city}",
-            "number of customers living in {city}?", "how many clients do we have in {city}",
-            "what's the customer count for {city}?"),
+           ("{count} {cust} {in} {city}?", "{count} {cust} are there {in} {city}{please}", "{count} {city} {cust}",
+            "{cust} {in} {city}, how many?", "what is the {cust} count for {city}", "{city}: {count} {cust}?",
+            "how many of our {cust} live in {city}", "{city} {cust} count{please}"),
            ("customers in {city}: how many are there?", "total clients located in {city}?")),
     Intent("products_in_category", "SELECT name FROM products WHERE category = '{category}';",
-           ("What products are in the {category} category?", "list all {category} products",
-            "show the products of category {category}", "which items do we sell in {category}?",
-            "names of products under {category}"),
+           ("{list} the {category} {prod}{please}", "which {prod} are in {category}?", "{list} {prod} in {category}",
+            "what {prod} do we sell in {category}?", "{prod} of the {category} category", "{category} {prod}",
+            "{list} all {prod} under {category}", "names of {category} {prod}", "{category}: which {prod}?"),
            ("{category} products, which ones?", "show me the items of the {category} category")),
     Intent("avg_price_category", "SELECT AVG(price) FROM products WHERE category = '{category}';",
-           ("What is the average price of {category} products?", "average price in category {category}",
-            "mean price of the {category} items?", "how much do {category} products cost on average"),
+           ("what is the {avg} of {category} {prod}?", "{avg} in {category}{please}", "{avg} for the {category} category",
+            "{category} {prod}: {avg}?", "how much do {category} {prod} cost on average", "{category} {avg}",
+            "{list} the {avg} of {prod} in {category}"),
            ("the {category} category: what is the average price?", "average cost of items in {category}")),
     Intent("cheaper_than", "SELECT name FROM products WHERE price < {price};",
-           ("Which products cost less than {price}?", "list products cheaper than {price}",
-            "show items priced under {price}", "products with a price below {price}?",
-            "what can I buy for less than {price} dollars"),
+           ("which {prod} cost {below} {price}?", "{list} {prod} {below} {price}{please}", "{prod} {below} {price}",
+            "{list} {prod} {below} {price} dollars", "what can i buy for {below} {price}", "{list} all {prod} priced {below} {price}",
+            "{below} {price}: which {prod}?", "{prod} with a price {below} {price}"),
            ("products under {price} dollars?", "items cheaper than {price}, which ones?")),
     Intent("pricier_than", "SELECT name FROM products WHERE price > {price};",
-           ("Which products cost more than {price}?", "list products pricier than {price}",
-            "show items priced above {price}", "products with a price over {price}?",
-            "what costs more than {price} dollars"),
+           ("which {prod} cost {above} {price}?", "{list} {prod} {above} {price}{please}", "{prod} {above} {price}",
+            "{list} {prod} {above} {price} dollars", "what costs {above} {price}", "{list} all {prod} priced {above} {price}",
+            "{above} {price}: which {prod}?", "{prod} with a price {above} {price}"),
            ("products over {price} dollars?", "items more expensive than {price}, which ones?")),
     Intent("signup_year", "SELECT name FROM customers WHERE signup_year = {year};",
-           ("Which customers signed up in {year}?", "list customers who joined in {year}",
-            "who registered in {year}?", "customers with signup year {year}", "show everyone that signed up during {year}"),
+           ("which {cust} {join} {year}?", "{list} {cust} who {join} {year}{please}", "who {join} {year}?",
+            "{cust} with signup year {year}", "{list} everyone that {join} {year}", "{year}: which {cust} {join} it?",
+            "names of {cust} that {join} {year}", "all {cust} who {join} {year}"),
            ("customers who signed up during {year}?", "who joined us in {year}?")),
     Intent("orders_in_year", "SELECT COUNT(*) FROM orders WHERE order_year = {oyear};",
-           ("How many orders were placed in {oyear}?", "count the orders from {oyear}",
-            "number of orders in {oyear}?", "how many orders did we get in {oyear}", "total orders for year {oyear}"),
+           ("{count} {orders} in {oyear}?", "{count} {orders} were placed in {oyear}{please}",
+            "{count} {orders} did we get in {oyear}", "total {orders} for year {oyear}", "{oyear}: {count} {orders}?",
+            "{orders} made in {oyear}, how many?", "{oyear} {orders} count", "how many {orders} happened during {oyear}"),
            ("orders placed during {oyear}, how many?", "count of orders in {oyear}")),
     Intent("count_signups", "SELECT COUNT(*) FROM customers WHERE signup_year = {year};",
-           ("How many customers signed up in {year}?", "count the customers who joined in {year}",
-            "number of registrations in {year}?", "how many people registered during {year}"),
+           ("{count} {cust} {join} {year}?", "{count} {cust} {join} {year}{please}", "{count} signups in {year}",
+            "{count} registrations during {year}?", "{year}: {count} {cust} {join} it?", "{year} signup count",
+            "{cust} who {join} {year}, how many?", "how many new {cust} did we get in {year}"),
            ("signups in {year}: how many?", "total customers that joined us in {year}?")),
     Intent("orders_of_customer_id", "SELECT COUNT(*) FROM orders WHERE customer_id = {cid};",
-           ("How many orders has customer {cid} placed?", "count orders for customer id {cid}",
-            "number of orders by customer #{cid}", "how many times did customer {cid} order"),
+           ("{count} {orders} has {custid} placed?", "{count} {orders} by {custid}{please}", "{count} {orders} for {custid}",
+            "how many times did {custid} order", "{custid}: {count} {orders}?", "{orders} of {custid}, how many?",
+            "{custid} {orders} count"),
            ("number of orders of customer {cid}?", "how many orders came from customer id {cid}")),
     Intent("category_of_product", "SELECT category FROM products WHERE name = '{product}';",
-           ("Which category is the {product} in?", "category of the {product}?", "what kind of product is the {product}",
-            "tell me the category for {product}"),
+           ("which {kind} is the {product} in?", "{kind} of the {product}?", "what {kind} is the {product}",
+            "tell me the {kind} for {product}", "{product} {kind}{please}", "{product}: what {kind}?",
+            "in which {kind} is {product}"),
            ("the {product}: which category?", "{product} belongs to what category?")),
     Intent("customer_by_id", "SELECT name FROM customers WHERE id = {cid};",
-           ("What is the name of customer {cid}?", "who is customer number {cid}?", "name of the customer with id {cid}",
-            "show customer #{cid}", "look up customer id {cid}"),
+           ("what is the {name} of {custid}?", "who is {custid}?", "{name} of {custid}{please}", "{list} {custid}",
+            "look up {custid}", "{custid}: {name}?", "{list} the {name} for {custid}"),
            ("customer id {cid}: what is the name?", "the name of customer #{cid}?")),
     Intent("price_of_product", "SELECT price FROM products WHERE name = '{product}';",
-           ("What does the {product} cost?", "price of the {product}?", "how much is a {product}",
-            "show me the price for {product}", "tell me what {product} sells for"),
+           ("what does the {product} cost?", "what is the {cost} of the {product}?", "how much is a {product}",
+            "{list} the {cost} for {product}", "tell me what {product} sells for", "{product}: what {cost}?",
+            "{product} {cost}{please}", "how much does the {product} cost"),
            ("the {product}: what is its price?", "cost of the {product}?")),
 ]
+
+
+def _normal(template: str) -> str:
+    return " ".join("".join(c for c in template.lower() if c.isalnum() or c in " {}").split())
+
+
+def expand(pattern: str, rng: random.Random) -> str:
+    """One training template from a pattern: each WORDS group replaced by a random member (slots stay {slot})."""
+    def pick(match):
+        group = match.group(1)
+        return expand(rng.choice(WORDS[group]), rng) if group in WORDS else match.group(0)
+    return re.sub(r"\{(\w+)\}", pick, pattern)
+
+
+def all_expansions(pattern: str) -> set[str]:
+    """Every template a pattern can produce (for the check that eval phrasings are never among them)."""
+    match = next((m for m in re.finditer(r"\{(\w+)\}", pattern) if m.group(1) in WORDS), None)
+    if match is None:
+        return {pattern}
+    return {t for word in WORDS[match.group(1)]
+            for t in all_expansions(pattern[:match.start()] + word + pattern[match.end():])}
+
+
+EVAL_TEMPLATES = {_normal(p) for intent in INTENTS for p in intent.eval}
+
 
 # Eval phrasings are new sentences (never a training template) built mostly from words training uses: a 4.5M
 # model cannot know that "tally" means count, but it should cope with a new word order.
 # Messy-user noise: prefixes and the eval-only prefixes keep phrasing unseen too.
-PREFIXES = (["", "", "", "hey ", "pls ", "quick question: ", "can you tell me ", "i want to know "],
+PREFIXES = (["", "", "", "", "hey ", "pls ", "quick question: ", "can you tell me ", "i want to know ", "hi, ",
+             "ok so ", "please ", "could you check: ", "hmm ", "question: ", "boss asks: "],
             ["", "", "yo ", "so um ", "need this asap: "])
 
 
@@ -258,7 +315,12 @@ def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> 
             used = {slot: values[slot] for slot in slots_of(intent)}
             if held_out and not all(str(value) in train_values for value in used.values()):
                 continue  # every value eval asks for was seen in training, in another kind of question
-            phrasing = rng.choice(intent.eval if held_out else intent.train)
+            if held_out:
+                phrasing = rng.choice(intent.eval)
+            else:
+                phrasing = expand(rng.choice(intent.train), rng)
+                if _normal(phrasing) in EVAL_TEMPLATES:
+                    continue  # an expansion that happens to be an eval phrasing stays eval's
             prefix = rng.choice(PREFIXES[1] if held_out else PREFIXES[0])
             question = messy(prefix + phrasing.format(**values), rng, _protected_words(values))
             sql = intent.sql.format(**values)
