@@ -213,10 +213,10 @@ def mask_example(
     where = where or _describe(messages)
     template = chat_template if chat_template is not None else template_for(tokenizer)
     text, spans = assistant_spans(messages, template, special_tokens_of(tokenizer), where=where)
-    try:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError as exc:
-        raise EdgeftError(f"{where}: the tokenizer gives no character offsets; use a fast tokenizer") from exc
+    # Labels come from character offsets, which only fast (tokenizers-backed) tokenizers report.
+    if not getattr(tokenizer, "is_fast", True):
+        raise EdgeftError(f"{where}: the tokenizer gives no character offsets; use a fast tokenizer")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])
     offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
     trained = label_tokens(offsets, spans)
