@@ -152,19 +152,11 @@ def convert_model(
             _write_data(writer, tensors, arch, reader, importance, threads, total, progress)
         finally:
             writer.close()
-        # mkstemp creates 0600; a model file should get the usual permissions like any file the user writes.
-        os.chmod(tmp, 0o666 & ~_umask())
     if log is not None:
         seconds = time.perf_counter() - started
         size = out_path.stat().st_size
         log(f"wrote {out_path}: {len(tensors)} tensors, {file_type.name}, {size / 1e6:.1f} MB in {seconds:.1f} s")
     return out_path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_data(writer, tensors, arch, reader, importance, threads, total, progress) -> None:

@@ -13,6 +13,12 @@ from typing import Iterator
 from edgeft.errors import EdgeftError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_writable_parent(path: Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
@@ -34,9 +40,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; a finished output should get the ordinary permissions a plain open() would give.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -55,6 +59,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise EdgeftError(f"{path}: output folder exists and is not empty; pass --overwrite or choose another -o")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished folder gets the usual permissions
     try:
         yield tmp
         if path.exists():

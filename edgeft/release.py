@@ -146,15 +146,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _make_readable(folder: Path) -> None:
-    # Temporary files and folders are created private (mkstemp/mkdtemp: 0600/0700); a release is for sharing.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-
-
 def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path, quant: str, recipe: dict,
                     data_files: dict[str, Path], metrics: dict, gates: list[dict], adapter: Path | None = None,
                     system_prompt: str | None = None, chat_template: str | None = None,
@@ -189,7 +180,6 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
         (tmp / "README.md").write_text(render_model_card(draft, gguf_name=gguf_name, system_prompt=system_prompt))
         draft["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
         (tmp / "manifest.json").write_text(json.dumps(draft, indent=2, sort_keys=False) + "\n")
-        _make_readable(tmp)
     return Path(release_root) / name
 
 

@@ -210,10 +210,6 @@ def quantize_gguf(
                     source.release(tensor)
                     bar.update(written)
             out.write(b"\0" * (data_start + _pad(out.tell() - data_start, alignment) - out.tell()))
-            # mkstemp made the file 0600; a model file gets the user's usual permissions.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
     finally:
         source.close()
     return out_path
