@@ -17,6 +17,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from convert.reader import bf16_to_float32
 from edgeft.errors import EdgeftError
 
 # safetensors dtype name -> bytes per element
@@ -25,16 +26,11 @@ DTYPE_SIZES: dict[str, int] = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-# numpy views for dtypes numpy has; BF16 is read as uint16 bits and widened by `bf16_bits_to_f32`.
+# numpy views for dtypes numpy has; BF16 is read as uint16 bits and widened by `convert.reader.bf16_to_float32`.
 NUMPY_DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
 }
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bf16 is the top half of an f32, so widening is a 16-bit shift (exact)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class SafetensorsFile:
@@ -91,7 +87,7 @@ class SafetensorsFile:
             shape[0] = (shape[0] if row_stop is None else row_stop) - row_start
         array = array.reshape(shape)
         if dtype == "BF16":
-            return bf16_bits_to_f32(array)
+            return bf16_to_float32(array)
         if dtype in FLOAT_DTYPES:
             return array.astype(np.float32)
         return array.copy()
