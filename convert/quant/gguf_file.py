@@ -59,6 +59,20 @@ class GGUFFile:
                 raise EdgeftError(f"{self.path}: empty file, not a GGUF; check the path") from exc
         if self._map[:4] != GGUF_MAGIC:
             raise EdgeftError(f"{self.path}: not a GGUF file (bad magic); pass a .gguf made by edgeft or llama.cpp")
+        try:
+            self._read_header()
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError) as exc:
+            # A cut file ends inside the header (struct runs out of bytes); anything else there is damage.
+            self._map.close()
+            if isinstance(exc, struct.error):
+                raise EdgeftError(f"{self.path}: truncated GGUF (the file ends inside its header); the download "
+                                  "or copy was cut short, fetch or convert it again") from None
+            raise EdgeftError(f"{self.path}: corrupt GGUF header ({exc}); fetch or convert it again") from None
+        except EdgeftError:
+            self._map.close()
+            raise
+
+    def _read_header(self) -> None:
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", self._map, 4)
         if version < 2:
             raise EdgeftError(f"{self.path}: GGUF version {version} is too old; reconvert the model")
@@ -86,9 +100,11 @@ class GGUFFile:
         for name, shape, qtype, offset in infos:
             block, type_size = GGML_QUANT_SIZES[qtype]
             nbytes = int(np.prod(shape)) // block * type_size
-            if data_start + offset + nbytes > len(self._map):
-                raise EdgeftError(f"{self.path}: tensor {name} runs past the end of the file; the file is truncated")
             self.tensors.append(TensorEntry(name, shape, qtype, data_start + offset, nbytes))
+        needed = max((t.offset + t.nbytes for t in self.tensors), default=data_start)
+        if needed > len(self._map):
+            raise EdgeftError(f"{self.path}: truncated GGUF ({len(self._map)} bytes, its tensor table needs {needed}); "
+                              "the download or copy was cut short, fetch or convert it again")
 
     def _string(self, pos: int) -> tuple[str, int]:
         (length,) = struct.unpack_from("<Q", self._map, pos)
