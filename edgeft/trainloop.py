@@ -191,6 +191,9 @@ class TrainRun:
                            "tokens_per_s": self.state["tokens"] / max(1e-9, self.state["train_seconds"])})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
+            if done == self.total_steps and self.world.is_main:
+                # The trained weights are on disk before the final eval: a crash or kill there loses nothing.
+                self._write_adapter()
             if self.eval_examples and (done % self.recipe.eval_every == 0 or done == self.total_steps):
                 self._eval(done)
             if done % self.recipe.save_every == 0 and done < self.total_steps:

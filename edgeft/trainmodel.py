@@ -121,6 +121,7 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
     checkpointing = recipe.use_gradient_checkpointing
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_training_layout(model)
     if checkpointing:
         # Non-reentrant checkpointing works with frozen inputs and with our manual gradient all-reduce.
         kwargs = {"use_reentrant": False}
@@ -142,6 +143,24 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats(device)
     return model
+
+
+def keep_training_layout(model) -> int:
+    """Keep every 4-bit layer on the kernels it trains with; returns how many layers were switched.
+
+    bitsandbytes 0.50 repacks a Linear4bit weight for its AVX512-BF16 CPU kernel the first time the layer runs in
+    eval mode without grad, on CPUs that have the feature (Sapphire Rapids, Zen 4). That layout needs in_features to
+    be a multiple of the 4-bit block (64), so a base with an MLP width of 160 crashed in the held-out eval after
+    training, and training would continue on the repacked weight afterwards. Our evals between steps are part of
+    training, so they run the training kernels on every CPU; the switch is bitsandbytes' per-layer flag."""
+    import bitsandbytes as bnb
+
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def trainable_parameters(model) -> list[tuple[str, object]]:
