@@ -23,7 +23,17 @@ OUT    ?= out
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install test bench clean gpu-check
+# llama-cpp-python is built from source. Not with GGML_NATIVE: on a CPU that advertises AMX, -march=native compiles
+# ggml's AMX matmul, and on some cloud VMs its tile instructions fault (SIGILL) although the CPU reports them. So
+# edgeft/native_build.py names every instruction set this host reports except AMX (`make install LLAMA_AMX=1`
+# opts back in; `LLAMA_CMAKE_ARGS="..."` replaces the flags entirely). Our wheel cache is keyed by version+flags,
+# because pip's own cache keys a wheel by its sdist only and would hand back one built with other flags.
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_AMX        ?=
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) edgeft/native_build.py $(if $(LLAMA_AMX),--amx))
+WHEEL_CACHE      ?= $(HOME)/.cache/edgeft/wheels
+
+.PHONY: help install install-llama test bench clean gpu-check
 
 help: ## show this help
 	@echo "edgeft — fine-tune, convert, quantize and validate a GGUF"
@@ -42,9 +52,10 @@ help: ## show this help
 
 install: $(STAMP) ## create .venv and install edgeft with the train and dev extras
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile edgeft/native_build.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory install-llama
 ifeq ($(HAS_CUDA),1)
 	@echo "CUDA found: pip chooses the CUDA torch build"
 else
@@ -53,6 +64,22 @@ else
 endif
 	$(PY) -m pip install --quiet -e ".[train,dev]"
 	@touch $@
+
+install-llama: ## (re)build llama-cpp-python for this CPU (LLAMA_AMX=1 or LLAMA_CMAKE_ARGS=... to change the flags)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@key=$$(echo "$(LLAMA_CMAKE_ARGS)" | $(PYTHON) edgeft/native_build.py --key $(LLAMA_CPP_VERSION)); \
+	dir="$(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$$key"; \
+	if ! ls "$$dir"/*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (5-10 min) with: $(LLAMA_CMAKE_ARGS)"; \
+	  rm -rf "$$dir.tmp" && mkdir -p "$$dir.tmp" && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-cache-dir --no-deps \
+	    --no-binary llama-cpp-python -w "$$dir.tmp" "llama-cpp-python==$(LLAMA_CPP_VERSION)" && \
+	  rm -rf "$$dir" && mv "$$dir.tmp" "$$dir" || exit 1; \
+	fi; \
+	echo "llama-cpp-python $(LLAMA_CPP_VERSION) from $$dir"; \
+	$(PY) -m pip install --quiet --no-deps --force-reinstall "$$dir"/*.whl && \
+	$(PY) -m pip install --quiet "$$dir"/*.whl && \
+	echo "$(LLAMA_CMAKE_ARGS)" > $(VENV)/llama-cmake-args.txt
 
 test: $(STAMP) ## run the test suite (installs first on a fresh clone)
 	$(PY) -m pytest -q tests

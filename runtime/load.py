@@ -72,6 +72,10 @@ def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = 
         import llama_cpp
     except ImportError as exc:
         raise EdgeftError("llama-cpp-python is not installed; `pip install llama-cpp-python` to evaluate GGUFs") from exc
+    if not vocab_only:
+        from runtime.native_probe import ensure_decodes
+
+        ensure_decodes(path)  # a kernel that faults on this CPU becomes one line, not a dead process
     try:
         with _quiet():
             return llama_cpp.Llama(
