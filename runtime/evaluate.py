@@ -16,9 +16,9 @@ from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir
 from runtime import examples as examples_mod
 from runtime.gates import GATES, check_gates, resolve_gates
-from runtime.generate import chat_reply, render_chat
+from runtime.generate import chat_reply, prompt_tokens, render_chat
 from runtime.load import check_gguf, open_gguf
-from runtime.metrics import Judge, parse_metric
+from runtime.metrics import Judge, parse_metric, unscoreable
 from runtime.stats import mean_interval, paired_difference
 
 
@@ -41,6 +41,38 @@ def _generate(path: Path, prompts: list[list[dict]], *, n_ctx: int, threads: int
             rendered_with_gold.append(render_chat(llm, full, add_generation_prompt=False, path=str(path)))
     llm.close()
     return answers
+
+
+def _check_settings(*, max_tokens: int, n_ctx: int, threads: int | None) -> None:
+    for option, value, least in (("--max-tokens", max_tokens, 1), ("--ctx", n_ctx, 1), ("--threads", threads, 1)):
+        if value is not None and value < least:
+            raise EdgeftError(f"{option} {value}: must be at least {least}")
+
+
+def _refuse_unscoreable(data, examples, scorer, metric: str) -> None:
+    bad = unscoreable(scorer, examples)
+    if bad:
+        line, why = bad[0]
+        raise EdgeftError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored with "
+                          f"--metric {metric}: fix or remove them")
+
+
+def _refuse_prompts_that_do_not_fit(path: Path, prompts: list[list[dict]], lines: list[int], data, *, n_ctx: int,
+                                    label: str) -> None:
+    """Every prompt, rendered and tokenized by the model that will answer it, must leave room for an answer in
+    --ctx: checked with the vocabulary alone, before any generation, instead of cutting prompts later."""
+    llm = open_gguf(path, vocab_only=True)
+    too_long = []
+    for line, messages in zip(lines, prompts):
+        n_tokens = len(prompt_tokens(llm, render_chat(llm, messages, path=str(path))))
+        if n_tokens >= n_ctx:
+            too_long.append((line, n_tokens))
+    llm.close()
+    if too_long:
+        line, n_tokens = too_long[0]
+        raise EdgeftError(f"{data}:{line}: the {label} prompt is {n_tokens} tokens, which leaves no room for an answer "
+                          f"in --ctx {n_ctx}; {len(too_long)} of {len(prompts)} prompts do not fit: raise --ctx or "
+                          "shorten them")
 
 
 def _probe(path: Path, text: str, choices: list[dict] | None, *, window: int, threads: int | None,
@@ -81,15 +113,20 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     Example: `run_eval("ft.gguf", "eval.jsonl", "out/eval", baseline="base.gguf", system="Answer in SQL.",
     shots=3, shots_from="train.jsonl", metric="sql-exec:shop.sqlite", gates={"min_gain": 5})`.
     """
+    _check_settings(max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)
     model, out_dir = check_gguf(model), Path(out_dir)
     baseline = check_gguf(baseline) if baseline else None
     reference = check_gguf(reference) if reference else None
     examples = examples_mod.read_examples(data, limit=limit)
     shot_turns = examples_mod.shot_turns(shots_from, shots)
     scorer = parse_metric(metric, rubric_path=str(rubric) if rubric else None, threads=threads)
+    _refuse_unscoreable(data, examples, scorer, metric)
     gates = resolve_gates(gates or {})
+    if hf is not None:
+        gates.setdefault("max_hf_mismatches", 0)  # --hf is asked for to be checked, not only to be read about
     available = {"min_gain": baseline is not None, "max_ppl_ratio": baseline is not None,
-                 "max_kld": reference is not None, "min_speed_ratio": baseline is not None and speed}
+                 "max_kld": reference is not None, "min_speed_ratio": baseline is not None and speed,
+                 "max_hf_mismatches": hf is not None}
     for name in gates:
         if not available[name]:
             raise EdgeftError(f"gate {name} needs {GATES[name].needs}; add it or drop the gate")
@@ -98,6 +135,11 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     probe_name, probe_text = read_probe(probe)
     mc_items = read_choices(choices) if choices else None
     _safe_out_dir(out_dir)
+    lines = [example.line for example in examples]
+    _refuse_prompts_that_do_not_fit(model, [e.prompt for e in examples], lines, data, n_ctx=n_ctx, label="fine-tune")
+    if baseline is not None:
+        baseline_prompts = [examples_mod.baseline_prompt(e, system=system, shots=shot_turns) for e in examples]
+        _refuse_prompts_that_do_not_fit(baseline, baseline_prompts, lines, data, n_ctx=n_ctx, label="baseline")
 
     # 1. generation, one model in memory at a time
     rendered: list[str] = []
@@ -106,8 +148,7 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
                             max_tokens=max_tokens, label="fine-tune", rendered_with_gold=rendered, golds=golds)
     baseline_answers = None
     if baseline is not None:
-        prompts = [examples_mod.baseline_prompt(e, system=system, shots=shot_turns) for e in examples]
-        baseline_answers = _generate(baseline, prompts, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens,
+        baseline_answers = _generate(baseline, baseline_prompts, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens,
                                      label="baseline")
 
     # 2. scoring (a judge model loads only now, after the generators are closed)

@@ -58,6 +58,8 @@ def read_conversations(path: str | Path, *, option: str = "--data") -> list[tupl
 
 
 def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example]:
+    if limit is not None and limit < 1:
+        raise EdgeftError(f"--limit {limit}: must be at least 1 (leave it out to evaluate every example)")
     examples = []
     for number, messages in read_conversations(path):
         if messages[-1]["role"] != "assistant":
@@ -65,7 +67,7 @@ def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example
         if not any(m["role"] == "user" for m in messages[:-1]):
             raise EdgeftError(f"{path}:{number}: no user turn before the gold answer")
         examples.append(Example(number, messages[:-1], messages[-1]["content"]))
-        if limit and len(examples) >= limit:
+        if limit is not None and len(examples) >= limit:
             break
     return examples
 
@@ -73,7 +75,9 @@ def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example
 def shot_turns(path: str | Path | None, shots: int) -> list[dict]:
     """User/assistant turns of the first `shots` training conversations (system turns dropped: the baseline's
     own system prompt leads). The first ones, not a random draw, so the baseline prompt is reproducible."""
-    if shots <= 0:
+    if shots < 0:
+        raise EdgeftError(f"--shots {shots}: must be 0 or more")
+    if shots == 0:
         return []
     if path is None:
         raise EdgeftError(f"--shots {shots} needs --shots-from TRAIN.jsonl to draw the examples from")

@@ -39,6 +39,11 @@ def _kld(report: dict):
     return quality.get("kld_mean")
 
 
+def _hf_mismatches(report: dict):
+    parity = report.get("parity")
+    return None if parity is None else parity["mismatched"]
+
+
 def _speed(report: dict):
     speed = report.get("throughput") or {}
     return (speed.get("ratio") or {}).get("tg")
@@ -51,6 +56,10 @@ GATES: dict[str, Gate] = {gate.name: gate for gate in (
     Gate("max_kld", "mean KL-divergence vs the reference at most K", "--reference", _kld, operator.le, "<="),
     Gate("min_speed_ratio", "generation tok/s at least R times the base's", "--baseline with --speed", _speed,
          operator.ge, ">="),
+    # Added with threshold 0 whenever --hf is given: a GGUF that renders or tokenizes the eval differently from its
+    # HF folder is a converter or template bug, and a parity table in report.md alone is too easy to miss.
+    Gate("max_hf_mismatches", "eval conversations rendered or tokenized differently by HF and the GGUF, at most N",
+         "--hf", _hf_mismatches, operator.le, "<="),
 )}
 
 

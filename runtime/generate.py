@@ -146,8 +146,9 @@ def greedy_generate(llm, tokens: Sequence[int], *, max_tokens: int = 256, reuse_
     n_ctx = llm.n_ctx()
     tokens = list(tokens)
     if len(tokens) >= n_ctx:
-        # Keep the end of the prompt: the question and the assistant header live there.
-        tokens = tokens[-(n_ctx // 2):]
+        # Cutting the prompt would drop the system prompt and BOS and answer another question: refuse instead.
+        raise EdgeftError(f"the prompt is {len(tokens)} tokens, which does not fit the context of {n_ctx} tokens "
+                          "(with room for the answer); raise --ctx or shorten the conversation")
     shared = _reusable_prefix(llm, tokens) if reuse_prefix else 0
     llm.reset()
     llm.n_tokens = shared  # eval() drops the KV cells from n_tokens on before decoding

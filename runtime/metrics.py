@@ -4,7 +4,9 @@ Each metric is a small class with `score(prediction, gold, prompt) -> Verdict`; 
 type (`--metric exact`, `--metric sql-exec:shop.sqlite`) to them. A metric never raises on a bad *prediction*:
 invalid JSON, SQL that does not run, or a judge that rambles all count as wrong (with a note), because one odd
 answer must not sink a whole evaluation. Bad *inputs the user controls* (a missing database, gold that is not
-JSON) are EdgeftErrors, since every score would be meaningless.
+JSON) are EdgeftErrors, since every score would be meaningless. `gold_problem(gold)` says, before any generation,
+why a gold answer cannot be scored by the metric (empty, not JSON, SQL that does not run): such an example would
+score 0 for every model, or 1 for a model that answers nothing, and an eval full of them would "pass".
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ def strip_fences(text: str) -> str:
     return match.group(1).strip() if match else text
 
 
+def _empty(gold: str) -> str | None:
+    return "the gold answer is empty" if not gold.strip() else None
+
+
 class Exact:
     name = "exact"
+
+    def gold_problem(self, gold: str) -> str | None:
+        return _empty(gold)
 
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
         # Surrounding whitespace is an artefact of templates/detokenization, not an answer difference.
@@ -46,6 +55,9 @@ class Exact:
 
 class Normalized:
     name = "normalized"
+
+    def gold_problem(self, gold: str) -> str | None:
+        return _empty(gold)
 
     @staticmethod
     def normalize(text: str) -> str:
@@ -62,6 +74,9 @@ def _parse_json(text: str):
 class JsonValid:
     name = "json-valid"
 
+    def gold_problem(self, gold: str) -> str | None:
+        return None  # only the prediction is checked
+
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
         try:
             _parse_json(prediction)
@@ -72,6 +87,13 @@ class JsonValid:
 
 class JsonMatch:
     name = "json-match"
+
+    def gold_problem(self, gold: str) -> str | None:
+        try:
+            _parse_json(gold)
+        except ValueError as exc:
+            return f"the gold answer is not JSON ({exc})"
+        return None
 
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
         try:
@@ -98,6 +120,12 @@ class Regex:
             self.pattern = re.compile(pattern, re.DOTALL)
         except re.error as exc:
             raise EdgeftError(f"--metric regex:{pattern}: invalid regular expression ({exc})") from exc
+
+    def gold_problem(self, gold: str) -> str | None:
+        if self.pattern.groups == 0:
+            return None  # a format check: the gold answer is not used
+        found = self.pattern.search(gold)
+        return _empty(found.group(1) if found and found.group(1) is not None else gold)
 
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
         found = self.pattern.search(prediction)
@@ -141,6 +169,15 @@ class SqlExec:
             connection.close()
         return Counter(tuple(_canonical(value) for value in row) for row in rows)
 
+    def gold_problem(self, gold: str) -> str | None:
+        if _empty(gold):
+            return _empty(gold)
+        try:
+            self._run(strip_fences(gold))
+        except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as exc:
+            return f"the gold SQL fails on {self.path.name} ({exc})"
+        return None
+
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
         try:
             expected = self._run(strip_fences(gold))
@@ -177,6 +214,9 @@ class Judge:
         self.max_tokens = max_tokens
         self._llm = None
         self.unparsed = 0
+
+    def gold_problem(self, gold: str) -> str | None:
+        return _empty(gold)
 
     def _model(self):
         if self._llm is None:
@@ -228,6 +268,11 @@ METRICS: dict[str, Callable[..., object]] = {
     "judge": lambda arg, **kw: Judge(arg, kw.get("rubric"), threads=kw.get("threads")),
 }
 NEEDS_ARGUMENT = {"regex": "PATTERN", "sql-exec": "DB.sqlite", "judge": "JUDGE.gguf"}
+
+
+def unscoreable(metric, examples) -> list[tuple[int, str]]:
+    """(line, why) for every example whose gold answer `metric` cannot score; see `gold_problem`."""
+    return [(example.line, problem) for example in examples if (problem := metric.gold_problem(example.gold))]
 
 
 def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | None = None):

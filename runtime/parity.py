@@ -45,7 +45,7 @@ def check_parity(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike,
         raise EdgeftError(f"--hf {hf_dir}: not a folder; pass the HF model folder the GGUF was converted from")
     tokenizer = _hf_tokenizer(hf_dir)
     llm = open_gguf(gguf_path, vocab_only=True)
-    text_matches = token_matches = 0
+    text_matches = token_matches = mismatched = 0
     mismatches: list[dict] = []
     for index, messages in enumerate(conversations):
         try:
@@ -63,6 +63,7 @@ def check_parity(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike,
         text_same, ids_same = hf_text == gguf_text, hf_ids == gguf_ids
         text_matches += text_same
         token_matches += ids_same
+        mismatched += not (text_same and ids_same)
         if (not text_same or not ids_same) and len(mismatches) < MAX_REPORTED:
             entry: dict = {"example": index}
             if not text_same:
@@ -80,4 +81,4 @@ def check_parity(gguf_path: str | os.PathLike, hf_dir: str | os.PathLike,
     llm.close()
     total = len(conversations)
     return {"hf": str(hf_dir), "n": total, "template_matches": text_matches, "token_matches": token_matches,
-            "ok": text_matches == total and token_matches == total, "mismatches": mismatches}
+            "mismatched": mismatched, "ok": not mismatched, "mismatches": mismatches}

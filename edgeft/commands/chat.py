@@ -23,6 +23,7 @@ def chat(model, lora, system, max_tokens, n_ctx, threads):
       edgeft chat out/model-Q4_K_M.gguf
       edgeft chat base-f16.gguf --lora out/adapter.gguf --system "You are terse."
     """
+    from edgeft.errors import EdgeftError
     from runtime.chat import ChatSession
 
     session = ChatSession(model, lora_path=lora, system=system, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)
@@ -40,4 +41,7 @@ def chat(model, lora, system, max_tokens, n_ctx, threads):
             continue
         if not text.strip():
             continue
-        click.echo(session.send(text))
+        try:
+            click.echo(session.send(text))
+        except EdgeftError as exc:  # the conversation outgrew --ctx: say so and keep the session
+            click.echo(f"Error: {exc} (or /reset)", err=True)

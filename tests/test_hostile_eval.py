@@ -1,0 +1,160 @@
+"""Issue 14, eval and chat: what cannot be scored is refused before any generation (one line, nothing written), and a
+check that fails is a failed gate on the console and in the report, never a line in report.md alone."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from convert import convert_model  # noqa: E402
+from tests.factory import build_model  # noqa: E402
+from tests.hostile import error_line, invoke, one_line_error, shown_lines, tree_state  # noqa: E402
+
+
+def _conversations(pairs, system=None):
+    lead = [{"role": "system", "content": system}] if system else []
+    return "".join(json.dumps({"messages": lead + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                   + "\n" for q, a in pairs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-eval")
+    model = convert_model(build_model("llama"), folder / "model.gguf", outtype="f16")
+    db = folder / "shop.sqlite"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER, total REAL)")
+        connection.executemany("INSERT INTO orders VALUES (?, ?)", [(1, 9.5), (2, 20.0)])
+    eval_path = folder / "eval.jsonl"
+    eval_path.write_text(_conversations([("How many orders?", "SELECT COUNT(*) FROM orders"),
+                                         ("Biggest order?", "SELECT MAX(total) FROM orders")]))
+    return {"folder": folder, "model": model, "db": db, "eval": eval_path}
+
+
+def _eval(setup, tmp_path, data_text: str | None, *extra):
+    data = setup["eval"]
+    if data_text is not None:
+        data = tmp_path / "eval.jsonl"
+        data.write_text(data_text)
+    out = tmp_path / "out"
+    before = tree_state(setup["folder"], data)
+    result = invoke("eval", setup["model"], "--data", data, "-o", out, "--no-speed", "--max-tokens", "4",
+                    "--ctx", "256", "--threads", "1", *extra)
+    return result, out, lambda: tree_state(setup["folder"], data) == before
+
+
+def test_sql_gold_that_fails_everywhere_is_refused_not_passed(setup, tmp_path):
+    text = _conversations([("How many orders?", "SELECT COUNT(*) FROM order_lines"),
+                           ("Biggest order?", "SELEKT MAX(total) FROM orders")])
+    result, out, untouched = _eval(setup, tmp_path, text, "--metric", f"sql-exec:{setup['db']}")
+    line = one_line_error(result, "eval.jsonl:1:", "gold SQL fails", "no such table: order_lines",
+                          "2 of 2 eval examples cannot be scored")
+    assert "fix or remove them" in line
+    assert not out.exists() and untouched()
+
+
+def test_one_failing_gold_query_is_named_with_its_line(setup, tmp_path):
+    text = _conversations([("How many orders?", "SELECT COUNT(*) FROM orders"),
+                           ("Biggest order?", "SELECT MAX(totl) FROM orders")])
+    result, out, untouched = _eval(setup, tmp_path, text, "--metric", f"sql-exec:{setup['db']}")
+    one_line_error(result, "eval.jsonl:2:", "no such column: totl", "1 of 2")
+    assert not out.exists() and untouched()
+
+
+@pytest.mark.parametrize("metric", ["exact", "normalized", "regex:(\\d+)"])
+def test_empty_gold_is_refused(setup, tmp_path, metric):
+    text = _conversations([("How many orders?", "2"), ("Biggest order?", "   ")])
+    result, out, untouched = _eval(setup, tmp_path, text, "--metric", metric)
+    one_line_error(result, "eval.jsonl:2:", "the gold answer is empty", "1 of 2")
+    assert not out.exists() and untouched()
+
+
+def test_gold_that_is_not_json_is_refused_before_generation(setup, tmp_path):
+    text = _conversations([("Say hi in JSON.", '{"hi": 1}'), ("Again.", "{hi: 1}")])
+    result, out, untouched = _eval(setup, tmp_path, text, "--metric", "json-match")
+    one_line_error(result, "eval.jsonl:2:", "not JSON", "1 of 2")
+    assert not out.exists() and untouched()
+
+
+def test_prompt_longer_than_the_context_is_refused_not_cut(setup, tmp_path):
+    long_question = "Tell me about the orders table and every order in it. " * 20
+    text = _conversations([("How many orders?", "2"), (long_question, "2")], system="Answer with a number.")
+    result, out, untouched = _eval(setup, tmp_path, text, "--ctx", "128")
+    one_line_error(result, "eval.jsonl:2:", "fine-tune prompt is", "--ctx 128", "1 of 2 prompts do not fit",
+                   "raise --ctx")
+    assert not out.exists() and untouched()
+
+
+def test_baseline_prompt_with_shots_that_does_not_fit_is_refused(setup, tmp_path):
+    """The baseline's prompt is the longer one (system prompt + shots): it is checked with its own tokenizer."""
+    train = tmp_path / "train.jsonl"
+    train.write_text(_conversations([("Example question number %d about the orders table?" % i, "SELECT 1")
+                                     for i in range(6)]))
+    result, out, untouched = _eval(setup, tmp_path, None, "--baseline", setup["model"], "--shots", "6",
+                                   "--shots-from", train, "--ctx", "96")
+    one_line_error(result, "eval.jsonl:1:", "baseline prompt is", "--ctx 96")
+    assert not out.exists() and untouched()
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--limit", "0", "--limit 0: must be at least 1"),
+    ("--limit", "-3", "--limit -3: must be at least 1"),
+    ("--ctx", "0", "--ctx 0: must be at least 1"),
+    ("--ctx", "-5", "--ctx -5: must be at least 1"),
+    ("--ctx", "4", "leaves no room for an answer in --ctx 4"),
+    ("--max-tokens", "0", "--max-tokens 0: must be at least 1"),
+    ("--threads", "0", "--threads 0: must be at least 1"),
+    ("--shots", "-1", "--shots -1: must be 0 or more"),
+])
+def test_numbers_that_make_no_sense_are_refused(setup, tmp_path, option, value, needle):
+    result, out, untouched = _eval(setup, tmp_path, None, option, value)
+    line = one_line_error(result, needle)
+    assert "architecture" not in line  # a bad --ctx is not the model's fault
+    assert not out.exists() and untouched()
+
+
+def test_limit_evaluates_exactly_that_many(setup, tmp_path):
+    result, out, _ = _eval(setup, tmp_path, None, "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["n"] == 1
+
+
+def test_hf_parity_failure_is_a_failed_gate_on_the_console_and_in_the_report(setup, tmp_path):
+    """The llama GGUF checked against another model's folder (Qwen2, ChatML): every conversation differs."""
+    pytest.importorskip("transformers")
+    result, out, untouched = _eval(setup, tmp_path, None, "--hf", build_model("qwen2"))
+    line = error_line(result, "gate failed: max_hf_mismatches", code=3)
+    assert "report.md" in line
+    assert any("max_hf_mismatches: 2" in shown and "FAIL" in shown for shown in shown_lines(result.output))
+    report = json.loads((out / "report.json").read_text())
+    assert not report["passed"] and report["failed_gates"] == ["max_hf_mismatches"]
+    assert report["parity"]["mismatched"] == 2
+    assert "Gates failed: max_hf_mismatches" in (out / "report.md").read_text()
+    assert untouched()
+
+
+def test_hf_parity_that_holds_passes(setup, tmp_path):
+    pytest.importorskip("transformers")
+    result, out, _ = _eval(setup, tmp_path, None, "--hf", build_model("llama"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and report["parity"]["mismatched"] == 0
+    assert [row["gate"] for row in report["gates"]] == ["max_hf_mismatches"]
+
+
+@pytest.mark.parametrize("ctx", ["0", "-1"])
+def test_chat_with_a_nonsense_context_is_refused(setup, ctx):
+    one_line_error(invoke("chat", setup["model"], "--ctx", ctx), f"--ctx {ctx}: must be at least 1")
+
+
+def test_chat_message_that_outgrows_the_context_is_refused_and_the_session_goes_on(setup):
+    long_message = "tell me everything about the orders " * 40
+    result = invoke("chat", setup["model"], "--ctx", "64", "--max-tokens", "2", input=f"{long_message}\nhi\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in shown_lines(result.output) if "Error: " in line]
+    assert len(errors) == 1 and "does not fit the context of" in errors[0] and "/reset" in errors[0]
