@@ -26,7 +26,8 @@ import numpy as np
 from convert.arch import Architecture, load_architecture
 from edgeft.adapter import Adapter, LoraPair, load_adapter
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from edgeft.fsutil import atomic_file, refuse_own_input
+from edgeft.identity import check_adapter_base
 from edgeft.safetensors_stream import SafetensorsFile, read_index
 
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -145,11 +146,13 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
         raise EdgeftError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     adapter = load_adapter(adapter_dir)
     base = _resolve_base(adapter, base_dir)
+    refuse_own_input(out_path, {"adapter folder": adapter_dir, "base model folder": base})
     arch = load_architecture(base)
     if not adapter.pairs:
         raise EdgeftError(f"{adapter.path}: the adapter has no LoRA pairs; nothing for a llama.cpp adapter to hold")
     _refuse_unexpressible(adapter, base, arch)
     _check_shapes(adapter, base)
+    check_adapter_base(adapter.path, adapter.base_model, base)  # same shapes can still be another model
     alpha = _file_alpha(adapter)
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:

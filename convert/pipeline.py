@@ -23,7 +23,7 @@ from convert.gguf_out import BulkGGUFWriter, stream_tensor_data
 from convert.reader import iter_row_chunks, open_weights
 from convert.vocab import load_vocab, write_vocab
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from edgeft.fsutil import atomic_file, refuse_own_input
 
 # Rows are processed in chunks of at most this many values (16 MB as float32) when the rewrite allows it.
 CHUNK_ELEMENTS = 4 * 1024 * 1024
@@ -117,6 +117,7 @@ def convert_model(
     model_dir, out_path = Path(model_dir), Path(out_path)
     if out_path.is_dir():
         raise EdgeftError(f"{out_path}: is a folder; pass a file name for -o, e.g. {out_path / 'model.gguf'}")
+    refuse_own_input(out_path, {"model folder": model_dir, "imatrix": imatrix})
     arch = load_architecture(model_dir)
     file_type = parse_file_type(outtype)
     reader = open_weights(model_dir, allow_pickle=allow_pickle)

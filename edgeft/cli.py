@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 
 import click
 
 from edgeft import __version__
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, environment_error
 
 # name -> "module:attribute". Order here is the order in `edgeft --help`: the flow of the pipeline.
 COMMANDS: dict[str, str] = {
@@ -40,8 +41,21 @@ def _available(target: str) -> bool:
         return False
 
 
+class _DropOptionalKernelNotice(logging.Filter):
+    """bitsandbytes logs, at import, on every AVX512-BF16 CPU, that its optional `kernels` speed-up is not installed
+    ("Failed to load CPU gemm_4bit_forward ... pip install kernels"), even for --method lora, which never runs a
+    4-bit kernel; users read it as an error. Its 4-bit CPU path works without it, so the line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropOptionalKernelNotice())
+
+
 class LazyGroup(click.Group):
-    """Commands are imported on demand; EdgeftError becomes one line on stderr and exit status 1."""
+    """Commands are imported on demand; EdgeftError becomes one line on stderr and exit status 1, and so does an
+    OSError no command caught (a full disk, a read-only or missing path): the environment, worded in one place."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name, target in COMMANDS.items() if _available(target)]
@@ -58,6 +72,15 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except EdgeftError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.UsageError as exc:  # one line too, not click's usage block; still exit status 2
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            error = click.ClickException(exc.format_message() + where)
+            error.exit_code = exc.exit_code
+            raise error from None
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise click.ClickException(str(environment_error(exc))) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

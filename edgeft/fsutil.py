@@ -1,16 +1,28 @@
 """Atomic outputs: every file or folder is written under a temporary name in the same folder and renamed when
-complete, so a killed command never leaves something that looks finished."""
+complete, so a killed command never leaves something that looks finished.
+
+Temporary names are recognisable, `.NAME.PID-RANDOM.edgeft-tmp`: a run that starts writing NAME first removes the
+ones a killed run (its PID no longer alive) left beside it. A write that fails because of the environment (full
+disk, read-only or forbidden folder, a path that cannot be created) removes its partial output and becomes one line
+through `edgeft.errors.environment_error`, naming the output rather than the temporary file.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, environment_error
+
+TEMP_TAG = "edgeft-tmp"
+# Below this much free space a failed write is taken for a full disk even when the library that wrote (torch,
+# safetensors) did not pass the OSError on.
+LOW_SPACE_BYTES = 1 << 20
 
 
 def _umask() -> int:
@@ -19,35 +31,140 @@ def _umask() -> int:
     return mask
 
 
-def _check_writable_parent(path: Path) -> Path:
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files/folders that killed runs left beside `path`; returns what was removed."""
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]+\.{TEMP_TAG}")
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def temp_name(path: Path, suffix: str = "") -> Path:
+    """A fresh recognisable temporary name beside `path` (nothing is created)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{TEMP_TAG}{suffix}")
+
+
+def make_temp(path: str | os.PathLike, *, directory: bool, suffix: str = "") -> Path:
+    """Create a temporary file or folder beside `path`, after clearing stale ones a killed run left there."""
+    path = Path(path)
+    remove_stale_temps(path)
+    while True:
+        tmp = temp_name(path, suffix)
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EdgeftError(f"{parent}: cannot create output folder ({exc.strerror}); choose another -o path") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EdgeftError(f"{parent}: output folder is not writable; choose another -o path")
+            if directory:
+                tmp.mkdir(mode=0o777 & ~_umask())
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask()))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def output_parent(path: Path) -> Path:
+    """The folder `path` goes in, created when missing; an unusable place is one line naming `path`."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise EdgeftError(f"{path}: cannot create output folder {parent}: {blocker} is a file; choose another "
+                              "output path") from None
+        raise environment_error(exc, path) from None
+    if not os.access(parent, os.W_OK | os.X_OK):  # early and plain; root passes it, and creating the file decides
+        raise EdgeftError(f"{path}: cannot write it: the folder {parent} is not writable; choose a location you can "
+                          "write to")
     return parent
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, with one line, if `path` (a file or folder that may not exist yet) could not be written: for
+    commands that write late, after minutes of work (training writes its first file after loading the model)."""
+    path = Path(path)
+    probe_dir = path if path.is_dir() else path.parent if str(path.parent) else Path(".")
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise EdgeftError(f"{path}: {probe_dir} is a file, not a folder; choose another output path")
+    try:
+        probe = make_temp(probe_dir / ".edgeft-write-probe", directory=False)
+        probe.unlink()
+    except OSError as exc:
+        raise environment_error(exc, path) from None
+
+
+def _about_output(exc: OSError, tmp: Path) -> bool:
+    """An OSError from the writing block concerns the output unless it names some other file (an input)."""
+    names = [name for name in (exc.filename, getattr(exc, "filename2", None)) if name is not None]
+    return not names or any(str(name).startswith(str(tmp)) for name in names)
+
+
+def _failure(exc: BaseException, output: Path, tmp: Path) -> EdgeftError | None:
+    """The one-line error for a write that failed because of the environment, or None (not ours to reword).
+    Called while the partial output still exists: the space it holds is what shows a disk is full."""
+    if not isinstance(exc, Exception) or isinstance(exc, EdgeftError):
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return environment_error(exc, output) if _about_output(exc, tmp) else None
+    try:
+        full = shutil.disk_usage(tmp.parent).free < LOW_SPACE_BYTES
+    except OSError:
+        return None
+    return environment_error(OSError(28, "No space left on device"), output) if full else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes without error."""
     path = Path(path)
-    parent = _check_writable_parent(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; a finished output should get the ordinary permissions a plain open() would give.
-    os.chmod(tmp, 0o666 & ~_umask())
+    parent = output_parent(path)
+    try:
+        tmp = make_temp(parent / path.name, directory=False, suffix=suffix)
+    except OSError as exc:
+        raise environment_error(exc, path) from None
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # BaseException: Ctrl-C and SystemExit must not leave a half-written file either.
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        problem = _failure(exc, path, tmp)
+        _remove(tmp)
+        if problem is not None:
+            raise problem from exc
         raise
 
 
@@ -55,16 +172,46 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it becomes `path` only when the block completes."""
     path = Path(path)
-    parent = _check_writable_parent(path)
+    if path.exists() and not path.is_dir():
+        raise EdgeftError(f"{path}: exists and is not a folder; choose another output folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise EdgeftError(f"{path}: output folder exists and is not empty; pass --overwrite or choose another -o")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished folder gets the usual permissions
+    parent = output_parent(path)
+    try:
+        tmp = make_temp(parent / path.name, directory=True)
+    except OSError as exc:
+        raise environment_error(exc, path) from None
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            # The old folder moves aside under a temporary name first, so no moment exists without a whole one.
+            old = temp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        problem = _failure(exc, path, tmp)
+        _remove(tmp)
+        if problem is not None:
+            raise problem from exc
         raise
+
+
+def refuse_own_input(output: str | os.PathLike, inputs: dict[str, object], *, option: str = "-o",
+                     around: bool = True) -> None:
+    """No command writes over or inside its own input, nor (`around`) puts an output folder around one that
+    replacing the folder would delete. `inputs`: what the user calls it ("model folder") -> path (None: not given)."""
+    out = Path(output).expanduser().resolve()
+    for what, value in inputs.items():
+        if value is None:
+            continue
+        source = Path(value).expanduser().resolve()
+        if out == source:
+            raise EdgeftError(f"{option} {output}: is the {what} itself; write the output somewhere else")
+        if source in out.parents:
+            raise EdgeftError(f"{option} {output}: is inside the {what} {value}; write the output somewhere else")
+        if around and out in source.parents:
+            raise EdgeftError(f"{option} {output}: holds the {what} {value}, which replacing the output would delete; "
+                              "write the output somewhere else")

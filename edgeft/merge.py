@@ -23,7 +23,8 @@ import numpy as np
 
 from edgeft.adapter import Adapter, load_adapter
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir
+from edgeft.fsutil import atomic_dir, refuse_own_input
+from edgeft.identity import check_adapter_base
 from edgeft.safetensors_stream import FLOAT_DTYPES, SafetensorsFile, SafetensorsStreamWriter, read_index
 
 logger = logging.getLogger("edgeft.merge")
@@ -313,18 +314,19 @@ def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwr
     """
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     out_dtype = _resolve_dtype(dtype)
+    refuse_own_input(out_dir, {"base model folder": base_dir, "adapter folder": adapter_dir})
     adapter = load_adapter(adapter_dir)
     if not base_dir.is_dir():
         raise EdgeftError(f"{base_dir}: base model folder not found; pass a local HF folder with --base")
     shards, config_changes = plan_merge(base_dir, adapter, out_dtype)
+    check_adapter_base(adapter_dir, adapter.base_model, base_dir)  # same shapes can still be another model
     nf4 = NF4Comparison() if nf4_report and adapter.pairs else None
     jobs_total = sum(len(jobs) for jobs in shards.values())
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=jobs_total, desc="merge", unit="tensor")
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    # leave=False: a bar left on screen would run into the one-line error of a merge that fails
+    bar = tqdm(total=jobs_total, desc="merge", unit="tensor", disable=not progress, leave=False)
+    with bar, atomic_dir(out_dir, overwrite=overwrite) as tmp:
         weight_map: dict[str, str] = {}
         total_bytes = 0
         for shard, jobs in shards.items():
@@ -334,11 +336,8 @@ def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwr
                 for job in jobs:
                     _write_job(job, base, adapter, writer, nf4)
                     weight_map[job.name] = shard
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
             total_bytes += writer.total_bytes
-        if bar is not None:
-            bar.close()
         if len(shards) > 1 or (base_dir / "model.safetensors.index.json").exists():
             index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -72,6 +72,10 @@ class Recipe:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+# Settings a resumed run may change (how long, how often to eval/save/log): the others change what the saved
+# optimizer state and batch plan mean, so `train --resume` refuses a change to them.
+RESUME_MAY_CHANGE = frozenset({"epochs", "max_steps", "eval_every", "early_stop", "keep", "save_every",
+                               "keep_checkpoints", "log_every", "gradient_checkpointing"})
 
 
 def _check(recipe: Recipe, source: str) -> Recipe:

@@ -12,13 +12,16 @@ and gradient checkpointing, where DDP's module wrapper needs special settings (i
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
 
 from edgeft import checkpoint as ckpt
 from edgeft.errors import EdgeftError
-from edgeft.recipe import Recipe, resolve_recipe, save_recipe
+from edgeft.fsutil import atomic_file, check_writable, refuse_own_input
+from edgeft.identity import INPUTS_FILE, check_resume_inputs, training_inputs
+from edgeft.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe
 from edgeft.trainmodel import bitsandbytes_problem, check_base
 
 
@@ -28,9 +31,15 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
     chat_template.jinja and summary.json into `out_dir` and return it. Settings: overrides > `config` > defaults."""
     base = check_base(base)
     out_dir, data = Path(out_dir), Path(data)
+    # --overwrite replaces the whole folder, so then it must not hold the data or the recipe either.
+    refuse_own_input(out_dir, {"base model folder": base, "training data": data, "eval data": eval_path,
+                               "recipe": config if not isinstance(config, dict) else None}, around=overwrite)
     recipe = _resolve(out_dir, config, resume, overrides)
     _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
     _check_data(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
+    if resume:
+        check_resume_inputs(out_dir, base, data, eval_path)
+    check_writable(out_dir)  # a read-only or full output folder is found now, not after the model loaded
     if recipe.method == "qlora":
         problem = bitsandbytes_problem()
         if problem:
@@ -53,8 +62,17 @@ def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:
     saved = out_dir / "recipe.yaml"
     if resume and config is None and saved.is_file():
         # A resumed run continues with the recipe it started with (the command line may still override).
-        return resolve_recipe(saved, **overrides)
-    return resolve_recipe(config, **overrides)
+        recipe = resolve_recipe(saved, **overrides)
+    else:
+        recipe = resolve_recipe(config, **overrides)
+    if resume and saved.is_file():
+        started = resolve_recipe(saved)
+        for key, value in recipe.to_dict().items():
+            if key not in RESUME_MAY_CHANGE and value != getattr(started, key):
+                raise EdgeftError(f"--resume {out_dir}: {key} was {getattr(started, key)!r} when the run started and "
+                                  f"is {value!r} now; resume with the run's own recipe ({saved}) or start again "
+                                  "with --overwrite")
+    return recipe
 
 
 def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
@@ -112,6 +130,8 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_recipe(recipe, out_dir / "recipe.yaml")  # what --resume reads back
+            with atomic_file(out_dir / INPUTS_FILE) as tmp:  # what --resume, merge and convert-lora compare with
+                tmp.write_text(json.dumps(training_inputs(base, data, eval_path), indent=1), encoding="utf-8")
             (out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
     world.barrier()
     run = TrainRun(model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)

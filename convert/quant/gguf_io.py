@@ -138,15 +138,15 @@ def quantize_gguf(
     from tqdm import tqdm
 
     from convert.quant import default_threads, load_imatrix, parse_file_type, plan_tensor_types, quantize_tensor
-    from edgeft.fsutil import atomic_file
+    from edgeft.fsutil import atomic_file, refuse_own_input
 
     in_path, out_path = Path(in_path), Path(out_path)
     if isinstance(file_type, str):
         file_type = parse_file_type(file_type)
     if not in_path.is_file():
         raise EdgeftError(f"{in_path}: input GGUF not found; pass the F16/BF16/F32 GGUF made by `edgeft convert`")
-    if out_path.exists() and in_path.resolve() == out_path.resolve():
-        raise EdgeftError(f"{out_path}: output would overwrite the input; choose another -o path")
+    refuse_own_input(out_path, {"input GGUF": in_path,
+                                "imatrix": imatrix if isinstance(imatrix, (str, os.PathLike)) else None})
     source = GGUFFile(in_path)
     arch, n_layer, n_gqa = _model_shape(source, in_path)
     importance = load_imatrix(imatrix) if isinstance(imatrix, (str, os.PathLike)) else (imatrix or None)

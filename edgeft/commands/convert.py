@@ -36,9 +36,11 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
     from pathlib import Path
 
     from convert import convert_model
+    from edgeft.fsutil import refuse_own_input
     from edgeft.modelref import resolve_model
 
     model_dir = resolve_model(model_dir)
+    refuse_own_input(out_path, {"model folder": model_dir})  # before --imatrix auto's minutes of work
     if imatrix is not None and imatrix.lower() == "auto":
         # Computing the imatrix needs torch (the train extra); a file path does not.
         from edgeft.imatrix import resolve_imatrix
