@@ -1,46 +1,24 @@
 """`run_eval`: does the shipped GGUF beat the well-prompted base, without breaking anything else, as fast?
 
 Order of work: check every input first (a typo in --metric must not cost an hour of generation), then generate
-with each model in turn (one model in memory at a time), then score (the judge model loads only now), then the
+with each model in turn (one model in memory at a time; the base answers every rung of the ladder in one load, see
+runtime/ladder.py), then score (the judge model loads only now), then the
 optional measurements (probe, KLD, parity, speed), gates, and finally all outputs appear at once in OUT_DIR.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Sequence
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir
 from runtime import examples as examples_mod
+from runtime import ladder
 from runtime.gates import GATES, check_gates, resolve_gates
-from runtime.generate import chat_reply, prompt_tokens, render_chat
+from runtime.generate import prompt_tokens, render_chat
 from runtime.load import check_gguf, open_gguf
 from runtime.metrics import Judge, parse_metric, unscoreable
-from runtime.stats import mean_interval, paired_difference
-
-
-def _progress(items: Sequence, description: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a core dependency, but a progress bar is never worth a crash
-        return items
-    return tqdm(items, desc=description, unit="ex", file=sys.stderr, disable=None, leave=False)
-
-
-def _generate(path: Path, prompts: list[list[dict]], *, n_ctx: int, threads: int | None, max_tokens: int,
-              label: str, rendered_with_gold: list[str] | None = None, golds: Sequence[str] = ()) -> list[str]:
-    llm = open_gguf(path, n_ctx=n_ctx, threads=threads)
-    answers = []
-    for index, messages in enumerate(_progress(prompts, f"generate ({label})")):
-        answers.append(chat_reply(llm, messages, max_tokens=max_tokens, path=str(path)).text)
-        if rendered_with_gold is not None:
-            full = list(messages) + [{"role": "assistant", "content": golds[index]}]
-            rendered_with_gold.append(render_chat(llm, full, add_generation_prompt=False, path=str(path)))
-    llm.close()
-    return answers
 
 
 def _check_settings(*, max_tokens: int, n_ctx: int, threads: int | None) -> None:
@@ -75,6 +53,20 @@ def _refuse_prompts_that_do_not_fit(path: Path, prompts: list[list[dict]], lines
                           "shorten them")
 
 
+def _ladder_rungs(examples, baseline, *, system, shots: int, shots_from, context, context_k: int) -> list:
+    """The base's rungs (none without a baseline); every shot and context input is checked here, up front."""
+    if shots < 0:
+        raise EdgeftError(f"--shots {shots}: must be 0 or more")
+    if baseline is None:
+        if context is not None:
+            raise EdgeftError("--context needs --baseline: retrieved passages are a rung of the base's ladder")
+        return []
+    if context_k < 1:
+        raise EdgeftError(f"--context-k {context_k}: must be at least 1")
+    return ladder.build_rungs(examples, system=system, shots=shots, shots_from=shots_from, context=context,
+                              context_k=context_k)
+
+
 def _probe(path: Path, text: str, choices: list[dict] | None, *, window: int, threads: int | None,
            max_tokens: int | None) -> tuple[dict, dict | None]:
     from runtime.perplexity import multiple_choice, perplexity
@@ -105,10 +97,13 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
              rubric: str | os.PathLike | None = None, max_tokens: int = 256, n_ctx: int = 4096,
              threads: int | None = None, limit: int | None = None, probe_window: int = 512,
              probe_max_tokens: int | None = 8192, speed: bool = True, bench_prompt: int = 128, bench_gen: int = 32,
-             bench_repeat: int = 3) -> dict:
+             bench_repeat: int = 3, context: str | os.PathLike | None = None, context_k: int = 3,
+             requests_per_day: float | None = None, latency_samples: int = 16) -> dict:
     """Evaluate `model` on `data` (JSONL conversations; the last assistant turn is the gold answer) and write
     report.json, report.md, review.md, eval.png and predictions.jsonl into `out_dir`. Returns the report;
-    `report["passed"]` is False when a gate failed (the CLI then exits non-zero).
+    `report["passed"]` is False when a gate failed (the CLI then exits non-zero). With a baseline, the base runs
+    the whole ladder (runtime.ladder: zero-shot, fixed and retrieved `shots`-shot, `context` passages) and the
+    fine-tune is compared with the strongest rung.
 
     Example: `run_eval("ft.gguf", "eval.jsonl", "out/eval", baseline="base.gguf", system="Answer in SQL.",
     shots=3, shots_from="train.jsonl", metric="sql-exec:shop.sqlite", gates={"min_gain": 5})`.
@@ -118,13 +113,15 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     baseline = check_gguf(baseline) if baseline else None
     reference = check_gguf(reference) if reference else None
     examples = examples_mod.read_examples(data, limit=limit)
-    shot_turns = examples_mod.shot_turns(shots_from, shots)
+    rungs = _ladder_rungs(examples, baseline, system=system, shots=shots, shots_from=shots_from, context=context,
+                          context_k=context_k)
     scorer = parse_metric(metric, rubric_path=str(rubric) if rubric else None, threads=threads)
     _refuse_unscoreable(data, examples, scorer, metric)
     gates = resolve_gates(gates or {})
     if hf is not None:
         gates.setdefault("max_hf_mismatches", 0)  # --hf is asked for to be checked, not only to be read about
-    available = {"min_gain": baseline is not None, "max_ppl_ratio": baseline is not None,
+    available = {"min_gain": baseline is not None, "earned": baseline is not None,
+                 "max_ppl_ratio": baseline is not None,
                  "max_kld": reference is not None, "min_speed_ratio": baseline is not None and speed,
                  "max_hf_mismatches": hf is not None}
     for name in gates:
@@ -137,45 +134,29 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     _safe_out_dir(out_dir)
     lines = [example.line for example in examples]
     _refuse_prompts_that_do_not_fit(model, [e.prompt for e in examples], lines, data, n_ctx=n_ctx, label="fine-tune")
-    if baseline is not None:
-        baseline_prompts = [examples_mod.baseline_prompt(e, system=system, shots=shot_turns) for e in examples]
-        _refuse_prompts_that_do_not_fit(baseline, baseline_prompts, lines, data, n_ctx=n_ctx, label="baseline")
+    ladder_runs = ladder.prepare(rungs, examples)
+    for run in ladder_runs:
+        _refuse_prompts_that_do_not_fit(baseline, run.prompts, lines, data, n_ctx=n_ctx, label=f"{run.label} baseline")
 
-    # 1. generation, one model in memory at a time
-    rendered: list[str] = []
-    golds = [example.gold for example in examples]
-    predictions = _generate(model, [e.prompt for e in examples], n_ctx=n_ctx, threads=threads,
-                            max_tokens=max_tokens, label="fine-tune", rendered_with_gold=rendered, golds=golds)
-    baseline_answers = None
-    if baseline is not None:
-        baseline_answers = _generate(baseline, baseline_prompts, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens,
-                                     label="baseline")
-
-    # 2. scoring (a judge model loads only now, after the generators are closed)
-    rows = []
-    for index, example in enumerate(_progress(examples, "score")):
-        verdict = scorer.score(predictions[index], example.gold, example.question)
-        row = {"line": example.line, "question": example.question, "gold": example.gold,
-               "prediction": predictions[index], "model_score": verdict.score, "model_note": verdict.note}
-        if baseline_answers is not None:
-            base_verdict = scorer.score(baseline_answers[index], example.gold, example.question)
-            row.update(baseline=baseline_answers[index], baseline_score=base_verdict.score,
-                       baseline_note=base_verdict.note)
-        rows.append(row)
+    # 1-2. generation (one load of each model: the base serves every rung at once), then scoring (a judge model
+    # loads only now, after the generators are closed)
+    result = ladder.evaluate(model, baseline, examples, ladder_runs, scorer, n_ctx=n_ctx, threads=threads,
+                             max_tokens=max_tokens, latency_samples=latency_samples,
+                             requests_per_day=requests_per_day)
     if isinstance(scorer, Judge):
         scorer.close()
-    model_scores = [row["model_score"] for row in rows]
+    rows, rendered = result.rows, result.rendered
     report: dict = {
         "model": str(model), "baseline": str(baseline) if baseline else None, "data": str(data), "metric": metric,
         "n": len(rows),
         "settings": {"max_tokens": max_tokens, "n_ctx": n_ctx, "threads": threads, "system": system,
-                     "shots": shots, "shots_from": str(shots_from) if shots_from else None, "decoding": "greedy"},
-        "scores": {"model": mean_interval(model_scores)}, "difference": None,
+                     "shots": shots, "shots_from": str(shots_from) if shots_from else None, "decoding": "greedy",
+                     "context": str(context) if context else None, "context_k": context_k if context else None,
+                     "requests_per_day": requests_per_day},
+        "scores": result.scores, "difference": result.difference,
     }
-    if baseline_answers is not None:
-        baseline_scores = [row["baseline_score"] for row in rows]
-        report["scores"]["baseline"] = mean_interval(baseline_scores)
-        report["difference"] = paired_difference(model_scores, baseline_scores)
+    if result.summary is not None:
+        report["ladder"] = result.summary
     if isinstance(scorer, Judge):
         unparsed_model = sum(1 for r in rows if r["model_note"].startswith("unparseable"))
         unparsed_base = sum(1 for r in rows if r.get("baseline_note", "").startswith("unparseable"))

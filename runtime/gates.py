@@ -29,6 +29,11 @@ def _gain(report: dict):
     return None if difference is None else difference["mean"] * 100.0
 
 
+def _gain_low(report: dict):
+    difference = report.get("difference")
+    return None if difference is None else difference["low"] * 100.0
+
+
 def _ppl_ratio(report: dict):
     probe = report.get("probe") or {}
     return probe.get("ppl_ratio")
@@ -50,7 +55,12 @@ def _speed(report: dict):
 
 
 GATES: dict[str, Gate] = {gate.name: gate for gate in (
-    Gate("min_gain", "fine-tune beats the baseline by at least N points", "--baseline", _gain, operator.ge, ">="),
+    # The baseline is the ladder's strongest rung (runtime/ladder.py), so a fine-tune is never judged against the
+    # weakest prompt that happened to be tried.
+    Gate("min_gain", "fine-tune beats the strongest prompted rung by at least N points", "--baseline", _gain,
+         operator.ge, ">="),
+    Gate("earned", "the 95% interval of the gain over the strongest rung lies above N points (the verdict)",
+         "--baseline", _gain_low, operator.gt, ">"),
     Gate("max_ppl_ratio", "probe perplexity fine-tune/base at most P", "--baseline (probe)", _ppl_ratio,
          operator.le, "<="),
     Gate("max_kld", "mean KL-divergence vs the reference at most K", "--reference", _kld, operator.le, "<="),
@@ -63,8 +73,8 @@ GATES: dict[str, Gate] = {gate.name: gate for gate in (
 )}
 
 
-def gates_from_recipe(path: str | Path | None) -> dict[str, float]:
-    """The `eval: gates:` mapping of a recipe YAML (empty when absent)."""
+def recipe_eval(path: str | Path | None) -> dict:
+    """The `eval:` section of a recipe YAML (empty when absent)."""
     if path is None:
         return {}
     import yaml
@@ -73,7 +83,13 @@ def gates_from_recipe(path: str | Path | None) -> dict[str, float]:
         recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise EdgeftError(f"--recipe {path}: cannot read the YAML ({exc})") from exc
-    gates = ((recipe.get("eval") or {}).get("gates") or {}) if isinstance(recipe, dict) else {}
+    section = recipe.get("eval") if isinstance(recipe, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def gates_from_recipe(path: str | Path | None) -> dict[str, float]:
+    """The `eval: gates:` mapping of a recipe YAML (empty when absent)."""
+    gates = recipe_eval(path).get("gates") or {}
     if not isinstance(gates, dict):
         raise EdgeftError(f"--recipe {path}: eval.gates must be a mapping like {{min_gain: 5}}")
     return gates

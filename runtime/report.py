@@ -41,12 +41,19 @@ def render_markdown(report: dict) -> str:
     if scores.get("baseline"):
         settings = report["settings"]
         how = f"system prompt: {'yes' if settings.get('system') else 'no'}, {settings.get('shots', 0)} shots"
+        if report.get("ladder"):
+            ladder = report["ladder"]
+            how = "strongest rung: " + next(r["label"] for r in ladder["rungs"] if r["key"] == ladder["strongest"])
         lines.append(f"| baseline `{Path(report['baseline']).name}` ({how}) | {_interval(scores['baseline'])} | "
                      f"{scores['baseline']['n']} |")
     if report.get("difference"):
         difference = report["difference"]
         lines += ["", f"**Difference (fine-tune − baseline): {_interval(difference)} points**, "
                       f"bootstrap P(not better) = {difference.get('p_not_better', float('nan')):.3f}."]
+    if report.get("ladder"):
+        from runtime.ladder_report import ladder_markdown
+
+        lines += ladder_markdown(report["ladder"])
     if report.get("judge"):
         lines += ["", f"Judge verdicts that could not be parsed (counted as 0): {report['judge']['unparsed']}."]
     probe = report.get("probe")
@@ -132,7 +139,12 @@ def render_review(rows: list[dict], *, has_baseline: bool) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Bars with bootstrap intervals: fine-tune vs baseline score, and their difference."""
+    """Bars with bootstrap intervals: fine-tune vs baseline score, and their difference (with a ladder: every rung,
+    and the cost per request)."""
+    if report.get("ladder"):
+        from runtime.ladder_report import plot_ladder
+
+        return plot_ladder(report, path)
     import matplotlib
 
     matplotlib.use("Agg")

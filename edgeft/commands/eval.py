@@ -16,15 +16,23 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for report.json, report.md, review.md, eval.png, predictions.jsonl.")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Base GGUF to beat, prompted with --system and --shots.")
+              help="Base GGUF to beat: it runs the whole ladder (zero-shot, fixed and retrieved --shots, --context).")
 @click.option("--metric", default="exact", show_default=True,
               help="exact | normalized | json-valid | json-match | regex:PAT | sql-exec:DB.sqlite | judge:JUDGE.gguf")
 @click.option("--rubric", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Rubric text file for --metric judge:JUDGE.gguf.")
 @click.option("--system", default=None, help="System prompt for the baseline.")
-@click.option("--shots", type=int, default=0, show_default=True, help="Solved examples given to the baseline.")
+@click.option("--shots", type=int, default=0, show_default=True,
+              help="K for the fixed and the retrieved K-shot rungs (0: zero-shot only).")
 @click.option("--shots-from", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Training JSONL to take the --shots examples from (the first K).")
+              help="Training JSONL the shots come from (fixed: K chosen to cover it; retrieved: BM25 per question).")
+@click.option("--context", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help='Passages JSONL {"text": ...}: adds the retrieved-context rung (BM25, into the system prompt).')
+@click.option("--context-k", type=int, default=3, show_default=True, help="Passages per question for --context.")
+@click.option("--requests-per-day", type=float, default=None,
+              help="Traffic for the prompt tax per day (default: the recipe's eval.requests_per_day).")
+@click.option("--latency-samples", type=int, default=16, show_default=True,
+              help="Requests per rung timed one at a time from an empty cache (time to first token, total).")
 @click.option("--probe", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="General text for the forgetting probe (default: the text shipped with edgeft).")
 @click.option("--choices", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -35,7 +43,9 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help="HF model folder or hub id: check the chat-rendered eval tokenizes identically (needs transformers).")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Recipe YAML whose eval.gates section sets gates (flags win).")
-@click.option("--min-gain", type=float, default=None, help="Gate: beat the baseline by at least N points.")
+@click.option("--min-gain", type=float, default=None, help="Gate: beat the strongest rung by at least N points.")
+@click.option("--require-earned", is_flag=True,
+              help="Gate `earned`: the gain's 95% interval over the strongest rung must lie above 0.")
 @click.option("--max-ppl-ratio", type=float, default=None, help="Gate: probe perplexity fine-tune/base at most P.")
 @click.option("--max-kld", type=float, default=None, help="Gate: mean KL-divergence vs --reference at most K.")
 @click.option("--min-speed-ratio", type=float, default=None, help="Gate: tg tok/s at least R x the base's (e.g. 0.95).")
@@ -44,13 +54,15 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
-def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, shots_from, probe, choices,
-                 reference, hf, recipe, min_gain, max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx,
-                 threads, limit, no_speed):
+def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, shots_from, context, context_k,
+                 requests_per_day, latency_samples, probe, choices, reference, hf, recipe, min_gain, require_earned,
+                 max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx, threads, limit, no_speed):
     """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
 
-    Generates greedily with the GGUF's own chat template, scores with --metric, gives both scores and their
-    difference with a bootstrap interval, a forgetting probe, and optionally KLD vs a reference, HF parity and
+    Generates greedily with the GGUF's own chat template and scores with --metric. The baseline climbs a ladder
+    (zero-shot, fixed K-shot, retrieved K-shot, retrieved context) and the fine-tune is compared with the strongest
+    rung: scores with bootstrap intervals, prompt tokens, time to first token and total time per request, the
+    prompt tax and a verdict. Also a forgetting probe, and optionally KLD vs a reference, HF parity and
     throughput. Exits with status 3 when a gate fails, naming it.
 
     \b
@@ -60,10 +72,13 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
     """
     from runtime.evaluate import run_eval
-    from runtime.gates import gates_from_recipe, resolve_gates
+    from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
 
-    gates = resolve_gates({"min_gain": min_gain, "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld,
-                           "min_speed_ratio": min_speed_ratio}, gates_from_recipe(recipe))
+    gates = resolve_gates({"min_gain": min_gain, "earned": 0.0 if require_earned else None,
+                           "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld, "min_speed_ratio": min_speed_ratio},
+                          gates_from_recipe(recipe))
+    if requests_per_day is None:
+        requests_per_day = recipe_eval(recipe).get("requests_per_day")
     if hf is not None:
         from edgeft.modelref import resolve_model
 
@@ -71,7 +86,8 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
     report = run_eval(model, data, out_dir, baseline=baseline, metric=metric, system=system, shots=shots,
                       shots_from=shots_from, probe=probe, choices=choices, reference=reference, hf=hf, gates=gates,
                       rubric=rubric, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
-                      speed=not no_speed)
+                      speed=not no_speed, context=context, context_k=context_k,
+                      requests_per_day=requests_per_day, latency_samples=latency_samples)
     scores = report["scores"]
     line = f"{metric}: fine-tune {scores['model']['mean'] * 100:.1f}%"
     if report.get("difference"):
@@ -79,6 +95,11 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
         line += (f", baseline {scores['baseline']['mean'] * 100:.1f}%, difference {difference['mean'] * 100:+.1f} "
                  f"[{difference['low'] * 100:+.1f}, {difference['high'] * 100:+.1f}] points")
     click.echo(line)
+    if report.get("ladder"):
+        from runtime.ladder_report import ladder_lines
+
+        for text in ladder_lines(report["ladder"]):
+            click.echo(text)
     click.echo(f"report: {report['outputs']['report.md']}")
     for row in report["gates"]:
         click.echo(f"gate {row['text']}", err=not row["passed"])

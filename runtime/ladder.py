@@ -1,0 +1,334 @@
+"""The baseline ladder: what a fine-tune must beat to justify itself, measured on the base GGUF that ships.
+
+Rungs, all on the base at the shipped quant, with the same greedy decoding and metric as the fine-tune:
+  1. zero-shot: the recipe's system prompt (schema, instructions);
+  2. fixed k-shot: k training conversations chosen once to cover the training data (runtime.shots.choose_fixed);
+  3. retrieved k-shot: per question, the k training conversations BM25 finds closest (never its own copies);
+  4. retrieved context (with --context docs.jsonl): the passages BM25 finds closest, in the system prompt.
+The fine-tune runs with the short prompt it was trained with (the eval conversation's own turns).
+
+One model load serves every rung: the rungs decode side by side in one context (runtime.parallel), each keeping its
+shared prompt prefix in the KV cache. Cost per request (prompt tokens, time to first token, total time) is measured
+for each rung and the fine-tune one request at a time from an empty cache, on `latency_samples` evenly spaced
+questions. The summary is a table of small functions, each returning one section of report["ladder"].
+
+Example:
+    rungs = build_rungs(examples, system="Answer in SQL.", shots=3, shots_from="train.jsonl")
+    runs = prepare(rungs, examples)
+    generate("base-Q4_K_M.gguf", runs, n_ctx=4096, threads=2, max_tokens=64)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from runtime.examples import Example, baseline_prompt
+from runtime.stats import mean_interval, paired_difference
+
+TOKENIZER_CTX = 64  # the Llama object only tokenizes and renders; the decoder makes its own context
+FINETUNE = "fine-tune"
+
+
+@dataclass(frozen=True)
+class Rung:
+    key: str
+    label: str  # as the verdict says it: "retrieved 3-shot"
+    prompt: Callable[[Example], tuple[list[dict], dict]]  # messages, and what was put in (training lines, passages)
+
+
+@dataclass
+class RungRun:
+    """One rung (or the fine-tune) over the eval set: prompts in, answers, costs and scores out."""
+
+    key: str
+    label: str
+    prompts: list[list[dict]]
+    sources: list[dict]
+    answers: list[str] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    latency: list[dict] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- rungs -------------------------------------------------------------------------------------------------------
+
+def _zero_shot(system: str | None) -> Rung:
+    return Rung("zero-shot", "zero-shot", lambda e: (baseline_prompt(e, system=system, shots=[]), {}))
+
+
+def _fixed(system: str | None, chosen: list) -> Rung:
+    from runtime.shots import shot_messages
+
+    turns = shot_messages(chosen)
+    return Rung(f"fixed-{len(chosen)}-shot", f"fixed {len(chosen)}-shot",
+                lambda e: (baseline_prompt(e, system=system, shots=turns), {"shots": [s.line for s in chosen]}))
+
+
+def _retrieved(system: str | None, retriever, k: int) -> Rung:
+    from runtime.shots import shot_messages
+
+    def prompt(example: Example):
+        found = retriever.for_example(example, k)
+        return baseline_prompt(example, system=system, shots=shot_messages(found)), {"shots": [s.line for s in found]}
+
+    return Rung(f"retrieved-{k}-shot", f"retrieved {k}-shot", prompt)
+
+
+def _with_context(system: str | None, retriever, k: int) -> Rung:
+    k = min(k, len(retriever.passages))
+
+    def prompt(example: Example):
+        passages = retriever.for_example(example, k)
+        own = [m["content"] for m in example.prompt if m["role"] == "system"]
+        lead = system if system else "\n\n".join(own)
+        context = "Context:\n" + "\n\n".join(p.text for p in passages)
+        text = f"{lead}\n\n{context}" if lead else context
+        return baseline_prompt(example, system=text, shots=[]), {"passages": [p.line for p in passages]}
+
+    return Rung("context", f"retrieved context ({k} passages)", prompt)
+
+
+def build_rungs(examples: Sequence[Example], *, system: str | None, shots: int = 0,
+                shots_from: str | Path | None = None, context: str | Path | None = None,
+                context_k: int = 3) -> list[Rung]:
+    """The ladder for these eval examples; every input is checked here, before any model loads."""
+    from runtime import shots as shots_mod
+
+    rungs = [_zero_shot(system)]
+    if shots > 0:
+        pool = shots_mod.read_pool(shots_from, shots=shots)
+        questions = [shots_mod.user_text(e.prompt) for e in examples]
+        rungs += [_fixed(system, shots_mod.choose_fixed(pool, shots, avoid=questions)),
+                  _retrieved(system, shots_mod.RetrievedShots(pool), shots)]
+    if context is not None:
+        rungs.append(_with_context(system, shots_mod.RetrievedContext(shots_mod.read_context(context)), context_k))
+    return rungs
+
+
+def prepare(rungs: Sequence[Rung], examples: Sequence[Example]) -> list[RungRun]:
+    runs = []
+    for rung in rungs:
+        built = [rung.prompt(example) for example in examples]
+        runs.append(RungRun(rung.key, rung.label, [p for p, _ in built], [s for _, s in built]))
+    return runs
+
+
+def finetune_run(examples: Sequence[Example]) -> RungRun:
+    return RungRun(FINETUNE, "fine-tune", [list(e.prompt) for e in examples], [{} for _ in examples])
+
+
+# ---- generation --------------------------------------------------------------------------------------------------
+
+def _progress(items, description: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="ex", file=sys.stderr, disable=None, leave=False)
+
+
+def timing_sample(n: int, samples: int) -> list[int]:
+    """Evenly spaced questions to time one at a time (the first, the last, and between)."""
+    if n == 0 or samples <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, samples))})
+
+
+def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: int | None, max_tokens: int,
+             latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder") -> dict:
+    """Fill every run's answers, prompt token counts and latencies with one load of `path`. Returns wall times,
+    and with `golds` the first run's prompts rendered with the gold answer (the KLD texts)."""
+    from runtime.generate import prompt_tokens, render_chat
+    from runtime.load import open_gguf
+    from runtime.parallel import ParallelDecoder
+
+    llm = open_gguf(path, n_ctx=TOKENIZER_CTX, threads=threads)
+    try:
+        where = str(path)
+        tokens = [[prompt_tokens(llm, render_chat(llm, p, path=where)) for p in run.prompts] for run in runs]
+        rendered = None if golds is None else [
+            render_chat(llm, list(p) + [{"role": "assistant", "content": g}], add_generation_prompt=False, path=where)
+            for p, g in zip(runs[0].prompts, golds)]
+        decoder = ParallelDecoder(llm, n_seq=len(runs), n_ctx=n_ctx)
+        try:
+            started = time.perf_counter()
+            for index in _progress(range(len(runs[0].prompts)), f"generate ({label})"):
+                for run, generation in zip(runs, decoder.generate([t[index] for t in tokens], max_tokens=max_tokens)):
+                    run.answers.append(generation.text)
+                    run.prompt_tokens.append(generation.n_prompt)
+            generated = time.perf_counter()
+            for run, run_tokens in zip(runs, tokens):
+                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens)
+                               for i in timing_sample(len(run_tokens), latency_samples)]
+            timed = time.perf_counter()
+        finally:
+            decoder.close()
+    finally:
+        llm.close()
+    return {"generate_s": generated - started, "latency_s": timed - generated, "rendered": rendered}
+
+
+def score(runs: Sequence[RungRun], examples: Sequence[Example], scorer) -> None:
+    for run in runs:
+        for answer, example in zip(run.answers, examples):
+            verdict = scorer.score(answer, example.gold, example.question)
+            run.scores.append(verdict.score)
+            run.notes.append(verdict.note)
+
+
+@dataclass
+class LadderResult:
+    rows: list[dict]  # predictions.jsonl
+    rendered: list[str]  # the fine-tune's prompts with the gold answers (KLD texts)
+    scores: dict  # {"model": interval, "baseline": the strongest rung's interval}
+    difference: dict | None  # fine-tune minus the strongest rung
+    summary: dict | None  # report["ladder"]
+
+
+def evaluate(model: Path, baseline: Path | None, examples: Sequence[Example], runs: Sequence[RungRun], scorer, *,
+             n_ctx: int, threads: int | None, max_tokens: int, latency_samples: int = 16,
+             requests_per_day: float | None = None) -> LadderResult:
+    """Generate with the fine-tune, then with the base on every rung, score all, and summarize."""
+    finetune = finetune_run(examples)
+    settings = {"n_ctx": n_ctx, "threads": threads, "max_tokens": max_tokens, "latency_samples": latency_samples}
+    own = generate(model, [finetune], golds=[e.gold for e in examples], label="fine-tune", **settings)
+    base = generate(baseline, runs, label="ladder", **settings) if runs else None
+    score([finetune, *runs], examples, scorer)
+    scores = {"model": mean_interval(finetune.scores)}
+    if not runs:
+        return LadderResult(prediction_rows(examples, finetune, [], None), own["rendered"], scores, None, None)
+    summary = summarize(finetune, runs, requests_per_day=requests_per_day)
+    summary["wall_s"] = {"finetune": own["generate_s"] + own["latency_s"],
+                         "ladder": base["generate_s"] + base["latency_s"], "ladder_generate": base["generate_s"],
+                         "ladder_latency": base["latency_s"]}
+    fixed = [run.sources[0]["shots"] for run in runs if run.key.startswith("fixed-") and run.sources]
+    summary["fixed_shots"] = fixed[0] if fixed else []
+    best = next(row for row in summary["rungs"] if row["key"] == summary["strongest"])
+    scores["baseline"] = best["score"]
+    rows = prediction_rows(examples, finetune, runs, summary["strongest"])
+    return LadderResult(rows, own["rendered"], scores, best["difference"], summary)
+
+
+def prediction_rows(examples: Sequence[Example], finetune: RungRun, runs: Sequence[RungRun],
+                    strongest: str | None) -> list[dict]:
+    """One row per example: the fine-tune's answer, the strongest rung's as `baseline` (review.md puts the two side
+    by side), and every rung's answer, score and what was retrieved for it."""
+    best = next((run for run in runs if run.key == strongest), None)
+    rows = []
+    for i, example in enumerate(examples):
+        row = {"line": example.line, "question": example.question, "gold": example.gold,
+               "prediction": finetune.answers[i], "model_score": finetune.scores[i], "model_note": finetune.notes[i],
+               "model_prompt_tokens": finetune.prompt_tokens[i]}
+        if best is not None:
+            row.update(baseline=best.answers[i], baseline_score=best.scores[i], baseline_note=best.notes[i],
+                       baseline_rung=best.key)
+            row["rungs"] = {run.key: {"answer": run.answers[i], "score": run.scores[i], "note": run.notes[i],
+                                      "prompt_tokens": run.prompt_tokens[i], **run.sources[i]} for run in runs}
+        rows.append(row)
+    return rows
+
+
+# ---- summary: one small function per section of report["ladder"] -------------------------------------------------
+
+def _mean(values) -> float | None:
+    return float(statistics.fmean(values)) if values else None
+
+
+def _median_ms(latency: list[dict], key: str) -> float | None:
+    return 1000.0 * statistics.median(row[key] for row in latency) if latency else None
+
+
+def cost(run: RungRun) -> dict:
+    return {"prompt_tokens": _mean(run.prompt_tokens), "ttft_ms": _median_ms(run.latency, "ttft_s"),
+            "total_ms": _median_ms(run.latency, "total_s"), "timed_requests": len(run.latency)}
+
+
+def _rungs_section(finetune: RungRun, rungs: Sequence[RungRun], report: dict, options: dict) -> list[dict]:
+    return [{"key": run.key, "label": run.label, "score": mean_interval(run.scores), **cost(run),
+             "difference": paired_difference(finetune.scores, run.scores)} for run in rungs]
+
+
+def _finetune_section(finetune: RungRun, rungs, report: dict, options: dict) -> dict:
+    return {"key": finetune.key, "label": finetune.label, "score": mean_interval(finetune.scores), **cost(finetune)}
+
+
+def _strongest_section(finetune, rungs, report: dict, options: dict) -> str:
+    """The rung with the best score; a tie goes to the higher lower bound, then the shorter prompt, then the lower
+    rung (the cheaper one to ship)."""
+    rows = report["rungs"]
+
+    def strength(indexed):
+        index, row = indexed
+        mean, low = row["score"]["mean"], row["score"]["low"]
+        return (-np.inf if mean != mean else mean, -np.inf if low != low else low,
+                -(row["prompt_tokens"] or 0.0), -index)
+
+    return max(enumerate(rows), key=strength)[1]["key"]
+
+
+def _delta(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _prompt_tax_section(finetune, rungs, report: dict, options: dict) -> dict:
+    """What the fine-tune saves per request against the strongest rung, and per day at the recipe's traffic."""
+    best = next(row for row in report["rungs"] if row["key"] == report["strongest"])
+    own = report["finetune"]
+    tax = {"vs": best["key"], "label": best["label"],
+           "tokens_per_request": _delta(best["prompt_tokens"], own["prompt_tokens"]),
+           "ttft_ms_per_request": _delta(best["ttft_ms"], own["ttft_ms"]),
+           "total_ms_per_request": _delta(best["total_ms"], own["total_ms"])}
+    per_day = options.get("requests_per_day")
+    if per_day:
+        tax["requests_per_day"] = per_day
+        tax["tokens_per_day"] = None if tax["tokens_per_request"] is None else tax["tokens_per_request"] * per_day
+        tax["hours_per_day"] = (None if tax["total_ms_per_request"] is None
+                                else tax["total_ms_per_request"] * per_day / 3.6e6)
+    return tax
+
+
+def _verdict_section(finetune, rungs, report: dict, options: dict) -> dict:
+    best = next(row for row in report["rungs"] if row["key"] == report["strongest"])
+    difference = best["difference"]
+    return {"earned": bool(difference["low"] > 0), "vs": best["key"],
+            "text": verdict_text(best["label"], difference, report["prompt_tax"]["tokens_per_request"])}
+
+
+def verdict_text(label: str, difference: dict, tokens_saved: float | None) -> str:
+    """The seed's terms: earned (the whole 95% interval of the gain is above zero) or ship the prompt."""
+    mean, low, high = (100 * difference[key] for key in ("mean", "low", "high"))
+    interval = f"95% interval {low:+.1f} to {high:+.1f} points"
+    if difference["n"] == 0 or mean != mean:
+        return f"not measured: no eval examples to compare the fine-tune with {label}"
+    if low > 0:
+        fewer = "" if tokens_saved is None else \
+            f", and {abs(tokens_saved):.0f} {'fewer' if tokens_saved >= 0 else 'more'} prompt tokens per request"
+        return f"fine-tuning earned it: {mean:+.1f} points over {label}{fewer} ({interval})"
+    if high < 0:
+        return f"not earned: {label} beats the fine-tune by {-mean:.1f} points — ship the prompt, not the weights " \
+               f"({interval})"
+    return f"not earned: {label} is within the interval — ship the prompt, not the weights " \
+           f"(fine-tune {mean:+.1f} points, {interval})"
+
+
+SECTIONS: tuple[tuple[str, Callable], ...] = (
+    ("rungs", _rungs_section),
+    ("finetune", _finetune_section),
+    ("strongest", _strongest_section),
+    ("prompt_tax", _prompt_tax_section),
+    ("verdict", _verdict_section),
+)
+
+
+def summarize(finetune: RungRun, rungs: Sequence[RungRun], **options) -> dict:
+    """report["ladder"]: each section computed in order (later ones read earlier ones)."""
+    report: dict = {}
+    for name, section in SECTIONS:
+        report[name] = section(finetune, rungs, report, options)
+    return report
