@@ -80,10 +80,10 @@ def check_resume_inputs(out_dir: Path, base, data, eval_path) -> None:
     for role, option in (("data", "--data"), ("eval", "--eval")):
         before, after = recorded.get(role), now[role]
         if (before or {}).get("sha256") != (after or {}).get("sha256"):
-            was = f"{before['path']} (sha256 {before['sha256'][:12]})" if before else "no file"
-            raise EdgeftError(f"--resume {out_dir}: the run was started with {option} {was}, and "
-                              f"{(after or {}).get('path') or 'none'} differs; resume with the same file, or start "
-                              "again with --overwrite")
+            was = f"{option} {before['path']} (sha256 {before['sha256'][:12]})" if before else f"no {option}"
+            now_text = f"{option} {after['path']} differs" if after else f"no {option} is given now"
+            raise EdgeftError(f"--resume {out_dir}: the run was started with {was}, and {now_text}; resume with "
+                              "the same file, or start again with --overwrite")
 
 
 def check_adapter_base(adapter_dir: Path, named_base: str | None, base_dir: Path) -> None:
