@@ -83,6 +83,34 @@ def _task_section(task: dict) -> list[str]:
     ]
 
 
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _ladder_section(ladder: dict | None) -> list[str]:
+    """The baseline ladder: what the fine-tune had to beat, and what the prompt would cost per request."""
+    if not ladder:
+        return []
+    lines = ["", "## The baseline ladder (the base at the same quant, same decoding and metric)",
+             "| prompt | score (95% CI) | prompt tokens/request | time to first token, ms | total ms/request |",
+             "|---|---|---|---|---|"]
+    for row in ladder["rows"]:
+        name = f"**{row['rung']}** (strongest)" if row["strongest"] else row["rung"]
+        low, high = row["ci95"]
+        lines.append(f"| {name} | {_pct(row['score'])} ({_pct(low)} to {_pct(high)}) | "
+                     f"{_num(row['prompt_tokens'], '.0f')} | {_ms(row['ttft_ms'])} | {_ms(row['total_ms'])} |")
+    tax = ladder.get("prompt_tax") or {}
+    lines += ["", f"**Verdict: {ladder['verdict']}.**"]
+    if tax.get("tokens_per_request") is not None:
+        text = (f"Prompt tax saved against {tax.get('label')}: {tax['tokens_per_request']:.0f} prompt tokens and "
+                f"{_ms(tax.get('total_ms_per_request'))} ms per request")
+        if tax.get("requests_per_day"):
+            text += (f"; at {tax['requests_per_day']:,.0f} requests a day, {tax['tokens_per_day']:,.0f} tokens and "
+                     f"{_num(tax.get('hours_per_day'), '.2f')} hours of compute a day")
+        lines += ["", text + "."]
+    return lines
+
+
 def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | None = None) -> str:
     m = manifest.get("metrics", {})
     base = manifest["base_model"]
@@ -100,6 +128,7 @@ def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | No
         "",
         "## Does it beat the prompted base?",
         *_task_section(m.get("task", {})),
+        *_ladder_section(m.get("ladder")),
         "",
         "## What it may have cost",
         "| check | value |",

@@ -22,6 +22,10 @@ def task_metrics(report: dict, quant: str) -> dict:
     settings = report.get("settings") or {}
     shots = settings.get("shots") or 0
     setup = ("system prompt" if settings.get("system") else "no system prompt") + (f" + {shots} examples" if shots else "")
+    ladder = report.get("ladder")
+    if ladder:
+        setup = next(row["label"] for row in ladder["rungs"] if row["key"] == ladder["strongest"]) + \
+            ", the strongest rung of the ladder"
     return {
         "metric": (report.get("metric") or "").split(":", 1)[0],
         "n": report.get("n"),
@@ -33,6 +37,23 @@ def task_metrics(report: dict, quant: str) -> dict:
         "ci95": [difference["low"], difference["high"]] if "low" in difference else None,
         "p_not_better": difference.get("p_not_better"),
     }
+
+
+def _ladder_row(row: dict, strongest: str | None) -> dict:
+    score = row["score"]
+    return {"rung": row["label"], "score": score["mean"], "ci95": [score["low"], score["high"]],
+            "prompt_tokens": row["prompt_tokens"], "ttft_ms": row["ttft_ms"], "total_ms": row["total_ms"],
+            "strongest": row["key"] == strongest}
+
+
+def ladder_metrics(report: dict) -> dict | None:
+    """Every rung and the fine-tune with score, interval and cost per request; the verdict and the prompt tax."""
+    ladder = report.get("ladder")
+    if not ladder:
+        return None
+    rows = [_ladder_row(row, ladder["strongest"]) for row in ladder["rungs"]]
+    return {"rows": rows + [_ladder_row(ladder["finetune"], None)], "verdict": ladder["verdict"]["text"],
+            "earned": ladder["verdict"]["earned"], "prompt_tax": ladder["prompt_tax"]}
 
 
 def forgetting_metrics(report: dict) -> dict:
@@ -72,6 +93,7 @@ def metrics_from_outputs(report: dict, bench: dict, adapter_dir: Path, *, quant:
     parity = report.get("parity")
     return {
         "task": task_metrics(report, quant),
+        "ladder": ladder_metrics(report),
         "forgetting": forgetting_metrics(report),
         "quantization": quantization_metrics(report),
         "throughput": throughput_metrics(bench),

@@ -222,11 +222,21 @@ def stage_eval(s: Settings) -> None:
     from runtime.evaluate import run_eval
 
     ev = dict(s.recipe.get("eval") or {})
+    gates = dict(ev.get("gates") or {})
+    # Weights ship only when fine-tuning beat the strongest rung of the prompted base's ladder (issue 17).
+    gates.setdefault("earned", 0)
     run_eval(s.path("model"), s.eval, s.path("eval"), baseline=s.path("base_gguf"),
              metric=_expand(ev.get("metric", "exact"), s), system=ev.get("system"), shots=int(ev.get("shots", 0)),
              shots_from=s.data if ev.get("shots") else None, probe=_expand(ev.get("probe"), s),
-             reference=s.path("f16"), hf=s.path("merged"), gates=dict(ev.get("gates") or {}),
-             max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads())
+             reference=s.path("f16"), hf=s.path("merged"), gates=gates,
+             max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads(),
+             context=_expand(ev.get("context"), s), context_k=int(ev.get("context_k", 3)),
+             requests_per_day=ev.get("requests_per_day"))
+
+
+def _context_files(s: Settings) -> list[Path]:
+    context = _expand((s.recipe.get("eval") or {}).get("context"), s)
+    return [Path(context)] if context else []
 
 
 def _llama_threads() -> int:
@@ -299,8 +309,8 @@ STAGES = [
     Stage("base_imatrix", stage_base_imatrix, lambda s: [s.path("settings"), *_base_files(s), s.data], "base_imatrix"),
     Stage("base_gguf", stage_base_gguf, lambda s: [*_base_files(s), s.path("base_imatrix")], "base_gguf"),
     Stage("lora", stage_lora, lambda s: [s.path("adapter") / "adapter_config.json"], "lora", optional=True),
-    Stage("eval", stage_eval, lambda s: [s.path("model"), s.path("base_gguf"), s.path("f16"), s.eval, s.data],
-          "eval", "report.json"),
+    Stage("eval", stage_eval, lambda s: [s.path("model"), s.path("base_gguf"), s.path("f16"), s.eval, s.data,
+                                         *_context_files(s)], "eval", "report.json"),
     Stage("bench", stage_bench, lambda s: [s.path("model"), s.path("base_gguf")], "bench"),
     Stage("publish", stage_publish, lambda s: [s.path("eval") / "report.json", s.path("bench"), s.path("model"),
                                                *([s.path("lora")] if s.path("lora").is_file() else [])], "publish"),

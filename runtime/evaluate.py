@@ -199,7 +199,7 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
                                 "ratio": speed_ratio(model_speed, base_speed)}
 
     # 5. gates and outputs
-    report["gates"] = check_gates(gates, report)
+    report["gates"] = ladder.explain_gates(check_gates(gates, report), report.get("ladder"))
     report["failed_gates"] = [row["gate"] for row in report["gates"] if not row["passed"]]
     report["passed"] = not report["failed_gates"]
     from runtime.report import write_all

@@ -332,3 +332,11 @@ def summarize(finetune: RungRun, rungs: Sequence[RungRun], **options) -> dict:
     for name, section in SECTIONS:
         report[name] = section(finetune, rungs, report, options)
     return report
+
+
+def explain_gates(rows: list[dict], summary: dict | None) -> list[dict]:
+    """The `earned` gate's line carries the verdict, so a refused release says why in the ladder's words."""
+    for row in rows:
+        if row["gate"] == "earned" and summary is not None:
+            row["text"] += f"; {summary['verdict']['text']}"
+    return rows

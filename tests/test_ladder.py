@@ -334,3 +334,47 @@ def test_shot_dataclass_text_joins_turns():
     assert shot.text == "q\na"
     with pytest.raises(EdgeftError, match="needs --shots-from"):
         read_pool(None, shots=2)
+
+
+def _synthetic_report(earned: bool) -> dict:
+    finetune = _run("fine-tune", [1.0] * 30 + [0.0] * 10, 20, 50.0)
+    rung = _run("retrieved-3-shot", ([1.0] * 10 if earned else [1.0] * 29) + [0.0] * (30 if earned else 11), 330, 120.0)
+    summary = ladder.summarize(finetune, [rung], requests_per_day=1000)
+    return {"metric": "sql-exec:db", "n": 40, "settings": {"system": "x", "shots": 3}, "ladder": summary,
+            "scores": {"model": summary["finetune"]["score"], "baseline": summary["rungs"][0]["score"]},
+            "difference": summary["rungs"][0]["difference"]}
+
+
+def test_model_card_shows_the_ladder_and_the_verdict(tmp_path):
+    from edgeft.release_card import render_model_card
+    from edgeft.release_metrics import metrics_from_outputs
+
+    metrics = metrics_from_outputs(_synthetic_report(True), {}, tmp_path, quant="Q4_K_M")
+    assert metrics["task"]["baseline_setup"].startswith("retrieved 3 shot")
+    assert [row["rung"] for row in metrics["ladder"]["rows"]] == ["retrieved 3 shot", "fine tune"]
+    card = render_model_card({"name": "demo", "quant": "Q4_K_M", "base_model": {"name": "base"}, "metrics": metrics},
+                             gguf_name="demo-Q4_K_M.gguf")
+    assert "## The baseline ladder" in card and "| **retrieved 3 shot** (strongest) | 25.0% (" in card
+    assert "**Verdict: fine-tuning earned it: +50.0 points over retrieved 3 shot, and 310 fewer prompt tokens" in card
+    assert "310 prompt tokens and 70.0 ms per request; at 1,000 requests a day, 310,000 tokens" in card
+
+
+def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monkeypatch):
+    """The release's eval stage always adds the `earned` gate; a failed verdict publishes nothing and says why."""
+    import runtime.evaluate
+    from edgeft import release_pipeline as rp
+    from edgeft.release import publish_release
+    from runtime.gates import check_gates
+
+    calls = []
+    monkeypatch.setattr(runtime.evaluate, "run_eval", lambda *a, **kw: calls.append(kw))
+    settings = rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
+    rp.stage_eval(settings)
+    assert calls[-1]["gates"]["earned"] == 0 and calls[-1]["shots"] == 3
+    report = _synthetic_report(False)
+    gates = ladder.explain_gates(check_gates({"earned": 0}, report), report["ladder"])
+    assert not gates[0]["passed"] and "ship the prompt, not the weights" in gates[0]["text"]
+    with pytest.raises(EdgeftError, match="gate failed: earned.*not earned: retrieved 3 shot is within the interval"):
+        publish_release("demo", tmp_path / "release", gguf=tmp_path / "m.gguf", base_dir=tmp_path, quant="Q4_K_M",
+                        recipe={}, data_files={}, metrics={}, gates=gates)
+    assert not (tmp_path / "release" / "demo").exists()
