@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from convert.arch import Architecture, load_architecture
+from convert.vocab.chat_template import chat_template_of
 from edgeft.adapter import Adapter, LoraPair, load_adapter
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file, refuse_own_input
@@ -133,6 +135,17 @@ def _encode(array: np.ndarray, outtype: str):
     return quantize_tensor(array, gguf.GGMLQuantizationType.F16), None
 
 
+def _trained_template(adapter_dir: Path, base_dir: Path) -> str | None:
+    """The template the adapter was trained with (`edgeft train` saves it in the adapter folder), by the one rule;
+    a warning when it is not the base's, since base GGUF + adapter is then served with the wrong one."""
+    trained = chat_template_of(adapter_dir)
+    if trained is not None and trained != chat_template_of(base_dir):
+        warnings.warn(f"{adapter_dir}: trained with another chat template than the base {base_dir}'s; llama.cpp "
+                      "renders base GGUF + adapter with the base's template, so serve the merged GGUF (or render "
+                      "with this adapter GGUF's tokenizer.chat_template yourself)")
+    return trained
+
+
 def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") -> Path:
     """Write a llama.cpp LoRA adapter GGUF for the peft adapter in `adapter_dir`; returns out_path.
 
@@ -154,6 +167,7 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
     _check_shapes(adapter, base)
     check_adapter_base(adapter.path, adapter.base_model, base)  # same shapes can still be another model
     alpha = _file_alpha(adapter)
+    template = _trained_template(Path(adapter_dir), base)
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:
         writer = gguf.GGUFWriter(os.fspath(tmp), arch.gguf_arch)
@@ -161,6 +175,9 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
         writer.add_name(Path(adapter_dir).resolve().name)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        if template:
+            # llama.cpp renders with the base GGUF's template; the trained one travels here so a server can use it.
+            writer.add_chat_template(template)
         for name, array in lora_tensors(adapter, arch, alpha):
             data, raw_type = _encode(array, outtype)
             if raw_type is None:
@@ -180,7 +197,7 @@ def describe(path) -> dict:
 
     reader = gguf.GGUFReader(os.fspath(path))
     fields = {}
-    for key in ("general.type", "general.architecture", "adapter.type"):
+    for key in ("general.type", "general.architecture", "adapter.type", "tokenizer.chat_template"):
         field = reader.get_field(key)
         fields[key] = bytes(field.parts[field.data[0]]).decode() if field else None
     alpha = reader.get_field("adapter.lora.alpha")

@@ -301,6 +301,30 @@ def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, config_ch
         for name in names:
             if (source_dir / name).exists():
                 shutil.copyfile(source_dir / name, out_dir / name)
+    from convert.vocab.chat_template import chat_template_of
+
+    _one_template(out_dir, chat_template_of(template_source))
+
+
+def _one_template(out_dir: Path, template: str | None) -> None:
+    """Every template file of the merged folder says the trained template: chat_template.jinja (what transformers
+    and our converter read first) and tokenizer_config.json's entry (what llama.cpp's own converter reads first)
+    would otherwise pair the trained template with the base's."""
+    if template is None:
+        return
+    (out_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        entry = config.get("chat_template")
+        if isinstance(entry, list):  # named templates: the trained one is the default, the others stay
+            config["chat_template"] = [dict(e, template=template) if e.get("name") == "default" else e
+                                       for e in entry if isinstance(e, dict)]
+        elif entry is not None or name == "tokenizer_config.json":
+            config["chat_template"] = template
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwrite: bool = False,

@@ -47,11 +47,10 @@ class TrainingTokenizer:
 
 def load_tokenizer(base: Path, recipe: Recipe) -> TrainingTokenizer:
     """The tokenizer with the template training renders; ChatML tokens are added when the template needs them."""
-    from transformers import AutoTokenizer
-
+    from edgeft.data.masking import load_tokenizer as load_hf_tokenizer
     from edgeft.data.templates import CHATML_TEMPLATE, template_for
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer = load_hf_tokenizer(base)  # the one loader: tokenizes as llama.cpp will
     if recipe.chat_template:
         path = Path(recipe.chat_template)
         if not path.is_file():

@@ -27,7 +27,16 @@ def _hf_tokenizer(hf_dir: Path):
         raise EdgeftError("--hf needs transformers (`pip install 'edgeft[train]'`); drop --hf to skip parity") from exc
     if not (hf_dir / "tokenizer_config.json").is_file() and not (hf_dir / "tokenizer.json").is_file():
         raise EdgeftError(f"--hf {hf_dir}: no tokenizer files there; pass the HF model folder the GGUF came from")
-    return AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    from convert.vocab.hf_tokenizer import match_llama_cpp
+
+    # Tokenize as edgeft trained: where transformers' own pipeline differs from llama.cpp's, say so, then align.
+    note = match_llama_cpp(tokenizer, hf_dir)
+    if note:
+        import warnings
+
+        warnings.warn(note)
+    return tokenizer
 
 
 def _first_difference(a: Sequence, b: Sequence) -> int:

@@ -1,4 +1,5 @@
-"""Special tokens, add_bos/add_eos and the chat template, from tokenizer_config.json (and friends).
+"""Special tokens, add_bos/add_eos and the chat template, from tokenizer_config.json (and friends; the template
+from `convert.vocab.chat_template`, the one rule for it).
 
 EOS decides when generation stops, so we take it from where transformers takes it, and also mark the chat
 template's end-of-turn token (EOT) so llama.cpp stops at the end of an assistant turn even when EOS is another token.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convert.vocab import Vocab, read_json
+from convert.vocab.chat_template import chat_template_of
 from edgeft.errors import EdgeftError
 
 ROLES = ("bos", "eos", "unk", "pad")
@@ -20,16 +22,6 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):  # serialized AddedToken
         return value.get("content")
     return value
-
-
-def _chat_template(model_dir: Path, config: dict) -> str | None:
-    template = config.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        named = {entry.get("name"): entry.get("template") for entry in template}
-        template = named.get("default") or next(iter(named.values()), None)
-    if not template and (model_dir / "chat_template.jinja").exists():
-        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    return template or None
 
 
 def _post_processor_adds(tokenizer_json: dict, token: str | None) -> bool:
@@ -78,4 +70,5 @@ def apply_special_tokens(vocab: Vocab, model_dir: Path) -> None:
         vocab.add_eos = bool(config["add_eos_token"])
     else:
         vocab.add_eos = False
-    vocab.chat_template = _chat_template(model_dir, config)
+    # The template transformers (and so training) uses: chat_template.jinja before tokenizer_config.json's.
+    vocab.chat_template = chat_template_of(model_dir)

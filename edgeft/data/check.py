@@ -189,7 +189,7 @@ def _check_tokens(
 
     tokenizer = load_tokenizer(tokenizer_dir)
     # Training falls back to ChatML for a base model without a template; check what training will render.
-    template = chat_template or template_for(tokenizer, default=CHATML_TEMPLATE)
+    template = chat_template or template_for(tokenizer_dir, default=CHATML_TEMPLATE)
     if template == CHATML_TEMPLATE and not chat_template:
         report.stats["chat_template"] = "ChatML (the model folder has no chat template)"
     specials = special_tokens_of(tokenizer)

@@ -16,6 +16,7 @@ is the classic way a fine-tune fails without anyone noticing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,7 +41,9 @@ class TrainedSpan:
 
 
 def load_tokenizer(model_dir: str | Path):
-    """A fast (offset-capable) HF tokenizer from a model folder; EdgeftError when there is none."""
+    """A fast (offset-capable) HF tokenizer from a model folder, splitting text as llama.cpp will split it with the
+    converted vocabulary (`convert.vocab.hf_tokenizer.match_llama_cpp`); EdgeftError when there is none, or when
+    the two cannot agree. Training, masking, the data tools and the release's parity check all load it here."""
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - the train extra is missing
@@ -54,6 +57,11 @@ def load_tokenizer(model_dir: str | Path):
         raise EdgeftError(f"{model_dir}: cannot load a tokenizer ({type(exc).__name__}: {exc})") from exc
     if not getattr(tokenizer, "is_fast", True):
         raise EdgeftError(f"{model_dir}: only a slow tokenizer is available; the label mask needs tokenizer.json")
+    from convert.vocab.hf_tokenizer import match_llama_cpp
+
+    note = match_llama_cpp(tokenizer, path)
+    if note:
+        logging.getLogger("edgeft.tokenizer").info(note)
     return tokenizer
 
 
@@ -208,10 +216,12 @@ def mask_example(
     where: str | None = None,
 ) -> MaskedExample:
     """Render, tokenize with offsets and label one conversation (no truncation); see `build_example`."""
+    if chat_template is None:
+        chat_template = template_for(tokenizer)  # a folder: the one rule; a loaded tokenizer: what it holds
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
     where = where or _describe(messages)
-    template = chat_template if chat_template is not None else template_for(tokenizer)
+    template = chat_template
     text, spans = assistant_spans(messages, template, special_tokens_of(tokenizer), where=where)
     # Labels come from character offsets, which only fast (tokenizers-backed) tokenizers report.
     if not getattr(tokenizer, "is_fast", True):

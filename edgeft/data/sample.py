@@ -76,7 +76,7 @@ def write_sample(
         from edgeft.data.templates import template_for
 
         tokenizer = load_tokenizer(tokenizer_dir)
-        chat_template = chat_template or template_for(tokenizer)
+        chat_template = chat_template or template_for(tokenizer_dir)
         how = f"rendered with the chat template of `{tokenizer_dir}`; marks are the tokens that carry loss"
     else:
         how = "rendered as ChatML (pass --tokenizer MODEL_DIR to see the model's own template and tokens)"

@@ -123,37 +123,26 @@ def _tokenizer_config(model_dir: Path) -> dict:
         raise EdgeftError(f"{path}: unreadable tokenizer config ({exc}); fix or remove the file") from exc
 
 
-def _pick_named(templates: list) -> str | None:
-    # A list of {"name", "template"} is HF's multi-template form; the conversational one is named "default".
-    named = {t.get("name"): t.get("template") for t in templates if isinstance(t, dict)}
-    return named.get("default") or next(iter(named.values()), None)
-
-
 def template_for(model_dir_or_tokenizer: Any, default: str | None = None) -> str:
-    """The chat template of a model folder (chat_template.jinja, else tokenizer_config.json) or of a HF tokenizer.
+    """The chat template of a model folder (`convert.vocab.chat_template.chat_template_of`: chat_template.jinja, else
+    tokenizer_config.json's, its "default" when named) or of a loaded HF tokenizer (what transformers resolved).
 
     Without one, return `default` when given, else raise EdgeftError saying what to do.
     """
+    from convert.vocab.chat_template import chat_template_of, default_template
+
     if not isinstance(model_dir_or_tokenizer, (str, Path)):
         template = getattr(model_dir_or_tokenizer, "chat_template", None)
-        if isinstance(template, dict):
-            template = template.get("default") or next(iter(template.values()), None)
-        if isinstance(template, str) and template.strip():
-            return template
-        where = getattr(model_dir_or_tokenizer, "name_or_path", "the tokenizer")
+        where = getattr(model_dir_or_tokenizer, "name_or_path", None) or "the tokenizer"
+        if isinstance(template, dict):  # transformers' form of named templates
+            template = default_template(template, where)
     else:
         model_dir = Path(model_dir_or_tokenizer)
         if not model_dir.is_dir():
             raise EdgeftError(f"{model_dir}: not a model folder; pass the folder holding tokenizer_config.json")
-        jinja_file = model_dir / "chat_template.jinja"
-        if jinja_file.exists():
-            return jinja_file.read_text(encoding="utf-8")
-        template = _tokenizer_config(model_dir).get("chat_template")
-        if isinstance(template, list):
-            template = _pick_named(template)
-        if isinstance(template, str) and template.strip():
-            return template
-        where = str(model_dir)
+        template, where = chat_template_of(model_dir), str(model_dir)
+    if isinstance(template, str) and template.strip():
+        return template
     if default is not None:
         return default
     raise EdgeftError(

@@ -1,0 +1,82 @@
+"""Make a loaded Hugging Face tokenizer split text the way llama.cpp will split it with the vocabulary we convert.
+
+Training tokenizes with transformers, serving with llama.cpp; the two must give the same ids or the fine-tune is
+served text it never saw. For SentencePiece folders (tokenizer.model) llama.cpp does what the sentencepiece library
+does: "▁" before each stretch of text between special tokens (when the model's add_dummy_prefix is set), every
+space replaced by "▁", then the vocabulary's merges over the whole stretch. The tokenizer.json the Llama-2-family
+repos ship encodes exactly that (normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer), and transformers
+runs it as-is for most model types. For model_type llama, though, transformers 5 rebuilds LlamaTokenizer with a
+Metaspace pre-tokenizer, and that differs in two ways: `legacy: false` (Llama 2's own config) gives
+prepend_scheme="first", so no "▁" after a special token ("[/INST] Hi" -> "▁Hi" in llama.cpp, "Hi" in HF); and
+Metaspace never doubles a prefix onto text that already starts with a space (" a" -> "▁▁a" in sentencepiece and
+llama.cpp, "▁a" in HF). Measured on the 240 strings of tests/corpus.py with the Llama-2 fixture: 182 agree as
+transformers loads it (legacy true or false), 240 after `match_llama_cpp`.
+
+No transformers import here: this works on the tokenizer object (its `backend_tokenizer`, a `tokenizers` pipeline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+
+SPACE = "▁"
+
+
+def _metaspace_in(pre_tokenizer) -> bool:
+    from tokenizers import pre_tokenizers
+
+    if pre_tokenizer is None:
+        return False
+    if isinstance(pre_tokenizer, pre_tokenizers.Metaspace):
+        return True
+    return "Metaspace" in repr(pre_tokenizer)  # inside a Sequence, which does not expose its members
+
+
+def _normalizer_spec(model_dir: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    path = model_dir / "tokenizer.model"
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise EdgeftError(f"{path}: not a SentencePiece model ({exc}); re-download tokenizer.model") from exc
+    return proto.normalizer_spec
+
+
+def match_llama_cpp(tokenizer, model_dir: str | Path) -> str | None:
+    """Give `tokenizer` (a fast HF tokenizer loaded from `model_dir`) llama.cpp's text pipeline where transformers
+    built a different one. Returns a one-line note of what changed, None when nothing had to; raises EdgeftError
+    (why, and what to do) when the two cannot be made to agree."""
+    model_dir = Path(model_dir)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not (model_dir / "tokenizer.model").is_file():
+        return None  # byte-level BPE: the converter reads the same tokenizer.json transformers runs
+    if not _metaspace_in(backend.pre_tokenizer):
+        return None  # the repo's own tokenizer.json pipeline (Prepend + Replace), which is llama.cpp's
+    spec = _normalizer_spec(model_dir)
+    where = f"{model_dir}/tokenizer.model"
+    if spec.precompiled_charsmap:
+        raise EdgeftError(f"{where}: SentencePiece normalizes text with rule {spec.name or 'custom'!r}, which "
+                          "llama.cpp does not apply, so training and serving would tokenize differently; use a "
+                          "model whose tokenizer.model has the identity normalization (as Llama 2 / Mistral ship)")
+    if backend.normalizer is not None:
+        raise EdgeftError(f"{model_dir}: transformers built a Metaspace tokenizer with its own normalizer "
+                          f"({backend.normalizer}), which edgeft cannot map onto llama.cpp's SentencePiece rules; "
+                          "ship a tokenizer.json with the Llama-2-style Prepend/Replace normalizer instead")
+    from tokenizers import decoders, normalizers
+
+    prefix = bool(spec.add_dummy_prefix)
+    backend.normalizer = normalizers.Sequence(
+        ([normalizers.Prepend(SPACE)] if prefix else []) + [normalizers.Replace(" ", SPACE)])
+    backend.pre_tokenizer = None
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return (f"{model_dir}: transformers' rebuilt SentencePiece pipeline (Metaspace) replaced by llama.cpp's "
+            f"(add_dummy_prefix={prefix}), so training tokenizes as the GGUF will")
+
+
+__all__ = ["match_llama_cpp"]
