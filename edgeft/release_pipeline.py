@@ -202,6 +202,19 @@ def stage_model(s: Settings) -> None:
     from convert import convert_model
 
     convert_model(s.path("merged"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
+    try:
+        _chat_parity(s)  # fail here, not after eval: a GGUF that chats unlike training is not worth measuring
+    except EdgeftError:
+        s.path("model").unlink()  # so the stage is not seen as done
+        raise
+
+
+def _chat_parity(s: Settings) -> dict:
+    from edgeft.data.io import read_conversations
+    from edgeft.release_parity import check_chat_parity
+
+    return check_chat_parity(s.path("model"), s.path("merged"), trained_template=_chat_template(s.path("adapter")),
+                             conversations=[c["messages"] for c in read_conversations(s.eval)])
 
 
 def stage_base_gguf(s: Settings) -> None:
@@ -260,6 +273,7 @@ def stage_publish(s: Settings) -> None:
     report = json.loads((s.path("eval") / "report.json").read_text())
     bench = json.loads(s.path("bench").read_text())
     metrics = metrics_from_outputs(report, bench, s.path("adapter"), quant=s.quant)
+    metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference
     if s.recipe.get("description"):
         metrics["description"] = s.recipe["description"]
     ev = s.recipe.get("eval") or {}
@@ -269,7 +283,7 @@ def stage_publish(s: Settings) -> None:
         recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("adapter") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
         adapter=lora if lora.is_file() else None, system_prompt=ev.get("system"),
-        chat_template=_chat_template(s.path("adapter")), report_dir=s.path("eval"))
+        chat_template=_chat_template(s.path("merged")), report_dir=s.path("eval"))
     print(f"published {s.release_root / s.name}")
 
 
@@ -279,9 +293,10 @@ def _read_yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def _chat_template(adapter_dir: Path) -> str | None:
-    path = adapter_dir / "chat_template.jinja"
-    return path.read_text() if path.is_file() else None
+def _chat_template(model_dir: Path) -> str | None:
+    from convert.vocab.chat_template import chat_template_of
+
+    return chat_template_of(model_dir)  # the adapter's is the template training rendered
 
 
 @dataclass(frozen=True)

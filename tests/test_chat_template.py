@@ -225,3 +225,49 @@ def test_bpe_and_repo_pipelines_are_left_alone():
         folder = build_model(arch, tokenizer=kind)
         assert match_llama_cpp(AutoTokenizer.from_pretrained(str(folder)), folder) is None, kind
 
+
+# ------------------------------------------------------------------------------------ the release's chat parity
+
+@pytest.mark.parametrize("kind, arch", [("bpe-llama3", "llama"), ("bpe-qwen2", "qwen2"), ("spm-llama2", "llama"),
+                                        ("spm-mistral", "mistral"), ("spm-phi3", "phi3"), ("spm-gemma", "gemma2")])
+def test_chat_parity_passes_for_every_tokenizer_family(kind, arch):
+    """System / no system, multi-turn, generation prompt: text and ids equal between transformers on the folder
+    (edgeft's loader) and llama-cpp-python on the GGUF, for each fixture family (Gemma folds the system turn)."""
+    from edgeft.release_parity import check_chat_parity
+    from runtime.chat_parity import PROBES
+    from tests.convert_helpers import converted
+
+    folder = build_model(arch, tokenizer=kind)
+    summary = check_chat_parity(converted(arch, "f32", tokenizer=kind), folder,
+                                trained_template=chat_template_of(folder), conversations=[MESSAGES])
+    assert summary == {"n": len(PROBES) + 2, "template_matches": len(PROBES) + 2, "token_matches": len(PROBES) + 2,
+                       "ok": True}
+
+
+def test_chat_parity_names_a_token_difference():
+    """transformers' own legacy:false Llama-2 tokenizer against the GGUF: same text, other ids, named in one line."""
+    from transformers import AutoTokenizer
+
+    from runtime.chat_parity import chat_cases, compare_chat
+    from tests.convert_helpers import converted
+
+    folder = build_model("llama", tokenizer="spm-llama2")
+    result = compare_chat(converted("llama", "f32", tokenizer="spm-llama2"), AutoTokenizer.from_pretrained(str(folder)),
+                          chat_cases())
+    assert not result["ok"] and result["template_matches"] == result["n"] and result["token_matches"] < result["n"]
+    first = result["first"]
+    assert "\n" not in first and first.startswith("'one turn, no system, generation prompt': same text, token ids")
+    assert "'▁'" in first  # llama.cpp's "▁" after <s>, which transformers' rebuilt pipeline leaves out
+
+
+def test_chat_parity_refuses_a_gguf_with_another_template(llama_copy, tmp_path):
+    from edgeft.release_parity import check_chat_parity
+
+    gguf = tmp_path / "base.gguf"
+    _gguf_template(llama_copy, gguf)  # embeds the base's template
+    (llama_copy / "chat_template.jinja").write_text(JINJA)  # the folder now says the trained one
+    with pytest.raises(EdgeftError, match="embedded chat template is not the one training used") as refused:
+        check_chat_parity(gguf, llama_copy, trained_template=JINJA)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(EdgeftError, match="merged folder's chat template is not the one training used"):
+        check_chat_parity(gguf, llama_copy, trained_template=TOOL_USE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +24,12 @@ train: {method: lora, r: 4, max_steps: 2, effective_batch: 8, micro_batch: 8, ma
         save_every: 1, early_stop: null}
 eval: {metric: exact, shots: 1, max_tokens: 4, imatrix_examples: 8, gates: {min_gain: 0}}
 """
+# A recipe template (Llama-3 tokens, another layout than the fixture base's own): what training renders with, so
+# what the shipped GGUF must embed.
+TRAINED_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}{% endif %}")
 
 
 def test_demo_defaults():
@@ -113,7 +120,9 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     train = [e for e in train if loose(e) not in {loose(x) for x in evaluation}][:16]
     data = write_jsonl(train, tmp_path / "train.jsonl")
     eval_path = write_jsonl(evaluation, tmp_path / "eval.jsonl")
-    (tmp_path / "recipe.yaml").write_text(FIXTURE_RECIPE)
+    (tmp_path / "template.jinja").write_text(TRAINED_TEMPLATE)
+    (tmp_path / "recipe.yaml").write_text(
+        FIXTURE_RECIPE.replace("train: {", f"train: {{chat_template: {tmp_path / 'template.jinja'}, "))
     args = ["release", "--base", str(base), "--data", str(data), "--eval", str(eval_path), "--recipe",
             str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--release-dir", str(tmp_path / "rel")]
     result = CliRunner().invoke(main, args)
@@ -129,11 +138,13 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     assert metrics["quantization"]["kld"] is not None and metrics["forgetting"]["ratio"] is not None
     assert metrics["throughput"]["finetune"]["tg"] > 0 and metrics["throughput"]["base"]["tg"] > 0
     assert metrics["parity"]["ok"]
+    assert metrics["chat_parity"]["ok"] and metrics["chat_parity"]["token_matches"] == metrics["chat_parity"]["n"] > 4
 
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(folder / "fixture-release-Q4_K_M.gguf"), verbose=False, n_ctx=256)
     assert llm.n_vocab() > 0 and llm.metadata.get("general.license") == "apache-2.0"
+    assert llm.metadata["tokenizer.chat_template"] == TRAINED_TEMPLATE
     llm.close()
 
     # Second run: every stage is up to date.
@@ -151,3 +162,12 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     with pytest.raises(EdgeftError, match="max_kld"):
         rp.run_stage("publish", s)
     assert not (tmp_path / "rel2" / "fixture-release").exists() and report_path.is_file()
+
+    # A GGUF embedding another template (the base's own, same vocabulary and quant) fails the release in one line.
+    shutil.copyfile(s.path("base_gguf"), s.path("model"))
+    rel3 = [str(tmp_path / "rel3") if arg == str(tmp_path / "rel") else arg for arg in args]
+    refused = CliRunner().invoke(main, rel3 + ["stage", "publish"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and "embedded chat template is not the one training used" in lines[0], lines
+    assert not (tmp_path / "rel3" / "fixture-release").exists()
