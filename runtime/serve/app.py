@@ -1,0 +1,207 @@
+"""The HTTP side of `edgeft serve`: a Starlette app speaking OpenAI's /v1 API over one Worker.
+
+Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with "stream": true as
+server-sent events). Every answer that is not a success is a JSON `{"error": {...}}` with a fitting status, and
+the server goes on serving after it.
+
+Order of checks on a request: the bearer key (401, before anything of the body is read), the body's size (413,
+from Content-Length, and counted while reading for chunked bodies), JSON (400), fields (400), the model (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from runtime.serve.engine import Delta, Done
+from runtime.serve.protocol import (ApiError, Limits, Request, chunk_object, completion_object, new_id,
+                                    parse_json, parse_request, sse, usage)
+from runtime.serve.worker import Busy, Failed, Job, Worker
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+class BearerAuth:
+    """ASGI middleware: with a key set, every HTTP request must carry `Authorization: Bearer KEY` (compared in
+    constant time), or it gets 401 without its body being read."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.api_key is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                     self.api_key.encode()):
+                message = "a valid API key is required: send Authorization: Bearer KEY"
+                if given:
+                    message = "the API key is not valid"
+                response = error_response(ApiError(401, message, kind="authentication_error",
+                                                   code="invalid_api_key"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def read_body(request: HttpRequest, limit: int) -> bytes:
+    too_large = ApiError(413, f"the request body is larger than the server's limit of {limit} bytes",
+                         code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _generation(request: Request):
+    """The job the worker runs: tokenize with the model's template, then decode under the request's adapter."""
+    def run(engine, cancelled):
+        if request.kind == "chat":
+            tokens = engine.chat_tokens(request.model, request.messages)
+        else:
+            tokens = engine.text_tokens(request.prompt)
+        yield from engine.generate(request.model, tokens, request.sampling, cancelled)
+    return run
+
+
+async def _watch_disconnect(http: HttpRequest, job: Job) -> None:
+    """The body is read, so the next ASGI message is the client leaving (or the response being done)."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            job.cancel()
+            return
+
+
+def build_app(engine, *, api_key: str | None = None, limits: Limits | None = None) -> Starlette:
+    limits = limits or Limits()
+    state = {"worker": None, "started": time.time()}
+
+    async def health(http: HttpRequest):
+        worker = state["worker"]
+        return JSONResponse({"status": "ok", "models": engine.names, "waiting": worker.waiting if worker else 0,
+                             "requests": dict(worker.counts) if worker else {}})
+
+    async def models(http: HttpRequest):
+        rows = [{"id": row["id"], "object": "model", "created": int(state["started"]), "owned_by": "edgeft",
+                 **{k: v for k, v in row.items() if k != "id"}} for row in engine.describe()]
+        return JSONResponse({"object": "list", "data": rows})
+
+    async def completions(http: HttpRequest, kind: str):
+        try:
+            body = await read_body(http, limits.max_body_bytes)
+            request = parse_request(parse_json(body), kind, engine.names, limits)
+            job = Job(_generation(request), asyncio.get_running_loop())
+            state["worker"].submit(job)
+        except ApiError as error:
+            return error_response(error)
+        except Busy as busy:
+            return error_response(ApiError(503, str(busy), kind="server_error", code="busy"))
+        watcher = asyncio.create_task(_watch_disconnect(http, job))
+        events = job.events()
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = Failed(500, "the request ended without an answer")
+        except BaseException:
+            job.cancel()
+            watcher.cancel()
+            raise
+        if isinstance(first, Failed):
+            watcher.cancel()
+            return error_response(ApiError(first.status, first.message,
+                                           kind="server_error" if first.status >= 500 else "invalid_request_error"))
+        ident = new_id(kind)
+        if request.stream:
+            return StreamingResponse(_stream(request, ident, first, events, job, watcher),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            parts, done = [], None
+            event = first
+            while True:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                elif isinstance(event, Done):
+                    done = event
+                elif isinstance(event, Failed):
+                    return error_response(ApiError(event.status, event.message, kind="server_error"))
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+        finally:
+            job.cancel()  # no-op when finished; frees the slot when this handler was cancelled
+            watcher.cancel()
+        if done is None:
+            return error_response(ApiError(500, "the request ended without an answer", kind="server_error"))
+        return JSONResponse(completion_object(request, ident, "".join(parts), done.finish_reason,
+                                              done.prompt_tokens, done.completion_tokens))
+
+    async def chat(http: HttpRequest):
+        return await completions(http, "chat")
+
+    async def text(http: HttpRequest):
+        return await completions(http, "completion")
+
+    async def on_http_error(http: HttpRequest, exc: HTTPException):
+        message = {404: f"no route {http.url.path}; try /v1/models, /v1/chat/completions, /v1/completions, "
+                        "/health", 405: f"{http.method} is not allowed on {http.url.path}"}
+        return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+
+    async def lifespan(app):
+        state["worker"] = Worker(engine, max_queue=limits.max_queue)
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, state["worker"].stop)
+
+    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+                            Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/completions", text, methods=["POST"])],
+                    exception_handlers={HTTPException: on_http_error}, lifespan=lifespan)
+    app.add_middleware(BearerAuth, api_key=api_key)
+    return app
+
+
+async def _stream(request: Request, ident: str, first, events, job: Job, watcher: asyncio.Task):
+    """SSE: a role chunk (chat), text chunks, a finish chunk, a usage chunk when asked, then [DONE]. A client
+    that leaves cancels this generator (or the watcher sees it); either way the job stops at the next token."""
+    try:
+        if request.kind == "chat":
+            yield sse(chunk_object(request, ident, first=True))
+        event = first
+        while True:
+            if isinstance(event, Delta) and event.text:
+                yield sse(chunk_object(request, ident, text=event.text))
+            elif isinstance(event, Done):
+                yield sse(chunk_object(request, ident, finish=event.finish_reason))
+                if request.include_usage:
+                    yield sse(chunk_object(request, ident,
+                                           usage_row=usage(event.prompt_tokens, event.completion_tokens)))
+            elif isinstance(event, Failed):
+                # The 200 is already sent: the error travels as an event, as OpenAI's API does mid-stream.
+                yield sse(ApiError(event.status, event.message, kind="server_error").body())
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                break
+        yield sse("[DONE]")
+    finally:
+        job.cancel()
+        watcher.cancel()
+
