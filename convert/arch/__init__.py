@@ -9,7 +9,7 @@ from convert.arch import gemma2, llama, mistral, phi3, qwen2, qwen3  # noqa: F40
 from convert.arch.base import REGISTRY, Architecture, read_config
 from edgeft.errors import EdgeftError
 
-__all__ = ["Architecture", "load_architecture", "supported_architectures"]
+__all__ = ["Architecture", "gguf_architecture", "load_architecture", "supported_architectures"]
 
 
 def supported_architectures() -> list[str]:
@@ -29,3 +29,13 @@ def load_architecture(model_dir: str | os.PathLike) -> Architecture:
             f"{model_dir / 'config.json'}: architecture {names[0]} is not supported; "
             f"supported: {', '.join(supported_architectures())}")
     return cls(config, model_dir)
+
+
+def gguf_architecture(gguf_arch: str, source: str) -> type[Architecture]:
+    """The class that writes GGUF arch `gguf_arch` (for `edgeft import`). Where several HF classes share one (Mistral
+    runs as `llama`), the class that declares the arch itself is the one a GGUF comes back as."""
+    for cls in REGISTRY.values():
+        if cls.__dict__.get("gguf_arch") == gguf_arch:
+            return cls
+    known = sorted({cls.gguf_arch for cls in REGISTRY.values()})
+    raise EdgeftError(f"{source}: GGUF architecture {gguf_arch!r} cannot be imported; supported: {', '.join(known)}")

@@ -191,3 +191,85 @@ class Architecture:
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """Tensors llama.cpp needs that the checkpoint does not hold (e.g. rope frequency factors)."""
         return iter(())
+
+    # ---- the way back: GGUF -> HF (`edgeft import`); each hook is the inverse of the one above ------------------
+    # `meta` is convert.importer.metadata.GGUFMetadata: meta.get(gguf.Keys...), meta.has_tensor(name).
+    model_type: str = ""  # config.json's model_type
+    hidden_act: str = "silu"
+
+    @classmethod
+    def hf_architecture(cls) -> str:
+        """config.json's `architectures[0]`: the HF class name this class is registered under."""
+        return next(name for name, registered in REGISTRY.items() if registered is cls)
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict[str, Any]:
+        """config.json for a GGUF of this arch: the inverse of write_hparams (subclasses add their own keys)."""
+        from gguf import Keys
+
+        n_head = int(meta.get(Keys.Attention.HEAD_COUNT))
+        n_embd = int(meta.get(Keys.LLM.EMBEDDING_LENGTH))
+        head_dim = int(meta.get(Keys.Attention.KEY_LENGTH, n_embd // n_head))
+        config: dict[str, Any] = {
+            "architectures": [cls.hf_architecture()],
+            "model_type": cls.model_type,
+            "vocab_size": meta.tensor_shape("token_embd.weight")[0],
+            "hidden_size": n_embd,
+            "intermediate_size": int(meta.get(Keys.LLM.FEED_FORWARD_LENGTH)),
+            "num_hidden_layers": int(meta.get(Keys.LLM.BLOCK_COUNT)),
+            "num_attention_heads": n_head,
+            "num_key_value_heads": int(meta.get(Keys.Attention.HEAD_COUNT_KV, n_head)),
+            "head_dim": head_dim,
+            "max_position_embeddings": int(meta.get(Keys.LLM.CONTEXT_LENGTH)),
+            "rms_norm_eps": float(meta.get(Keys.Attention.LAYERNORM_RMS_EPS)),
+            "hidden_act": cls.hidden_act,
+            "tie_word_embeddings": not meta.has_tensor("output.weight"),
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(meta.get(Keys.Rope.FREQ_BASE, 10000.0))},
+        }
+        rotary = int(meta.get(Keys.Rope.DIMENSION_COUNT, head_dim))
+        if rotary != head_dim:
+            config["partial_rotary_factor"] = rotary / head_dim
+        config["rope_parameters"].update(cls.rope_scaling_from_gguf(meta))
+        return config
+
+    @classmethod
+    def rope_scaling_from_gguf(cls, meta) -> dict[str, Any]:
+        """The inverse of write_rope_scaling (llama3 scaling comes back from its tensor, see read_extra_tensors)."""
+        from gguf import Keys
+
+        kind = meta.get(Keys.Rope.SCALING_TYPE, "none")
+        if kind == "none":
+            return {}
+        factor = float(meta.get(Keys.Rope.SCALING_FACTOR, 1.0))
+        if kind == "linear":
+            return {"rope_type": "linear", "factor": factor}
+        if kind == "yarn":
+            return {"rope_type": "yarn", "factor": factor,
+                    "original_max_position_embeddings": int(meta.get(Keys.Rope.SCALING_ORIG_CTX_LEN))}
+        raise EdgeftError(f"{meta.path}: rope scaling {kind!r} cannot be imported as {cls.hf_architecture()}; "
+                          "supported: linear, yarn")
+
+    def hf_tensor_name(self, gguf_name: str) -> str | None:
+        """HF name for a GGUF tensor: the tensor map read backwards. None for a tensor that becomes config
+        (extra_tensors' output, e.g. rope_freqs); EdgeftError for one we do not know."""
+        match = _BLOCK.search(gguf_name)
+        key = _BLOCK.sub(".{bid}.", gguf_name, count=1) if match else gguf_name
+        inverse = {gguf: hf for hf, gguf in self.tensor_map.items()}
+        template = inverse.get(key)
+        if template is None:
+            if key in self.extra_tensor_names:
+                return None
+            raise EdgeftError(f"tensor {gguf_name}: not part of a {self.hf_architecture()} model as edgeft converts "
+                              "it; this GGUF cannot be imported")
+        return template.format(bid=match.group(1)) if match else template
+
+    extra_tensor_names: tuple[str, ...] = ()
+
+    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        """The inverse of transform_tensor: llama.cpp's layout back to the HF checkpoint's. Default: unchanged."""
+        return array
+
+    def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        """The inverse of extra_tensors: fold generated tensors back into self.config."""
+        if tensors:
+            raise EdgeftError(f"tensors {sorted(tensors)}: {type(self).__name__} does not generate these")

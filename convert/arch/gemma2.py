@@ -61,3 +61,29 @@ class Gemma2(Architecture):
 
     def transform_is_rowwise(self, hf_name: str) -> bool:
         return True  # +1 is elementwise
+
+    # ---- the way back (edgeft import) ----
+    model_type = "gemma2"
+    hidden_act = "gelu_pytorch_tanh"
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        config = super().config_from_gguf(meta)
+        config["hidden_activation"] = cls.hidden_act
+        config["tie_word_embeddings"] = True
+        n_embd, n_head = config["hidden_size"], config["num_attention_heads"]
+        # What llama.cpp scales queries by (see write_hparams): the only value a GGUF can mean.
+        config["query_pre_attn_scalar"] = n_embd // n_head if config["num_hidden_layers"] == 46 else config["head_dim"]
+        config["sliding_window"] = meta.get(Keys.Attention.SLIDING_WINDOW, None)
+        # HF's defaults are 50 and 30; a GGUF without the keys means no softcapping, so say so.
+        config["attn_logit_softcapping"] = meta.get(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, None)
+        config["final_logit_softcapping"] = meta.get(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, None)
+        return config
+
+    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        # Exact only to float32 rounding of (1 + w): the GGUF holds fl(1 + w), so w's low bits are gone for good.
+        if hf_name.endswith("norm.weight"):
+            return array - np.float32(1.0)
+        return array

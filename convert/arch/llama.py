@@ -23,6 +23,14 @@ def unpermute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
             .reshape(weight.shape))
 
 
+def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of unpermute_rotary: interleaved pairs -> HF rotate_half row order, per head."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(weight.shape))
+
+
 def llama3_rope_factors(rope: dict, theta: float, dim: int) -> np.ndarray:
     """Per-frequency divisors for Llama 3.1-style rope scaling (the `rope_freqs` tensor llama.cpp applies)."""
     factor = float(rope.get("factor", 8.0))
@@ -35,6 +43,42 @@ def llama3_rope_factors(rope: dict, theta: float, dim: int) -> np.ndarray:
     factors = np.where(wavelen < old_ctx / high, 1.0,
                        np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
     return factors.astype(np.float32)
+
+
+def llama3_rope_parameters(factors: np.ndarray, theta: float, dim: int) -> dict:
+    """The inverse of llama3_rope_factors: rope parameters that regenerate `factors` (checked by regenerating).
+
+    The factors fix only where the smooth ramp lies in wavelength (low/old and high/old), not the three numbers
+    apart, so we keep Llama 3.1's low=1 and high=4 and solve for the original context from the ramp's points;
+    with no point on the ramp any context between the two plateaus gives the same factors: we take the middle."""
+    factors = np.asarray(factors, dtype=np.float64)
+    factor = float(factors.max())
+    low, high = 1.0, 4.0
+    wavelen = 2 * math.pi * theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    ramp = (factors > 1.0 + 1e-6) & (factors < factor - 1e-6)
+    if ramp.any():
+        smooth = (1.0 / factors[ramp] - 1.0 / factor) / (1.0 - 1.0 / factor)
+        old_ctx = float(np.median(wavelen[ramp] * (smooth * (high - low) + low)))
+        if ramp.sum() >= 2 and np.ptp(wavelen[ramp] * (smooth * (high - low) + low)) > 1e-3 * old_ctx:
+            # Another low/high: smooth = old/(high-low) / wavelen - low/(high-low) is a line in 1/wavelen.
+            slope, intercept = np.polyfit(1.0 / wavelen[ramp], smooth, 1)
+            if intercept < 0:
+                high = low - 1.0 / intercept
+                old_ctx = slope * (high - low)
+    else:
+        # The ones end where wavelen < old/high, the full factors start where wavelen > old/low.
+        last_one = wavelen[factors <= 1.0 + 1e-6].max(initial=0.0)
+        first_full = wavelen[factors >= factor - 1e-6].min(initial=np.inf)
+        lo, hi = last_one * high, first_full * low
+        old_ctx = math.sqrt(lo * hi) if np.isfinite(hi) and lo > 0 else (hi / 2 if lo == 0 else lo * 2)
+    params = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+              "original_max_position_embeddings": int(round(old_ctx))}
+    again = llama3_rope_factors(params, theta, dim)
+    if again.shape != factors.shape or not np.allclose(again, factors, rtol=1e-5, atol=1e-6):
+        from edgeft.errors import EdgeftError
+
+        raise EdgeftError("tensor rope_freqs.weight: not Llama 3.1-style rope scaling factors; cannot be imported")
+    return params
 
 
 @register("LlamaForCausalLM")
@@ -64,3 +108,36 @@ class Llama(Architecture):
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.rope.get("rope_type", self.rope.get("type")) == "llama3":
             yield "rope_freqs.weight", llama3_rope_factors(self.rope, self.rope_theta, self.head_dim)
+
+    # ---- the way back (edgeft import) ----
+    model_type = "llama"
+    extra_tensor_names = ("rope_freqs.weight",)
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        config = super().config_from_gguf(meta)
+        config["attention_bias"] = _all_or_none(meta, ("attn_q", "attn_k", "attn_v", "attn_output"))
+        config["mlp_bias"] = _all_or_none(meta, ("ffn_gate", "ffn_up", "ffn_down"))
+        return config
+
+    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        heads = self._rotary_heads(hf_name)
+        return permute_rotary(array, heads) if heads else array
+
+    def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        factors = tensors.pop("rope_freqs.weight", None)
+        super().read_extra_tensors(tensors)
+        if factors is not None:
+            self.config["rope_parameters"].update(llama3_rope_parameters(factors, self.rope_theta, self.head_dim))
+            self.rope.update(self.config["rope_parameters"])
+
+
+def _all_or_none(meta, tensors: tuple[str, ...]) -> bool:
+    """HF Llama has one bias switch for attention and one for the MLP: a GGUF with only some of them has no HF form."""
+    present = [meta.has_tensor(f"blk.0.{name}.bias") for name in tensors]
+    if any(present) and not all(present):
+        from edgeft.errors import EdgeftError
+
+        raise EdgeftError(f"{meta.path}: biases on only some of {', '.join(tensors)}; LlamaForCausalLM cannot hold "
+                          "that, so this GGUF cannot be imported")
+    return all(present)

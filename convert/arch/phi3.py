@@ -66,3 +66,42 @@ class Phi3(Architecture):
                         f"{self.model_dir / 'config.json'}: rope_scaling has {factors.size} factors, expected "
                         f"{self.rotary_dims // 2}; the config is inconsistent")
                 yield name, factors
+
+    # ---- the way back (edgeft import) ----
+    model_type = "phi3"
+    extra_tensor_names = ("rope_factors_long.weight", "rope_factors_short.weight")
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        config = super().config_from_gguf(meta)
+        config["sliding_window"] = meta.get(Keys.Attention.SLIDING_WINDOW, None)
+        original = meta.get(Keys.Rope.SCALING_ORIG_CTX_LEN, None)
+        if original is not None:
+            config["original_max_position_embeddings"] = int(original)
+        return config
+
+    @classmethod
+    def rope_scaling_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        attn_factor = meta.get(Keys.Rope.SCALING_ATTN_FACTOR, None)
+        return {} if attn_factor is None else {"attention_factor": float(attn_factor)}
+
+    def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        long, short = tensors.pop("rope_factors_long.weight", None), tensors.pop("rope_factors_short.weight", None)
+        super().read_extra_tensors(tensors)
+        rope = self.config["rope_parameters"]
+        if long is None or short is None:
+            rope.pop("attention_factor", None)  # only LongRoPE carries one
+            return
+        original = self.config.get("original_max_position_embeddings")
+        if original is None:
+            raise EdgeftError("rope_factors_long.weight: LongRoPE factors without phi3.rope.scaling.original_context_length")
+        rope.update({"rope_type": "longrope", "original_max_position_embeddings": int(original),
+                     "long_factor": [float(x) for x in long], "short_factor": [float(x) for x in short]})
+        scale = int(self.config["max_position_embeddings"]) / int(original)
+        default = 1.0 if scale <= 1.0 else float(np.sqrt(1 + np.log(scale) / np.log(original)))
+        if abs(rope.get("attention_factor", default) - default) < 1e-6:
+            rope.pop("attention_factor", None)  # the rule write_rope_scaling applies gives it back

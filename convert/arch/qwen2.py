@@ -16,3 +16,4 @@ QWEN2_TENSORS = {
 class Qwen2(Architecture):
     gguf_arch = "qwen2"
     tensor_map = QWEN2_TENSORS
+    model_type = "qwen2"  # HF Qwen2 always has q/k/v biases, so nothing to read back beyond the shared keys

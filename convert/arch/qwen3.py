@@ -19,3 +19,10 @@ QWEN3_TENSORS = {
 class Qwen3(Architecture):
     gguf_arch = "qwen3"
     tensor_map = QWEN3_TENSORS
+    model_type = "qwen3"
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        config = super().config_from_gguf(meta)
+        config["attention_bias"] = meta.has_tensor("blk.0.attn_q.bias")
+        return config

@@ -143,6 +143,26 @@ class GGUFFile:
             return struct.unpack_from(SCALAR_FORMATS[value_type], self._map, pos)[0]
         return default
 
+    def array(self, key: str, default=None) -> list | None:
+        """Every element of an array key (token lists, merges, scores), decoded in bulk; numbers as a Python list."""
+        entry = self.kv.get(key)
+        if entry is None:
+            return default
+        if entry.value_type != ARRAY:
+            raise EdgeftError(f"{self.path}: metadata {key} is not an array; the file is damaged or not a model GGUF")
+        item_type, count = struct.unpack_from("<IQ", self._map, entry.value_start)
+        pos = entry.value_start + 12
+        if item_type in SCALAR_FORMATS:
+            dtype = np.dtype(SCALAR_FORMATS[item_type])
+            return np.frombuffer(self._map, dtype=dtype, count=count, offset=pos).tolist()
+        if item_type == STRING:
+            items = []
+            for _ in range(count):
+                text, pos = self._string(pos)
+                items.append(text)
+            return items
+        raise EdgeftError(f"{self.path}: metadata {key} is an array of arrays; not something a model GGUF holds")
+
     def kv_bytes(self, key: str) -> bytes:
         entry = self.kv[key]
         return self._map[entry.start : entry.end]

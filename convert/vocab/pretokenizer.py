@@ -74,3 +74,31 @@ def detect_pretokenizer(tokenizer_json: dict[str, Any], *, source: str, override
             f"{source}: pre-tokenizer not recognised ({shown}); llama.cpp would split text differently. "
             f"If you know the matching llama.cpp type, pass --pretokenizer NAME ({', '.join(KNOWN_NAMES[:4])}, ...)")
     return name
+
+
+# ---- the way back (edgeft import): a name -> the tokenizer.json definition that detect_pretokenizer maps to it ----
+
+# llama.cpp takes a pre-token that is itself in the vocabulary as one token, skipping the merges, for these names
+# (llama-vocab.cpp sets ignore_merges); tokenizer.json says the same with BPE's `ignore_merges`.
+IGNORE_MERGES = frozenset({"llama-bpe"})
+
+
+def _step_definition(signature: tuple) -> dict[str, Any]:
+    kind = signature[0]
+    if kind == "split":
+        return {"type": "Split", "pattern": {"Regex": signature[1]}, "behavior": "Isolated", "invert": False}
+    if kind == "bytelevel":
+        return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": signature[1]}
+    if kind == "digits":
+        return {"type": "Digits", "individual_digits": signature[1]}
+    raise ValueError(f"no definition for pre-tokenizer step {signature!r}")  # the table holds only the kinds above
+
+
+def pretokenizer_definition(name: str, *, source: str) -> dict[str, Any]:
+    """tokenizer.json `pre_tokenizer` for llama.cpp pre-tokenizer `name`: PRETOKENIZER_TABLE read backwards."""
+    signature = next((sig for sig, known in PRETOKENIZER_TABLE.items() if known == name), None)
+    if signature is None:
+        raise EdgeftError(f"{source}: pre-tokenizer {name!r} is not one edgeft can write as tokenizer.json; "
+                          f"importable: {', '.join(sorted(set(PRETOKENIZER_TABLE.values())))}")
+    steps = [_step_definition(step) for step in signature]
+    return steps[0] if len(steps) == 1 else {"type": "Sequence", "pretokenizers": steps}

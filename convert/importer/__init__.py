@@ -1,0 +1,163 @@
+"""GGUF -> Hugging Face folder (`edgeft import`): the converter run backwards, with the converter's own tables.
+
+    from convert.importer import import_gguf
+    import_gguf("model.Q4_K_M.gguf", "hf-model/", dtype="f32")
+
+Every tensor is dequantized by the gguf package (any type it reads), renamed by the architecture's tensor map read
+backwards, and put back into the HF layout by the inverse of the architecture's rewrite (llama's q/k rotary
+permutation, gemma2's norm +1); tensors the converter generates (rope frequency factors) go back into config.json.
+Everything is checked and planned before the first byte is written, and written into a temporary folder that is
+renamed when complete, so a refused or killed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from convert.arch import gguf_architecture
+from convert.importer.metadata import GGUFMetadata, model_card
+from convert.importer.safetensors_out import DTYPES, write_safetensors
+from convert.importer.tokenizer import read_vocab, tokenizer_files
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_dir
+
+__all__ = ["import_gguf"]
+
+TORCH_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+
+
+def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool) -> None:
+    if not gguf_path.is_file():
+        raise EdgeftError(f"{gguf_path}: no such GGUF file; check the path")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
+    if out_dir.exists() and not overwrite:
+        raise EdgeftError(f"{out_dir}: output folder already exists; pass --overwrite or choose another -o")
+
+
+def _generation_config(ids: dict[str, int]) -> dict:
+    # llama.cpp stops at any end-of-generation token: EOS and the end-of-turn marker when it is another token.
+    stops = [ids[role] for role in ("eos", "eot", "eom") if role in ids]
+    stops = list(dict.fromkeys(stops))
+    config = {"_from_model_config": False}
+    if "bos" in ids:
+        config["bos_token_id"] = ids["bos"]
+    if stops:
+        config["eos_token_id"] = stops[0] if len(stops) == 1 else stops
+    if "pad" in ids:
+        config["pad_token_id"] = ids["pad"]
+    return config
+
+
+def _sampling_defaults(meta: GGUFMetadata) -> dict:
+    import gguf
+
+    keys = gguf.Keys.General
+    found = {hf: meta.get(key, None) for hf, key in (("temperature", keys.SAMPLING_TEMP), ("top_k", keys.SAMPLING_TOP_K),
+                                                     ("top_p", keys.SAMPLING_TOP_P), ("min_p", keys.SAMPLING_MIN_P))}
+    found = {hf: value for hf, value in found.items() if value is not None}
+    return {"do_sample": True, **found} if found else {}
+
+
+def import_gguf(
+    gguf_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "f32",
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the HF folder for `gguf_path` at `out_dir` (safetensors in `dtype`: f32 or bf16) and return its path."""
+    from tqdm import tqdm
+
+    from convert.quant.gguf_file import GGUFFile
+
+    started = time.perf_counter()
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if dtype not in DTYPES:
+        raise EdgeftError(f"--dtype {dtype}: not supported; choose one of {', '.join(DTYPES)}")
+    _check_paths(gguf_path, out_dir, overwrite)
+    source = GGUFFile(gguf_path)
+    try:
+        meta = GGUFMetadata(source)
+        cls = gguf_architecture(meta.arch, str(gguf_path))
+        config = cls.config_from_gguf(meta)
+        vocab = read_vocab(meta)
+        if len(vocab.tokens) != config["vocab_size"]:
+            raise EdgeftError(f"{gguf_path}: {len(vocab.tokens)} tokens but token_embd.weight has "
+                              f"{config['vocab_size']} rows; the GGUF is inconsistent")
+        name = meta.get("general.name", None) or gguf_path.stem
+        config.update({
+            "bos_token_id": vocab.special_ids.get("bos"), "eos_token_id": vocab.special_ids.get("eos"),
+            "pad_token_id": vocab.special_ids.get("pad"), "dtype": TORCH_DTYPES[dtype], "use_cache": True,
+            # convert.metadata.model_name reads general.name back from here (a relative _name_or_path).
+            "_name_or_path": name.replace("/", "-"),
+        })
+        arch = cls(config, gguf_path)
+
+        planned, extras = [], {}
+        for tensor in source.tensors:
+            hf_name = arch.hf_tensor_name(tensor.name)
+            if hf_name is None:
+                extras[tensor.name] = meta.read_tensor(tensor.name)
+            else:
+                planned.append((tensor.name, hf_name))
+        if len({hf for _, hf in planned}) != len(planned):
+            raise EdgeftError(f"{gguf_path}: two tensors map to the same HF name; the GGUF is damaged")
+        arch.read_extra_tensors(extras)
+        for qtype in {t.qtype for t in source.tensors}:
+            _probe(meta, next(t for t in source.tensors if t.qtype == qtype))
+        tokenizer = tokenizer_files(vocab, model_name=name, context_length=config["max_position_embeddings"],
+                                    source=str(gguf_path))
+
+        def produce(gguf_name: str, hf_name: str):
+            def run():
+                values = meta.read_tensor(gguf_name)
+                try:
+                    values = arch.untransform_tensor(hf_name, values)
+                except ValueError as exc:
+                    raise EdgeftError(f"tensor {gguf_name}: shape {values.shape} does not fit the GGUF's "
+                                      f"hyper-parameters ({exc}); the GGUF is inconsistent") from None
+                source.release(meta.tensors[gguf_name])
+                bar.update(1)
+                return values
+            return run
+
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
+                tqdm(total=len(planned), unit="tensor", desc="import", disable=not progress, leave=False) as bar:
+            write_safetensors(tmp, [(hf, meta.tensor_shape(g), produce(g, hf)) for g, hf in planned], dtype=dtype)
+            (tmp / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
+            generation = {**_generation_config(tokenizer.special_ids), **_sampling_defaults(meta)}
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            for file_name, content in tokenizer.files.items():
+                path = tmp / file_name
+                path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(meta, source_name=gguf_path.name, dtype=dtype), encoding="utf-8")
+    finally:
+        source.close()
+    if log is not None:
+        for warning in tokenizer.warnings:
+            log(f"warning: {warning}")
+        log(f"wrote {out_dir}: {cls.hf_architecture()}, {len(planned)} tensors as {dtype}, {len(vocab.tokens)} tokens "
+            f"in {time.perf_counter() - started:.1f} s")
+    return out_dir
+
+
+def _probe(meta: GGUFMetadata, tensor) -> None:
+    """Dequantize the first rows of a big tensor, so an unreadable type is refused before anything is written."""
+    import gguf
+    import numpy as np
+
+    shape = meta.tensor_shape(tensor.name)
+    block, type_size = gguf.GGML_QUANT_SIZES[tensor.qtype]
+    row_bytes = shape[-1] // block * type_size
+    try:
+        gguf.quants.dequantize(np.asarray(meta.source.data(tensor)[:row_bytes]).reshape(1, -1), tensor.qtype)
+    except NotImplementedError as exc:
+        raise EdgeftError(f"tensor {tensor.name}: type {tensor.qtype.name} cannot be dequantized by the gguf "
+                          f"package ({exc}); requantize the GGUF to another type first") from None

@@ -1,0 +1,72 @@
+"""Streaming safetensors writer: the header is known from the shapes alone, so each tensor is produced, written and
+dropped in turn (peak memory: one tensor). float32 as is; bf16 rounded to nearest-even from float32 and stored as
+raw uint16 bits (numpy has no bf16), the inverse of convert.reader.bf16_to_float32. Shards past `max_shard_bytes`,
+with the model.safetensors.index.json transformers reads."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from convert.reader import INDEX_NAME
+
+DTYPES = {"f32": ("F32", 4), "bf16": ("BF16", 2)}
+MAX_SHARD_BYTES = 4 * 1024 ** 3
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), round to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+
+
+def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bf16":
+        return float32_to_bf16(values)
+    return np.ascontiguousarray(values, dtype="<f4")
+
+
+def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
+                      *, dtype: str = "f32", max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
+    """Write (name, shape, produce) tensors, in order, as model.safetensors or shards; return the files written."""
+    tag, itemsize = DTYPES[dtype]
+    tensors = list(tensors)
+    shards: list[list] = [[]]
+    size = 0
+    for entry in tensors:
+        nbytes = math.prod(entry[1]) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map, total = {}, 0
+    for file_name, shard in zip(names, shards):
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, shape, _ in shard:
+            nbytes = math.prod(shape) * itemsize
+            header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = file_name
+        total += offset
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
+        with open(out_dir / file_name, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for name, shape, produce in shard:
+                data = _encode(produce(), dtype)
+                if data.shape != tuple(shape):
+                    raise RuntimeError(f"{name}: produced shape {data.shape}, planned {tuple(shape)}")
+                f.write(memoryview(data).cast("B"))
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return [out_dir / name for name in names]

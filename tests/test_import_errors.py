@@ -1,0 +1,131 @@
+"""`edgeft import` on bad input: one line, a non-zero exit, and nothing (not even a temporary folder) left behind."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from tests.convert_helpers import converted
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["import", *map(str, args)])
+
+
+def _assert_refused(result, parent, *needles):
+    assert result.exit_code == 1, result.output
+    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not list(parent.iterdir()), f"left behind: {[p.name for p in parent.iterdir()]}"
+
+
+@pytest.fixture
+def parent(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def _tiny_gguf(path, arch: str, *, general_type: str = "model"):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type(general_type)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_architecture_we_cannot_import(tmp_path, parent):
+    source = _tiny_gguf(tmp_path / "mamba.gguf", "mamba")
+    _assert_refused(_run(source, "-o", parent / "hf"), parent, "'mamba' cannot be imported", "llama", "gemma2")
+
+
+def test_adapter_gguf(tmp_path, parent):
+    source = _tiny_gguf(tmp_path / "lora.gguf", "llama", general_type="adapter")
+    _assert_refused(_run(source, "-o", parent / "hf"), parent, "LoRA adapter")
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.001])
+def test_truncated_gguf(tmp_path, parent, keep):
+    source = tmp_path / "cut.gguf"
+    data = converted("qwen2", "f32").read_bytes()
+    source.write_bytes(data[: int(len(data) * keep)])
+    _assert_refused(_run(source, "-o", parent / "hf"), parent, "truncated GGUF")
+
+
+def test_not_a_gguf(tmp_path, parent):
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"\x00" * 4096)
+    _assert_refused(_run(source, "-o", parent / "hf"), parent, "not a GGUF")
+
+
+def test_missing_file(tmp_path, parent):
+    _assert_refused(_run(tmp_path / "absent.gguf", "-o", parent / "hf"), parent, "no such GGUF file")
+
+
+def test_pretokenizer_we_cannot_write(tmp_path, fixture_model, parent):
+    from convert import convert_model
+
+    source = convert_model(fixture_model("llama"), tmp_path / "starcoder.gguf", outtype="f32", pretokenizer="starcoder")
+    _assert_refused(_run(source, "-o", parent / "hf"), parent, "pre-tokenizer 'starcoder'", "smollm")
+
+
+@pytest.mark.parametrize("content", ["empty", "full"])
+def test_existing_output_folder(parent, content):
+    target = parent / "hf"
+    target.mkdir()
+    if content == "full":
+        (target / "keep.txt").write_text("mine")
+    result = _run(converted("qwen2", "f32"), "-o", target)
+    assert result.exit_code == 1 and "already exists" in result.output and "--overwrite" in result.output
+    assert [p.name for p in parent.iterdir()] == ["hf"]
+    assert [p.name for p in target.iterdir()] == (["keep.txt"] if content == "full" else [])
+
+
+def test_overwrite_replaces_the_folder(parent):
+    target = parent / "hf"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    result = _run(converted("qwen2", "f32"), "-o", target, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
+    assert [p.name for p in parent.iterdir()] == ["hf"]
+
+
+def test_failure_while_writing_leaves_nothing(parent, monkeypatch):
+    """A tensor that fails half-way through the safetensors file: no output folder, no temporary folder."""
+    from convert.importer.metadata import GGUFMetadata
+    from edgeft.errors import EdgeftError
+
+    real = GGUFMetadata.read_tensor
+    calls = []
+
+    def failing(self, name):
+        calls.append(name)
+        if len(calls) > 5:
+            raise EdgeftError(f"tensor {name}: simulated read failure")
+        return real(self, name)
+
+    monkeypatch.setattr(GGUFMetadata, "read_tensor", failing)
+    _assert_refused(_run(converted("llama", "f32"), "-o", parent / "hf"), parent, "simulated read failure")
+
+
+def test_cli_writes_a_folder(parent):
+    result = _run(converted("gemma2", "f32"), "-o", parent / "hf", "--dtype", "bf16")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (parent / "hf").iterdir())
+    assert names == ["README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                     "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+    assert "Gemma2ForCausalLM" in result.output
+    shutil.rmtree(parent / "hf")
