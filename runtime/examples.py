@@ -7,10 +7,10 @@ extras, can evaluate; the checks are the few an evaluation depends on, each repo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeft.data.io import iter_lines, lone_surrogate, parse_json_line
 from edgeft.errors import EdgeftError
 
 ROLES = {"system", "user", "assistant"}
@@ -35,23 +35,28 @@ def read_conversations(path: str | Path, *, option: str = "--data") -> list[tupl
     if not path.is_file():
         raise EdgeftError(f"{option} {path}: file not found; pass a JSONL file of {{\"messages\": [...]}} lines")
     conversations = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise EdgeftError(f"{where}: not valid JSON ({exc.args[0]}); one conversation per line") from exc
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise EdgeftError(f"{where}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
-            for turn, message in enumerate(messages):
-                if not isinstance(message, dict) or message.get("role") not in ROLES \
-                        or not isinstance(message.get("content"), str):
-                    raise EdgeftError(f"{where}: message {turn} needs a role in {sorted(ROLES)} and string content")
-            conversations.append((number, [{"role": m["role"], "content": m["content"]} for m in messages]))
+    # Lines are decoded and parsed as the data tools do (a bad byte or too-deep nesting is FILE:LINE, not a crash).
+    for number, line, problem in iter_lines(path):
+        where = f"{path}:{number}"
+        if problem is not None:
+            raise EdgeftError(f"{where}: {problem}")
+        if not line.strip():
+            continue
+        record, problem = parse_json_line(line)
+        if problem is not None:
+            raise EdgeftError(f"{where}: {problem.replace('invalid JSON', 'not valid JSON', 1)}; one conversation "
+                              "per line")
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise EdgeftError(f"{where}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
+        for turn, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES \
+                    or not isinstance(message.get("content"), str):
+                raise EdgeftError(f"{where}: message {turn} needs a role in {sorted(ROLES)} and string content")
+            if (surrogate := lone_surrogate(message["content"])) is not None:
+                raise EdgeftError(f"{where}: message {turn} holds a lone surrogate {surrogate}, which is not text; "
+                                  "fix or drop the example")
+        conversations.append((number, [{"role": m["role"], "content": m["content"]} for m in messages]))
     if not conversations:
         raise EdgeftError(f"{option} {path}: no conversations in the file")
     return conversations

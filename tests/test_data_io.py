@@ -52,8 +52,12 @@ def test_missing_and_non_utf8_files(tmp_path):
         read_conversations(tmp_path / "nope.jsonl")
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(EdgeftError, match="not UTF-8"):
-        scan_jsonl(bad)
+    # scan_jsonl never stops at a bad line: the undecodable line is a record with its place; the reader refuses it.
+    (record,) = scan_jsonl(bad)
+    assert record.line == 1 and record.problems == ["not UTF-8: byte 0xe9 at column 4 (byte 3 of the file); "
+                                                    "re-encode the file as UTF-8"]
+    with pytest.raises(EdgeftError, match=r"latin1.jsonl:1: not UTF-8: byte 0xe9 at column 4"):
+        read_conversations(bad)
 
 
 def test_template_for_model_folder(tmp_path):

@@ -47,6 +47,9 @@ def validate_messages(obj: Any) -> list[str]:
             problems.append(f"message {i} ({role}): content must be a string")
         elif not content.strip():
             problems.append(f"message {i} ({role}): empty content")
+        elif (surrogate := lone_surrogate(content)) is not None:
+            problems.append(f"message {i} ({role}): content holds a lone surrogate {surrogate}, which is not text "
+                            "(a UTF-16 escape cut in half); fix or drop the example")
     if problems:
         return problems
     roles = [m["role"] for m in messages]
@@ -73,34 +76,72 @@ def _order_problems(roles: list[str]) -> list[str]:
     return []
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+def lone_surrogate(text: str) -> str | None:
+    """JSON's \\ud800-style escapes can decode to half a UTF-16 pair: a str that no tokenizer or file takes."""
     try:
-        # utf-8-sig: a byte-order mark (Windows editors add one) must not make line 1 "invalid JSON".
-        with open(path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\n").rstrip("\r")
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x} at character {exc.start + 1}"
+    return None
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text without its newline, None) per line, or (number, None, why) for a line that is not
+    UTF-8, placed by line, column and byte offset in the file (decoding line by line, so the place is exact)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            offset = 0
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    column = len(raw[:exc.start].decode("utf-8", errors="replace")) + 1
+                    yield number, None, (f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {column} (byte "
+                                         f"{offset + exc.start} of the file); re-encode the file as UTF-8")
+                else:
+                    # A byte-order mark (Windows editors add one) must not make line 1 "invalid JSON".
+                    yield number, (text.removeprefix("\ufeff") if number == 1 else text).rstrip("\n").rstrip("\r"), None
+                offset += len(raw)
     except FileNotFoundError:
         raise EdgeftError(f"{path}: no such file; pass a JSONL file of conversations") from None
-    except UnicodeDecodeError as exc:
-        raise EdgeftError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it as UTF-8") from None
+    except IsADirectoryError:
+        raise EdgeftError(f"{path}: is a folder; pass a JSONL file of conversations") from None
     except OSError as exc:
         raise EdgeftError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+def parse_json_line(raw: str):
+    """json.loads for one line, with every way a line can fail as (None, why): bad JSON, nesting deeper than the
+    parser's recursion limit, an integer longer than Python converts."""
+    try:
+        return json.loads(raw), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "invalid JSON for us (nested too deeply to parse); flatten the line"
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits; the part after ";" is Python's advice
+        return None, f"invalid JSON for us ({str(exc).split(';')[0]})"
+
+
 def parse_line(number: int, raw: str) -> Record:
     """Parse and validate one JSONL line."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return Record(number, raw, None, [f"invalid JSON ({exc.msg} at column {exc.colno})"])
+    obj, problem = parse_json_line(raw)
+    if problem is not None:
+        return Record(number, raw, None, [problem])
     problems = validate_messages(obj)
     messages = obj["messages"] if not problems else None
     return Record(number, raw, messages, problems, obj if isinstance(obj, dict) else None)
 
 
 def scan_jsonl(path: str | Path) -> list[Record]:
-    """Every non-blank line of `path` as a Record; bad lines carry their problems instead of raising."""
-    return [parse_line(number, raw) for number, raw in _iter_lines(Path(path)) if raw.strip()]
+    """Every non-blank line of `path` as a Record; bad lines carry their problems instead of raising. A file with
+    no line at all is an error: "0 examples, 0 errors" would read as a pass."""
+    records = [parse_line(number, raw) if problem is None else Record(number, "", None, [problem])
+               for number, raw, problem in iter_lines(path) if problem is not None or raw.strip()]
+    if not records:
+        raise EdgeftError(f"{path}: empty, no conversations in it; expected one {{\"messages\": [...]}} per line")
+    return records
 
 
 def read_conversations(path: str | Path) -> list[dict]:
