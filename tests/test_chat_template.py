@@ -141,6 +141,22 @@ def test_merged_folder_carries_one_template(trained, llama_copy, tmp_path):
     assert _gguf_template(merged, tmp_path / "merged.gguf") == want
 
 
+
+def test_merge_rewrites_named_and_processor_templates(llama_copy):
+    """A base whose config holds named templates and a processor-style chat_template.json: the trained template
+    becomes the default everywhere, the other named ones stay."""
+    from edgeft.merge import _one_template
+
+    _set_config_template(llama_copy, [{"name": "tool_use", "template": TOOL_USE},
+                                      {"name": "default", "template": "{{ 'old' }}"}])
+    (llama_copy / "chat_template.json").write_text(json.dumps({"chat_template": "{{ 'old' }}"}))
+    _one_template(llama_copy, JINJA)
+    named = {e["name"]: e["template"] for e in _config(llama_copy)["chat_template"]}
+    assert named == {"tool_use": TOOL_USE, "default": JINJA}
+    assert json.loads((llama_copy / "chat_template.json").read_text())["chat_template"] == JINJA
+    (llama_copy / "chat_template.jinja").unlink()  # even without the .jinja file the config alone says it
+    assert chat_template_of(llama_copy) == _transformers_template(llama_copy) == JINJA
+
 def test_lora_gguf_carries_the_trained_template(llama_copy, tmp_path):
     pytest.importorskip("peft")
     from convert.lora import convert_lora, describe
