@@ -93,6 +93,15 @@ def test_existing_output_folder(parent, content):
     assert [p.name for p in target.iterdir()] == (["keep.txt"] if content == "full" else [])
 
 
+def test_overwrite_never_deletes_the_input(parent):
+    source = parent / "hf" / "model.gguf"
+    source.parent.mkdir()
+    source.write_bytes(converted("qwen2", "f32").read_bytes())
+    result = _run(source, "-o", parent / "hf", "--overwrite")
+    assert result.exit_code == 1 and "input GGUF" in result.output, result.output
+    assert source.exists() and [p.name for p in source.parent.iterdir()] == ["model.gguf"]
+
+
 def test_overwrite_replaces_the_folder(parent):
     target = parent / "hf"
     target.mkdir()

@@ -23,7 +23,7 @@ from convert.importer.metadata import GGUFMetadata, model_card
 from convert.importer.safetensors_out import DTYPES, write_safetensors
 from convert.importer.tokenizer import read_vocab, tokenizer_files
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir
+from edgeft.fsutil import atomic_dir, refuse_own_input
 
 __all__ = ["import_gguf"]
 
@@ -33,6 +33,7 @@ TORCH_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool) -> None:
     if not gguf_path.is_file():
         raise EdgeftError(f"{gguf_path}: no such GGUF file; check the path")
+    refuse_own_input(out_dir, {"input GGUF": gguf_path})  # --overwrite of the folder holding it would delete it
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
     if out_dir.exists() and not overwrite:
