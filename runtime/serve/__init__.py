@@ -54,6 +54,7 @@ def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None
     if not is_loopback(host) and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
+    _keep_malloc_threshold_fixed()
     engine = Engine(base, adapters or {}, base_name=base_name, n_ctx=n_ctx, threads=threads)
     try:
         app = build_app(engine, api_key=api_key, limits=limits)
@@ -65,6 +66,24 @@ def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None
             raise EdgeftError(f"could not serve on {host}:{port} (is the port in use?)")
     finally:
         engine.close()
+
+
+def _keep_malloc_threshold_fixed() -> None:
+    """Switching adapters makes llama.cpp re-reserve its compute buffers (a new graph), freeing and allocating a
+    few MiB each time. glibc raises its mmap threshold past the size of every large block freed, so from the second
+    switch on those buffers come from the heap and stay resident after free: measured +1-3 MiB per adapter used and
+    still growing after every round (tests/bench/bench_serve.py). Setting M_MMAP_THRESHOLD explicitly (128 KiB,
+    glibc's default) turns that adjustment off: large buffers are mmapped and go back to the OS when freed."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD from <malloc.h>
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
+        pass
 
 
 def _make_server(config, banner: str):
