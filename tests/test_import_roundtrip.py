@@ -132,6 +132,9 @@ def test_imported_tokenizer_encodes_like_llama_cpp(case, tmp_path_factory):
             wrong.append((text, reference[:12], got[:12]))
         elif theirs(text)["input_ids"] != got:
             original_disagrees.append(text)
+        # Decoding too, as the original folder decodes (skip_special_tokens aside: a GGUF's token types decide which
+        # tokens count as special, e.g. Phi-3's </s> is a control token there, Gemma's <start_of_turn> user-defined).
+        assert ours.decode(reference) == theirs.decode(reference), text
     llm.close()
     print(f"{case}: {len(strings)} strings, {len(strings) - len(wrong) - len(nfc_only)} == llama.cpp, "
           f"{len(nfc_only)} == llama.cpp after NFC, original HF folder differs from llama.cpp on "

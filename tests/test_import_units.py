@@ -144,3 +144,23 @@ def test_chat_template_renders_like_the_original(arch, tokenizer, tmp_path):
                     ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
                 continue
             assert ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt) == want
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0", "q4_k_m", "q6_k"])
+def test_quantized_gguf_imports_as_its_dequantized_values(outtype, tmp_path):
+    """Any type the gguf package reads: importing a quantized GGUF and converting the folder to F32 gives, tensor
+    for tensor, exactly gguf.quants.dequantize of the original bytes (the rotary permutation undone and redone)."""
+    from gguf import GGUFReader, quants
+
+    from convert import convert_model
+
+    source = converted("llama", outtype, aligned=True)
+    folder = import_gguf(source, tmp_path / "hf")
+    again = GGUFReader(convert_model(folder, tmp_path / "f32.gguf", outtype="f32"))
+    originals = {t.name: t for t in GGUFReader(source).tensors}
+    kinds = {originals[t.name].tensor_type.name for t in again.tensors}
+    assert len(kinds) > 1 or outtype in ("f16", "bf16")  # K-quant mixes keep some tensors in other types
+    for tensor in again.tensors:
+        original = originals[tensor.name]
+        want = quants.dequantize(original.data, original.tensor_type).reshape(tensor.data.shape)
+        assert np.array_equal(tensor.data, want.astype(np.float32)), f"{outtype}: {tensor.name}"

@@ -251,7 +251,10 @@ def tokenizer_files(vocab: Vocab, *, model_name: str, context_length: int, sourc
         "clean_up_tokenization_spaces": False,
         "model_max_length": context_length,
     }
-    out.files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     if vocab.chat_template:
+        # In both places, as `edgeft merge` writes it: transformers reads the file first, llama.cpp's converter the
+        # config first, so either agrees.
         out.files["chat_template.jinja"] = vocab.chat_template
+        config["chat_template"] = vocab.chat_template
+    out.files["tokenizer_config.json"] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     return out
