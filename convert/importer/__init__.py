@@ -120,18 +120,22 @@ def import_gguf(
             def run():
                 values = meta.read_tensor(gguf_name)
                 try:
-                    values = arch.untransform_tensor(hf_name, values)
+                    return arch.untransform_tensor(hf_name, values)
                 except ValueError as exc:
                     raise EdgeftError(f"tensor {gguf_name}: shape {values.shape} does not fit the GGUF's "
                                       f"hyper-parameters ({exc}); the GGUF is inconsistent") from None
-                source.release(meta.tensors[gguf_name])
-                bar.update(1)
-                return values
             return run
 
+        gguf_names = {hf: g for g, hf in planned}
         with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
                 tqdm(total=len(planned), unit="tensor", desc="import", disable=not progress, leave=False) as bar:
-            write_safetensors(tmp, [(hf, meta.tensor_shape(g), produce(g, hf)) for g, hf in planned], dtype=dtype)
+
+            def written(hf_name: str) -> None:
+                source.release(meta.tensors[gguf_names[hf_name]])  # resident memory stays near one tensor
+                bar.update(1)
+
+            write_safetensors(tmp, [(hf, meta.tensor_shape(g), produce(g, hf)) for g, hf in planned], dtype=dtype,
+                              on_written=written)
             (tmp / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
             generation = {**_generation_config(tokenizer.special_ids), **_sampling_defaults(meta)}
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -33,8 +33,10 @@ def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
-                      *, dtype: str = "f32", max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
-    """Write (name, shape, produce) tensors, in order, as model.safetensors or shards; return the files written."""
+                      *, dtype: str = "f32", max_shard_bytes: int = MAX_SHARD_BYTES,
+                      on_written: Callable[[str], None] = lambda name: None) -> list[Path]:
+    """Write (name, shape, produce) tensors, in order, as model.safetensors or shards; return the files written.
+    `on_written(name)` runs once each tensor's bytes are out (to release its source pages, advance a bar)."""
     tag, itemsize = DTYPES[dtype]
     tensors = list(tensors)
     shards: list[list] = [[]]
@@ -66,6 +68,8 @@ def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...
                 if data.shape != tuple(shape):
                     raise RuntimeError(f"{name}: produced shape {data.shape}, planned {tuple(shape)}")
                 f.write(memoryview(data).cast("B"))
+                del data
+                on_written(name)
     if len(names) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
