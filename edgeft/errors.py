@@ -46,3 +46,10 @@ def environment_error(exc: OSError, output: object = None) -> EdgeftError:
     what, todo = ENVIRONMENT_ERRORS.get(name) or (exc.strerror or str(exc), "check the path and the disk")
     where = exc.filename if exc.filename is not None else ""
     return EdgeftError(f"{where}: {what}; {todo}" if where else f"{what} ({exc.strerror or exc}); {todo}")
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A PyYAML error in one line, "line N, column M: what" (its own text spans several lines with a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

@@ -118,16 +118,58 @@ def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, 
     }
 
 
+def refuse_failed_gates(gates: list[dict], target: Path, *, report_dir: Path | None = None) -> None:
+    """EdgeftError naming every failed gate. An earlier release in `target` stays (it passed its own gates), and
+    the line says so: "nothing was published" must not read as "what is there is this model"."""
+    bad = failed_gates(gates)
+    if not bad:
+        return
+    where = f" (report kept in {report_dir})" if report_dir else ""
+    earlier = Path(target) / "manifest.json"
+    still = ""
+    if earlier.is_file():
+        import datetime
+
+        when = datetime.datetime.fromtimestamp(earlier.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        still = f"; {target} still holds an earlier release, published {when}, which is NOT this model"
+    raise EdgeftError("gate failed: " + "; ".join(g.get("text") or g["gate"] for g in bad) +
+                      f"{where}; nothing was published to {target}{still}")
+
+
+def check_release_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise EdgeftError(f"release name {name!r} is not a plain file name; use letters, digits, '.', '_' or '-'")
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise EdgeftError(f"{folder}: no manifest.json, so this is not a published release (or it was cut short); "
+                          "pass a folder made by `make release` / `edgeft release`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EdgeftError(f"{path}: damaged, not JSON ({exc}); do not ship this folder") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(isinstance(e, dict) and {"path", "size", "sha256"} <= set(e)
+                                              for e in files):
+        raise EdgeftError(f"{path}: has no valid file list (files: [{{path, size, sha256}}, ...]); do not ship "
+                          "this folder")
+    return manifest
+
+
 def verify_release(folder: Path) -> list[str]:
     """Problems found when re-hashing a published folder against its manifest ([] means it is intact)."""
     folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = _read_manifest(folder)
     problems = []
     listed = set()
     for entry in manifest["files"]:
-        path = folder / entry["path"]
+        path = folder / str(entry["path"])
         listed.add(entry["path"])
-        if not path.is_file():
+        if folder.resolve() not in path.resolve().parents:
+            problems.append(f"{entry['path']}: points outside the release folder")
+        elif not path.is_file():
             problems.append(f"{entry['path']}: missing")
         elif path.stat().st_size != entry["size"]:
             problems.append(f"{entry['path']}: size {path.stat().st_size} != {entry['size']}")
@@ -153,13 +195,8 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
     """Assemble release_root/NAME atomically; refuse (EdgeftError naming the gates) when any gate failed."""
     from edgeft.release_card import render_model_card, render_modelfile
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise EdgeftError(f"release name {name!r} is not a plain file name; use letters, digits, '.', '_' or '-'")
-    bad = failed_gates(gates)
-    if bad:
-        where = f" (report kept in {report_dir})" if report_dir else ""
-        raise EdgeftError("gate failed: " + "; ".join(g.get("text") or g["gate"] for g in bad) +
-                          f"{where}; nothing was published to {Path(release_root) / name}")
+    check_release_name(name)
+    refuse_failed_gates(gates, Path(release_root) / name, report_dir=report_dir)
     for path in [gguf, adapter, *data_files.values()]:
         if path is not None and not Path(path).is_file():
             raise EdgeftError(f"{path}: missing; run the stage that makes it (make release reruns it)")

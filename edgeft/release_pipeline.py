@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, yaml_problem
 from edgeft.fsutil import atomic_file
+from edgeft.release import check_release_name
 
 DEMO_DIR = Path(".cache/demo")
 DEMO_RECIPE = Path(__file__).parent / "demo" / "recipe.yaml"
@@ -71,16 +72,61 @@ def load_release_recipe(path: Path | None, demo: bool) -> dict:
     if path is None:
         return json.loads(json.dumps(GENERIC_RECIPE))
     try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise EdgeftError(f"{path}: cannot read the release recipe ({exc.strerror}); pass an existing YAML") from exc
-    except yaml.YAMLError as exc:
-        raise EdgeftError(f"{path}: release recipe is not valid YAML ({exc}); fix the file") from exc
-    unknown = set(recipe) - {"name", "quant", "train", "eval", "description"}
-    if not isinstance(recipe, dict) or unknown:
-        raise EdgeftError(f"{path}: unknown release recipe keys {sorted(unknown)}; use name, quant, description, "
-                          "train (edgeft train settings) and eval (metric, system, shots, max_tokens, gates)")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise EdgeftError(f"{path}: release recipe is not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    recipe = {} if recipe is None else recipe
+    if not isinstance(recipe, dict):
+        raise EdgeftError(f"{path}: the release recipe is a {type(recipe).__name__}, not a mapping; write it as "
+                          "keys (name:, quant:, train:, eval:), see edgeft/demo/recipe.yaml")
+    unknown = set(recipe) - set(RECIPE_KEYS)
+    if unknown:
+        raise EdgeftError(f"{path}: unknown release recipe keys {sorted(map(str, unknown))}; use name, quant, "
+                          "description, train (edgeft train settings) and eval (metric, system, shots, max_tokens, "
+                          "gates)")
+    check_release_recipe(recipe, str(path))
     return recipe
+
+
+RECIPE_KEYS = ("name", "quant", "train", "eval", "description")
+# What the eval and imatrix stages read from `eval:` (a key outside this list is a typo found before training).
+EVAL_KEYS = ("metric", "system", "shots", "max_tokens", "gates", "probe", "context", "context_k",
+             "requests_per_day", "imatrix_examples")
+
+
+def check_release_recipe(recipe: dict, source: str) -> None:
+    """Everything in a release recipe that can be checked without a model, checked before the first stage runs:
+    the train settings, the eval keys, the gate names and thresholds, the metric name, the quant and the name."""
+    from convert.quant import parse_file_type
+    from edgeft.recipe import resolve_recipe
+    from runtime.gates import resolve_gates
+    from runtime.metrics import split_metric_spec
+
+    for key in ("train", "eval"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], dict):
+            raise EdgeftError(f"{source}: {key}: must be a mapping of settings, not {recipe[key]!r}")
+    resolve_recipe(dict(recipe.get("train") or {}))
+    ev = recipe.get("eval") or {}
+    unknown = sorted(map(str, set(ev) - set(EVAL_KEYS)))
+    if unknown:
+        raise EdgeftError(f"{source}: eval: unknown keys {unknown}; known: {', '.join(EVAL_KEYS)}")
+    if ev.get("gates") is not None and not isinstance(ev["gates"], dict):
+        raise EdgeftError(f"{source}: eval.gates must be a mapping like {{min_gain: 5}}")
+    try:
+        resolve_gates(dict(ev.get("gates") or {}))
+        split_metric_spec(str(ev.get("metric", "exact")))
+    except EdgeftError as exc:
+        raise EdgeftError(f"{source}: eval: {exc}") from None
+    for key in ("shots", "max_tokens", "context_k", "imatrix_examples"):
+        if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool) or ev[key] < (key != "shots")):
+            raise EdgeftError(f"{source}: eval.{key}={ev[key]!r} must be a whole number"
+                              f"{' of at least 0' if key == 'shots' else ' of at least 1'}")
+    if recipe.get("quant") is not None:
+        parse_file_type(str(recipe["quant"]))
+    if recipe.get("name") is not None:
+        check_release_name(str(recipe["name"]))
 
 
 def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=None, recipe_path=None,
@@ -97,6 +143,10 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
     base = Path(base)
     name = name or recipe.get("name") or ("edgeft-demo" if demo else base.name)
     quant = (quant or recipe.get("quant") or "Q4_K_M").upper()
+    from convert.quant import parse_file_type
+
+    parse_file_type(quant)  # a typo in QUANT= is found now, not after training
+    check_release_name(name)
     return Settings(base=base, data=Path(data), eval=Path(eval_path), quant=quant, name=name,
                     out=Path(out) / name, release_root=Path(release_root), recipe=recipe,
                     recipe_path=Path(recipe_path) if recipe_path else None, demo=demo)
@@ -150,6 +200,12 @@ def stage_check(s: Settings) -> None:
     if report.errors:
         raise EdgeftError(f"data check found {len(report.errors)} error(s) in {s.data} / {s.eval}: "
                           f"{report.errors[0]}; fix the data (edgeft data check --fix)")
+    # Gold answers the eval's metric cannot score are found now, not after training and quantizing.
+    from runtime.examples import read_examples
+    from runtime.metrics import parse_metric, refuse_unscoreable
+
+    spec = _expand((s.recipe.get("eval") or {}).get("metric", "exact"), s)
+    refuse_unscoreable(parse_metric(spec), read_examples(s.eval), s.eval, spec)
     with atomic_file(s.path("check")) as tmp:
         tmp.write_text(json.dumps({"errors": report.errors, "warnings": report.warnings,
                                    "stats": report.stats}, indent=2, default=str))
@@ -267,10 +323,12 @@ def stage_bench(s: Settings) -> None:
 
 
 def stage_publish(s: Settings) -> None:
-    from edgeft.release import publish_release
+    from edgeft.release import publish_release, refuse_failed_gates
     from edgeft.release_metrics import metrics_from_outputs
 
     report = json.loads((s.path("eval") / "report.json").read_text())
+    # A failed gate is final: refuse before the chat-parity check and the rest spend minutes on it.
+    refuse_failed_gates(report.get("gates", []), s.release_root / s.name, report_dir=s.path("eval"))
     bench = json.loads(s.path("bench").read_text())
     metrics = metrics_from_outputs(report, bench, s.path("adapter"), quant=s.quant)
     metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference

@@ -18,21 +18,13 @@ from runtime import ladder
 from runtime.gates import GATES, check_gates, resolve_gates
 from runtime.generate import prompt_tokens, render_chat
 from runtime.load import check_gguf, open_gguf
-from runtime.metrics import Judge, parse_metric, unscoreable
+from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 
 
 def _check_settings(*, max_tokens: int, n_ctx: int, threads: int | None) -> None:
     for option, value, least in (("--max-tokens", max_tokens, 1), ("--ctx", n_ctx, 1), ("--threads", threads, 1)):
         if value is not None and value < least:
             raise EdgeftError(f"{option} {value}: must be at least {least}")
-
-
-def _refuse_unscoreable(data, examples, scorer, metric: str) -> None:
-    bad = unscoreable(scorer, examples)
-    if bad:
-        line, why = bad[0]
-        raise EdgeftError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored with "
-                          f"--metric {metric}: fix or remove them")
 
 
 def _refuse_prompts_that_do_not_fit(path: Path, prompts: list[list[dict]], lines: list[int], data, *, n_ctx: int,
@@ -116,7 +108,7 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     rungs = _ladder_rungs(examples, baseline, system=system, shots=shots, shots_from=shots_from, context=context,
                           context_k=context_k)
     scorer = parse_metric(metric, rubric_path=str(rubric) if rubric else None, threads=threads)
-    _refuse_unscoreable(data, examples, scorer, metric)
+    refuse_unscoreable(scorer, examples, data, metric)
     gates = resolve_gates(gates or {})
     if hf is not None:
         gates.setdefault("max_hf_mismatches", 0)  # --hf is asked for to be checked, not only to be read about

@@ -275,8 +275,18 @@ def unscoreable(metric, examples) -> list[tuple[int, str]]:
     return [(example.line, problem) for example in examples if (problem := metric.gold_problem(example.gold))]
 
 
-def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | None = None):
-    """`"sql-exec:db.sqlite"` -> a metric object; EdgeftError naming the known metrics otherwise."""
+def refuse_unscoreable(metric, examples, data, spec: str) -> None:
+    """EdgeftError at the first example `metric` cannot score, with how many there are (before any generation)."""
+    bad = unscoreable(metric, examples)
+    if bad:
+        line, why = bad[0]
+        raise EdgeftError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored with "
+                          f"--metric {spec}: fix or remove them")
+
+
+def split_metric_spec(spec: str) -> tuple[str, str]:
+    """`"sql-exec:db.sqlite"` -> ("sql-exec", "db.sqlite") without opening anything; EdgeftError naming the known
+    metrics otherwise (a release recipe is checked with this before training)."""
     name, _, argument = spec.partition(":")
     name = name.strip().lower()
     if name not in METRICS:
@@ -284,6 +294,12 @@ def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | No
         raise EdgeftError(f"--metric {spec}: unknown metric; choose one of {known}")
     if name in NEEDS_ARGUMENT and not argument:
         raise EdgeftError(f"--metric {spec}: needs an argument, e.g. {name}:{NEEDS_ARGUMENT[name]}")
+    return name, argument
+
+
+def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | None = None):
+    """`"sql-exec:db.sqlite"` -> a metric object; EdgeftError naming the known metrics otherwise."""
+    name, argument = split_metric_spec(spec)
     rubric = None
     if rubric_path:
         try:

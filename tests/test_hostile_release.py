@@ -1,0 +1,146 @@
+"""Issue 14, release: a recipe that is not a mapping, invalid YAML, a typo in a gate, a train setting or an eval key,
+an unknown quant and gold answers the metric cannot score are refused in one line before any stage runs; a failed
+gate says that an earlier release of the same name is still there and is not this model; `release verify` on a
+folder that is not a release is one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from tests.factory import build_model
+from tests.hostile import error_line, invoke, one_line_error, tree_state
+from tests.train_helpers import toy_data
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    train, evals = toy_data(tmp_path / "data")
+    return {"base": build_model("qwen2"), "train": train, "eval": evals, "out": tmp_path / "out",
+            "release": tmp_path / "release"}
+
+
+def _release(inputs, recipe_text: str | None, *stage):
+    args = ["release", "--base", inputs["base"], "--data", inputs["train"], "--eval", inputs["eval"],
+            "--out", inputs["out"], "--release-dir", inputs["release"], "--name", "hostile"]
+    if recipe_text is not None:
+        recipe = inputs["out"].parent / "recipe.yaml"
+        recipe.write_text(recipe_text)
+        args += ["--recipe", recipe]
+    return invoke(*args, *stage)
+
+
+def _nothing_ran(inputs):
+    return not inputs["out"].exists() and not inputs["release"].exists()
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("- name: x\n- quant: Q4_K_M\n", ["is a list, not a mapping"]),
+    ("just a sentence\n", ["is a str, not a mapping"]),
+    ("name: x\neval:\n  gates: {min_gain: 5\n", ["not valid YAML (line 4, column 1:"]),
+    ("name: x\n\tquant: Q8_0\n", ["not valid YAML (line 2"]),
+    ("nmae: x\n", ["unknown release recipe keys ['nmae']"]),
+    ("train: [r, 8]\n", ["train: must be a mapping"]),
+    ("train:\n  learning_rate: 0.001\n", ["unknown recipe setting 'learning_rate'"]),
+    ("train:\n  r: many\n", ["r='many' should be a int"]),
+    ("eval:\n  gates:\n    min_gian: 5\n", ["unknown gate 'min_gian'", "known gates: min_gain"]),
+    ("eval:\n  gates:\n    min_gain: lots\n", ["threshold 'lots' is not a number"]),
+    ("eval:\n  gates: [min_gain]\n", ["eval.gates must be a mapping"]),
+    ("eval:\n  metrc: exact\n", ["eval: unknown keys ['metrc']"]),
+    ("eval:\n  metric: exactly\n", ["unknown metric"]),
+    ("eval:\n  metric: sql-exec\n", ["needs an argument"]),
+    ("eval:\n  shots: -2\n", ["eval.shots=-2 must be a whole number of at least 0"]),
+    ("quant: Q4_K_X\n", ["unknown quant type 'Q4_K_X'"]),
+    ("name: ../elsewhere\n", ["is not a plain file name"]),
+])
+def test_bad_recipe_is_refused_before_any_stage(inputs, text, needles):
+    one_line_error(_release(inputs, text), *needles)
+    assert _nothing_ran(inputs)
+
+
+def test_bad_quant_on_the_command_line_is_refused_before_any_stage(inputs):
+    one_line_error(invoke("release", "--base", inputs["base"], "--data", inputs["train"], "--eval", inputs["eval"],
+                          "--out", inputs["out"], "--release-dir", inputs["release"], "--quant", "Q3_K_Z"),
+                   "unknown quant type")
+    assert _nothing_ran(inputs)
+
+
+def test_a_typo_in_a_gate_stops_every_make_stage(inputs):
+    """`make release` runs one stage per process; each one checks the recipe first, the first (settings) too."""
+    for stage in ("settings", "check", "train", "publish"):
+        one_line_error(_release(inputs, "eval:\n  gates:\n    max_kdl: 0.5\n", "stage", stage), "unknown gate")
+    assert _nothing_ran(inputs)
+
+
+def test_gold_the_metric_cannot_score_is_refused_before_training(inputs, tmp_path):
+    db = tmp_path / "shop.sqlite"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE boxes (colour TEXT)")
+    # The data check prints its report first; the refusal is the one error line.
+    error_line(_release(inputs, f"eval:\n  metric: sql-exec:{db}\n", "stage", "check"),
+                   "eval.jsonl:1:", "gold SQL fails", "4 of 4 eval examples cannot be scored")
+    assert not (inputs["out"] / "hostile" / "data-check.json").exists()
+
+
+def _publish_earlier_release(inputs, tmp_path):
+    from edgeft.release import publish_release
+
+    gguf = tmp_path / "earlier.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    return publish_release("hostile", inputs["release"], gguf=gguf, base_dir=inputs["base"], quant="Q4_K_M",
+                           recipe={}, data_files={"train": inputs["train"]}, metrics={}, gates=[])
+
+
+def test_failed_gate_says_an_earlier_release_is_still_there_and_not_this_model(inputs, tmp_path):
+    earlier = _publish_earlier_release(inputs, tmp_path)
+    before = tree_state(earlier)
+    report_dir = inputs["out"] / "hostile" / "eval"
+    report_dir.mkdir(parents=True)
+    (report_dir / "report.json").write_text(json.dumps({"gates": [
+        {"gate": "min_gain", "threshold": 5, "value": 1.0, "passed": False, "text": "min_gain: 1 (need >= 5) — FAIL"}]}))
+    line = one_line_error(_release(inputs, None, "stage", "publish"), "gate failed: min_gain",
+                          f"nothing was published to {earlier}", "still holds an earlier release, published",
+                          "which is NOT this model")
+    assert str(report_dir) in line
+    assert tree_state(earlier) == before
+
+
+def test_verify_a_folder_without_a_manifest(tmp_path):
+    folder = tmp_path / "not-a-release"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"GGUF")
+    one_line_error(invoke("release", "verify", folder), "no manifest.json", "not a published release")
+
+
+@pytest.mark.parametrize("manifest, needle", [
+    ("{not json", "damaged, not JSON"),
+    ('["files"]', "has no valid file list"),
+    ('{"files": [{"path": "a"}]}', "has no valid file list"),
+])
+def test_verify_a_damaged_manifest(tmp_path, manifest, needle):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(manifest)
+    one_line_error(invoke("release", "verify", folder), needle)
+
+
+def test_verify_refuses_paths_outside_the_release(inputs, tmp_path):
+    earlier = _publish_earlier_release(inputs, tmp_path)
+    manifest = json.loads((earlier / "manifest.json").read_text())
+    outside = tmp_path / "secret.txt"
+    outside.write_text("x")
+    manifest["files"].append({"path": "../../secret.txt", "size": 1, "sha256": "0" * 64})
+    (earlier / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("release", "verify", earlier)
+    assert result.exit_code == 1 and "../../secret.txt: points outside the release folder" in result.output
+
+
+def test_verify_a_copied_release_still_passes(inputs, tmp_path):
+    earlier = _publish_earlier_release(inputs, tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(earlier, copy)
+    result = invoke("release", "verify", copy)
+    assert result.exit_code == 0 and "every file matches" in result.output
