@@ -54,9 +54,11 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=ADAPTER.gguf",
+              help="Score LoRA adapter GGUFs over MODEL (the base, loaded once) instead; repeat for a fleet.")
 def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, shots_from, context, context_k,
                  requests_per_day, latency_samples, probe, choices, reference, hf, recipe, min_gain, require_earned,
-                 max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx, threads, limit, no_speed):
+                 max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx, threads, limit, no_speed, adapters):
     """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
 
     Generates greedily with the GGUF's own chat template and scores with --metric. The baseline climbs a ladder
@@ -70,7 +72,16 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
       edgeft eval out/model-Q4_K_M.gguf --data eval.jsonl -o out/eval \\
         --baseline base-Q4_K_M.gguf --system "Answer with SQL only." --shots 3 --shots-from train.jsonl \\
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
+      edgeft eval base.gguf --adapter sql=sql.gguf --adapter faq=faq.gguf --data eval.jsonl -o out/fleet
     """
+    if adapters:
+        return _fleet(model, adapters, data, out_dir, metric=metric, rubric=rubric, system=system,
+                      max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
+                      single_model_only={"--baseline": baseline, "--shots": shots or None, "--context": context,
+                                         "--probe": probe, "--choices": choices, "--reference": reference,
+                                         "--hf": hf, "--min-gain": min_gain, "--require-earned": require_earned or None,
+                                         "--max-ppl-ratio": max_ppl_ratio, "--max-kld": max_kld,
+                                         "--min-speed-ratio": min_speed_ratio})
     from runtime.evaluate import run_eval
     from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
 
@@ -107,3 +118,22 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
         click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs']['report.md']})",
                    err=True)
         sys.exit(GATE_FAILED_EXIT)
+
+
+def _fleet(model, adapters, data, out_dir, *, single_model_only: dict, **options) -> None:
+    """--adapter: every adapter and the base scored over one load of MODEL (runtime.fleet_eval)."""
+    from edgeft.commands.serve import parse_adapters
+    from edgeft.errors import EdgeftError
+    from runtime.fleet_eval import run_fleet_eval
+
+    given = [option for option, value in single_model_only.items() if value is not None]
+    if given:
+        raise EdgeftError(f"{', '.join(given)}: not with --adapter (the fleet eval scores adapters against the "
+                          "zero-shot base); run `edgeft eval` on one model for the ladder, probe and gates")
+    report = run_fleet_eval(model, parse_adapters(adapters), data, out_dir, **options)
+    for row in report["models"]:
+        diff = row["difference_vs_base"]
+        versus = "" if diff is None else f", vs base {diff['mean'] * 100:+.1f} [{diff['low'] * 100:+.1f}, " \
+                                         f"{diff['high'] * 100:+.1f}] points"
+        click.echo(f"{row['model']}: {report['metric']} {row['score']['mean'] * 100:.1f}%{versus}")
+    click.echo(f"report: {report['outputs']['report.md']}")

@@ -4,8 +4,9 @@ Target from issue 20: the resident memory of a server with 8 adapters loaded (ea
 the compute buffers are really in memory) ≤ the resident memory of the same server with the base alone + the
 adapters' file sizes × 1.5, and still after rounds of switching through all of them (glibc's malloc would let it
 creep up; see runtime/serve's _keep_malloc_threshold_fixed). Each server is a fresh child process on 127.0.0.1;
-RSS is read from /proc after one request per model and after 4 more rounds. Also reported: the latency of one short request when every request switches adapter vs when
-all go to the same one (the switch drops the KV cache, so the shared prompt prefix is evaluated again).
+RSS is read from /proc after one request per model and after 4 more rounds. Also reported: the latency of one
+short request when every request switches adapter vs when all go to the same one (the switch drops the KV cache,
+so the shared prompt prefix is evaluated again).
 """
 
 from __future__ import annotations
