@@ -12,13 +12,14 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from convert.arch import Architecture, load_architecture
+from convert.arch.base import Source
 from convert.gguf_out import BulkGGUFWriter, stream_tensor_data
 from convert.reader import iter_row_chunks, open_weights
 from convert.vocab import load_vocab, write_vocab
@@ -35,6 +36,8 @@ class PlannedTensor:
     shape: tuple[int, ...]
     hf_name: str | None = None  # None for tensors we generate
     generated: np.ndarray | None = None
+    # Several HF tensors stacked into this one, or a piece of one (MoE experts; see convert.arch.base.Source).
+    sources: list[Source] = field(default_factory=list)
     qtype: object = None
     nbytes: int = 0
 
@@ -50,18 +53,45 @@ def _order_key(name: str) -> tuple:
 def plan_tensors(arch: Architecture, reader) -> list[PlannedTensor]:
     planned: dict[str, PlannedTensor] = {}
     for hf_name in reader.names():
-        gguf_name = arch.gguf_tensor_name(hf_name)
-        if gguf_name is None:
-            continue
-        if gguf_name in planned:
-            raise EdgeftError(f"tensor {hf_name}: maps to {gguf_name}, which another tensor already filled")
-        planned[gguf_name] = PlannedTensor(gguf_name, tuple(reader.shape(hf_name)), hf_name=hf_name)
+        for gguf_name, source in arch.tensor_sources(hf_name):
+            tensor = planned.setdefault(gguf_name, PlannedTensor(gguf_name, (), hf_name=hf_name))
+            if tensor.sources and (source.stack is None or tensor.sources[0].stack is None):
+                raise EdgeftError(f"tensor {hf_name}: maps to {gguf_name}, which another tensor already filled")
+            tensor.sources.append(source)
+    for tensor in planned.values():
+        tensor.shape = _planned_shape(arch, reader, tensor)
     for gguf_name, array in arch.extra_tensors():
         planned[gguf_name] = PlannedTensor(gguf_name, tuple(array.shape), generated=array)
     if "token_embd.weight" not in planned:
         raise EdgeftError(f"{arch.model_dir}: no token embedding (model.embed_tokens.weight) in the weights; "
                           "the checkpoint is incomplete")
     return sorted(planned.values(), key=lambda t: _order_key(t.gguf_name))
+
+
+def _piece_shape(arch: Architecture, reader, source: Source) -> tuple[int, ...]:
+    shape = tuple(arch.gguf_shape(source.hf_name, tuple(reader.shape(source.hf_name))))
+    if source.parts == 1:
+        return shape
+    if len(shape) < 2 or shape[-2] % source.parts:
+        raise EdgeftError(f"tensor {source.hf_name}: shape {list(shape)} does not split into {source.parts} equal "
+                          "parts along its rows; the checkpoint does not match its config")
+    return (*shape[:-2], shape[-2] // source.parts, shape[-1])
+
+
+def _planned_shape(arch: Architecture, reader, tensor: PlannedTensor) -> tuple[int, ...]:
+    if tensor.sources[0].stack is None:
+        return _piece_shape(arch, reader, tensor.sources[0])
+    tensor.sources.sort(key=lambda source: source.stack)
+    positions = [source.stack for source in tensor.sources]
+    if positions != list(range(len(positions))):
+        missing = sorted(set(range(max(positions) + 1)) - set(positions))
+        raise EdgeftError(f"tensor {tensor.gguf_name}: slice {missing[0] if missing else positions} of its "
+                          f"{tensor.sources[0].hf_name} family is missing; the checkpoint is incomplete")
+    shapes = {_piece_shape(arch, reader, source) for source in tensor.sources}
+    if len(shapes) > 1:
+        raise EdgeftError(f"tensor {tensor.gguf_name}: its slices ({tensor.sources[0].hf_name}...) differ in shape "
+                          f"{sorted(shapes)}; they cannot be stacked")
+    return (len(positions), *shapes.pop())
 
 
 def encoded_nbytes(shape: tuple[int, ...], qtype) -> int:
@@ -83,12 +113,34 @@ def _chunk_jobs(tensor: PlannedTensor, arch: Architecture, reader, encode: Calla
     if tensor.generated is not None:
         yield lambda: encode(np.asarray(tensor.generated, dtype=np.float32))
         return
+    if len(tensor.sources) > 1 or tensor.sources[0].parts > 1:
+        for source in tensor.sources:
+            yield from _piece_jobs(source, arch, reader, encode)
+        return
     name = tensor.hf_name
-    if not arch.transform_is_rowwise(name) or len(tensor.shape) < 2:
+    shape = tuple(reader.shape(name))
+    if not arch.transform_is_rowwise(name) or len(shape) < 2:
         yield lambda: encode(arch.transform_tensor(name, reader.read(name)))
         return
-    for start, stop in iter_row_chunks(tensor.shape, CHUNK_ELEMENTS):
+    for start, stop in iter_row_chunks(shape, CHUNK_ELEMENTS):
         yield lambda start=start, stop=stop: encode(arch.transform_tensor(name, reader.read_rows(name, start, stop)))
+
+
+def _piece_jobs(source: Source, arch: Architecture, reader, encode):
+    """A stacked slice or a split piece, in GGUF byte order. A 3-D source (all experts fused) is read one expert at
+    a time, so memory stays at one expert's matrix."""
+    name, shape = source.hf_name, tuple(reader.shape(source.hf_name))
+
+    def piece(array: np.ndarray) -> np.ndarray:
+        array = arch.transform_tensor(name, array)
+        rows = array.shape[-2] // source.parts
+        return array[..., source.part * rows:(source.part + 1) * rows, :] if source.parts > 1 else array
+
+    if len(shape) >= 3:
+        for index in range(shape[0]):
+            yield lambda index=index: encode(piece(reader.read_rows(name, index, index + 1)))
+    else:
+        yield lambda: encode(piece(reader.read(name)))
 
 
 def convert_model(

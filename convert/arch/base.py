@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,6 +49,22 @@ LLAMA_FAMILY_BIASES: dict[str, str] = {
 IGNORED_TENSORS = re.compile(r"(^|\.)rotary_emb\.inv_freq$|(^|\.)masked_bias$|(^|\.)attn\.bias$")
 
 _BLOCK = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a GGUF tensor's data comes from, for the tables' two many-to-one / one-to-many forms:
+
+    - a tensor-map key with `{xid}` (e.g. `...experts.{xid}.gate_proj.weight`): every HF tensor of that form is one
+      slice of a GGUF tensor stacked along a new leading axis, at position `stack` (per-expert MoE checkpoints);
+    - a tensor-map value that is a tuple of GGUF names: the HF tensor is cut into that many equal pieces along its
+      second-to-last axis and piece `part` goes to the `part`-th name (fused `gate_up_proj` -> gate and up).
+    """
+
+    hf_name: str
+    stack: int | None = None
+    part: int = 0
+    parts: int = 1
 
 
 def register(*hf_class_names: str) -> Callable[[type["Architecture"]], type["Architecture"]]:
@@ -167,18 +184,39 @@ class Architecture:
     # ---- tensors --------------------------------------------------------------------------------------------
     def gguf_tensor_name(self, hf_name: str) -> str | None:
         """GGUF name for an HF tensor; None when the tensor is not written (e.g. a tied lm_head)."""
+        targets = self.tensor_sources(hf_name)
+        if not targets:
+            return None
+        if len(targets) > 1:
+            raise EdgeftError(f"tensor {hf_name}: is split into {', '.join(name for name, _ in targets)}, so it has "
+                              "no single GGUF tensor")
+        return targets[0][0]
+
+    def tensor_sources(self, hf_name: str) -> list[tuple[str, Source]]:
+        """(GGUF name, Source) for every GGUF tensor this HF tensor fills; [] when it is not written."""
         if hf_name == "lm_head.weight" and self.tied_embeddings:
-            return None
+            return []
         if IGNORED_TENSORS.search(hf_name):
-            return None
-        match = _BLOCK.search(hf_name)
-        key = _BLOCK.sub(".{bid}.", hf_name, count=1) if match else hf_name
+            return []
+        numbers = _BLOCK.findall(hf_name)
+        key = _BLOCK.sub(".{bid}.", hf_name, count=1) if numbers else hf_name
+        stack = None
+        if key not in self.tensor_map and len(numbers) > 1:  # the second index of `layers.N.experts.M.`
+            key, stack = _BLOCK.sub(".{xid}.", key, count=1), int(numbers[1])
         template = self.tensor_map.get(key)
         if template is None:
             raise EdgeftError(
                 f"tensor {hf_name}: not expected in a {type(self).__name__} checkpoint; "
                 "is config.json's architecture right for these weights?")
-        return template.format(bid=match.group(1)) if match else template
+        fields = {"bid": numbers[0]} if numbers else {}
+        if isinstance(template, tuple):
+            return [(name.format(**fields), Source(hf_name, stack, part, len(template)))
+                    for part, name in enumerate(template)]
+        return [(template.format(**fields), Source(hf_name, stack))]
+
+    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the tensor transform_tensor returns for an HF tensor of `shape`. Default: unchanged."""
+        return shape
 
     def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
         """Per-tensor rewrite into llama.cpp's layout. Default: unchanged."""
@@ -254,7 +292,8 @@ class Architecture:
         (extra_tensors' output, e.g. rope_freqs); EdgeftError for one we do not know."""
         match = _BLOCK.search(gguf_name)
         key = _BLOCK.sub(".{bid}.", gguf_name, count=1) if match else gguf_name
-        inverse = {gguf: hf for hf, gguf in self.tensor_map.items()}
+        # Stacked and split tensors (MoE experts) have no one-to-one inverse: `edgeft import` refuses them below.
+        inverse = {gguf: hf for hf, gguf in self.tensor_map.items() if isinstance(gguf, str) and "{xid}" not in hf}
         template = inverse.get(key)
         if template is None:
             if key in self.extra_tensor_names:

@@ -1,0 +1,96 @@
+"""LFM2: GGUF arch `lfm2`. A hybrid of gated short-convolution layers and GQA attention layers, by `layer_types`.
+
+Facts from llama.cpp (conversion/lfm2.py, src/models/lfm2.cpp): a layer is a convolution layer exactly when its
+head_count_kv is 0, so head_count_kv is written per layer (the attention value, or 0 for "conv"); the depthwise
+Conv1d weight (hidden, 1, L) is stored squeezed to (hidden, L) because ggml_ssm_conv takes a 2-D kernel; the kernel
+length goes in shortconv.l_cache. The final norm is HF's `embedding_norm` (applied after the last layer), which
+llama.cpp names token_embd_norm. llama.cpp's graph has no conv or projection biases, so `conv_bias` is refused.
+The MLP width is HF's own rule (block_auto_adjust_ff_dim), computed as transformers builds the layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convert.arch.base import Architecture, register
+from edgeft.errors import EdgeftError
+
+LFM2_TENSORS = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.embedding_norm.weight": "token_embd_norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{bid}.operator_norm.weight": "blk.{bid}.attn_norm.weight",
+    "model.layers.{bid}.ffn_norm.weight": "blk.{bid}.ffn_norm.weight",
+    "model.layers.{bid}.feed_forward.w1.weight": "blk.{bid}.ffn_gate.weight",
+    "model.layers.{bid}.feed_forward.w3.weight": "blk.{bid}.ffn_up.weight",
+    "model.layers.{bid}.feed_forward.w2.weight": "blk.{bid}.ffn_down.weight",
+    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
+    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
+    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
+    "model.layers.{bid}.self_attn.out_proj.weight": "blk.{bid}.attn_output.weight",
+    "model.layers.{bid}.self_attn.q_layernorm.weight": "blk.{bid}.attn_q_norm.weight",
+    "model.layers.{bid}.self_attn.k_layernorm.weight": "blk.{bid}.attn_k_norm.weight",
+    "model.layers.{bid}.conv.conv.weight": "blk.{bid}.shortconv.conv.weight",
+    "model.layers.{bid}.conv.in_proj.weight": "blk.{bid}.shortconv.in_proj.weight",
+    "model.layers.{bid}.conv.out_proj.weight": "blk.{bid}.shortconv.out_proj.weight",
+}
+LAYER_KINDS = ("conv", "full_attention")
+
+
+@register("Lfm2ForCausalLM")
+class Lfm2(Architecture):
+    gguf_arch = "lfm2"
+    tensor_map = LFM2_TENSORS
+    model_type = "lfm2"
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", self.config.get("tie_embedding", True)))
+
+    @property
+    def layer_types(self) -> list[str]:
+        kinds = list(self.get("layer_types"))
+        odd = next((kind for kind in kinds if kind not in LAYER_KINDS), None)
+        if odd is not None or len(kinds) != self.n_layer:
+            raise EdgeftError(f"{self.model_dir / 'config.json'}: layer_types must list {self.n_layer} entries of "
+                              f"{' / '.join(LAYER_KINDS)}{f', not {odd!r}' if odd else ''}")
+        return kinds
+
+    @property
+    def feed_forward_length(self) -> int:
+        """transformers' Lfm2MLP: 2/3 of block_ff_dim, times the multiplier rounded up to block_multiple_of."""
+        width = int(self.get("intermediate_size", "block_ff_dim"))
+        if self.config.get("block_auto_adjust_ff_dim", True):
+            width = int(2 * width / 3)
+            multiplier = self.config.get("block_ffn_dim_multiplier", 1.0)
+            if multiplier is not None:
+                multiple = int(self.config.get("block_multiple_of", 256))
+                width = multiple * ((int(multiplier * width) + multiple - 1) // multiple)
+        return width
+
+    def write_hparams(self, writer) -> None:
+        if self.config.get("conv_bias"):
+            raise EdgeftError(f"{self.model_dir / 'config.json'}: conv_bias=true is not supported: llama.cpp's lfm2 "
+                              "graph has no convolution or projection biases")
+        writer.add_context_length(int(self.get("max_position_embeddings")))
+        writer.add_embedding_length(self.n_embd)
+        writer.add_block_count(self.n_layer)
+        writer.add_feed_forward_length(self.feed_forward_length)
+        writer.add_head_count(self.n_head)
+        writer.add_head_count_kv([0 if kind == "conv" else self.n_head_kv for kind in self.layer_types])
+        writer.add_layer_norm_rms_eps(float(self.get("norm_eps", "rms_norm_eps")))
+        writer.add_rope_freq_base(self.rope_theta)
+        writer.add_vocab_size(int(self.get("vocab_size")))
+        writer.add_shortconv_l_cache(int(self.get("conv_L_cache")))
+        self.write_rope_scaling(writer)
+
+    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
+
+    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        if hf_name.endswith("conv.conv.weight"):
+            return array.reshape(array.shape[0], array.shape[-1])  # (hidden, 1, L) -> (hidden, L)
+        return array
+
+    def transform_is_rowwise(self, hf_name: str) -> bool:
+        return True  # the squeeze keeps rows whole

@@ -1,0 +1,35 @@
+"""Mixtral: GGUF arch `llama` with experts (llama.cpp's llama graph switches to its MoE branch when expert_count > 0).
+
+Attention is Llama's (q/k rows permuted for llama.cpp's rotary). transformers 5's `save_pretrained()` writes the
+original per-expert `block_sparse_moe.experts.N.w{1,2,3}.weight` (w1 gate, w3 up, w2 down) and
+`block_sparse_moe.gate.weight`; with `save_original_format=False` it writes its in-memory layout: `mlp.gate.weight`,
+fused 3-D `mlp.experts.gate_up_proj` (experts, 2*ff, hidden; gate rows first) and `mlp.experts.down_proj`.
+The experts' ff width is `intermediate_size` (llama.cpp reads feed_forward_length for ffn_*_exps).
+"""
+
+from __future__ import annotations
+
+from convert.arch.base import LLAMA_FAMILY_TENSORS, register
+from convert.arch.llama import Llama
+from convert.arch.moe import check_moe_config, write_expert_counts
+
+EXPERTS = {
+    "model.layers.{bid}.block_sparse_moe.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w1.weight": "blk.{bid}.ffn_gate_exps.weight",
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w3.weight": "blk.{bid}.ffn_up_exps.weight",
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w2.weight": "blk.{bid}.ffn_down_exps.weight",
+    "model.layers.{bid}.mlp.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
+    "model.layers.{bid}.mlp.experts.gate_up_proj": ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
+    "model.layers.{bid}.mlp.experts.down_proj": "blk.{bid}.ffn_down_exps.weight",
+}
+MIXTRAL_TENSORS = {**{hf: gguf for hf, gguf in LLAMA_FAMILY_TENSORS.items() if ".mlp." not in hf}, **EXPERTS}
+
+
+@register("MixtralForCausalLM")
+class Mixtral(Llama):
+    tensor_map = MIXTRAL_TENSORS
+
+    def write_hparams(self, writer) -> None:
+        check_moe_config(self.config, self.model_dir / "config.json", fields_off={})
+        super().write_hparams(writer)
+        write_expert_counts(writer, int(self.get("num_local_experts", "num_experts")), int(self.get("num_experts_per_tok")))

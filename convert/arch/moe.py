@@ -1,0 +1,38 @@
+"""What the MoE families share: expert hyper-parameters and the refusal of variants llama.cpp's graphs do not run.
+
+Facts from llama.cpp (src/models/qwen3moe.cpp, llama.cpp; conversion/base.py `set_gguf_parameters`): the GGUF says
+`expert_count` and `expert_used_count`; qwen3moe and llama's MoE branch call build_moe_ffn with a softmax over all
+experts, top-k, and the k weights always renormalised to sum 1 (its `norm_w = true`). transformers computes the same
+softmax -> top-k -> renormalise in float32 (Mixtral always, Qwen3-MoE when `norm_topk_prob`); on an exact tie
+torch.topk and ggml's argsort may pick different experts, which random float32 weights never produce.
+"""
+
+from __future__ import annotations
+
+from edgeft.errors import EdgeftError
+
+# Config fields of MoE variants we do not map (llama.cpp runs them as other archs, e.g. qwen2moe / deepseek2 /
+# granitemoeshared, or not at all). A value that is set and not "off" is refused, naming the field.
+UNMAPPED_MOE_FIELDS = ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts",
+                       "shared_intermediate_size", "moe_shared_expert_intermediate_size", "first_k_dense_replace",
+                       "n_group", "topk_group", "routed_scaling_factor")
+
+
+def check_moe_config(config: dict, config_path, *, fields_off: dict) -> None:
+    """One line naming the first field that asks for a variant llama.cpp's graph would run differently."""
+    for field in UNMAPPED_MOE_FIELDS:
+        if config.get(field) not in (None, 0, 0.0, 1.0, False, []):
+            raise EdgeftError(f"{config_path}: {field}={config[field]!r} asks for a MoE variant (shared experts, expert "
+                              "groups, leading dense layers) that edgeft does not convert; only plain top-k routed "
+                              "experts are supported")
+    for field, (wanted, why) in fields_off.items():
+        value = config.get(field, wanted)
+        if value != wanted and value is not None:
+            raise EdgeftError(f"{config_path}: {field}={value!r} is not supported: {why}")
+
+
+def write_expert_counts(writer, n_expert: int, n_expert_used: int) -> None:
+    if not 0 < n_expert_used <= n_expert:
+        raise EdgeftError(f"num_experts_per_tok={n_expert_used} must be between 1 and the expert count {n_expert}")
+    writer.add_expert_count(n_expert)
+    writer.add_expert_used_count(n_expert_used)

@@ -1,0 +1,44 @@
+"""Qwen3-MoE: GGUF arch `qwen3moe`. Qwen3's attention (q/k norms, NeoX rotary) with every MLP a routed MoE block.
+
+transformers 5 writes the experts two ways and both are read: `save_pretrained()` reverts to the original
+per-expert tensors (`mlp.experts.N.{gate,up,down}_proj.weight`, 2-D each), `save_original_format=False` keeps the
+in-memory fused 3-D `mlp.experts.gate_up_proj` (experts, 2*ff, hidden; gate rows first) and `mlp.experts.down_proj`.
+llama.cpp wants ffn_{gate,up,down}_exps stacked (experts, rows, cols) and the router as ffn_gate_inp (experts, hidden).
+llama.cpp's qwen3moe always renormalises the top-k weights and has no dense layers (see moe.py).
+"""
+
+from __future__ import annotations
+
+from convert.arch.base import Architecture, register
+from convert.arch.moe import check_moe_config, write_expert_counts
+from convert.arch.qwen3 import QWEN3_TENSORS
+
+EXPERTS = {
+    "model.layers.{bid}.mlp.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
+    # per-expert layout: stacked along a new leading axis by expert index
+    "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight": "blk.{bid}.ffn_gate_exps.weight",
+    "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight": "blk.{bid}.ffn_up_exps.weight",
+    "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight": "blk.{bid}.ffn_down_exps.weight",
+    # fused layout: gate_up split in half along its rows
+    "model.layers.{bid}.mlp.experts.gate_up_proj": ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
+    "model.layers.{bid}.mlp.experts.down_proj": "blk.{bid}.ffn_down_exps.weight",
+}
+QWEN3MOE_TENSORS = {**{hf: gguf for hf, gguf in QWEN3_TENSORS.items() if ".mlp." not in hf}, **EXPERTS}
+
+
+@register("Qwen3MoeForCausalLM")
+class Qwen3Moe(Architecture):
+    gguf_arch = "qwen3moe"
+    tensor_map = QWEN3MOE_TENSORS
+    model_type = "qwen3_moe"
+
+    def write_hparams(self, writer) -> None:
+        check_moe_config(self.config, self.model_dir / "config.json", fields_off={
+            "norm_topk_prob": (True, "llama.cpp's qwen3moe always renormalises the top-k expert weights"),
+            "mlp_only_layers": ([], "llama.cpp's qwen3moe has no dense MLP layers"),
+            "decoder_sparse_step": (1, "llama.cpp's qwen3moe has an MoE block in every layer"),
+            "use_sliding_window": (False, "llama.cpp's qwen3moe attends over the whole context"),
+        })
+        super().write_hparams(writer)
+        write_expert_counts(writer, int(self.get("num_experts", "num_local_experts")), int(self.get("num_experts_per_tok")))
+        writer.add_expert_feed_forward_length(int(self.get("moe_intermediate_size")))
