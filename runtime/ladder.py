@@ -166,7 +166,10 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
         rendered = None if golds is None else [
             render_chat(llm, list(p) + [{"role": "assistant", "content": g}], add_generation_prompt=False, path=where)
             for p, g in zip(runs[0].prompts, golds)]
-        decoder = ParallelDecoder(llm, n_seq=len(runs), n_ctx=n_ctx)
+        # Each sequence gets what its longest prompt and answer need, not all of --ctx: n_seq x 4096 cells of a 7B
+        # model's KV cache would be 8 GB.
+        longest = max((len(t) for run_tokens in tokens for t in run_tokens), default=0)
+        decoder = ParallelDecoder(llm, n_seq=len(runs), n_ctx=min(n_ctx, longest + max_tokens + 1))
         n = len(runs[0].prompts)
         for run in runs:
             run.answers, run.prompt_tokens = [""] * n, [0] * n
