@@ -8,13 +8,13 @@ import math
 import os
 import resource
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from edgeft import checkpoint as ckpt
 from edgeft.distributed import World
 from edgeft.errors import EdgeftError
+from edgeft.fsutil import make_temp
 from edgeft.recipe import Recipe
 from edgeft.traindata import collate, label_count, plan_epoch
 
@@ -252,7 +252,7 @@ class TrainRun:
     def _write_adapter(self) -> None:
         """Adapter files are renamed into OUT_DIR one by one, adapter_config.json last: peft (and our merge) only
         sees an adapter once every file it names is complete."""
-        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=".tmp", dir=self.out_dir))
+        tmp = make_temp(self.out_dir / "adapter", directory=True)  # also clears one a killed run left
         try:
             # Resized vocabularies travel as trainable-token rows inside the adapter, not as whole embeddings.
             self.model.save_pretrained(str(tmp), save_embedding_layers=False)

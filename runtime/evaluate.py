@@ -17,7 +17,7 @@ from runtime import examples as examples_mod
 from runtime import ladder
 from runtime.gates import GATES, check_gates, resolve_gates
 from runtime.generate import prompt_tokens, render_chat
-from runtime.load import check_gguf, open_gguf
+from runtime.load import check_context, check_gguf, open_gguf
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 
 
@@ -103,6 +103,9 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     _check_settings(max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)
     model, out_dir = check_gguf(model), Path(out_dir)
     baseline = check_gguf(baseline) if baseline else None
+    for path in (model, baseline):
+        if path is not None:
+            check_context(path, n_ctx)  # an --ctx the machine cannot hold is one line, not the OOM killer
     reference = check_gguf(reference) if reference else None
     examples = examples_mod.read_examples(data, limit=limit)
     rungs = _ladder_rungs(examples, baseline, system=system, shots=shots, shots_from=shots_from, context=context,

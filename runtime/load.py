@@ -59,6 +59,45 @@ def tensor_type_differences(model: str | os.PathLike, base: str | os.PathLike, *
             and set(base_types) <= set(model_types)}
 
 
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def kv_cache_bytes(path: str | os.PathLike, n_ctx: int) -> int:
+    """What llama.cpp allocates for an F16 KV cache of n_ctx tokens: n_ctx x layers x (K + V width) x 2 bytes."""
+    gguf_file = GGUFFile(path)
+    try:
+        arch = gguf_file.value("general.architecture")
+        layers = int(gguf_file.value(f"{arch}.block_count", 0) or 0)
+        width = int(gguf_file.value(f"{arch}.embedding_length", 0) or 0)
+        heads = int(gguf_file.value(f"{arch}.attention.head_count", 0) or 0)
+        kv_heads = int(gguf_file.value(f"{arch}.attention.head_count_kv", heads) or heads)
+        head_dim = width // heads if heads else 0
+        key = int(gguf_file.value(f"{arch}.attention.key_length", head_dim) or head_dim)
+        value = int(gguf_file.value(f"{arch}.attention.value_length", head_dim) or head_dim)
+    finally:
+        gguf_file.close()
+    return n_ctx * layers * kv_heads * (key + value) * 2
+
+
+def check_context(path: Path, n_ctx: int) -> None:
+    """A context llama.cpp cannot allocate is one line now, not the machine swapping until the OOM killer ends
+    the process without a word (a --ctx of a few million tokens does that)."""
+    if n_ctx < 1:
+        raise EdgeftError(f"--ctx {n_ctx}: must be at least 1")
+    needed, available = kv_cache_bytes(path, n_ctx), _available_memory()
+    if available is not None and needed > available:
+        raise EdgeftError(f"--ctx {n_ctx}: {path.name}'s KV cache for that context needs {needed / 2**30:.1f} GiB, "
+                          f"more than the {available / 2**30:.1f} GiB of memory available; lower --ctx")
+
+
 def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = False, threads: int | None = None,
               lora_path: str | os.PathLike | None = None, vocab_only: bool = False, **kwargs: Any):
     """Load a GGUF with llama-cpp-python after checking it; returns a `llama_cpp.Llama`.
@@ -73,6 +112,7 @@ def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = 
     except ImportError as exc:
         raise EdgeftError("llama-cpp-python is not installed; `pip install llama-cpp-python` to evaluate GGUFs") from exc
     if not vocab_only:
+        check_context(path, n_ctx)
         from runtime.native_probe import ensure_decodes
 
         ensure_decodes(path)  # a kernel that faults on this CPU becomes one line, not a dead process
@@ -93,6 +133,9 @@ def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = 
             )
     except (ValueError, RuntimeError) as exc:
         what = f"{path} with adapter {lora_path}" if lora_path else str(path)
+        if "llama_context" in str(exc):  # the model loaded; the context of n_ctx tokens could not be made
+            raise EdgeftError(f"{what}: llama.cpp could not create a context of {n_ctx} tokens (not enough memory "
+                              "for its KV cache?); lower --ctx") from exc
         raise EdgeftError(
             f"{what}: llama.cpp could not load it ({exc}); the architecture or a tensor type may be unsupported "
             "by this llama-cpp-python build, or the adapter does not match the model"

@@ -158,3 +158,11 @@ def test_chat_message_that_outgrows_the_context_is_refused_and_the_session_goes_
     assert "Traceback" not in result.output
     errors = [line for line in shown_lines(result.output) if "Error: " in line]
     assert len(errors) == 1 and "does not fit the context of" in errors[0] and "/reset" in errors[0]
+
+
+def test_a_context_the_machine_cannot_hold_is_refused_not_oom_killed(setup, tmp_path):
+    """Without the check llama.cpp allocates the KV cache and the OOM killer ends the process without a word."""
+    result, out, untouched = _eval(setup, tmp_path, None, "--ctx", "2000000000")
+    one_line_error(result, "--ctx 2000000000:", "KV cache", "GiB of memory available", "lower --ctx")
+    assert not out.exists() and untouched()
+    one_line_error(invoke("chat", setup["model"], "--ctx", "2000000000"), "KV cache", "lower --ctx")

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from edgeft.fsutil import TEMP_TAG
 from tests.factory import build_model
 from tests.hostile import invoke, one_line_error, run, tree_state
 from tests.train_helpers import toy_data, write_recipe
@@ -95,10 +96,15 @@ def test_resume_with_a_changed_setting_is_refused(trained, tmp_path, no_model_lo
 def test_resume_may_run_longer(trained, tmp_path):
     """What a resumed run may change is still accepted (how long it runs)."""
     out = _resume_copy(trained, tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f".adapter.{int(dead.stdout)}-0badc0de.{TEMP_TAG}"  # what a run SIGKILLed while saving leaves
+    stale.mkdir()
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
     result = invoke("train", "--base", trained["base"], "--data", trained["train"], "--eval", trained["eval"],
                     "-o", out, "--resume", "--max-steps", "3")
     assert result.exit_code == 0, result.output
     assert "steps         3 of 3" in result.output
+    assert not stale.exists()
 
 
 def test_read_only_output_is_refused_before_the_model_loads(trained, tmp_path, no_model_loading):
