@@ -371,3 +371,94 @@ def test_eval_with_adapters_refuses_single_model_options(fleet, tmp_path):
                                        str(fleet["base"])])
     assert result.exit_code == 1 and "--baseline: not with --adapter" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_that_carries_its_template_is_rendered_with_it(fleet, tmp_path):
+    import warnings
+
+    from convert.lora import convert_lora
+    from runtime.serve.engine import Engine, Sampling
+    from tests.factory import build_model
+    from tests.test_merge import make_adapter
+
+    base_dir = build_model("qwen2")
+    adapter, _, _ = make_adapter(base_dir, tmp_path / "peft", seed=7, r=8, lora_alpha=64)
+    trained = "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}" \
+              "{% if add_generation_prompt %}<|im_start|>assistant: {% endif %}"
+    (adapter / "chat_template.jinja").write_text(trained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convert-lora warns that the template is not the base's: that is the case
+        adapter_gguf = convert_lora(adapter, tmp_path / "t.gguf", base_dir=base_dir)
+    engine = Engine(fleet["base"], {"t": adapter_gguf, "a1": fleet["adapters"]["a1"]}, base_name="base",
+                    n_ctx=N_CTX, threads=1)
+    try:
+        messages = CHATS[0]
+        expected = prompt_tokens(engine.llm, render_chat(engine.llm, messages, template=trained))
+        assert engine.chat_tokens("t", messages) == expected
+        assert engine.chat_tokens("a1", messages) == engine.chat_tokens("base", messages) != expected
+        lone = llama_cpp.Llama(model_path=str(fleet["base"]), lora_path=str(adapter_gguf), n_ctx=N_CTX, n_threads=1,
+                               verbose=False)
+        try:
+            lone.reset()
+            generated = []
+            for token in lone.generate(expected, temp=0.0, reset=False):
+                if is_end_of_generation(lone, token) or len(generated) == MAX_TOKENS:
+                    break
+                generated.append(token)
+        finally:
+            lone.close()
+        done = list(engine.generate("t", expected, Sampling(max_tokens=MAX_TOKENS)))[-1]
+        assert done.tokens == generated
+    finally:
+        engine.close()
+
+
+def test_worker_runs_jobs_in_order_refuses_past_the_queue_and_answers_waiting_ones_at_shutdown():
+    import asyncio
+
+    from runtime.serve.worker import Busy, Failed, Job, Worker
+
+    release = threading.Event()
+    ran = []
+
+    def job_run(label):
+        def run(engine, cancelled):
+            ran.append(label)
+            if label == "first":
+                release.wait(30)
+            yield label
+        return run
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        worker = Worker(engine=None, max_queue=2)
+        jobs = {label: Job(job_run(label), loop) for label in ("first", "second", "third", "fourth")}
+        worker.submit(jobs["first"])
+        while not ran:  # the first is running; the next two wait
+            await asyncio.sleep(0.01)
+        worker.submit(jobs["second"])
+        worker.submit(jobs["third"])
+        with pytest.raises(Busy, match="2 requests are already waiting"):
+            worker.submit(jobs["fourth"])
+        release.set()
+        got = {label: [event async for event in jobs[label].events()] for label in ("first", "second", "third")}
+        assert got == {"first": ["first"], "second": ["second"], "third": ["third"]} and ran == list(got)
+        # at shutdown a job still waiting gets an error, it is not dropped silently
+        release.clear()
+        ran.clear()
+        jobs = {label: Job(job_run(label), loop) for label in ("first", "waiting")}
+        worker.submit(jobs["first"])
+        while not ran:
+            await asyncio.sleep(0.01)
+        worker.submit(jobs["waiting"])
+        stopping = loop.run_in_executor(None, worker.stop)
+        await asyncio.sleep(0.1)
+        release.set()
+        await stopping
+        waiting = [event async for event in jobs["waiting"].events()]
+        assert len(waiting) == 1 and isinstance(waiting[0], Failed) and waiting[0].status == 503
+        assert [event async for event in jobs["first"].events()] == ["first"]
+        with pytest.raises(Busy, match="shutting down"):
+            worker.submit(Job(job_run("late"), loop))
+
+    asyncio.run(scenario())
