@@ -61,7 +61,10 @@ def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
         server = _make_server(config, f"serving {', '.join(engine.names)}")
-        server.run()
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits (status 3) when it cannot bind; its own log line says why
+            pass
         if not server.started:
             raise EdgeftError(f"could not serve on {host}:{port} (is the port in use?)")
     finally:

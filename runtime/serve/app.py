@@ -11,6 +11,7 @@ from Content-Length, and counted while reading for chunked bodies), JSON (400), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 
@@ -163,6 +164,7 @@ def build_app(engine, *, api_key: str | None = None, limits: Limits | None = Non
                         "/health", 405: f"{http.method} is not allowed on {http.url.path}"}
         return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         state["worker"] = Worker(engine, max_queue=limits.max_queue)
         try:
