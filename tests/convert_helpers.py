@@ -75,10 +75,10 @@ def hf_logits(model_dir: Path, ids: list[int], *, ggml_gelu: bool = False) -> np
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
+def llama_logits(gguf_path: Path, ids: list[int], *, f32_kv: bool = True) -> np.ndarray:
     # F32 KV cache: llama.cpp's default F16 cache alone moves logits by ~7e-3 on these models, which would hide
-    # (or excuse) converter errors. type 0 = GGML_TYPE_F32.
-    llm = open_llama(gguf_path, logits_all=True, type_k=0, type_v=0)
+    # (or excuse) converter errors. type 0 = GGML_TYPE_F32. f32_kv=False: llama.cpp's default (F16) cache.
+    llm = open_llama(gguf_path, logits_all=True, **({"type_k": 0, "type_v": 0} if f32_kv else {}))
     llm.eval(ids)
     scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()

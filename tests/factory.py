@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGEFT_CACHE", ROOT / ".cache")) / "fixtures"
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
-TOKENIZER_KINDS = ("bpe-llama3", "bpe-qwen2", "spm-llama2", "spm-mistral", "spm-phi3", "spm-gemma")
+# Wave 2, dense: phi4mini is Phi3ForCausalLM as Phi-4-mini configures it (partial rotary, LongRoPE, o200k BPE, tied).
+ARCHS += ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
+TOKENIZER_KINDS = ("bpe-llama3", "bpe-qwen2", "spm-llama2", "spm-mistral", "spm-phi3", "spm-gemma", "bpe-granite",
+                   "bpe-o200k")
 
 DEFAULT_TOKENIZER = {
     "llama": "bpe-llama3",
@@ -35,12 +38,23 @@ DEFAULT_TOKENIZER = {
     "qwen3": "bpe-qwen2",
     "phi3": "spm-phi3",
     "gemma2": "spm-gemma",
+    "smollm3": "bpe-llama3",  # SmolLM3 ships Llama 3's tokenizer
+    "granite": "bpe-granite",
+    "olmo2": "bpe-llama3",  # OLMo 2's dolma2 tokenizer splits with cl100k's regex, which is Llama 3's
+    "gemma3": "spm-gemma",
+    "phi4mini": "bpe-o200k",
 }
 
 # The pre-tokenizer regexes as the real tokenizer.json files carry them (Llama 3 groups digits by three; Qwen2 splits
 # every digit). The converter must recognise them from this definition alone.
 LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# o200k (GPT-4o, Phi-4-mini): case-aware words with contractions attached, digits by three.
+O200K_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -93,6 +107,20 @@ PHI3_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
+# Granite 3.x: role markers, each turn ends with <|end_of_text|>.
+GRANITE_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+)
+# Phi-4-mini: Phi-3's markers without the newlines.
+PHI4_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
 # Gemma rejects the system role, like the real template does.
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
@@ -119,6 +147,18 @@ TOKENIZER_SPECS: dict[str, dict] = {
         "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": None,
         "add_bos": False, "regex": QWEN2_REGEX, "template": CHATML_TEMPLATE, "normalize_nfc": True,
+    },
+    # Granite 3.x: GPT-2's byte-level regex after splitting every digit apart (llama.cpp's refact/starcoder/smollm
+    # regex set); one token plays bos, eos and pad, and no bos is added.
+    "bpe-granite": {
+        "specials": ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"],
+        "bos": "<|end_of_text|>", "eos": "<|end_of_text|>", "pad": "<|end_of_text|>", "unk": None,
+        "add_bos": False, "regex": None, "digits": True, "template": GRANITE_TEMPLATE, "normalize_nfc": False,
+    },
+    "bpe-o200k": {
+        "specials": ["<|endoftext|>", "<|system|>", "<|end|>", "<|user|>", "<|assistant|>"],
+        "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>", "unk": None,
+        "add_bos": False, "regex": O200K_REGEX, "template": PHI4_TEMPLATE, "normalize_nfc": False,
     },
     # `legacy` is what each real repo's tokenizer_config.json says: meta-llama/Llama-2-7b-hf and microsoft/Phi-3-*
     # false, mistralai/Mistral-7B(-Instruct)-v0.1 true. transformers 5 reads it where it rebuilds LlamaTokenizer
@@ -196,10 +236,15 @@ def _train_bpe(spec: dict, out: Path) -> None:
     tok = Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
     if spec["normalize_nfc"]:
         tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(spec["regex"]), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    if spec["regex"] is None:  # GPT-2's own regex inside ByteLevel, after optional digit splitting
+        steps = [pre_tokenizers.Digits(individual_digits=True)] if spec.get("digits") else []
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            steps + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(spec["regex"]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE,
@@ -366,6 +411,26 @@ def _base_config(arch: str, aligned: bool) -> dict:
                    "query_pre_attn_scalar": dims["hidden_size"] // dims["num_attention_heads"],
                    "sliding_window": 64, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
                    "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh"},
+        # 4 layers so that layer 3 is a NoPE layer (no_rope_layers follows from the default interval of 4).
+        "smollm3": {"num_hidden_layers": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 2000000.0}},
+        # Multipliers as Granite 3.3 2B sets them, scaled to the tiny shape: the attention scale is not 1/sqrt(16).
+        "granite": {"embedding_multiplier": 12.0, "attention_multiplier": 0.0625, "residual_multiplier": 0.22,
+                    "logits_scaling": 2.0, "rms_norm_eps": 1e-6},
+        "olmo2": {"rms_norm_eps": 1e-6},
+        # A window shorter than the test prompts, one local and one global layer with their own rope bases.
+        "gemma3": {"head_dim": dims["hidden_size"] // dims["num_attention_heads"],
+                   "query_pre_attn_scalar": dims["hidden_size"] // dims["num_attention_heads"],
+                   "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                   "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                       "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+                   "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh"},
+        # Phi-4-mini: 3/4 of each head rotated, LongRoPE (context 4x the original), GQA, tied embeddings.
+        "phi4mini": {"partial_rotary_factor": 0.75, "max_position_embeddings": 4096,
+                     "original_max_position_embeddings": 1024, "sliding_window": None,
+                     "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                         "original_max_position_embeddings": 1024,
+                                         "long_factor": [1.0 + 0.5 * i for i in range(6)],
+                                         "short_factor": [1.0 + 0.1 * i for i in range(6)]}},
     }
     return {**common, **per_arch[arch]}
 
@@ -377,7 +442,14 @@ CONFIG_CLASSES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "phi3": ("Phi3Config", "Phi3ForCausalLM"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
+    "granite": ("GraniteConfig", "GraniteForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "phi4mini": ("Phi3Config", "Phi3ForCausalLM"),
 }
+# Families whose real checkpoints always tie the output to the embeddings.
+ALWAYS_TIED = ("gemma2", "gemma3", "smollm3", "phi4mini")
 
 
 def _randomize(model, seed: int) -> None:
@@ -436,7 +508,7 @@ def _build_model(arch: str, params: dict, out: Path) -> None:
     config = getattr(transformers, config_cls)(
         vocab_size=len(tokenizer),
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
-        tie_word_embeddings=params["tie"] or arch == "gemma2",
+        tie_word_embeddings=params["tie"] or arch in ALWAYS_TIED,
         **config_kwargs,
     )
     config.architectures = [model_cls]

@@ -18,7 +18,7 @@ from tests.factory import ARCHS, build_model
 
 pytest.importorskip("llama_cpp")
 
-GELU_ARCHS = {"gemma2"}
+GELU_ARCHS = {"gemma2", "gemma3"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -40,6 +40,10 @@ def test_f32_matches_transformers(arch):
     max_delta = float(np.abs(got - expected).max())
     print(f"{arch} F32: {len(hf_ids)} positions, max|Δlogit| = {max_delta:.2e}"
           f"{f' (vs stock transformers {stock_delta:.2e})' if arch in GELU_ARCHS else ''}, top-1 = {top1:.0%}")
+    # What a user gets with llama.cpp's default F16 KV cache: printed, not bounded (a property of the runtime).
+    default_kv = llama_logits(gguf_path, hf_ids, f32_kv=False)
+    print(f"{arch} F32 weights, F16 KV cache (llama.cpp's default): max|Δlogit| = "
+          f"{float(np.abs(default_kv - stock).max()):.2e}, top-1 = {float((default_kv.argmax(-1) == stock.argmax(-1)).mean()):.0%}")
     assert max_delta <= 1e-3, f"{arch}: max |Δlogit| {max_delta:.3e} > 1e-3"
     assert stock_delta <= 5e-3
     assert top1 == 1.0
@@ -91,6 +95,11 @@ VARIANTS = {
                                                    "original_max_position_embeddings": 1024,
                                                    "long_factor": [1.0 + 0.5 * i for i in range(8)],
                                                    "short_factor": [1.0 + 0.1 * i for i in range(8)]}}),
+    # Gemma 3 4B-style linear rope scaling, on the global layers only (the local ones keep their own base).
+    "gemma3-rope-linear": ("gemma3", {"rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}}),
+    "granite-tied": ("granite", {"tie": True}),
 }
 
 
@@ -100,7 +109,7 @@ def test_f32_variants_match_transformers(variant):
     model_dir = build_model(arch, **build_kw)
     gguf_path = converted(arch, "f32", **build_kw)
     ids = hf_tokenizer(model_dir)(PROMPT)["input_ids"]
-    expected = hf_logits(model_dir, ids)
+    expected = hf_logits(model_dir, ids, ggml_gelu=arch in GELU_ARCHS)
     got = llama_logits(gguf_path, ids)
     max_delta = float(np.abs(got - expected).max())
     print(f"{variant} F32: max|Δlogit| = {max_delta:.2e}")

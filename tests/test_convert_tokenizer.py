@@ -39,7 +39,12 @@ KINDS = {
     "spm-mistral": "mistral",
     "spm-phi3": "phi3",
     "spm-gemma": "gemma2",
+    "bpe-granite": "granite",
+    "bpe-o200k": "phi4mini",
 }
+# Architectures whose family tokenizer is one of the kinds above: the corpus once more through their own GGUF.
+ARCH_CASES = {"bpe-llama3@smollm3": ("bpe-llama3", "smollm3"), "bpe-llama3@olmo2": ("bpe-llama3", "olmo2"),
+              "spm-gemma@gemma3": ("spm-gemma", "gemma3")}
 
 CONVERSATIONS = {
     "with_system": [
@@ -58,14 +63,15 @@ CONVERSATIONS = {
 }
 
 
-def _gguf_for(kind: str):
-    arch = KINDS[kind]
+def _gguf_for(kind: str, arch: str | None = None):
+    arch = arch or KINDS[kind]
     return build_model(arch, tokenizer=kind), converted(arch, "f32", tokenizer=kind)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_tokenizer_parity(kind):
-    model_dir, gguf_path = _gguf_for(kind)
+@pytest.mark.parametrize("case", [*KINDS, *ARCH_CASES])
+def test_tokenizer_parity(case):
+    kind, arch = ARCH_CASES.get(case, (case, None))
+    model_dir, gguf_path = _gguf_for(kind, arch)
     hf = hf_tokenizer(model_dir)
     llm = open_llama(gguf_path, vocab_only=True)
     strings = corpus.tricky_strings()
@@ -106,7 +112,7 @@ def test_tokenizer_parity(kind):
         warnings.warn(f"{kind}: llama.cpp applies no NFC normalization; {len(needs_nfc)} strings match HF only after "
                       f"NFC-normalizing the input: {needs_nfc!r}")
     same = len(strings) - len(mismatches) - len(hf_vs_sp) - len(needs_nfc)
-    print(f"{kind}: {len(strings)} strings, {same} == HF, {len(hf_vs_sp)} == sentencepiece where HF differs, "
+    print(f"{case}: {len(strings)} strings, {same} == HF, {len(hf_vs_sp)} == sentencepiece where HF differs, "
           f"{len(needs_nfc)} == HF after NFC, {len(mismatches)} mismatches")
     assert not mismatches, f"{kind}: {len(mismatches)} strings tokenize differently, first: {mismatches[0]!r}"
     # Only transformers' rebuilt Metaspace pipeline may differ from sentencepiece; the repos' own tokenizer.json may not.

@@ -19,6 +19,11 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
+# o200k (GPT-4o; Phi-4-mini): letters by case class with contractions attached, digits by three.
+O200K_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+               r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+               r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 BYTES_ONLY = ("bytelevel", False)  # ByteLevel with use_regex=false: only maps bytes, the split came before
 GPT2_BYTELEVEL = ("bytelevel", True)  # ByteLevel with use_regex=true: GPT-2's own regex
 
@@ -26,6 +31,7 @@ GPT2_BYTELEVEL = ("bytelevel", True)  # ByteLevel with use_regex=true: GPT-2's o
 PRETOKENIZER_TABLE: dict[tuple, str] = {
     (("split", LLAMA3_SPLIT), BYTES_ONLY): "llama-bpe",  # Llama 3 / 3.1 / 3.2
     (("split", QWEN2_SPLIT), BYTES_ONLY): "qwen2",  # Qwen2, Qwen2.5, Qwen3
+    (("split", O200K_SPLIT), BYTES_ONLY): "gpt-4o",  # o200k: Phi-4-mini
     (GPT2_BYTELEVEL,): "gpt-2",  # GPT-2 style (also phi-2)
     (("digits", True), GPT2_BYTELEVEL): "smollm",  # SmolLM / SmolLM2: each digit apart, then GPT-2's regex
 }
