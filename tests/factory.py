@@ -400,6 +400,7 @@ def _base_config(arch: str, aligned: bool) -> dict:
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
         **dims,
     }
+    rotary_pairs = 3 * dims["hidden_size"] // dims["num_attention_heads"] // 8  # phi4mini: 3/4 of head_dim, halved
     per_arch = {
         "llama": {},
         "mistral": {"sliding_window": None},
@@ -429,8 +430,8 @@ def _base_config(arch: str, aligned: bool) -> dict:
                      "original_max_position_embeddings": 1024, "sliding_window": None,
                      "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
                                          "original_max_position_embeddings": 1024,
-                                         "long_factor": [1.0 + 0.5 * i for i in range(6)],
-                                         "short_factor": [1.0 + 0.1 * i for i in range(6)]}},
+                                         "long_factor": [1.0 + 0.5 * i for i in range(rotary_pairs)],
+                                         "short_factor": [1.0 + 0.1 * i for i in range(rotary_pairs)]}},
     }
     return {**common, **per_arch[arch]}
 

@@ -1,7 +1,7 @@
 """`edgeft import` is the converter run backwards: fixture -> convert (F32) -> import gives back the fixture.
 
 For every architecture (and the variants whose hyper-parameters live in generated tensors or rope keys):
-- the weights equal the original folder's exactly; gemma2's norms are the one exception by construction: the GGUF
+- the weights equal the original folder's exactly; gemma2's and gemma3's norms are the one exception by construction: the GGUF
   holds fl(1 + w), so w's low bits are gone and only fl(1 + w) itself can come back bit for bit;
 - converting the imported folder again gives the same GGUF: every metadata key and every tensor byte;
 - transformers runs the imported folder like the original (same logits), so config.json says what the GGUF means;
@@ -44,6 +44,9 @@ CASES = {
                                                    "original_max_position_embeddings": 1024,
                                                    "long_factor": [1.0 + 0.5 * i for i in range(8)],
                                                    "short_factor": [1.0 + 0.1 * i for i in range(8)]}}),
+    "gemma3-rope-linear": ("gemma3", {"rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}}),
 }
 
 _IMPORTED: dict[str, tuple] = {}
@@ -70,7 +73,7 @@ def test_weights_come_back_exactly(case, tmp_path_factory):
     for name in sorted(expected):
         want, got = theirs.read(name), ours.read(name)
         assert got.shape == want.shape, name
-        if config["model_type"] == "gemma2" and name.endswith("norm.weight"):
+        if config["model_type"] in ("gemma2", "gemma3_text") and name.endswith("norm.weight"):
             # fl(1 + w) is what the GGUF holds; it comes back bit for bit, w itself only to its rounding.
             assert np.array_equal(got + np.float32(1), want + np.float32(1)), name
             assert np.abs(got - want).max() <= np.spacing(np.float32(2)), name
@@ -105,8 +108,8 @@ def test_transformers_runs_the_import_like_the_original(case, tmp_path_factory):
     original, _, out = imported(case, tmp_path_factory)
     ids = AutoTokenizer.from_pretrained(str(original))(PROMPT)["input_ids"]
     want, got = hf_logits(original, ids), hf_logits(out, ids)
-    # Bit-identical except gemma2, whose norms moved by up to one float32 ulp of 1 + w (see above).
-    bound = 1e-4 if CASES[case][0] == "gemma2" else 0.0
+    # Bit-identical except gemma2/gemma3, whose norms moved by up to one float32 ulp of 1 + w (see above).
+    bound = 1e-4 if CASES[case][0] in ("gemma2", "gemma3") else 0.0
     assert float(np.abs(got - want).max()) <= bound
 
 
