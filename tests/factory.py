@@ -433,6 +433,7 @@ def _base_config(arch: str, aligned: bool) -> dict:
                                          "long_factor": [1.0 + 0.5 * i for i in range(rotary_pairs)],
                                          "short_factor": [1.0 + 0.1 * i for i in range(rotary_pairs)]}},
     }
+    per_arch.update(_moe_hybrid_configs(dims))
     return {**common, **per_arch[arch]}
 
 
@@ -451,6 +452,38 @@ CONFIG_CLASSES = {
 }
 # Families whose real checkpoints always tie the output to the embeddings.
 ALWAYS_TIED = ("gemma2", "gemma3", "smollm3", "phi4mini")
+
+
+# ---- wave 2, MoE and hybrid: Qwen3-MoE (Qwen3's tokenizer), Mixtral (Mistral's), LFM2 (its own byte-level BPE).
+ARCHS += ("qwen3moe", "mixtral", "lfm2")
+MOE_ARCHS = ("qwen3moe", "mixtral")
+ALWAYS_TIED += ("lfm2",)
+TOKENIZER_KINDS += ("bpe-lfm2",)
+DEFAULT_TOKENIZER.update({"qwen3moe": "bpe-qwen2", "mixtral": "spm-mistral", "lfm2": "bpe-lfm2"})
+CONFIG_CLASSES.update({"qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+                       "mixtral": ("MixtralConfig", "MixtralForCausalLM"), "lfm2": ("Lfm2Config", "Lfm2ForCausalLM")})
+# LFM2: ChatML opened by <|startoftext|>; Llama 3's split regex (llama.cpp's "lfm2" pre-tokenizer is its llama3 set).
+TOKENIZER_SPECS["bpe-lfm2"] = {
+    "specials": ["<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "bos": "<|startoftext|>", "eos": "<|im_end|>", "pad": "<|pad|>", "unk": None,
+    "add_bos": True, "regex": LLAMA3_REGEX, "template": "{{ bos_token }}" + CHATML_TEMPLATE, "normalize_nfc": False,
+}
+
+
+def _moe_hybrid_configs(dims: dict) -> dict:
+    hidden, ff = dims["hidden_size"], dims["intermediate_size"]
+    return {
+        # 4 experts, 2 per token; experts half the dense width (256 when aligned, so K-quants apply to ffn_down_exps)
+        "qwen3moe": {"head_dim": hidden // dims["num_attention_heads"] * 2, "rms_norm_eps": 1e-6,
+                     "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": ff // 2,
+                     "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []},
+        # 8 experts as Mixtral 8x7B has: llama.cpp's quantizer has rules for exactly n_expert == 8
+        "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None},
+        # conv, attention: both kinds of layer; the MLP width follows HF's auto-adjust rule (512 -> 512, 160 -> 128)
+        "lfm2": {"layer_types": ["conv", "full_attention"], "conv_L_cache": 3, "conv_bias": False, "norm_eps": 1e-5,
+                 "block_auto_adjust_ff_dim": True, "block_ffn_dim_multiplier": 1.0,
+                 "block_multiple_of": 256 if hidden >= 256 else 32},
+    }
 
 
 def _randomize(model, seed: int) -> None:
@@ -521,6 +554,12 @@ def _build_model(arch: str, params: dict, out: Path) -> None:
     model = model.to(dtype)
     config.dtype = params["dtype"]
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if params.get("expert_layout") == "per-expert":
+        # What save_pretrained() writes by default: transformers 5's fused in-memory experts reverted to the
+        # checkpoint's per-expert tensors (save_original_format=False would keep the fused 3-D ones).
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = {k: v.contiguous() for k, v in revert_weight_conversion(model, state).items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     _write_shards(state, out, params["shards"])
@@ -542,6 +581,7 @@ def build_model(
     tie: bool = False,
     seed: int = 0,
     license: str | None = "apache-2.0",
+    expert_layout: str = "per-expert",
     **config_overrides,
 ) -> Path:
     """A cached local HF folder holding a tiny random-weight model of `arch` (one of ARCHS)."""
@@ -551,4 +591,6 @@ def build_model(
         "arch": arch, "aligned": aligned, "tokenizer": tokenizer or DEFAULT_TOKENIZER[arch], "shards": shards,
         "dtype": dtype, "tie": tie, "seed": seed, "license": license, "overrides": config_overrides,
     }
+    if arch in MOE_ARCHS:  # "per-expert" (save_pretrained's default) or "fused" (save_original_format=False)
+        params["expert_layout"] = expert_layout
     return _cached(f"{arch}", params, lambda out: _build_model(arch, params, out))
