@@ -81,6 +81,9 @@ def test_f16_top1_agreement(arch):
 # Variants real checkpoints use: tied output (Llama 3.2 1B, SmolLM), Llama 3.1 rope scaling (rope_freqs tensor),
 # linear rope scaling, Qwen2 tied in bf16 (Qwen2.5-0.5B), YaRN, Phi-3 LongRoPE.
 VARIANTS = {
+    # transformers 5's other expert layout (save_original_format=False): fused 3-D gate_up_proj / down_proj.
+    "qwen3moe-fused": ("qwen3moe", {"expert_layout": "fused"}),
+    "mixtral-fused": ("mixtral", {"expert_layout": "fused"}),
     "llama-tied": ("llama", {"tie": True}),
     "llama-rope-llama3": ("llama", {"rope_parameters": {
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
