@@ -31,8 +31,9 @@ class Gemma3(Gemma2):
 
     def __init__(self, config, model_dir):
         where = model_dir / "config.json"
-        if config.get("vision_config") or "Gemma3ForCausalLM" not in (config.get("architectures") or []):
-            raise EdgeftError(f"{where}: a Gemma 3 vision-language checkpoint (vision_config); edgeft converts "
+        field = "vision_config" if config.get("vision_config") else "architectures"
+        if field == "vision_config" or "Gemma3ForCausalLM" not in (config.get("architectures") or []):
+            raise EdgeftError(f"{where}: {field} says this is a Gemma 3 vision-language checkpoint; edgeft converts "
                               "Gemma 3 text only (Gemma3ForCausalLM)")
         super().__init__(config, model_dir)
         params = config.get("rope_parameters") or {}

@@ -1,0 +1,71 @@
+"""Wave 2 dense architectures beyond conversion parity: `edgeft train` gives an adapter for each (LoRA and QLoRA),
+and the variants llama.cpp cannot run are refused in one line naming the config field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from tests.factory import build_model
+from tests.train_helpers import TINY_RECIPE, toy_data
+
+ARCHS = ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
+
+
+# QLoRA on two of them (Gemma 3's q/k norms and GELU MLP, Phi-4-mini's fused qkv/gate_up): the 4-bit path is shared.
+@pytest.mark.parametrize("arch, method", [*((arch, "lora") for arch in ARCHS), ("gemma3", "qlora"),
+                                          ("phi4mini", "qlora")])
+def test_train_produces_an_adapter(arch, method, tmp_path):
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    from edgeft.train import train
+
+    train_path, _ = toy_data(tmp_path / "data", n_train=4)
+    out = train(build_model(arch), train_path, tmp_path / "out", config={**TINY_RECIPE, "method": method},
+                max_steps=2, progress=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    with safe_open(str(out / "adapter_model.safetensors"), "np") as weights:
+        names = list(weights.keys())
+        assert all(float(abs(weights.get_tensor(n)).sum()) > 0 for n in names if "lora_A" in n)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 2 and all(loss == loss and loss < 100 for loss in losses)  # finite
+    # Every linear of every layer carries a pair (attention and MLP), for both layers at least.
+    projections = {n.split(".")[-3] for n in names if "lora_A" in n}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"} <= projections or "qkv_proj" in projections, names
+    assert config["r"] == TINY_RECIPE["r"]
+
+
+def _edited(arch, tmp_path, **changes):
+    model = tmp_path / "model"
+    shutil.copytree(build_model(arch), model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(changes)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize("arch, changes, needles", [
+    ("smollm3", {"no_rope_layers": [1, 0, 1, 1]}, ["no_rope_layers=[1, 0, 1, 1]", "every 4th layer"]),
+    ("smollm3", {"use_sliding_window": True}, ["use_sliding_window"]),
+    ("gemma3", {"vision_config": {"model_type": "siglip_vision_model"}}, ["vision_config", "text only"]),
+    ("gemma3", {"architectures": ["Gemma3ForConditionalGeneration"]}, ["architectures", "text only"]),
+    ("gemma3", {"attn_logit_softcapping": 50.0}, ["attn_logit_softcapping"]),
+    ("gemma3", {"query_pre_attn_scalar": 32}, ["query_pre_attn_scalar=32"]),
+    ("olmo2", {"tie_word_embeddings": True}, ["tie_word_embeddings"]),
+], ids=["smollm3-nope", "smollm3-swa", "gemma3-vision", "gemma3-multimodal-class", "gemma3-softcap",
+        "gemma3-scalar", "olmo2-tied"])
+def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
+    model = _edited(arch, tmp_path, **changes)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])
+    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n") if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
+    assert not list(out.iterdir())
