@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeft.errors import EdgeftError
+from edgeft.fsutil import refuse_own_input
 
 DEFAULT_MAX_LEN = 2048  # tokens per conversation; longer ones are truncated (their start is kept)
 
@@ -76,6 +77,7 @@ def compute_imatrix(
     from edgeft.data.templates import CHATML_TEMPLATE, template_for
 
     model_dir, data_path = Path(model_dir), Path(data_path)
+    refuse_own_input(out_path, {"model folder": model_dir, "calibration data": data_path})
     arch = load_architecture(model_dir)
     conversations = read_conversations(data_path)[: max_examples or None]
     if chat_template and len(chat_template) < 4096 and Path(chat_template).is_file():

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir
+from edgeft.fsutil import atomic_dir, refuse_own_input
 from runtime import examples as examples_mod
 from runtime import ladder
 from runtime.gates import GATES, check_gates, resolve_gates
@@ -106,6 +106,9 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     for path in (model, baseline):
         if path is not None:
             check_context(path, n_ctx)  # an --ctx the machine cannot hold is one line, not the OOM killer
+    # The report folder is replaced whole, so it must not hold anything the eval reads.
+    refuse_own_input(out_dir, {"model": model, "baseline": baseline, "eval data": data, "reference": reference,
+                               "training data (--shots-from)": shots_from, "probe text": probe, "choices": choices})
     reference = check_gguf(reference) if reference else None
     examples = examples_mod.read_examples(data, limit=limit)
     rungs = _ladder_rungs(examples, baseline, system=system, shots=shots, shots_from=shots_from, context=context,

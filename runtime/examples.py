@@ -33,7 +33,8 @@ def read_conversations(path: str | Path, *, option: str = "--data") -> list[tupl
     """(line number, messages) for each non-empty line; EdgeftError with file:line on the first bad one."""
     path = Path(path)
     if not path.is_file():
-        raise EdgeftError(f"{option} {path}: file not found; pass a JSONL file of {{\"messages\": [...]}} lines")
+        what = "not a regular file" if path.exists() else "file not found"
+        raise EdgeftError(f"{option} {path}: {what}; pass a JSONL file of {{\"messages\": [...]}} lines")
     conversations = []
     # Lines are decoded and parsed as the data tools do (a bad byte or too-deep nesting is FILE:LINE, not a crash).
     for number, line, problem in iter_lines(path):

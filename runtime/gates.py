@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, yaml_problem
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,18 @@ def recipe_eval(path: str | Path | None) -> dict:
 
     try:
         recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise EdgeftError(f"--recipe {path}: cannot read the YAML ({exc})") from exc
-    section = recipe.get("eval") if isinstance(recipe, dict) else None
-    return section if isinstance(section, dict) else {}
+    except OSError as exc:
+        raise EdgeftError(f"--recipe {path}: cannot read it ({exc.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise EdgeftError(f"--recipe {path}: not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    # A list or a sentence read as "no gates" would let every eval pass: only a mapping is a recipe.
+    if not isinstance(recipe, dict):
+        raise EdgeftError(f"--recipe {path}: the recipe is a {type(recipe).__name__}, not a mapping with an eval: "
+                          "section; see edgeft/demo/recipe.yaml")
+    section = recipe.get("eval")
+    if section is not None and not isinstance(section, dict):
+        raise EdgeftError(f"--recipe {path}: eval: must be a mapping (metric:, gates: ...), not {section!r}")
+    return section or {}
 
 
 def gates_from_recipe(path: str | Path | None) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgeft.data.io import Record, scan_jsonl
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from edgeft.fsutil import atomic_file, refuse_own_input
 
 TRAIN_OPEN, TRAIN_CLOSE = "⟦", "⟧"
 
@@ -65,6 +65,7 @@ def write_sample(
     """Write `n` random examples of `path` (in file order) to a Markdown file for reading by hand."""
     if n < 1:
         raise EdgeftError(f"-n {n}: the sample needs at least one example")
+    refuse_own_input(out_path, {"input file": path, "tokenizer folder": tokenizer_dir})
     records = scan_jsonl(path)
     valid = [r for r in records if not r.problems]
     if not valid:

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgeft.data import dedup
 from edgeft.data.io import scan_jsonl
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir
+from edgeft.fsutil import atomic_dir, refuse_own_input
 
 
 def group_examples(conversations: list[list[dict]], threshold: float = 0.8) -> list[int]:
@@ -56,6 +56,7 @@ def split_dataset(
     """Write OUT_DIR/train.jsonl and OUT_DIR/eval.jsonl (lines verbatim, file order kept); return the counts."""
     if not 0.0 < eval_frac < 1.0:
         raise EdgeftError(f"--eval-frac {eval_frac}: must be between 0 and 1 (e.g. 0.1)")
+    refuse_own_input(out_dir, {"input file": path})  # replacing the folder must not delete the input
     records = scan_jsonl(path)
     bad = next((r for r in records if r.problems), None)
     if bad is not None:
