@@ -539,8 +539,8 @@ def _build_model(arch: str, params: dict, out: Path) -> None:
     config_kwargs.update(params["overrides"])
     ids = {role: (tokenizer.convert_tokens_to_ids(spec[role]) if spec.get(role) else None)
            for role in ("bos", "eos", "pad")}
+    config_kwargs.setdefault("vocab_size", len(tokenizer))  # an override: embedding rows past the tokenizer
     config = getattr(transformers, config_cls)(
-        vocab_size=len(tokenizer),
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
         tie_word_embeddings=params["tie"] or arch in ALWAYS_TIED,
         **config_kwargs,

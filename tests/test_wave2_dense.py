@@ -69,3 +69,57 @@ def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
     assert not list(out.iterdir())
+
+
+def _gemma3_tokens() -> int:
+    return json.loads((build_model("gemma3") / "config.json").read_text())["vocab_size"]
+
+
+def test_gemma3_embedding_rows_past_the_tokenizer_are_cut(tmp_path):
+    """Gemma 3 pads its embedding past the tokenizer: the GGUF keeps one row per token (llama.cpp's gemma3 rule) and
+    still runs like transformers on every real token."""
+    pytest.importorskip("llama_cpp")
+    import numpy as np
+    from gguf import GGUFReader
+
+    from convert import convert_model
+    from tests.convert_helpers import PROMPT, hf_logits, hf_tokenizer, llama_logits
+
+    n_tokens = _gemma3_tokens()
+    model_dir = build_model("gemma3", vocab_size=n_tokens + 8)
+    gguf_path = convert_model(model_dir, tmp_path / "g.gguf", outtype="f32")
+    reader = GGUFReader(gguf_path)
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert [int(x) for x in embd.shape] == [64, n_tokens]
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == n_tokens
+    ids = hf_tokenizer(model_dir)(PROMPT)["input_ids"]
+    expected = hf_logits(model_dir, ids, ggml_gelu=True)[:, :n_tokens]
+    got = llama_logits(gguf_path, ids)
+    print(f"gemma3 embedding cut {n_tokens + 8} -> {n_tokens} rows: max|Δlogit| = {np.abs(got - expected).max():.2e}")
+    assert np.abs(got - expected).max() <= 1e-3 and (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_gemma3_added_token_past_the_embedding_is_left_out(tmp_path):
+    """Gemma 3 1B's tokenizer has <image_soft_token> one past its 262144 embedding rows: left out with a warning
+    (as llama.cpp's converter does), and text still tokenizes like transformers."""
+    pytest.importorskip("llama_cpp")
+    from convert import convert_model
+    from tests.convert_helpers import PROMPT, hf_tokenizer, open_llama
+
+    model = tmp_path / "model"
+    shutil.copytree(build_model("gemma3"), model)
+    n_tokens = _gemma3_tokens()
+    entry = {"id": n_tokens, "content": "<image_soft_token>", "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+    tokenizer_json = json.loads((model / "tokenizer.json").read_text())
+    tokenizer_json["added_tokens"].append(entry)
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.setdefault("added_tokens_decoder", {})[str(n_tokens)] = {k: v for k, v in entry.items() if k != "id"}
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="image_soft_token"):
+        gguf_path = convert_model(model, tmp_path / "g.gguf", outtype="f32")
+    llm = open_llama(gguf_path, vocab_only=True)
+    assert llm.n_vocab() == n_tokens
+    assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == hf_tokenizer(model)(PROMPT)["input_ids"]
+    llm.close()

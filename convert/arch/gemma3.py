@@ -7,11 +7,16 @@ What differs from Gemma 2 (gemma2.py: norms stored as w and applied as 1 + w, so
 - two rope bases: global layers `rope_parameters.full_attention`, local ones `.sliding_attention`
   (`<arch>.rope.freq_base_swa`); rope scaling is llama.cpp's only on global layers (freq_scale_swa is fixed at 1),
   which is also what HF does, so scaling on the local layers is refused;
-- no attention softcapping; queries scaled by 1/sqrt(head_dim), except the 62-layer 27B (1/sqrt(hidden/heads)).
+- no attention softcapping; queries scaled by 1/sqrt(head_dim), except the 62-layer 27B (1/sqrt(hidden/heads));
+- embedding rows past the tokenizer's length (Gemma 3 pads its embedding, e.g. 262208 rows for 262145 tokens) are
+  cut, as llama.cpp's gemma3 converter does, instead of padding the vocabulary with unused tokens. Only then is the
+  embedding read whole (the cut needs absolute row numbers); otherwise it streams in row chunks.
 The vision tower of the multimodal checkpoints is not converted: those are refused in one line.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from convert.arch.base import Architecture, register
 from convert.arch.gemma2 import GEMMA2_TENSORS, Gemma2
@@ -48,6 +53,27 @@ class Gemma3(Gemma2):
         if config.get("attn_logit_softcapping") is not None:
             raise EdgeftError(f"{where}: attn_logit_softcapping is set; llama.cpp's gemma3 has no attention "
                               "softcapping, so the GGUF would be wrong")
+
+    @property
+    def n_tokens(self) -> int:
+        """The tokenizer's length, with its added tokens (read once, from the files the converter reads)."""
+        if not hasattr(self, "_n_tokens"):
+            from convert.vocab import load_vocab
+
+            self._n_tokens = len(load_vocab(self.model_dir).tokens)
+        return self._n_tokens
+
+    def _cut(self, hf_name: str) -> bool:
+        return hf_name == "model.embed_tokens.weight" and int(self.get("vocab_size")) > self.n_tokens
+
+    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.n_tokens, *shape[1:]) if self._cut(hf_name) else shape
+
+    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        return super().transform_tensor(hf_name, array[: self.n_tokens] if self._cut(hf_name) else array)
+
+    def transform_is_rowwise(self, hf_name: str) -> bool:
+        return not self._cut(hf_name)
 
     def sliding_layers(self) -> list[bool]:
         types = self.config.get("layer_types")

@@ -33,7 +33,19 @@ class Vocab:
     chat_template: str | None = None
 
     def pad_to(self, n_vocab: int, source: str) -> None:
-        """Match the embedding's row count: llama.cpp requires one token per row."""
+        """Match the embedding's row count: llama.cpp requires one token per row. Added tokens past the embedding
+        (Gemma 3's <image_soft_token> after 262144 rows) have no row to run with: dropped with a warning, as
+        llama.cpp's converter does (it reads ids below the config's vocab_size only). Anything else is refused."""
+        extra = range(n_vocab, len(self.tokens))
+        if extra and not any(self.types[i] not in (CONTROL, USER_DEFINED) or i in self.special_ids.values()
+                             for i in extra):
+            import warnings
+
+            warnings.warn(f"{source}: added tokens {self.tokens[n_vocab:n_vocab + 4]} have ids past the embedding's "
+                          f"{n_vocab} rows; they are left out of the GGUF, as llama.cpp's converter does")
+            for values in (self.tokens, self.types, self.scores):
+                if values is not None:
+                    del values[n_vocab:]
         if len(self.tokens) > n_vocab:
             raise EdgeftError(
                 f"{source}: tokenizer has {len(self.tokens)} tokens but the embedding has {n_vocab} rows; "
