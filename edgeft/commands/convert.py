@@ -25,7 +25,8 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
     """Convert a local Hugging Face model folder to one GGUF file that llama.cpp runs.
 
     Reads safetensors lazily (sharded or not), writes llama.cpp's tokenizer, special tokens and chat template,
-    and every hyper-parameter the architecture needs (llama, mistral, qwen2, qwen3, phi3, gemma2).
+    and every hyper-parameter the architecture needs (llama, mistral, qwen2, qwen3, phi3, gemma2, smollm3, granite,
+    olmo2, gemma3).
 
     \b
     Example:

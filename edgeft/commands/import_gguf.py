@@ -17,7 +17,8 @@ def import_gguf(gguf_path, out_dir, dtype, overwrite):
 
     Writes safetensors (dequantized), config.json, generation_config.json and a tokenizer faithful to the GGUF's
     vocabulary (tokenizer.json, tokenizer_config.json, chat_template.jinja; tokenizer.model for SentencePiece), for
-    the architectures `edgeft convert` writes (llama, mistral, qwen2, qwen3, phi3, gemma2).
+    the architectures `edgeft convert` writes (llama, mistral, qwen2, qwen3, phi3, gemma2, smollm3, granite, olmo2,
+    gemma3).
 
     \b
     Example:
