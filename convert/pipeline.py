@@ -157,13 +157,14 @@ def convert_model(
 ) -> Path:
     """Convert a local Hugging Face model folder to one GGUF file at `out_path` and return its path.
 
-    `outtype` is a llama.cpp file type name (f32, f16, bf16, q8_0, or a K-quant such as q4_k_m); `imatrix` a
-    llama.cpp importance-matrix GGUF used by the quantizer; `pretokenizer` overrides the detected BPE pre-tokenizer.
+    `outtype` is a llama.cpp file type name (f32, f16, bf16, q8_0, q4_k_m, iq4_xs...: convert.quant.FILE_TYPES);
+    `imatrix` a llama.cpp importance-matrix GGUF used by the quantizer (the i-quants that llama.cpp refuses without
+    one are refused the same way); `pretokenizer` overrides the detected BPE pre-tokenizer.
     """
     import gguf
 
     from convert.metadata import write_general
-    from convert.quant import load_imatrix, parse_file_type, plan_tensor_types
+    from convert.quant import load_imatrix, parse_file_type, plan_tensor_types, validate_imatrix
 
     started = time.perf_counter()
     model_dir, out_path = Path(model_dir), Path(out_path)
@@ -181,7 +182,9 @@ def convert_model(
     vocab.pad_to(embd.shape[0], str(model_dir))
     types = plan_tensor_types(file_type, [(t.gguf_name, t.shape) for t in tensors], arch=arch.gguf_arch,
                               n_layer=arch.n_layer, n_gqa=max(1, arch.n_head // arch.n_head_kv),
-                              has_imatrix=bool(importance))
+                              has_imatrix=bool(importance), n_expert=arch.n_expert)
+    # i-quants without an imatrix, or an imatrix of another model: one line, before the output exists.
+    importance = validate_imatrix(file_type, types, {t.gguf_name: t.shape[-1] for t in tensors}, importance)
     for t in tensors:
         t.qtype = types[t.gguf_name]
         t.nbytes = encoded_nbytes(t.shape, t.qtype)

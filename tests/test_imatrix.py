@@ -189,3 +189,50 @@ def test_cli_convert_with_imatrix_auto(calibration, tmp_path):
     assert without_data.exit_code == 1
     assert "--imatrix-data" in without_data.output
     assert not (tmp_path / "x.gguf").exists()
+
+
+@needs_ggml
+def test_iquant_without_imatrix_is_one_line_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    model = build_model("llama", aligned=True)
+    f32 = convert_model(model, tmp_path / "f32.gguf", outtype="f32")
+    with pytest.raises(EdgeftError, match="--imatrix auto") as err:
+        quantize_gguf(f32, tmp_path / "q.gguf", "IQ2_XS")
+    assert "\n" not in str(err.value) and "--imatrix FILE" in str(err.value)
+    with pytest.raises(EdgeftError, match="--imatrix auto"):
+        convert_model(model, tmp_path / "one.gguf", outtype="iq1_s")
+    for args in (["convert", str(model), "-o", str(tmp_path / "cli.gguf"), "--outtype", "IQ2_M"],
+                 ["quantize", str(f32), "-o", str(tmp_path / "cli.gguf"), "--type", "Q2_K_S"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "--imatrix auto" in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f32.gguf"]
+
+
+@needs_ggml
+def test_imatrix_of_another_model_is_refused_by_both_routes(tmp_path):
+    model = build_model("llama", aligned=True)  # 2 layers, rows 256 (ffn_down 512)
+    f32 = convert_model(model, tmp_path / "f32.gguf", outtype="f32")
+
+    def imatrix(name, entries):
+        sums = {key: np.ones((1, width), np.float32) for key, width in entries.items()}
+        return write_imatrix(tmp_path / name, ImatrixData(sums, {key: np.ones(1, np.float32) for key in sums},
+                                                          ["x"], 1, 1))
+
+    own = {f"blk.{i}.{w}.weight": (512 if w == "ffn_down" else 256) for i in range(2)
+           for w in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    deeper = imatrix("deeper.gguf", {**own, "blk.2.attn_q.weight": 256})  # a layer this model lacks
+    narrower = imatrix("narrower.gguf", {key: width // 4 for key, width in own.items()})  # the tiny fixture's widths
+    for bad in (deeper, narrower):
+        for run in (lambda: quantize_gguf(f32, tmp_path / "q.gguf", "IQ4_XS", imatrix=bad),
+                    lambda: convert_model(model, tmp_path / "q.gguf", outtype="IQ2_XXS", imatrix=bad)):
+            with pytest.raises(EdgeftError, match="another model") as err:
+                run()
+            assert "\n" not in str(err.value)
+            assert not (tmp_path / "q.gguf").exists()
+    # and the model's own shape is accepted
+    assert quantize_gguf(f32, tmp_path / "q.gguf", "IQ2_XXS", imatrix=imatrix("own.gguf", own)).is_file()

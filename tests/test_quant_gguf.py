@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from convert import convert_model
-from convert.quant import FILE_TYPES, kernels, numpy_kernels
+from convert.quant import kernels, numpy_kernels
 from convert.quant.gguf_io import quantize_gguf
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
@@ -45,8 +45,9 @@ ODD = {  # hidden 64, intermediate 160: K-quants fall back to 32-block types, ou
     "Q2_K": ("Q4_0", ["Q4_0", "Q4_0"], ["Q4_0", "Q4_0"], "Q4_0", "Q8_0"),
 }
 FLOAT_TYPES = ("F32", "F16", "BF16")
-# Without ggml only the numpy types can be produced (Q4_0 files need Q6_K for the output tensor).
-RUNNABLE = list(FILE_TYPES) if kernels.available() else ["F32", "F16", "BF16", "Q8_0"]
+# The types written out above (the whole menu against llama.cpp itself: test_quant_reference.py). Without ggml only
+# the numpy types can be produced (Q4_0 files need Q6_K for the output tensor).
+RUNNABLE = [*FLOAT_TYPES, *ALIGNED] if kernels.available() else ["F32", "F16", "BF16", "Q8_0"]
 
 
 @pytest.fixture(scope="module")

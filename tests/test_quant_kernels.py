@@ -14,8 +14,12 @@ from gguf import quants as gguf_quants
 from convert.quant import FILE_TYPES, bf16_bits_to_f32, kernels, numpy_kernels, quantize_tensor
 from edgeft.errors import EdgeftError
 
-# Every tensor type our menu can produce, fallbacks included (Q4_1/Q5_0/Q5_1 come from the policy's fallbacks).
-ALL_TYPES = [T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]
+# Every tensor type our menu can produce, fallbacks included.
+IQ_TYPES = [T.IQ4_NL, T.IQ4_XS, T.IQ3_S, T.IQ3_XXS, T.IQ2_S, T.IQ2_XS, T.IQ2_XXS, T.IQ1_M, T.IQ1_S]
+ALL_TYPES = [T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1,
+             *IQ_TYPES, T.TQ2_0, T.TQ1_0, T.MXFP4]
+# ggml asserts an importance matrix for these (ggml_quantize_requires_imatrix)
+KERNEL_NEEDS_IMATRIX = (T.IQ2_XXS, T.IQ2_XS, T.IQ1_S)
 NUMPY_TYPES = [T.F16, T.BF16, T.Q8_0, T.Q4_0]
 
 needs_ggml = pytest.mark.skipif(not kernels.available(), reason="libggml-base (llama-cpp-python) not installed")
@@ -64,19 +68,24 @@ def as_bytes(array: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_quantize_tensor_equals_ggml(qtype, threads):
+    # threads split the rows: the bytes must not depend on it (ggml quantizes rows independently, i-quants too)
     rows = tricky_rows()
-    ours = quantize_tensor(rows, qtype, threads=threads)
-    assert np.array_equal(as_bytes(ours), ggml_direct(rows, qtype))
+    importance = np.random.default_rng(2).uniform(0.5, 4, rows.shape[1]).astype(np.float32)
+    importance = importance if qtype in KERNEL_NEEDS_IMATRIX else None
+    ours = quantize_tensor(rows, qtype, imatrix=importance, threads=threads)
+    assert np.array_equal(as_bytes(ours), ggml_direct(rows, qtype, importance))
 
 
 @needs_ggml
-@pytest.mark.parametrize("qtype", [T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q6_K, T.Q5_K, T.Q4_K, T.Q3_K, T.Q2_K, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, *IQ_TYPES],
+                         ids=lambda t: t.name)
 def test_imatrix_reaches_the_kernel(qtype):
     rows = tricky_rows(seed=1)
     importance = np.random.default_rng(2).uniform(0.01, 50, rows.shape[1]).astype(np.float32)
     ours = quantize_tensor(rows, qtype, imatrix=importance, threads=2)
     assert np.array_equal(as_bytes(ours), ggml_direct(rows, qtype, importance))
-    assert not np.array_equal(as_bytes(ours), ggml_direct(rows, qtype))  # and it changes the result
+    other = None if qtype not in KERNEL_NEEDS_IMATRIX else np.ones(rows.shape[1], np.float32)
+    assert not np.array_equal(as_bytes(ours), ggml_direct(rows, qtype, other))  # and it changes the result
 
 
 @needs_ggml

@@ -52,8 +52,32 @@ def quantized(tmp_path_factory):
     out = {}
     for kind, model_dir in sources.items():
         f32 = convert_model(model_dir, work / f"{kind}-f32.gguf", outtype="f32")
-        out[kind] = {name: quantize_gguf(f32, work / f"{kind}-{name}.gguf", name, threads=2) for name in FILE_TYPES}
+        # the whole menu on the decisive fixture (256-aligned, so the i-quant tensors really are i-quants), with an
+        # imatrix where llama.cpp requires one; the original menu on the others
+        names = list(FILE_TYPES) if kind == "decisive" else ORIGINAL
+        imatrix = uniform_imatrix(f32, work / f"{kind}-imatrix.gguf")
+        out[kind] = {}
+        for name in names:
+            needs = name in NEEDS_IMATRIX
+            out[kind][name] = quantize_gguf(f32, work / f"{kind}-{name}.gguf", name, threads=2,
+                                            imatrix=imatrix if needs else None)
     return out
+
+
+ORIGINAL = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K"]
+NEEDS_IMATRIX = ("IQ3_XS", "IQ3_XXS", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
+
+
+def uniform_imatrix(f32, path):
+    """All-ones importances: llama.cpp's "no preference" weighting, enough to let the i-quants run."""
+    from gguf import GGUFReader
+
+    from convert.quant.imatrix_file import ImatrixData, write_imatrix
+
+    names = [t.name for t in GGUFReader(f32).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    widths = {t.name: int(t.shape[0]) for t in GGUFReader(f32).tensors}
+    return write_imatrix(path, ImatrixData({n: np.ones((1, widths[n]), np.float32) for n in names},
+                                           {n: np.ones(1, np.float32) for n in names}, ["uniform"], 1, 1))
 
 
 def top1(path, tokens) -> np.ndarray:
@@ -85,5 +109,7 @@ def test_every_type_loads_and_agrees_with_f16(quantized, kind):
         assert table["Q8_0"] >= 99.0
         # more bits, more agreement: a broken kernel or layout would fall out of this order
         assert table["F32"] >= table["Q8_0"] >= table["Q4_K_M"] >= table["Q2_K"] > 50.0
+        # every type of the menu, down to 1.56 bits/weight, predicts far above chance: its kernel and layout work
+        assert min(table.values()) > 50.0, table
     else:  # flat random fixtures: report, and only check the outputs are far from noise
         assert table["F32"] >= 98.0 and table["Q8_0"] >= 80.0 and table["Q4_K_M"] >= 30.0

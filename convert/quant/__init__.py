@@ -36,8 +36,9 @@ class FileType:
         return self.default_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
-# The menu, largest first. Base types from llama.cpp's llama_ftype_get_default_type; the _S/_M variants differ
-# only in the per-tensor upgrades in policy.RULES.
+# The menu, largest first: llama-quantize's file types (tools/quantize/quantize.cpp). Base types from llama.cpp's
+# llama_ftype_get_default_type (note IQ2_S's base is IQ2_XS, IQ2_M's IQ2_S, IQ3_XS's and IQ3_M's IQ3_S); the
+# _S/_M/_L variants differ only in the per-tensor rules of policy.py. Bits/weight are the base type's.
 _Q = GGMLQuantizationType
 _F = LlamaFileType
 FILE_TYPES: dict[str, FileType] = {
@@ -47,21 +48,46 @@ FILE_TYPES: dict[str, FileType] = {
         FileType("F16", _F.MOSTLY_F16, _Q.F16, "16-bit float"),
         FileType("BF16", _F.MOSTLY_BF16, _Q.BF16, "bfloat16, the usual training dtype"),
         FileType("Q8_0", _F.MOSTLY_Q8_0, _Q.Q8_0, "8.5 bits/weight, near-lossless"),
+        FileType("MXFP4_MOE", _F.MOSTLY_MXFP4_MOE, _Q.MXFP4,
+                 "MXFP4 for MoE expert tensors, Q8_0 for the rest (a dense model: all Q8_0)"),
         FileType("Q6_K", _F.MOSTLY_Q6_K, _Q.Q6_K, "6.6 bits/weight"),
+        FileType("Q5_1", _F.MOSTLY_Q5_1, _Q.Q5_1, "6.0 bits/weight, legacy 32-blocks"),
         FileType("Q5_K_M", _F.MOSTLY_Q5_K_M, _Q.Q5_K, "5.5 bits/weight, attn_v/ffn_down upgraded"),
         FileType("Q5_K_S", _F.MOSTLY_Q5_K_S, _Q.Q5_K, "5.5 bits/weight"),
+        FileType("Q5_0", _F.MOSTLY_Q5_0, _Q.Q5_0, "5.5 bits/weight, legacy 32-blocks"),
+        FileType("Q4_1", _F.MOSTLY_Q4_1, _Q.Q4_1, "5.0 bits/weight, legacy 32-blocks"),
         FileType("Q4_K_M", _F.MOSTLY_Q4_K_M, _Q.Q4_K, "4.5 bits/weight, attn_v/ffn_down upgraded (the usual pick)"),
         FileType("Q4_K_S", _F.MOSTLY_Q4_K_S, _Q.Q4_K, "4.5 bits/weight"),
         FileType("Q4_0", _F.MOSTLY_Q4_0, _Q.Q4_0, "4.5 bits/weight, legacy 32-blocks"),
+        FileType("IQ4_NL", _F.MOSTLY_IQ4_NL, _Q.IQ4_NL, "4.5 bits/weight, non-linear 32-blocks"),
+        FileType("IQ4_XS", _F.MOSTLY_IQ4_XS, _Q.IQ4_XS, "4.25 bits/weight, non-linear"),
+        FileType("Q3_K_L", _F.MOSTLY_Q3_K_L, _Q.Q3_K, "3.4 bits/weight, attn_v/ffn_down/attn_output Q5_K"),
         FileType("Q3_K_M", _F.MOSTLY_Q3_K_M, _Q.Q3_K, "3.4 bits/weight"),
+        FileType("Q3_K_S", _F.MOSTLY_Q3_K_S, _Q.Q3_K, "3.4 bits/weight, no upgrades"),
+        FileType("IQ3_M", _F.MOSTLY_IQ3_M, _Q.IQ3_S, "3.4 bits/weight i-quant mix, attn_v/attn_output Q4_K"),
+        FileType("IQ3_S", _F.MOSTLY_IQ3_S, _Q.IQ3_S, "3.4 bits/weight i-quant"),
+        FileType("IQ3_XS", _F.MOSTLY_IQ3_XS, _Q.IQ3_S, "3.3 bits/weight i-quant mix (needs an imatrix)"),
+        FileType("IQ3_XXS", _F.MOSTLY_IQ3_XXS, _Q.IQ3_XXS, "3.06 bits/weight i-quant (needs an imatrix)"),
         FileType("Q2_K", _F.MOSTLY_Q2_K, _Q.Q2_K, "2.6 bits/weight, big quality loss"),
+        FileType("Q2_K_S", _F.MOSTLY_Q2_K_S, _Q.Q2_K, "2.6 bits/weight, fewer upgrades (needs an imatrix)"),
+        FileType("IQ2_M", _F.MOSTLY_IQ2_M, _Q.IQ2_S, "2.7 bits/weight i-quant mix (needs an imatrix)"),
+        FileType("IQ2_S", _F.MOSTLY_IQ2_S, _Q.IQ2_XS, "2.5 bits/weight i-quant mix (needs an imatrix)"),
+        FileType("IQ2_XS", _F.MOSTLY_IQ2_XS, _Q.IQ2_XS, "2.31 bits/weight i-quant (needs an imatrix)"),
+        FileType("IQ2_XXS", _F.MOSTLY_IQ2_XXS, _Q.IQ2_XXS, "2.06 bits/weight i-quant (needs an imatrix)"),
+        FileType("TQ2_0", _F.MOSTLY_TQ2_0, _Q.TQ2_0, "2.06 bits/weight ternary, for ternary-trained models"),
+        FileType("IQ1_M", _F.MOSTLY_IQ1_M, _Q.IQ1_M, "1.75 bits/weight i-quant (needs an imatrix)"),
+        FileType("TQ1_0", _F.MOSTLY_TQ1_0, _Q.TQ1_0, "1.69 bits/weight ternary, for ternary-trained models"),
+        FileType("IQ1_S", _F.MOSTLY_IQ1_S, _Q.IQ1_S, "1.56 bits/weight i-quant (needs an imatrix)"),
     )
 }
+# llama-quantize's short names for the _M mixes.
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 
 def parse_file_type(name: str) -> FileType:
-    """Case-insensitive llama.cpp name ("q4_k_m", "Q8_0", "f16") -> FileType; EdgeftError listing the menu."""
+    """Case-insensitive llama.cpp name ("q4_k_m", "Q8_0", "iq4_xs") -> FileType; EdgeftError listing the menu."""
     key = str(name).strip().upper()
+    key = ALIASES.get(key, key)
     if key not in FILE_TYPES:
         raise EdgeftError(f"unknown quant type {name!r}; choose one of: {', '.join(FILE_TYPES)}")
     return FILE_TYPES[key]
@@ -75,12 +101,15 @@ def plan_tensor_types(
     n_layer: int,
     n_gqa: int = 1,
     has_imatrix: bool = False,
+    n_expert: int = 0,
     source_types: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> dict[str, GGMLQuantizationType]:
     """GGUF tensor name -> ggml type, as llama-quantize would choose for this file type.
 
-    `tensors`: (GGUF name, shape in numpy order). `n_gqa` = n_head // n_head_kv (Q2_K's attn_v rule needs it);
-    `has_imatrix` matters for Q4_0 (first ffn_down layers become Q4_1); `source_types`, for GGUF->GGUF, keeps
+    `tensors`: (GGUF name, shape in numpy order). `n_gqa` = n_head // n_head_kv (the attn_v rules of Q2_K and the
+    i-quants need it); `has_imatrix` matters for Q4_0/Q5_0, IQ4_NL/IQ4_XS and IQ3_XXS (llama.cpp picks other types
+    for some tensors when it has one); `n_expert` (0 for dense models) matters for MoE models with exactly 8
+    experts and for MXFP4_MOE; `source_types`, for GGUF->GGUF, keeps
     tensors that are never quantized (norms, biases) in their current type.
     """
     if isinstance(file_type, str):
@@ -95,9 +124,54 @@ def plan_tensor_types(
         n_layer=n_layer,
         n_gqa=n_gqa,
         has_imatrix=has_imatrix,
+        n_expert=n_expert,
         source_types={k: GGMLQuantizationType(v).name for k, v in (source_types or {}).items()},
     )
     return {name: GGMLQuantizationType[type_name] for name, type_name in names.items()}
+
+
+def validate_imatrix(
+    file_type: FileType,
+    plan: Mapping[str, GGMLQuantizationType],
+    widths: Mapping[str, int],
+    importance: Mapping[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """Refuse, in one line and before anything is written, what llama-quantize refuses — a tensor type that needs an
+    importance matrix, without one — and an imatrix made for another model (names or row widths this model does
+    not have). Returns the entries to quantize with: llama.cpp ignores a token_embd entry of the wrong width.
+
+    `plan`: tensor name -> chosen type (plan_tensor_types); `widths`: tensor name -> row length (ggml's ne[0]).
+    """
+    importance = dict(importance or {})
+    needing = [(name, qtype) for name, qtype in plan.items()
+               if policy.requires_imatrix(file_type.name, name, GGMLQuantizationType(qtype).name)]
+    if needing and not importance:
+        name, qtype = needing[0]
+        raise EdgeftError(
+            f"{file_type.name}: llama.cpp refuses this type without an importance matrix ({name} would be "
+            f"{GGMLQuantizationType(qtype).name}); add --imatrix auto (computed from the fine-tune's own training "
+            "data) or --imatrix FILE (from `edgeft imatrix` or llama-imatrix)")
+    unknown = sorted(set(importance) - set(widths))
+    if unknown:
+        raise EdgeftError(f"imatrix entry {unknown[0]} is not a tensor of this model ({len(unknown)} such entries): "
+                          "the imatrix was computed for another model; recompute it for this one (--imatrix auto)")
+    usable = {}
+    for name, values in importance.items():
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        if values.size != widths[name]:
+            if name == "token_embd.weight":  # llama.cpp: "tok_embd should be ignored in this case"
+                continue
+            raise EdgeftError(f"{name}: imatrix has {values.size} values per row, tensor rows have {widths[name]}; "
+                              "the imatrix was computed for another model")
+        if not np.isfinite(values).all():
+            raise EdgeftError(f"{name}: imatrix holds NaN or Inf values; recompute it (--imatrix auto)")
+        usable[name] = values
+    missing = [(name, qtype) for name, qtype in needing if name not in usable]
+    if missing:
+        name, qtype = missing[0]
+        raise EdgeftError(f"{name}: the imatrix has no entry for it, and {file_type.name} needs one to make it "
+                          f"{GGMLQuantizationType(qtype).name}; recompute the imatrix for this model (--imatrix auto)")
+    return usable
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -170,6 +244,7 @@ def load_imatrix(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "ALIASES",
     "FILE_TYPES",
     "FileType",
     "bf16_bits_to_f32",
@@ -179,4 +254,5 @@ __all__ = [
     "parse_file_type",
     "plan_tensor_types",
     "quantize_tensor",
+    "validate_imatrix",
 ]

@@ -102,12 +102,14 @@ def _model_shape(source: GGUFFile, path: Path) -> tuple[str, int, int]:
         raise EdgeftError(f"{path}: no general.architecture key; this is not a model GGUF (an imatrix or LoRA?)")
     if source.value("general.type", "model") != "model":
         raise EdgeftError(f"{path}: general.type is {source.value('general.type')!r}; only model GGUFs can be quantized")
-    if int(source.value(f"{arch}.expert_count", 0) or 0) > 1:  # llama.cpp has MoE-only rules we do not carry
-        raise EdgeftError(f"{path}: mixture-of-experts models are not supported by edgeft quantize; use llama-quantize")
     n_layer = int(source.value(f"{arch}.block_count", 0))
     n_head = int(source.value(f"{arch}.attention.head_count", 0) or 0)
-    n_head_kv = int(source.value(f"{arch}.attention.head_count_kv", n_head) or n_head)
-    return arch, n_layer, (n_head // n_head_kv if n_head and n_head_kv else 1)
+    n_head_kv = source.value(f"{arch}.attention.head_count_kv", n_head) or n_head
+    if isinstance(n_head_kv, (list, tuple)):  # per layer (lfm2: 0 for conv layers); llama.cpp's n_gqa() reads layer 0
+        n_head_kv = n_head_kv[0] if n_head_kv else n_head
+    n_head_kv = int(n_head_kv)
+    n_expert = int(source.value(f"{arch}.expert_count", 0) or 0)
+    return arch, n_layer, (n_head // n_head_kv if n_head and n_head_kv else 1), n_expert
 
 
 def _metadata(source: GGUFFile, file_type) -> list[bytes]:
@@ -137,7 +139,8 @@ def quantize_gguf(
     from gguf import GGML_QUANT_SIZES
     from tqdm import tqdm
 
-    from convert.quant import default_threads, load_imatrix, parse_file_type, plan_tensor_types, quantize_tensor
+    from convert.quant import (default_threads, load_imatrix, parse_file_type, plan_tensor_types, quantize_tensor,
+                               validate_imatrix)
     from edgeft.fsutil import atomic_file, refuse_own_input
 
     in_path, out_path = Path(in_path), Path(out_path)
@@ -148,21 +151,18 @@ def quantize_gguf(
     refuse_own_input(out_path, {"input GGUF": in_path,
                                 "imatrix": imatrix if isinstance(imatrix, (str, os.PathLike)) else None})
     source = GGUFFile(in_path)
-    arch, n_layer, n_gqa = _model_shape(source, in_path)
+    arch, n_layer, n_gqa, n_expert = _model_shape(source, in_path)
     importance = load_imatrix(imatrix) if isinstance(imatrix, (str, os.PathLike)) else (imatrix or None)
     plan = plan_tensor_types(
         file_type, [(t.name, tuple(reversed(t.ggml_shape))) for t in source.tensors], arch=arch, n_layer=n_layer,
-        n_gqa=n_gqa, has_imatrix=bool(importance), source_types={t.name: t.qtype for t in source.tensors},
+        n_gqa=n_gqa, has_imatrix=bool(importance), n_expert=n_expert, source_types={t.name: t.qtype for t in source.tensors},
     )
+    # i-quants without an imatrix, or an imatrix of another model: one line, before the output exists.
+    importance = validate_imatrix(file_type, plan, {t.name: t.n_per_row for t in source.tensors}, importance)
     sizes = {}
     for tensor in source.tensors:
         block, type_size = GGML_QUANT_SIZES[plan[tensor.name]]
         sizes[tensor.name] = int(np.prod(tensor.ggml_shape)) // block * type_size
-        values = (importance or {}).get(tensor.name)
-        # llama-quantize aborts on a size mismatch (the imatrix is for another model), except for token_embd.
-        if values is not None and values.size != tensor.n_per_row and tensor.name != "token_embd.weight":
-            raise EdgeftError(f"{tensor.name}: imatrix has {values.size} values per row, tensor rows have "
-                              f"{tensor.n_per_row}; the imatrix was computed for another model")
     kv_blobs = _metadata(source, file_type)
     # llama-quantize writes tensors in its loader's order (layer, then name); so do we, for identical files.
     by_name = {t.name: t for t in source.tensors}

@@ -18,7 +18,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 # Where to look for the library, first hit wins. EDGEFT_GGML_LIB lets a user point at their own llama.cpp build.
-_LIB_NAMES = ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll")
+# The soname first: libllama loads "libggml-base.so.0", and the wheel ships it as a separate copy of the file, so
+# loading "libggml-base.so" would give the process a second ggml — with its own i-quant grid tables, whose set-up
+# (ggml_quantize_init) costs seconds per type.
+_LIB_NAMES = ("libggml-base.so.0", "libggml-base.so", "libggml-base.dylib", "ggml-base.dll")
 
 # A thread gets at least this many values per call, so tiny tensors do not pay thread overhead for nothing
 # (llama.cpp uses 32*512 as its minimum chunk for the same reason).
@@ -112,7 +115,8 @@ def ggml_quantize(
     out = np.empty((nrows, out_row), dtype=np.uint8)
     if nrows == 0:
         return out
-    # Initialise the type's tables once up front, so worker threads never race to do it.
+    # ggml_quantize_chunk initialises the i-quant grid tables itself (under ggml's critical section), but doing it
+    # here once, up front, keeps that one-time cost out of the timed worker calls.
     lib.ggml_quantize_init(int(qtype))
     imatrix_ptr = imatrix.ctypes.data if imatrix is not None else None
     src_base, dst_base = rows.ctypes.data, out.ctypes.data

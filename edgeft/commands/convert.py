@@ -10,7 +10,8 @@ import click
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="GGUF file to write (written to a temporary name, renamed when complete).")
 @click.option("--outtype", default="f16", show_default=True,
-              help="Tensor type: f32, f16, bf16, q8_0, or a K-quant (q4_k_m, q5_k_m, q6_k...).")
+              help="Tensor type, llama.cpp's names: f32, f16, bf16, q8_0, q4_k_m, iq4_xs, iq2_m... (an unknown "
+                   "name lists them all); iq1_*, iq2_*, iq3_xs, iq3_xxs and q2_k_s need --imatrix.")
 @click.option("--imatrix", default=None,
               help="Importance matrix for quantization: an imatrix GGUF, or 'auto' to compute it (cached) from "
                    "--imatrix-data.")

@@ -10,9 +10,11 @@ import click
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="GGUF file to write (appears only when complete).")
 @click.option("--type", "type_name", required=True,
-              help="llama.cpp quant type: F32 F16 BF16 Q8_0 Q6_K Q5_K_M Q5_K_S Q4_K_M Q4_K_S Q4_0 Q3_K_M Q2_K.")
+              help="llama.cpp quant type: F32 F16 BF16 Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 IQ4_XS Q3_K_M IQ3_M Q2_K IQ2_M "
+                   "IQ1_S... (all of llama-quantize's; an unknown name lists them).")
 @click.option("--imatrix", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Importance-matrix GGUF (from `edgeft imatrix` or llama-imatrix).")
+              help="Importance-matrix GGUF (from `edgeft imatrix` or llama-imatrix); IQ1_*, IQ2_*, IQ3_XS, IQ3_XXS "
+                   "and Q2_K_S need one.")
 @click.option("--threads", type=int, default=None, help="Kernel threads (default: all cores).")
 def quantize(in_path, out_path, type_name, imatrix, threads):
     """Quantize an F32/F16/BF16 GGUF the way llama-quantize does: same type per tensor, same bytes.
