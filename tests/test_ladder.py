@@ -378,3 +378,11 @@ def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monk
         publish_release("demo", tmp_path / "release", gguf=tmp_path / "m.gguf", base_dir=tmp_path, quant="Q4_K_M",
                         recipe={}, data_files={}, metrics={}, gates=gates)
     assert not (tmp_path / "release" / "demo").exists()
+
+
+def test_questions_that_retrieve_the_same_first_shots_are_processed_one_after_another():
+    fixed = ladder.RungRun("fixed-2-shot", "fixed 2-shot", [[]] * 4, [{"shots": [7, 9]}] * 4)
+    retrieved = ladder.RungRun("retrieved-2-shot", "retrieved 2-shot", [[]] * 4,
+                               [{"shots": [30, 5]}, {"shots": [12, 40]}, {"shots": [30, 2]}, {"shots": [12, 40]}])
+    assert ladder.processing_order([fixed, retrieved]) == [1, 3, 2, 0]
+    assert ladder.processing_order([ladder.RungRun("zero-shot", "zero-shot", [[]] * 3, [{}] * 3)]) == [0, 1, 2]
