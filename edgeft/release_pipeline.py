@@ -145,6 +145,9 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
     quant = (quant or recipe.get("quant") or "Q4_K_M").upper()
     from convert.quant import parse_file_type
 
+    parse_file_type(quant)  # an unknown QUANT is one line listing llama.cpp's menu, before any stage runs
+    from convert.quant import parse_file_type
+
     parse_file_type(quant)  # a typo in QUANT= is found now, not after training
     check_release_name(name)
     return Settings(base=base, data=Path(data), eval=Path(eval_path), quant=quant, name=name,
@@ -257,6 +260,8 @@ def stage_f16(s: Settings) -> None:
 def stage_model(s: Settings) -> None:
     from convert import convert_model
 
+    # Always with the imatrix of the training data (what `--imatrix auto` computes): the i-quants llama.cpp refuses
+    # without one (QUANT=IQ2_M, IQ3_XXS...) just work, and the K-quants and IQ4_XS gain from it.
     convert_model(s.path("merged"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
     try:
         _chat_parity(s)  # fail here, not after eval: a GGUF that chats unlike training is not worth measuring

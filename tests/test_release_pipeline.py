@@ -47,6 +47,14 @@ def test_base_needs_data_and_eval():
     assert result.exit_code == 1 and "needs DATA=" in result.output and "Traceback" not in result.output
 
 
+def test_quant_is_checked_up_front():
+    # the whole llama.cpp menu is accepted (the i-quants get the training data's imatrix), a typo is one line
+    assert rp.resolve_settings(base="m", data="t", eval_path="e", quant="iq2_m").quant == "IQ2_M"
+    with pytest.raises(EdgeftError, match="unknown quant type") as err:
+        rp.resolve_settings(base="m", data="t", eval_path="e", quant="q4_k_xl")
+    assert "\n" not in str(err.value) and "IQ4_XS" in str(err.value)
+
+
 def test_recipe_unknown_key(tmp_path):
     (tmp_path / "r.yaml").write_text("trian: {}\n")
     with pytest.raises(EdgeftError, match="unknown release recipe keys"):
