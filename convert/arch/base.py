@@ -122,6 +122,11 @@ class Architecture:
         return int(self.get("num_key_value_heads", default=self.n_head))
 
     @property
+    def n_expert(self) -> int:
+        """Routed experts per MoE layer; 0 for a dense model (the quantizer's rules depend on it)."""
+        return int(self.config.get("num_local_experts") or self.config.get("num_experts") or 0)
+
+    @property
     def n_embd(self) -> int:
         return int(self.get("hidden_size"))
 
@@ -213,6 +218,24 @@ class Architecture:
             return [(name.format(**fields), Source(hf_name, stack, part, len(template)))
                     for part, name in enumerate(template)]
         return [(template.format(**fields), Source(hf_name, stack))]
+
+    def checkpoint_name(self, name: str, names) -> str:
+        """The tensor among `names` (a checkpoint's) that `name` stands for: itself, or the one filling the same GGUF
+        tensor. peft adapters carry transformers 5's in-memory module names, and a few differ from what
+        save_pretrained writes (Mixtral's `block_sparse_moe.gate` is `mlp.gate` in memory)."""
+        if name in names:
+            return name
+        try:
+            target = self.tensor_sources(name)
+        except EdgeftError:
+            return name
+        for candidate in names:
+            try:
+                if self.tensor_sources(candidate) and self.tensor_sources(candidate)[0][0] == target[0][0]:
+                    return candidate
+            except EdgeftError:
+                continue
+        return name
 
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the tensor transform_tensor returns for an HF tensor of `shape`. Default: unchanged."""

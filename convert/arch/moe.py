@@ -13,15 +13,18 @@ from edgeft.errors import EdgeftError
 
 # Config fields of MoE variants we do not map (llama.cpp runs them as other archs, e.g. qwen2moe / deepseek2 /
 # granitemoeshared, or not at all). A value that is set and not "off" is refused, naming the field.
-UNMAPPED_MOE_FIELDS = ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts",
-                       "shared_intermediate_size", "moe_shared_expert_intermediate_size", "first_k_dense_replace",
-                       "n_group", "topk_group", "routed_scaling_factor")
+# field -> the values that mean "not used" (a scaling factor of 1 changes nothing; one expert group is no grouping).
+UNMAPPED_MOE_FIELDS = {
+    "shared_expert_intermediate_size": (0,), "n_shared_experts": (0,), "num_shared_experts": (0,),
+    "shared_intermediate_size": (0,), "moe_shared_expert_intermediate_size": (0,), "first_k_dense_replace": (0,),
+    "n_group": (0, 1), "topk_group": (0, 1), "routed_scaling_factor": (1.0,),
+}
 
 
 def check_moe_config(config: dict, config_path, *, fields_off: dict) -> None:
     """One line naming the first field that asks for a variant llama.cpp's graph would run differently."""
-    for field in UNMAPPED_MOE_FIELDS:
-        if config.get(field) not in (None, 0, 0.0, 1.0, False, []):
+    for field, unused in UNMAPPED_MOE_FIELDS.items():
+        if config.get(field) is not None and config[field] not in unused:
             raise EdgeftError(f"{config_path}: {field}={config[field]!r} asks for a MoE variant (shared experts, expert "
                               "groups, leading dense layers) that edgeft does not convert; only plain top-k routed "
                               "experts are supported")

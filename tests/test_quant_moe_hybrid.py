@@ -1,0 +1,58 @@
+"""llama.cpp's own quantizer (`llama_model_quantize` in libllama) against ours on the MoE and hybrid fixtures: stacked
+3-D expert tensors, an unquantized router, Mixtral's 8 experts (llama.cpp's n_expert == 8 rules), MXFP4 experts,
+and LFM2's per-layer KV-head counts and never-quantized conv kernels. Same types and bytes, file for file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from convert import convert_model
+from convert.quant import FILE_TYPES
+from convert.quant.gguf_io import quantize_gguf
+from tests.factory import build_model
+from tests.test_quant_reference import assert_same_tensors, libllama, llama_quantize  # noqa: F401  (fixture)
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+
+# The K-quant and legacy menu, the 8-expert rules' file types (Q2_K, Q3_K_*, Q4_K_*, IQ3_M, IQ4_XS attn_output /
+# attn_k / attn_v / ffn_down), MXFP4_MOE's expert type. i-quants that need an imatrix are left out: an imatrix of a
+# MoE holds one vector per expert, which edgeft does not produce.
+TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q5_0",
+         "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_M", "MXFP4_MOE")
+MODELS = {"qwen3moe-aligned": ("qwen3moe", {"aligned": True}), "mixtral-aligned": ("mixtral", {"aligned": True}),
+          "mixtral-odd": ("mixtral", {}), "lfm2-aligned": ("lfm2", {"aligned": True})}
+
+
+@pytest.fixture(scope="module")
+def f32_models(tmp_path_factory):
+    work = tmp_path_factory.mktemp("quant-moe")
+    return {key: convert_model(build_model(arch, **kw), work / f"{key}.gguf", outtype="f32")
+            for key, (arch, kw) in MODELS.items()}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_types_and_bytes_as_llama_quantize(libllama, f32_models, tmp_path, model):  # noqa: F811
+    for name in [name for name in TYPES if name in FILE_TYPES]:
+        file_type = FILE_TYPES[name]
+        ours = quantize_gguf(f32_models[model], tmp_path / f"ours-{name}.gguf", file_type, threads=2)
+        theirs = llama_quantize(libllama, f32_models[model], tmp_path / f"ref-{name}.gguf", int(file_type.gguf_file_type))
+        assert_same_tensors(ours, theirs)
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
+@pytest.mark.parametrize("model", ["qwen3moe-aligned", "mixtral-aligned", "lfm2-aligned"])
+def test_convert_straight_to_a_quant_equals_llama_quantize(libllama, f32_models, tmp_path, model, outtype):  # noqa: F811
+    """The one-pass HF -> Q8_0 / Q4_K_M conversion writes the tensors llama-quantize makes of the F32 GGUF (the
+    header differs: it keeps the F32 file's metadata order)."""
+    arch, kw = MODELS[model]
+    ours = convert_model(build_model(arch, **kw), tmp_path / "ours.gguf", outtype=outtype)
+    file_type = FILE_TYPES[outtype.upper()]
+    theirs = llama_quantize(libllama, f32_models[model], tmp_path / "ref.gguf", int(file_type.gguf_file_type))
+    mine, ref = ({t.name: t for t in GGUFReader(path).tensors} for path in (ours, theirs))
+    assert set(mine) == set(ref)
+    for name, tensor in ref.items():
+        assert mine[name].tensor_type == tensor.tensor_type, name
+        assert np.array_equal(np.asarray(mine[name].data).view(np.uint8), np.asarray(tensor.data).view(np.uint8)), name
