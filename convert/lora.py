@@ -161,6 +161,8 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
     base = _resolve_base(adapter, base_dir)
     refuse_own_input(out_path, {"adapter folder": adapter_dir, "base model folder": base})
     arch = load_architecture(base)
+    weight_names = set(read_index(base))
+    adapter.rename_pairs(lambda name: arch.checkpoint_name(name, weight_names))
     if not adapter.pairs:
         raise EdgeftError(f"{adapter.path}: the adapter has no LoRA pairs; nothing for a llama.cpp adapter to hold")
     _refuse_unexpressible(adapter, base, arch)

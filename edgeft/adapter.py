@@ -38,7 +38,6 @@ UNSUPPORTED_OPTIONS: dict[str, str] = {
     "layer_replication": "layer replication changes the layer count",
     "use_qalora": "QA-LoRA pools its input groups",
     "use_bdlora": "BD-LoRA shares blocks across layers",
-    "target_parameters": "LoRA on raw parameters (e.g. MoE experts) is not supported yet",
 }
 # suffix of a saved key -> (role, kind); kind tells merge how to form the delta.
 KEY_SUFFIXES: tuple[tuple[str, str, str], ...] = (
@@ -108,6 +107,10 @@ class Adapter:
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")
 
+    def rename_pairs(self, rename) -> None:
+        """Re-key the pairs by `rename(weight name)`: the adapter's module names -> the base checkpoint's."""
+        self.pairs = {rename(name): pair for name, pair in self.pairs.items()}
+
     def tensor_names(self) -> set[str]:
         """Every base tensor this adapter changes."""
         names = set(self.pairs) | set(self.full) | set(self.token_rows)
@@ -148,7 +151,18 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     for option, why in UNSUPPORTED_OPTIONS.items():
         if config.get(option):
             raise EdgeftError(f"{config_path}: {option} is set; {why}; train a plain LoRA/rsLoRA/DoRA adapter")
+    experts = expert_parameters(config.get("target_parameters"))
+    if experts:
+        raise EdgeftError(f"{config_path}: target_parameters {experts} puts LoRA on stacked MoE experts (3-D tensors), "
+                          "which edgeft cannot merge or export yet; train attention and the router only "
+                          "(target_modules [q_proj, k_proj, v_proj, o_proj, gate])")
     return config
+
+
+def expert_parameters(target_parameters) -> list[str]:
+    """The entries of peft's `target_parameters` that are not a module's 2-D `weight` (a MoE router's `gate.weight`
+    is saved as an ordinary lora_A/lora_B pair; `gate_up_proj` / `down_proj` are the stacked experts)."""
+    return sorted(name for name in (target_parameters or []) if not str(name).endswith("weight"))
 
 
 def _token_indices(config: dict, module: str) -> list[int]:

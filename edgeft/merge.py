@@ -110,6 +110,18 @@ def _fold_tied_head(adapter: Adapter, embed: str) -> None:
             adapter.token_rows.pop(head, None)
 
 
+def _use_checkpoint_names(adapter: Adapter, base_dir: Path, names) -> None:
+    """Pairs saved under transformers' in-memory names that the checkpoint spells otherwise (Mixtral's router) are
+    re-keyed by the architecture's tensor table; an architecture the converter does not know keeps the names."""
+    from convert.arch import load_architecture
+
+    try:
+        arch = load_architecture(base_dir)
+    except EdgeftError:
+        return
+    adapter.rename_pairs(lambda name: arch.checkpoint_name(name, names))
+
+
 def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple[dict[str, list[TensorJob]], dict]:
     """Check the adapter against the base (shapes, names) and lay out every output tensor per shard.
 
@@ -125,6 +137,8 @@ def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple
     headers = {shard: SafetensorsFile(base_dir / shard) for shard in sorted(set(weight_map.values()))}
     shapes = {name: headers[shard].shape(name) for name, shard in weight_map.items()}
     config_changes: dict = {}
+    if any(name not in weight_map for name in adapter.pairs):
+        _use_checkpoint_names(adapter, base_dir, weight_map)
 
     sources = {name: name for name in weight_map}
     embed = next((name for name in weight_map if name.endswith("embed_tokens.weight")), None)

@@ -130,18 +130,49 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
 
+    targets = recipe.target_modules
+    if targets == "all-linear" and any(param.ndim == 3 for param in model.parameters()):
+        targets = moe_linear_targets(model, with_router=not recipe.dropout)
+        if recipe.dropout:
+            import warnings
+
+            warnings.warn("MoE base: all-linear trains attention only; peft's LoRA on the router (a raw parameter) "
+                          "has no dropout, so set dropout: 0 in the recipe to train the router too")
     lora = LoraConfig(
         r=recipe.r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.dropout,
-        target_modules=recipe.target_modules, use_rslora=recipe.rslora, use_dora=recipe.dora,
+        target_modules=targets, use_rslora=recipe.rslora, use_dora=recipe.dora,
         trainable_token_indices=token_indices, task_type="CAUSAL_LM", bias="none")
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise EdgeftError(f"target_modules={recipe.target_modules!r}: {first}; fix target_modules in the recipe") from None
+    from edgeft.adapter import expert_parameters
+
+    experts = expert_parameters(model.peft_config["default"].target_parameters)
+    if experts:  # peft maps gate_proj/up_proj/down_proj (w1/w2/w3) of a MoE onto its stacked experts
+        raise EdgeftError(f"target_modules={recipe.target_modules!r} reaches the stacked MoE experts {experts}, which "
+                          "edgeft cannot merge or export yet; target attention and the router: [q_proj, k_proj, "
+                          "v_proj, o_proj, gate]")
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats(device)
     return model
+
+
+def moe_linear_targets(model, *, with_router: bool) -> list[str]:
+    """"all-linear" for a MoE model (stacked 3-D experts): every linear layer but the output head, plus the router,
+    whose leaf name peft turns into target_parameters `gate.weight` (peft 0.21's ParamWrapper, which refuses
+    lora_dropout != 0). The experts stay frozen: a LoRA on them can be neither merged nor exported as a llama.cpp
+    adapter by edgeft yet."""
+    import torch
+
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not head}
+    names |= {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if with_router and type(module).__name__.endswith("Router")
+              and getattr(module, "weight", None) is not None and module.weight.ndim == 2}
+    return sorted(names)
 
 
 def keep_training_layout(model) -> int:

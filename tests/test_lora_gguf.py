@@ -20,8 +20,8 @@ from convert import convert_model  # noqa: E402
 from convert.lora import convert_lora, describe  # noqa: E402
 from edgeft.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
-from tests.factory import ARCHS, build_model  # noqa: E402
-from tests.test_merge import PROMPT_IDS, make_adapter  # noqa: E402
+from tests.factory import ARCHS, MOE_ARCHS, build_model  # noqa: E402
+from tests.test_merge import PROMPT_IDS, default_targets, make_adapter  # noqa: E402
 
 GGML_TYPE_F32 = 0
 
@@ -52,8 +52,10 @@ def adapter_vs_merged(base, adapter, tmp_path, outtype="f32"):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adapter_gguf_matches_merged_gguf(arch, tmp_path):
     base = build_model(arch)
-    adapter, _, _ = make_adapter(base, tmp_path / "adapter")
+    adapter, _, _ = make_adapter(base, tmp_path / "adapter", **default_targets(arch))
     with_adapter, merged = adapter_vs_merged(base, adapter, tmp_path)
+    if arch in MOE_ARCHS:  # the router's LoRA travels too (llama.cpp applies it in build_moe_ffn's gate matmul)
+        assert "blk.0.ffn_gate_inp.weight.lora_b" in describe(tmp_path / "adapter.gguf")["tensors"]
     assert (with_adapter.argmax(-1) == merged.argmax(-1)).all()
     assert np.abs(with_adapter - merged).max() <= 1e-3
 

@@ -22,10 +22,17 @@ from click.testing import CliRunner  # noqa: E402
 
 from edgeft.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
-from tests.factory import ARCHS, build_model  # noqa: E402
+from tests.factory import ARCHS, MOE_ARCHS, build_model  # noqa: E402
 
 PROMPT_IDS = list(range(3, 40))
 TOLERANCE = 1e-4
+# MoE: attention and the router (peft puts the router's `gate` in target_parameters as `gate.weight`); "all-linear"
+# there would also train the stacked experts, which are refused (see test_expert_lora_is_refused_in_one_line).
+MOE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate"]
+
+
+def default_targets(arch: str) -> dict:
+    return {"target_modules": MOE_TARGETS} if arch in MOE_ARCHS else {}
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: int | None = None,
@@ -72,9 +79,32 @@ def assert_matches_peft(merged: Path, adapted: np.ndarray, base: np.ndarray) -> 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_merged_logits_equal_peft(arch, tmp_path):
     base = build_model(arch)
-    adapter, adapted, base_logits = make_adapter(base, tmp_path / "adapter")
+    adapter, adapted, base_logits = make_adapter(base, tmp_path / "adapter", **default_targets(arch))
     merged = merge_adapter(base, adapter, tmp_path / "merged")
     assert_matches_peft(merged, adapted, base_logits)
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_router_lora_on_the_fused_layout(arch, tmp_path):
+    # the other checkpoint layout transformers 5 writes; the router and attention tensors keep their names
+    base = build_model(arch, expert_layout="fused")
+    adapter, adapted, base_logits = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj", "gate"])
+    merged = merge_adapter(base, adapter, tmp_path / "merged")
+    assert_matches_peft(merged, adapted, base_logits)
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_expert_lora_is_refused_in_one_line(arch, tmp_path):
+    from edgeft.cli import main
+
+    base = build_model(arch)
+    adapter, _, _ = make_adapter(base, tmp_path / "adapter")  # all-linear: peft adds the experts' 3-D parameters
+    assert set(json.loads((adapter / "adapter_config.json").read_text())["target_parameters"]) > {"gate.weight"}
+    result = CliRunner().invoke(main, ["merge", "--base", str(base), "--adapter", str(adapter), "-o",
+                                       str(tmp_path / "merged")])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+    assert "stacked MoE experts" in result.output and "down_proj" in result.output
+    assert not (tmp_path / "merged").exists()
 
 
 VARIANTS = {

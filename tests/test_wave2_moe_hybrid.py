@@ -1,0 +1,102 @@
+"""Wave 2 MoE and hybrid architectures beyond conversion parity: `edgeft train` gives an adapter for each (LoRA on
+attention and the router for the MoE, the experts frozen), LoRA on the stacked experts is refused in one line, and
+config variants llama.cpp runs differently are refused in one line naming the field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from tests.factory import build_model
+from tests.train_helpers import TINY_RECIPE, toy_data
+
+ARCHS = ("qwen3moe", "mixtral", "lfm2")
+
+
+@pytest.mark.parametrize("arch, method", [*((arch, "lora") for arch in ARCHS), ("lfm2", "qlora")])
+def test_train_produces_an_adapter(arch, method, tmp_path):
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+
+    from edgeft.train import train
+
+    train_path, _ = toy_data(tmp_path / "data", n_train=4)
+    # dropout 0: peft's LoRA on a MoE router (a raw parameter) refuses dropout; with the default the router is left
+    # out with a warning (test_default_dropout_leaves_the_router_out)
+    recipe = {**TINY_RECIPE, "method": method, "dropout": 0.0}
+    out = train(build_model(arch), train_path, tmp_path / "out", config=recipe, max_steps=2, progress=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    with safe_open(str(out / "adapter_model.safetensors"), "np") as weights:
+        names = list(weights.keys())
+        assert all(float(abs(weights.get_tensor(n)).sum()) > 0 for n in names if "lora_A" in n)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 2 and all(loss == loss and loss < 100 for loss in losses)  # finite
+    modules = {n.split(".")[-3] for n in names if "lora_A" in n}
+    if arch == "lfm2":  # attention, the conv layer's projections, the MLP
+        assert {"q_proj", "out_proj", "in_proj", "w1", "w2", "w3"} <= modules, names
+    else:  # attention and the router; no LoRA on the experts
+        assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate"} <= modules and "experts" not in modules, names
+        assert config["target_parameters"] == ["gate.weight"]
+    # and the adapter goes through the rest of the chain
+    result = CliRunner().invoke(main, ["merge", "--base", str(build_model(arch)), "--adapter", str(out), "-o",
+                                       str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+
+
+def test_default_dropout_leaves_the_router_out(tmp_path):
+    pytest.importorskip("torch")
+    from edgeft.train import train
+
+    train_path, _ = toy_data(tmp_path / "data", n_train=4)
+    with pytest.warns(UserWarning, match="set dropout: 0"):
+        out = train(build_model("mixtral"), train_path, tmp_path / "out", config=TINY_RECIPE, max_steps=1,
+                    progress=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert not config.get("target_parameters") and "q_proj" in config["target_modules"]
+
+
+def test_training_the_experts_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("torch")
+    from edgeft.errors import EdgeftError
+    from edgeft.train import train
+
+    train_path, _ = toy_data(tmp_path / "data", n_train=4)
+    with pytest.raises(EdgeftError) as info:
+        train(build_model("qwen3moe"), train_path, tmp_path / "out",
+              config={**TINY_RECIPE, "target_modules": ["q_proj", "down_proj"], "dropout": 0.0}, max_steps=1, progress=False)
+    assert "stacked MoE experts" in str(info.value) and "\n" not in str(info.value)
+
+
+def _edited(arch, tmp_path, **changes):
+    model = tmp_path / "model"
+    shutil.copytree(build_model(arch), model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(changes)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize("arch, changes, needles", [
+    ("qwen3moe", {"shared_expert_intermediate_size": 64}, ["shared_expert_intermediate_size=64", "shared experts"]),
+    ("qwen3moe", {"norm_topk_prob": False}, ["norm_topk_prob=False", "renormalises"]),
+    ("qwen3moe", {"mlp_only_layers": [0]}, ["mlp_only_layers=[0]"]),
+    ("qwen3moe", {"decoder_sparse_step": 2}, ["decoder_sparse_step=2"]),
+    ("mixtral", {"n_shared_experts": 1}, ["n_shared_experts=1"]),
+    ("lfm2", {"conv_bias": True}, ["conv_bias"]),
+    ("lfm2", {"layer_types": ["conv", "sliding_attention"]}, ["layer_types", "sliding_attention"]),
+], ids=["qwen3moe-shared-experts", "qwen3moe-unnormalised", "qwen3moe-dense-layers", "qwen3moe-sparse-step",
+        "mixtral-shared-experts", "lfm2-conv-bias", "lfm2-layer-kind"])
+def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
+    model = _edited(arch, tmp_path, **changes)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])
+    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n") if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
+    assert not list(out.iterdir())
