@@ -41,10 +41,12 @@ KINDS = {
     "spm-gemma": "gemma2",
     "bpe-granite": "granite",
     "bpe-o200k": "phi4mini",
+    "bpe-lfm2": "lfm2",
 }
 # Architectures whose family tokenizer is one of the kinds above: the corpus once more through their own GGUF.
 ARCH_CASES = {"bpe-llama3@smollm3": ("bpe-llama3", "smollm3"), "bpe-llama3@olmo2": ("bpe-llama3", "olmo2"),
-              "spm-gemma@gemma3": ("spm-gemma", "gemma3")}
+              "spm-gemma@gemma3": ("spm-gemma", "gemma3"), "bpe-qwen2@qwen3moe": ("bpe-qwen2", "qwen3moe"),
+              "spm-mistral@mixtral": ("spm-mistral", "mixtral")}
 
 CONVERSATIONS = {
     "with_system": [
