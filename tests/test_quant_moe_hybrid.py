@@ -17,25 +17,29 @@ from tests.test_quant_reference import assert_same_tensors, libllama, llama_quan
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
 
-# The K-quant and legacy menu, the 8-expert rules' file types (Q2_K, Q3_K_*, Q4_K_*, IQ3_M, IQ4_XS attn_output /
-# attn_k / attn_v / ffn_down), MXFP4_MOE's expert type. i-quants that need an imatrix are left out: an imatrix of a
-# MoE holds one vector per expert, which edgeft does not produce.
-TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q5_0",
-         "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_M", "MXFP4_MOE")
-MODELS = {"qwen3moe-aligned": ("qwen3moe", {"aligned": True}), "mixtral-aligned": ("mixtral", {"aligned": True}),
-          "mixtral-odd": ("mixtral", {}), "lfm2-aligned": ("lfm2", {"aligned": True})}
+# Mixtral (8 experts): every file type an n_expert == 8 rule touches (attn_v / attn_k / attn_output / ffn_down in
+# Q2_K, Q3_K_*, Q4_K_*, IQ3_M, IQ4_*), MXFP4_MOE's expert type, the legacy and float types. The others: the common
+# menu and the types with a rule of their own. i-quants that need an imatrix are left out: a MoE imatrix holds one
+# vector per expert, which edgeft does not produce.
+EIGHT_EXPERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q5_0",
+                      "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q2_K", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_M", "MXFP4_MOE")
+COMMON_TYPES = ("F16", "Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS", "MXFP4_MOE")
+MODELS = {"qwen3moe-aligned": ("qwen3moe", {"aligned": True}, COMMON_TYPES),
+          "mixtral-aligned": ("mixtral", {"aligned": True}, EIGHT_EXPERT_TYPES),
+          "mixtral-odd": ("mixtral", {}, ("Q8_0", "Q4_K_M", "Q3_K_M")),  # rows not a multiple of 256: fallbacks
+          "lfm2-aligned": ("lfm2", {"aligned": True}, COMMON_TYPES[:-1])}
 
 
 @pytest.fixture(scope="module")
 def f32_models(tmp_path_factory):
     work = tmp_path_factory.mktemp("quant-moe")
     return {key: convert_model(build_model(arch, **kw), work / f"{key}.gguf", outtype="f32")
-            for key, (arch, kw) in MODELS.items()}
+            for key, (arch, kw, _) in MODELS.items()}
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_same_types_and_bytes_as_llama_quantize(libllama, f32_models, tmp_path, model):  # noqa: F811
-    for name in [name for name in TYPES if name in FILE_TYPES]:
+    for name in MODELS[model][2]:
         file_type = FILE_TYPES[name]
         ours = quantize_gguf(f32_models[model], tmp_path / f"ours-{name}.gguf", file_type, threads=2)
         theirs = llama_quantize(libllama, f32_models[model], tmp_path / f"ref-{name}.gguf", int(file_type.gguf_file_type))
@@ -47,7 +51,7 @@ def test_same_types_and_bytes_as_llama_quantize(libllama, f32_models, tmp_path, 
 def test_convert_straight_to_a_quant_equals_llama_quantize(libllama, f32_models, tmp_path, model, outtype):  # noqa: F811
     """The one-pass HF -> Q8_0 / Q4_K_M conversion writes the tensors llama-quantize makes of the F32 GGUF (the
     header differs: it keeps the F32 file's metadata order)."""
-    arch, kw = MODELS[model]
+    arch, kw, _ = MODELS[model]
     ours = convert_model(build_model(arch, **kw), tmp_path / "ours.gguf", outtype=outtype)
     file_type = FILE_TYPES[outtype.upper()]
     theirs = llama_quantize(libllama, f32_models[model], tmp_path / "ref.gguf", int(file_type.gguf_file_type))
