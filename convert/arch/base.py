@@ -268,6 +268,10 @@ class Architecture:
         """config.json for a GGUF of this arch: the inverse of write_hparams (subclasses add their own keys)."""
         from gguf import Keys
 
+        if int(meta.get(Keys.LLM.EXPERT_COUNT, 0) or 0) > 0:
+            # unstacking ffn_*_exps back into per-expert tensors is not written yet
+            raise EdgeftError(f"{meta.path}: a mixture-of-experts GGUF ({meta.get(Keys.LLM.EXPERT_COUNT)} experts) "
+                              "cannot be imported yet; convert from the Hugging Face checkpoint instead")
         n_head = int(meta.get(Keys.Attention.HEAD_COUNT))
         n_embd = int(meta.get(Keys.LLM.EMBEDDING_LENGTH))
         head_dim = int(meta.get(Keys.Attention.KEY_LENGTH, n_embd // n_head))

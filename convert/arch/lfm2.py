@@ -84,6 +84,11 @@ class Lfm2(Architecture):
         writer.add_shortconv_l_cache(int(self.get("conv_L_cache")))
         self.write_rope_scaling(writer)
 
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        raise EdgeftError(f"{meta.path}: lfm2 GGUFs cannot be imported yet (per-layer KV heads and conv kernels have "
+                          "no way back written); convert from the Hugging Face checkpoint instead")
+
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (shape[0], shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
 
