@@ -28,8 +28,8 @@ from tests.factory import ARCHS, build_model
 
 pytest.importorskip("llama_cpp")
 
-# MoE and LFM2 GGUFs are refused by `edgeft import` for now (test_moe_and_lfm2_are_refused_in_one_line).
-NOT_IMPORTED = ("qwen3moe", "mixtral", "lfm2")
+# MoE GGUFs are refused by `edgeft import` for now (tests/test_wave2_moe_hybrid.py).
+NOT_IMPORTED = ("qwen3moe", "mixtral")
 CASES = {
     **{arch: (arch, {}) for arch in ARCHS if arch not in NOT_IMPORTED},
     "llama-spm-llama2": ("llama", {"tokenizer": "spm-llama2"}),

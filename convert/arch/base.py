@@ -331,6 +331,10 @@ class Architecture:
 
     extra_tensor_names: tuple[str, ...] = ()
 
+    def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The inverse of gguf_shape: the HF tensor's shape for a GGUF tensor of `shape`. Default: unchanged."""
+        return shape
+
     def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
         """The inverse of transform_tensor: llama.cpp's layout back to the HF checkpoint's. Default: unchanged."""
         return array

@@ -84,11 +84,6 @@ class Lfm2(Architecture):
         writer.add_shortconv_l_cache(int(self.get("conv_L_cache")))
         self.write_rope_scaling(writer)
 
-    @classmethod
-    def config_from_gguf(cls, meta) -> dict:
-        raise EdgeftError(f"{meta.path}: lfm2 GGUFs cannot be imported yet (per-layer KV heads and conv kernels have "
-                          "no way back written); convert from the Hugging Face checkpoint instead")
-
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (shape[0], shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
 
@@ -99,3 +94,35 @@ class Lfm2(Architecture):
 
     def transform_is_rowwise(self, hf_name: str) -> bool:
         return True  # the squeeze keeps rows whole
+
+    # ---- the way back (edgeft import) ----
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        """The MLP width comes back as the width itself (block_auto_adjust_ff_dim off), which converts to the same
+        feed_forward_length; a layer with 0 KV heads is a conv layer."""
+        from gguf import Keys
+
+        kv_heads = [int(n) for n in meta.array(Keys.Attention.HEAD_COUNT_KV)]
+        config = {
+            "architectures": [cls.hf_architecture()], "model_type": cls.model_type,
+            "vocab_size": meta.tensor_shape("token_embd.weight")[0],
+            "hidden_size": int(meta.get(Keys.LLM.EMBEDDING_LENGTH)),
+            "intermediate_size": int(meta.get(Keys.LLM.FEED_FORWARD_LENGTH)), "block_auto_adjust_ff_dim": False,
+            "num_hidden_layers": int(meta.get(Keys.LLM.BLOCK_COUNT)),
+            "num_attention_heads": int(meta.get(Keys.Attention.HEAD_COUNT)),
+            "num_key_value_heads": max(kv_heads),
+            "layer_types": ["conv" if n == 0 else "full_attention" for n in kv_heads],
+            "max_position_embeddings": int(meta.get(Keys.LLM.CONTEXT_LENGTH)),
+            "norm_eps": float(meta.get(Keys.Attention.LAYERNORM_RMS_EPS)),
+            "conv_L_cache": int(meta.get(Keys.ShortConv.L_CACHE)), "conv_bias": False,
+            "tie_word_embeddings": not meta.has_tensor("output.weight"),
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(meta.get(Keys.Rope.FREQ_BASE, 1000000.0))},
+        }
+        config["rope_parameters"].update(cls.rope_scaling_from_gguf(meta))
+        return config
+
+    def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], 1, shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
+
+    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        return array.reshape(self.hf_shape(hf_name, array.shape))

@@ -134,7 +134,8 @@ def import_gguf(
                 source.release(meta.tensors[gguf_names[hf_name]])  # resident memory stays near one tensor
                 bar.update(1)
 
-            write_safetensors(tmp, [(hf, meta.tensor_shape(g), produce(g, hf)) for g, hf in planned], dtype=dtype,
+            write_safetensors(tmp, [(hf, arch.hf_shape(hf, meta.tensor_shape(g)), produce(g, hf)) for g, hf in planned],
+                              dtype=dtype,
                               on_written=written)
             (tmp / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
             generation = {**_generation_config(tokenizer.special_ids), **_sampling_defaults(meta)}
