@@ -28,10 +28,8 @@ from tests.factory import ARCHS, build_model
 
 pytest.importorskip("llama_cpp")
 
-# MoE GGUFs are refused by `edgeft import` for now (tests/test_wave2_moe_hybrid.py).
-NOT_IMPORTED = ("qwen3moe", "mixtral")
 CASES = {
-    **{arch: (arch, {}) for arch in ARCHS if arch not in NOT_IMPORTED},
+    **{arch: (arch, {}) for arch in ARCHS},
     "llama-spm-llama2": ("llama", {"tokenizer": "spm-llama2"}),
     "llama-tied": ("llama", {"tie": True}),
     "qwen2-tied-bf16": ("qwen2", {"tie": True, "dtype": "bfloat16"}),

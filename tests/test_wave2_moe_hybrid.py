@@ -104,12 +104,3 @@ def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
     assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
     assert not list(out.iterdir())
 
-
-@pytest.mark.parametrize("arch", ["qwen3moe", "mixtral"])  # lfm2 round-trips (tests/test_import_roundtrip.py)
-def test_import_refuses_moe_in_one_line(arch, tmp_path):
-    from tests.convert_helpers import converted
-
-    result = CliRunner().invoke(main, ["import", str(converted(arch, "f32")), "-o", str(tmp_path / "back")])
-    lines = [line for line in result.output.split("\n") if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and "cannot be imported yet" in lines[0], result.output
-    assert not (tmp_path / "back").exists()

@@ -268,7 +268,7 @@ class Architecture:
         """config.json for a GGUF of this arch: the inverse of write_hparams (subclasses add their own keys)."""
         from gguf import Keys
 
-        if int(meta.get(Keys.LLM.EXPERT_COUNT, 0) or 0) > 0:
+        if int(meta.get(Keys.LLM.EXPERT_COUNT, 0) or 0) > 0 and not any("{xid}" in hf for hf in cls.tensor_map):
             # unstacking ffn_*_exps back into per-expert tensors is not written yet
             raise EdgeftError(f"{meta.path}: a mixture-of-experts GGUF ({meta.get(Keys.LLM.EXPERT_COUNT)} experts) "
                               "cannot be imported yet; convert from the Hugging Face checkpoint instead")
@@ -319,8 +319,11 @@ class Architecture:
         (extra_tensors' output, e.g. rope_freqs); EdgeftError for one we do not know."""
         match = _BLOCK.search(gguf_name)
         key = _BLOCK.sub(".{bid}.", gguf_name, count=1) if match else gguf_name
-        # Stacked and split tensors (MoE experts) have no one-to-one inverse: `edgeft import` refuses them below.
-        inverse = {gguf: hf for hf, gguf in self.tensor_map.items() if isinstance(gguf, str) and "{xid}" not in hf}
+        # Where several HF names fill one GGUF tensor (two checkpoint layouts), the first listed is the way back.
+        inverse: dict[str, str] = {}
+        for hf, gguf in self.tensor_map.items():
+            if isinstance(gguf, str) and "{xid}" not in hf:
+                inverse.setdefault(gguf, hf)
         template = inverse.get(key)
         if template is None:
             if key in self.extra_tensor_names:
@@ -330,6 +333,23 @@ class Architecture:
         return template.format(bid=match.group(1)) if match else template
 
     extra_tensor_names: tuple[str, ...] = ()
+
+    def hf_tensors(self, gguf_name: str, shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+        """(HF name, slice index or None) for a GGUF tensor; [] for one that becomes config. A stacked tensor (a
+        `{xid}` row of the table) comes back as the per-expert tensors save_pretrained writes, slice i each."""
+        match = _BLOCK.search(gguf_name)
+        key = _BLOCK.sub(".{bid}.", gguf_name, count=1) if match else gguf_name
+        stacked = {gguf: hf for hf, gguf in self.tensor_map.items() if isinstance(gguf, str) and "{xid}" in hf}
+        if key in stacked:
+            fields = {"bid": match.group(1)} if match else {}
+            return [(stacked[key].format(xid=index, **fields), index) for index in range(shape[0])]
+        name = self.hf_tensor_name(gguf_name)
+        return [] if name is None else [(name, None)]
+
+    @classmethod
+    def import_class(cls, meta) -> type["Architecture"]:
+        """The class a GGUF of this arch comes back as (llama's with experts: Mixtral). Default: this one."""
+        return cls
 
     def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The inverse of gguf_shape: the HF tensor's shape for a GGUF tensor of `shape`. Default: unchanged."""

@@ -114,6 +114,16 @@ class Llama(Architecture):
     extra_tensor_names = ("rope_freqs.weight",)
 
     @classmethod
+    def import_class(cls, meta) -> type:
+        from gguf import Keys
+
+        if int(meta.get(Keys.LLM.EXPERT_COUNT, 0) or 0) > 0:  # llama.cpp runs Mixtral as llama with experts
+            from convert.arch.mixtral import Mixtral
+
+            return Mixtral
+        return cls
+
+    @classmethod
     def config_from_gguf(cls, meta) -> dict:
         config = super().config_from_gguf(meta)
         config["attention_bias"] = _all_or_none(meta, ("attn_q", "attn_k", "attn_v", "attn_output"))

@@ -33,3 +33,19 @@ class Mixtral(Llama):
         check_moe_config(self.config, self.model_dir / "config.json", fields_off={})
         super().write_hparams(writer)
         write_expert_counts(writer, int(self.get("num_local_experts", "num_experts")), int(self.get("num_experts_per_tok")))
+
+    # ---- the way back (edgeft import): per-expert block_sparse_moe tensors, as save_pretrained writes them ----
+    model_type = "mixtral"
+
+    @classmethod
+    def import_class(cls, meta) -> type:
+        return cls
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        config = super().config_from_gguf(meta)
+        config.update(num_local_experts=int(meta.get(Keys.LLM.EXPERT_COUNT)),
+                      num_experts_per_tok=int(meta.get(Keys.LLM.EXPERT_USED_COUNT)), sliding_window=None)
+        return config

@@ -42,3 +42,16 @@ class Qwen3Moe(Architecture):
         super().write_hparams(writer)
         write_expert_counts(writer, int(self.get("num_experts", "num_local_experts")), int(self.get("num_experts_per_tok")))
         writer.add_expert_feed_forward_length(int(self.get("moe_intermediate_size")))
+
+    # ---- the way back (edgeft import): per-expert tensors, as save_pretrained writes them ----
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        config = super().config_from_gguf(meta)
+        config.update(num_experts=int(meta.get(Keys.LLM.EXPERT_COUNT)),
+                      num_experts_per_tok=int(meta.get(Keys.LLM.EXPERT_USED_COUNT)),
+                      moe_intermediate_size=int(meta.get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH)),
+                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                      attention_bias=meta.has_tensor("blk.0.attn_q.bias"))
+        return config

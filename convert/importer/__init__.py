@@ -86,7 +86,7 @@ def import_gguf(
     source = GGUFFile(gguf_path)
     try:
         meta = GGUFMetadata(source)
-        cls = gguf_architecture(meta.arch, str(gguf_path))
+        cls = gguf_architecture(meta.arch, str(gguf_path)).import_class(meta)
         config = cls.config_from_gguf(meta)
         vocab = read_vocab(meta)
         if len(vocab.tokens) != config["vocab_size"]:
@@ -101,13 +101,14 @@ def import_gguf(
         })
         arch = cls(config, gguf_path)
 
-        planned, extras = [], {}
+        planned, extras, slices = [], {}, {}
         for tensor in source.tensors:
-            hf_name = arch.hf_tensor_name(tensor.name)
-            if hf_name is None:
+            targets = arch.hf_tensors(tensor.name, meta.tensor_shape(tensor.name))
+            if not targets:
                 extras[tensor.name] = meta.read_tensor(tensor.name)
-            else:
+            for hf_name, index in targets:  # a stacked tensor (MoE experts) gives one HF tensor per slice
                 planned.append((tensor.name, hf_name))
+                slices[hf_name] = index
         if len({hf for _, hf in planned}) != len(planned):
             raise EdgeftError(f"{gguf_path}: two tensors map to the same HF name; the GGUF is damaged")
         arch.read_extra_tensors(extras)
@@ -116,9 +117,18 @@ def import_gguf(
         tokenizer = tokenizer_files(vocab, model_name=name, context_length=config["max_position_embeddings"],
                                     source=str(gguf_path))
 
+        stacked = {}  # the stacked tensor being sliced (gguf name -> array), read once for all its slices
+
         def produce(gguf_name: str, hf_name: str):
             def run():
-                values = meta.read_tensor(gguf_name)
+                index = slices[hf_name]
+                if index is None:
+                    values = meta.read_tensor(gguf_name)
+                else:
+                    if gguf_name not in stacked:
+                        stacked.clear()
+                        stacked[gguf_name] = meta.read_tensor(gguf_name)
+                    values = stacked[gguf_name][index]
                 try:
                     return arch.untransform_tensor(hf_name, values)
                 except ValueError as exc:
@@ -134,7 +144,8 @@ def import_gguf(
                 source.release(meta.tensors[gguf_names[hf_name]])  # resident memory stays near one tensor
                 bar.update(1)
 
-            write_safetensors(tmp, [(hf, arch.hf_shape(hf, meta.tensor_shape(g)), produce(g, hf)) for g, hf in planned],
+            shapes = {hf: meta.tensor_shape(g)[slices[hf] is not None:] for g, hf in planned}
+            write_safetensors(tmp, [(hf, arch.hf_shape(hf, shapes[hf]), produce(g, hf)) for g, hf in planned],
                               dtype=dtype,
                               on_written=written)
             (tmp / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
