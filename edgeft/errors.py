@@ -33,16 +33,15 @@ ENVIRONMENT_ERRORS: dict[str, tuple[str, str]] = {
 _OUTPUT_REASONS = {"ENOENT": ("files cannot be created there", "choose another location")}
 
 
-def environment_error(exc: OSError, output: object = None) -> EdgeftError:
+def environment_error(exc: OSError, output: object = None, *, note: str = "nothing was written") -> EdgeftError:
     """One line for an OSError. `output`: the file or folder being written, when known (a full disk's write()
-    names no file); the partial output has been removed by then, which the line says."""
+    names no file); the partial output has been removed by then, which `note` says."""
     import errno
 
     name = errno.errorcode.get(exc.errno or 0, "")
     if output is not None:
         what, todo = _OUTPUT_REASONS.get(name) or ENVIRONMENT_ERRORS.get(name) or (exc.strerror or str(exc), "")
-        return EdgeftError(f"{output}: cannot write it: {what}; {todo or 'check the path and the disk'} "
-                           "(nothing was written)")
+        return EdgeftError(f"{output}: cannot write it: {what}; {todo or 'check the path and the disk'} ({note})")
     what, todo = ENVIRONMENT_ERRORS.get(name) or (exc.strerror or str(exc), "check the path and the disk")
     where = exc.filename if exc.filename is not None else ""
     return EdgeftError(f"{where}: {what}; {todo}" if where else f"{what} ({exc.strerror or exc}); {todo}")

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from edgeft import checkpoint as ckpt
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, environment_error
 from edgeft.fsutil import atomic_file, check_writable, refuse_own_input
 from edgeft.identity import INPUTS_FILE, check_resume_inputs, training_inputs
 from edgeft.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe
@@ -49,13 +49,36 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
     world = World()
+    fresh = not resume and (overwrite or not out_dir.exists() or not any(out_dir.iterdir()))
     try:
         if world.is_main and overwrite and not resume and out_dir.exists():
             shutil.rmtree(out_dir)
         world.barrier()
         return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress)
+    except BaseException as exc:
+        error = _failed(exc, out_dir, fresh and world.is_main)
+        if error is exc:
+            raise
+        raise error from None
     finally:
         world.close()
+
+
+def _failed(exc: BaseException, out_dir: Path, remove_partial: bool) -> BaseException:
+    """What a run that died leaves: its folder when it holds a checkpoint to --resume from or the finished adapter
+    (written before the final eval), otherwise nothing: a half folder of recipe.yaml and metrics.jsonl would only
+    block the rerun. An OSError (full disk...) becomes one line naming the folder."""
+    if (out_dir / "adapter_config.json").is_file():
+        kept = "the trained adapter is kept"
+    elif ckpt.latest_checkpoint(out_dir) is not None:
+        kept = "the last checkpoint is kept: fix that, then rerun with --resume"
+    else:
+        kept = None
+        if remove_partial:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return exc
+    return environment_error(exc, out_dir, note=kept or "nothing was written")
 
 
 def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:

@@ -178,6 +178,12 @@ class TrainRun:
 
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.progress and self.world.is_main))
+        try:
+            self._steps(bar)
+        finally:
+            bar.close()  # before an error is printed, so the one-line error gets a line of its own
+
+    def _steps(self, bar) -> None:
         for step in range(self.state["step"], self.total_steps):
             lr = self.scheduler.get_last_lr()[0]
             started = time.perf_counter()
@@ -200,7 +206,6 @@ class TrainRun:
                 self._checkpoint(done)
             if self.state["stopped_early"]:
                 break
-        bar.close()
 
     def _eval(self, done: int) -> None:
         loss = evaluate(self.model, self.eval_examples, micro_batch=self.recipe.micro_batch, pad_id=self.pad_id,

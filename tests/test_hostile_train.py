@@ -14,7 +14,8 @@ import pytest
 
 from edgeft.fsutil import TEMP_TAG
 from tests.factory import build_model
-from tests.hostile import invoke, one_line_error, run, tree_state
+from tests.hostile import error_line, invoke, one_line_error, run, tree_state
+from tests.test_hostile_outputs import full_disk  # noqa: F401  (fixture)
 from tests.train_helpers import toy_data, write_recipe
 
 pytest.importorskip("torch")
@@ -183,3 +184,13 @@ def test_peft_adapter_naming_its_base_is_checked_too(tmp_path):
                           "-o", tmp_path / "merged"), "is another model")
     result = invoke("merge", "--base", base, "--adapter", adapter, "-o", tmp_path / "merged", "--no-nf4-report")
     assert result.exit_code == 0, result.output
+
+
+def test_disk_full_during_training_is_one_line_and_leaves_no_half_folder(trained, full_disk):
+    """The output folder can be created (a few KiB are free), then the disk fills during training: one line naming
+    the folder, and the half folder (recipe.yaml, metrics.jsonl, no checkpoint to resume from) is removed."""
+    before = tree_state(full_disk)
+    done = run("train", "--base", trained["base"], "--data", trained["train"], "--config", trained["recipe"],
+               "-o", full_disk / "run")
+    error_line(done, f"{full_disk / 'run'}: cannot write it: the disk is full", "(nothing was written)")
+    assert tree_state(full_disk) == before
