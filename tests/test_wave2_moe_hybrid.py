@@ -104,3 +104,15 @@ def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
     assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
     assert not list(out.iterdir())
 
+
+def test_lfm2_config_with_full_attn_idxs_converts_the_same(tmp_path):
+    """Older LFM2 configs name the attention layers (full_attn_idxs) instead of listing layer_types."""
+    from gguf import GGUFReader
+
+    from convert import convert_model
+
+    model = _edited("lfm2", tmp_path, layer_types=None, full_attn_idxs=[1])
+    fields = {k: f.contents() for k, f in GGUFReader(convert_model(model, tmp_path / "a.gguf")).fields.items()}
+    reference = GGUFReader(convert_model(build_model("lfm2"), tmp_path / "b.gguf"))
+    assert fields["lfm2.attention.head_count_kv"] == reference.fields["lfm2.attention.head_count_kv"].contents() == [0, 2]
+

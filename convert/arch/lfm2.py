@@ -49,6 +49,10 @@ class Lfm2(Architecture):
 
     @property
     def layer_types(self) -> list[str]:
+        if self.config.get("layer_types") is None and self.config.get("full_attn_idxs") is not None:
+            # older LFM2 configs list the attention layers instead (transformers derives layer_types the same way)
+            attention = set(self.config["full_attn_idxs"])
+            return ["full_attention" if i in attention else "conv" for i in range(self.n_layer)]
         kinds = list(self.get("layer_types"))
         odd = next((kind for kind in kinds if kind not in LAYER_KINDS), None)
         if odd is not None or len(kinds) != self.n_layer:
