@@ -60,3 +60,18 @@ def test_convert_straight_to_a_quant_equals_llama_quantize(libllama, f32_models,
     for name, tensor in ref.items():
         assert mine[name].tensor_type == tensor.tensor_type, name
         assert np.array_equal(np.asarray(mine[name].data).view(np.uint8), np.asarray(tensor.data).view(np.uint8)), name
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "IQ4_XS"])
+def test_same_bytes_with_an_attention_imatrix(libllama, f32_models, tmp_path, ftype):  # noqa: F811
+    """What `edgeft imatrix` gives a MoE: importances for the 2-D block weights (attention; the router is never
+    quantized), none for the stacked experts, which both quantizers then quantize unweighted."""
+    from convert.quant import load_imatrix
+    from tests.test_quant_reference import synthetic_imatrix
+
+    source = f32_models["mixtral-aligned"]
+    path = synthetic_imatrix(source, tmp_path / "im.gguf")
+    file_type = FILE_TYPES[ftype]
+    ours = quantize_gguf(source, tmp_path / "ours.gguf", file_type, imatrix=path, threads=2)
+    theirs = llama_quantize(libllama, source, tmp_path / "ref.gguf", int(file_type.gguf_file_type), load_imatrix(path))
+    assert_same_tensors(ours, theirs)
