@@ -56,11 +56,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     for entry in entries:
         match = pattern.match(entry.name)
         if match and not _alive(int(match.group(1))):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            _remove(entry)
             removed.append(entry)
     return removed
 
@@ -143,29 +139,36 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def _staged(path: Path, *, directory: bool, suffix: str = "") -> Iterator[Path]:
+    """A temporary file or folder beside `path`. If the block fails in any way (BaseException: Ctrl-C and
+    SystemExit too) it is removed, and a failure of the environment becomes one line naming `path`."""
+    parent = output_parent(path)
+    try:
+        tmp = make_temp(parent / path.name, directory=directory, suffix=suffix)
+    except OSError as exc:
+        raise environment_error(exc, path) from None
+    try:
+        yield tmp
+    except BaseException as exc:
+        problem = _failure(exc, path, tmp)
+        _remove(tmp)
+        if problem is not None:
+            raise problem from exc
+        raise
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes without error."""
     path = Path(path)
-    parent = output_parent(path)
-    try:
-        tmp = make_temp(parent / path.name, directory=False, suffix=suffix)
-    except OSError as exc:
-        raise environment_error(exc, path) from None
-    try:
+    with _staged(path, directory=False, suffix=suffix) as tmp:
         yield tmp
         os.replace(tmp, path)
-    except BaseException as exc:
-        # BaseException: Ctrl-C and SystemExit must not leave a half-written file either.
-        problem = _failure(exc, path, tmp)
-        _remove(tmp)
-        if problem is not None:
-            raise problem from exc
-        raise
 
 
 @contextlib.contextmanager
@@ -176,12 +179,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise EdgeftError(f"{path}: exists and is not a folder; choose another output folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise EdgeftError(f"{path}: output folder exists and is not empty; pass --overwrite or choose another -o")
-    parent = output_parent(path)
-    try:
-        tmp = make_temp(parent / path.name, directory=True)
-    except OSError as exc:
-        raise environment_error(exc, path) from None
-    try:
+    with _staged(path, directory=True) as tmp:
         yield tmp
         if path.exists():
             # The old folder moves aside under a temporary name first, so no moment exists without a whole one.
@@ -191,12 +189,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException as exc:
-        problem = _failure(exc, path, tmp)
-        _remove(tmp)
-        if problem is not None:
-            raise problem from exc
-        raise
 
 
 def refuse_own_input(output: str | os.PathLike, inputs: dict[str, object], *, option: str = "-o",
