@@ -229,6 +229,8 @@ class Architecture:
             target = self.tensor_sources(name)
         except EdgeftError:
             return name
+        if not target:  # not written to GGUF (a tied lm_head): nothing to match it by
+            return name
         for candidate in names:
             try:
                 if self.tensor_sources(candidate) and self.tensor_sources(candidate)[0][0] == target[0][0]:
