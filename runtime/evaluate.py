@@ -89,7 +89,7 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
              rubric: str | os.PathLike | None = None, max_tokens: int = 256, n_ctx: int = 4096,
              threads: int | None = None, limit: int | None = None, probe_window: int = 512,
              probe_max_tokens: int | None = 8192, speed: bool = True, bench_prompt: int = 128, bench_gen: int = 32,
-             bench_repeat: int = 3, context: str | os.PathLike | None = None, context_k: int = 3,
+             bench_repeat: int = 5, context: str | os.PathLike | None = None, context_k: int = 3,
              requests_per_day: float | None = None, latency_samples: int = 16) -> dict:
     """Evaluate `model` on `data` (JSONL conversations; the last assistant turn is the gold answer) and write
     report.json, report.md, review.md, eval.png and predictions.jsonl into `out_dir`. Returns the report;

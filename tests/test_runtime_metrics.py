@@ -163,3 +163,15 @@ def test_report_files(tmp_path):
     review = render_review(rows, has_baseline=True)
     assert review.count("\n## ") == 50
     assert "30 of 60 examples were scored differently" in review
+
+
+def test_speed_ratio_pairs_alternating_rounds():
+    from runtime.throughput import speed_ratio
+
+    # Two equally fast files on a busy box: load hit round 1 for both and round 3 for the model only.
+    model = {"tg_tok_s": 3000.0, "tg_runs": [3000.0, 1000.0, 2600.0], "paired_rounds": True}
+    base = {"tg_tok_s": 3900.0, "tg_runs": [3100.0, 1050.0, 3900.0], "paired_rounds": True}
+    assert speed_ratio(model, base)["tg"] == pytest.approx(1000.0 / 1050.0)
+    # Unpaired results (one process each) fall back to the ratio of medians.
+    unpaired = {key: value for key, value in model.items() if key != "paired_rounds"}
+    assert speed_ratio(unpaired, base)["tg"] == pytest.approx(3000.0 / 3900.0)
