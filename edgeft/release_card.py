@@ -103,10 +103,10 @@ def _ladder_section(ladder: dict | None) -> list[str]:
     lines += ["", f"**Verdict: {ladder['verdict']}.**"]
     if tax.get("tokens_per_request") is not None:
         text = (f"Prompt tax saved against {tax.get('label')}: {tax['tokens_per_request']:.0f} prompt tokens and "
-                f"{_ms(tax.get('total_ms_per_request'))} ms per request")
+                f"{_ms(tax.get('ttft_ms_per_request'))} ms of prompt processing per request")
         if tax.get("requests_per_day"):
             text += (f"; at {tax['requests_per_day']:,.0f} requests a day, {tax['tokens_per_day']:,.0f} tokens and "
-                     f"{_num(tax.get('hours_per_day'), '.2f')} hours of compute a day")
+                     f"{_num(tax.get('hours_per_day'), '.2f')} hours of prompt processing a day")
         lines += ["", text + "."]
     return lines
 

@@ -25,11 +25,11 @@ def _number(value, digits: int = 0) -> str:
 
 def _tax_sentence(tax: dict) -> str:
     text = (f"Prompt tax of {tax['label']} over the fine-tune: {_number(tax['tokens_per_request'])} prompt tokens and "
-            f"{_number(tax['total_ms_per_request'], 1)} ms per request (time to first token "
-            f"{_number(tax['ttft_ms_per_request'], 1)} ms)")
+            f"{_number(tax['ttft_ms_per_request'], 1)} ms of prompt processing (time to first token) per request "
+            f"(total time per request {_number(tax['total_ms_per_request'], 1)} ms, answers included)")
     if tax.get("requests_per_day"):
         text += (f"; at {_number(tax['requests_per_day'])} requests a day, {_number(tax['tokens_per_day'])} tokens and "
-                 f"{_number(tax['hours_per_day'], 2)} hours of compute a day")
+                 f"{_number(tax['hours_per_day'], 2)} hours of prompt processing a day")
     return text + "."
 
 

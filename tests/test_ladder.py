@@ -152,7 +152,8 @@ def test_gate_and_verdict_compare_with_the_strongest_rung():
     assert best["difference"]["mean"] == pytest.approx(0.25) and best["score"]["n"] == n
     tax = summary["prompt_tax"]
     assert tax["tokens_per_request"] == 310 and tax["total_ms_per_request"] == pytest.approx(70.0)
-    assert tax["tokens_per_day"] == 3_100_000 and tax["hours_per_day"] == pytest.approx(70.0 * 10_000 / 3.6e6)
+    assert tax["ttft_ms_per_request"] == pytest.approx(35.0)
+    assert tax["tokens_per_day"] == 3_100_000 and tax["hours_per_day"] == pytest.approx(35.0 * 10_000 / 3.6e6)
     assert summary["verdict"]["earned"]
     assert summary["verdict"]["text"].startswith(
         "fine-tuning earned it: +25.0 points over retrieved 3 shot, and 310 fewer prompt tokens per request")
@@ -356,7 +357,8 @@ def test_model_card_shows_the_ladder_and_the_verdict(tmp_path):
                              gguf_name="demo-Q4_K_M.gguf")
     assert "## The baseline ladder" in card and "| **retrieved 3 shot** (strongest) | 25.0% (" in card
     assert "**Verdict: fine-tuning earned it: +50.0 points over retrieved 3 shot, and 310 fewer prompt tokens" in card
-    assert "310 prompt tokens and 70.0 ms per request; at 1,000 requests a day, 310,000 tokens" in card
+    assert "310 prompt tokens and 35.0 ms of prompt processing per request; at 1,000 requests a day, 310,000 tokens" \
+        in card
 
 
 def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monkeypatch):
