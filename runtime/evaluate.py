@@ -191,8 +191,11 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     if speed and baseline is not None:
         from runtime.throughput import measure_pair, speed_ratio
 
+        # One llama.cpp thread: the gate compares two files, not the machine's best speed, and with two threads
+        # ggml's spin-waiting workers starve on a busy 2-core box (measured 3-19 tok/s for one 135M file in one
+        # run, which failed the gate for two files with identical tensor types).
         model_speed, base_speed = measure_pair(model, baseline, n_prompt=bench_prompt, n_gen=bench_gen,
-                                               threads=threads, repeat=bench_repeat)
+                                               threads=1, repeat=bench_repeat)
         report["throughput"] = {"model": model_speed, "baseline": base_speed,
                                 "ratio": speed_ratio(model_speed, base_speed)}
 
