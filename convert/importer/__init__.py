@@ -166,15 +166,5 @@ def import_gguf(
 
 
 def _probe(meta: GGUFMetadata, tensor) -> None:
-    """Dequantize the first rows of a big tensor, so an unreadable type is refused before anything is written."""
-    import gguf
-    import numpy as np
-
-    shape = meta.tensor_shape(tensor.name)
-    block, type_size = gguf.GGML_QUANT_SIZES[tensor.qtype]
-    row_bytes = shape[-1] // block * type_size
-    try:
-        gguf.quants.dequantize(np.asarray(meta.source.data(tensor)[:row_bytes]).reshape(1, -1), tensor.qtype)
-    except NotImplementedError as exc:
-        raise EdgeftError(f"tensor {tensor.name}: type {tensor.qtype.name} cannot be dequantized by the gguf "
-                          f"package ({exc}); requantize the GGUF to another type first") from None
+    """Dequantize the first row of a big tensor, so an unreadable type is refused before anything is written."""
+    meta.read_rows(tensor.name, rows=1)

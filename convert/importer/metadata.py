@@ -58,18 +58,24 @@ class GGUFMetadata:
             raise EdgeftError(f"{self.path}: tensor {name} is missing; the GGUF is incomplete")
         return tuple(reversed(self.tensors[name].ggml_shape))
 
-    def read_tensor(self, name: str) -> np.ndarray:
-        """The tensor as float32 in numpy order, dequantized by the gguf package whatever its type."""
+    def read_rows(self, name: str, rows: int | None = None) -> np.ndarray:
+        """The first `rows` rows (all when None) as float32 (rows, width), dequantized by the gguf package whatever
+        the type; a type it cannot read is one line."""
         entry = self.tensors[name]
-        shape = self.tensor_shape(name)
         block, type_size = gguf.GGML_QUANT_SIZES[entry.qtype]
-        raw = self.source.data(entry).reshape(-1, shape[-1] // block * type_size)
+        row_bytes = self.tensor_shape(name)[-1] // block * type_size
+        raw = np.asarray(self.source.data(entry)).reshape(-1)
+        raw = (raw if rows is None else raw[:rows * row_bytes]).reshape(-1, row_bytes)
         try:
             values = gguf.quants.dequantize(raw, entry.qtype)
         except NotImplementedError as exc:
             raise EdgeftError(f"tensor {name}: type {entry.qtype.name} cannot be dequantized by the gguf package "
                               f"({exc}); requantize the GGUF to another type first") from None
-        return np.asarray(values, dtype=np.float32).reshape(shape)
+        return np.asarray(values, dtype=np.float32)
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        """The tensor as float32 in numpy order, dequantized by the gguf package whatever its type."""
+        return self.read_rows(name).reshape(self.tensor_shape(name))
 
 
 def model_card(meta: GGUFMetadata, *, source_name: str, dtype: str) -> str:
