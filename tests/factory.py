@@ -594,3 +594,13 @@ def build_model(
     if arch in MOE_ARCHS:  # "per-expert" (save_pretrained's default) or "fused" (save_original_format=False)
         params["expert_layout"] = expert_layout
     return _cached(f"{arch}", params, lambda out: _build_model(arch, params, out))
+
+
+def edited_model(arch: str, folder: Path, **changes) -> Path:
+    """A copy of the `arch` fixture in FOLDER/model with `changes` applied to its config.json (for refusal tests)."""
+    model = Path(folder) / "model"
+    shutil.copytree(build_model(arch), model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(changes)
+    (model / "config.json").write_text(json.dumps(config))
+    return model

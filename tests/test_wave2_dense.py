@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from tests.factory import build_model
+from tests.factory import build_model, edited_model
 from tests.train_helpers import TINY_RECIPE, toy_data
 
 ARCHS = ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
@@ -41,15 +41,6 @@ def test_train_produces_an_adapter(arch, method, tmp_path):
     assert config["r"] == TINY_RECIPE["r"]
 
 
-def _edited(arch, tmp_path, **changes):
-    model = tmp_path / "model"
-    shutil.copytree(build_model(arch), model)
-    config = json.loads((model / "config.json").read_text())
-    config.update(changes)
-    (model / "config.json").write_text(json.dumps(config))
-    return model
-
-
 @pytest.mark.parametrize("arch, changes, needles", [
     ("smollm3", {"no_rope_layers": [1, 0, 1, 1]}, ["no_rope_layers=[1, 0, 1, 1]", "every 4th layer"]),
     ("smollm3", {"use_sliding_window": True}, ["use_sliding_window"]),
@@ -61,7 +52,7 @@ def _edited(arch, tmp_path, **changes):
 ], ids=["smollm3-nope", "smollm3-swa", "gemma3-vision", "gemma3-multimodal-class", "gemma3-softcap",
         "gemma3-scalar", "olmo2-tied"])
 def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
-    model = _edited(arch, tmp_path, **changes)
+    model = edited_model(arch, tmp_path, **changes)
     out = tmp_path / "out"
     out.mkdir()
     result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])

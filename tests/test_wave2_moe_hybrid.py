@@ -5,13 +5,12 @@ config variants llama.cpp runs differently are refused in one line naming the fi
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from tests.factory import build_model
+from tests.factory import build_model, edited_model
 from tests.train_helpers import TINY_RECIPE, toy_data
 
 ARCHS = ("qwen3moe", "mixtral", "lfm2")
@@ -75,15 +74,6 @@ def test_training_the_experts_is_refused_in_one_line(tmp_path):
     assert "stacked MoE experts" in str(info.value) and "\n" not in str(info.value)
 
 
-def _edited(arch, tmp_path, **changes):
-    model = tmp_path / "model"
-    shutil.copytree(build_model(arch), model)
-    config = json.loads((model / "config.json").read_text())
-    config.update(changes)
-    (model / "config.json").write_text(json.dumps(config))
-    return model
-
-
 @pytest.mark.parametrize("arch, changes, needles", [
     ("qwen3moe", {"shared_expert_intermediate_size": 64}, ["shared_expert_intermediate_size=64", "shared experts"]),
     ("qwen3moe", {"norm_topk_prob": False}, ["norm_topk_prob=False", "renormalises"]),
@@ -95,7 +85,7 @@ def _edited(arch, tmp_path, **changes):
 ], ids=["qwen3moe-shared-experts", "qwen3moe-unnormalised", "qwen3moe-dense-layers", "qwen3moe-sparse-step",
         "mixtral-shared-experts", "lfm2-conv-bias", "lfm2-layer-kind"])
 def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
-    model = _edited(arch, tmp_path, **changes)
+    model = edited_model(arch, tmp_path, **changes)
     out = tmp_path / "out"
     out.mkdir()
     result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])
@@ -111,7 +101,7 @@ def test_lfm2_config_with_full_attn_idxs_converts_the_same(tmp_path):
 
     from convert import convert_model
 
-    model = _edited("lfm2", tmp_path, layer_types=None, full_attn_idxs=[1])
+    model = edited_model("lfm2", tmp_path, layer_types=None, full_attn_idxs=[1])
     fields = {k: f.contents() for k, f in GGUFReader(convert_model(model, tmp_path / "a.gguf")).fields.items()}
     reference = GGUFReader(convert_model(build_model("lfm2"), tmp_path / "b.gguf"))
     assert fields["lfm2.attention.head_count_kv"] == reference.fields["lfm2.attention.head_count_kv"].contents() == [0, 2]
