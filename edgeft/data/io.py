@@ -2,6 +2,8 @@
 
 Two readers over one validator: `scan_jsonl` never stops at a bad line (data check reports every problem),
 `read_conversations` stops at the first one with `FILE:LINE: what` (training must not start on bad data).
+Also the one YAML reader (`read_yaml`, `parse_yaml`) for recipes and model cards: bad YAML is one line with the
+file and line. A shared leaf: `convert/` and `runtime/` import it, so it imports nothing heavy at module level.
 """
 
 from __future__ import annotations
@@ -169,3 +171,32 @@ def write_jsonl_lines(path: str | Path, lines: Iterable[str]) -> Path:
             for line in lines:
                 handle.write(line + "\n")
     return path
+
+
+def parse_yaml(text: str, where: str | Path, what: str = "YAML"):
+    """`yaml.safe_load(text)`; bad YAML raises one line, "WHERE:LINE: WHAT is not valid YAML (line N, column M:
+    problem); fix the file" (PyYAML's own text spans several lines with a caret)."""
+    import yaml
+
+    from edgeft.errors import yaml_problem
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f"{where}:{mark.line + 1}" if mark is not None else str(where)
+        raise EdgeftError(f"{place}: {what} is not valid YAML ({yaml_problem(exc)}); fix the file") from None
+
+
+def read_yaml(path: str | Path, what: str = "YAML"):
+    """The parsed YAML file at `path` (None when it is empty). A missing, unreadable, non-UTF-8 or malformed file is
+    one EdgeftError line naming the file (and the line, for bad YAML) and what to do."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgeftError(f"{path}: cannot read the {what} ({exc.strerror}); pass an existing YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise EdgeftError(f"{path}: {what} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at byte {exc.start}); "
+                          "re-encode the file as UTF-8") from None
+    return parse_yaml(text, path, what)
