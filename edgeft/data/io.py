@@ -186,6 +186,10 @@ def parse_yaml(text: str, where: str | Path, what: str = "YAML"):
         mark = getattr(exc, "problem_mark", None)
         place = f"{where}:{mark.line + 1}" if mark is not None else str(where)
         raise EdgeftError(f"{place}: {what} is not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    except ValueError as exc:  # a scalar PyYAML's constructors refuse, such as the date 2020-13-45
+        raise EdgeftError(f"{where}: {what} is not valid YAML ({exc}); fix the file") from None
+    except RecursionError:
+        raise EdgeftError(f"{where}: {what} is not valid YAML for us (nested too deeply to parse); flatten it") from None
 
 
 def read_yaml(path: str | Path, what: str = "YAML"):
