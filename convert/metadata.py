@@ -34,11 +34,12 @@ def read_model_card(model_dir: Path) -> dict[str, Any]:
     end = text.find("\n---", 3)
     if end < 0:
         return {}
-    try:
-        import yaml
+    from edgeft.data.io import parse_yaml
+    from edgeft.errors import EdgeftError
 
-        card = yaml.safe_load(text[3:end])
-    except Exception:  # a malformed card must not stop a conversion; we only lose optional metadata
+    try:
+        card = parse_yaml(text[3:end], path, "model card front matter")
+    except EdgeftError:  # a malformed card must not stop a conversion; we only lose optional metadata
         return {}
     return card if isinstance(card, dict) else {}
 
