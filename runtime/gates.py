@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError, yaml_problem
+from edgeft.errors import EdgeftError
 
 
 @dataclass(frozen=True)
@@ -77,21 +77,16 @@ def recipe_eval(path: str | Path | None) -> dict:
     """The `eval:` section of a recipe YAML (empty when absent)."""
     if path is None:
         return {}
-    import yaml
+    from edgeft.data.io import read_yaml
 
-    try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise EdgeftError(f"--recipe {path}: cannot read it ({exc.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise EdgeftError(f"--recipe {path}: not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    recipe = read_yaml(path, "recipe") or {}
     # A list or a sentence read as "no gates" would let every eval pass: only a mapping is a recipe.
     if not isinstance(recipe, dict):
-        raise EdgeftError(f"--recipe {path}: the recipe is a {type(recipe).__name__}, not a mapping with an eval: "
+        raise EdgeftError(f"{path}: the recipe is a {type(recipe).__name__}, not a mapping with an eval: "
                           "section; see edgeft/demo/recipe.yaml")
     section = recipe.get("eval")
     if section is not None and not isinstance(section, dict):
-        raise EdgeftError(f"--recipe {path}: eval: must be a mapping (metric:, gates: ...), not {section!r}")
+        raise EdgeftError(f"{path}: eval: must be a mapping (metric:, gates: ...), not {section!r}")
     return section or {}
 
 
@@ -99,7 +94,7 @@ def gates_from_recipe(path: str | Path | None) -> dict[str, float]:
     """The `eval: gates:` mapping of a recipe YAML (empty when absent)."""
     gates = recipe_eval(path).get("gates") or {}
     if not isinstance(gates, dict):
-        raise EdgeftError(f"--recipe {path}: eval.gates must be a mapping like {{min_gain: 5}}")
+        raise EdgeftError(f"{path}: eval.gates must be a mapping like {{min_gain: 5}}")
     return gates
 
 

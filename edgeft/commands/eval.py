@@ -85,9 +85,15 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
     from runtime.evaluate import run_eval
     from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
 
+    from edgeft.errors import EdgeftError
+
+    try:
+        from_recipe = gates_from_recipe(recipe)
+    except EdgeftError as exc:
+        raise EdgeftError(f"--recipe {exc}") from None
     gates = resolve_gates({"min_gain": min_gain, "earned": 0.0 if require_earned else None,
                            "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld, "min_speed_ratio": min_speed_ratio},
-                          gates_from_recipe(recipe))
+                          from_recipe)
     if requests_per_day is None:
         requests_per_day = recipe_eval(recipe).get("requests_per_day")
     if hf is not None:
