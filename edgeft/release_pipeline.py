@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError, yaml_problem
+from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
 from edgeft.release import check_release_name
 
@@ -65,18 +65,13 @@ LAYOUT = {
 
 
 def load_release_recipe(path: Path | None, demo: bool) -> dict:
-    import yaml
+    from edgeft.data.io import read_yaml
 
     if path is None:
         path = DEMO_RECIPE if demo else None
     if path is None:
         return json.loads(json.dumps(GENERIC_RECIPE))
-    try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise EdgeftError(f"{path}: cannot read the release recipe ({exc.strerror}); pass an existing YAML") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise EdgeftError(f"{path}: release recipe is not valid YAML ({yaml_problem(exc)}); fix the file") from None
+    recipe = read_yaml(path, "release recipe")
     recipe = {} if recipe is None else recipe
     if not isinstance(recipe, dict):
         raise EdgeftError(f"{path}: the release recipe is a {type(recipe).__name__}, not a mapping; write it as "
@@ -351,9 +346,9 @@ def stage_publish(s: Settings) -> None:
 
 
 def _read_yaml(path: Path):
-    import yaml
+    from edgeft.data.io import read_yaml
 
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return read_yaml(path, "resolved train recipe") if path.is_file() else None
 
 
 def _chat_template(model_dir: Path) -> str | None:
