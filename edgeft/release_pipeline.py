@@ -95,7 +95,7 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     """Everything in a release recipe that can be checked without a model, checked before the first stage runs:
     the train settings, the eval keys, the gate names and thresholds, the metric name, the quant and the name."""
     from convert.quant import parse_file_type
-    from edgeft.recipe import resolve_recipe
+    from edgeft.train.recipe import resolve_recipe
     from runtime.gates import resolve_gates
     from runtime.metrics import split_metric_spec
 
@@ -210,7 +210,7 @@ def stage_check(s: Settings) -> None:
 
 
 def stage_train(s: Settings) -> None:
-    from edgeft import checkpoint
+    from edgeft.train import checkpoint
     from edgeft.train import train
 
     final = s.path("adapter")

@@ -70,8 +70,8 @@ def llama_copy(tmp_path) -> Path:
 def test_every_stage_takes_the_template_transformers_takes(layout, llama_copy, tmp_path):
     from edgeft.data.masking import mask_example
     from edgeft.data.templates import render_chat, special_tokens_of, template_for
-    from edgeft.recipe import Recipe
-    from edgeft.trainmodel import load_tokenizer
+    from edgeft.train.recipe import Recipe
+    from edgeft.train.model import load_tokenizer
 
     config_template = _config(llama_copy)["chat_template"]
     if layout == "both files, different":

@@ -38,13 +38,13 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail the test if training gets as far as loading a tokenizer or a model."""
-    import edgeft.trainmodel
+    import edgeft.train.model
 
     def reached(*args, **kwargs):
         raise AssertionError("the refusal came after the model started loading")
 
-    monkeypatch.setattr(edgeft.trainmodel, "load_tokenizer", reached)
-    monkeypatch.setattr(edgeft.trainmodel, "load_training_model", reached)
+    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", reached)
+    monkeypatch.setattr(edgeft.train.model, "load_training_model", reached)
 
 
 def _resume_copy(trained, tmp_path):

@@ -93,7 +93,7 @@ def test_staleness(tmp_path):
 
 def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monkeypatch):
     """A training run killed after a checkpoint leaves only adapter.partial/; the rerun resumes it, then renames."""
-    import edgeft.checkpoint
+    import edgeft.train.checkpoint
     import edgeft.train
 
     s = rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
@@ -108,7 +108,7 @@ def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monke
         return out_dir
 
     monkeypatch.setattr(edgeft.train, "train", fake_train)
-    monkeypatch.setattr(edgeft.checkpoint, "latest_checkpoint",
+    monkeypatch.setattr(edgeft.train.checkpoint, "latest_checkpoint",
                         lambda d: (Path(d) / "checkpoint-25") if (Path(d) / "checkpoint-25").is_dir() else None)
     rp.stage_train(s)
     assert calls[-1]["resume"] and not calls[-1]["overwrite"]

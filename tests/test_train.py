@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeft.recipe import resolve_recipe
+from edgeft.train.recipe import resolve_recipe
 from tests.factory import build_model
 from tests.train_helpers import TINY_RECIPE, toy_data
 
@@ -50,7 +50,7 @@ def _expected_lora_params(base, r, targets=None):
 def test_qlora_base_is_4bit_and_trainable_count_is_lora_only(qwen2_base, targets):
     import bitsandbytes as bnb
 
-    from edgeft.trainmodel import load_tokenizer, load_training_model, parameter_counts
+    from edgeft.train.model import load_tokenizer, load_training_model, parameter_counts
 
     recipe = resolve_recipe({"r": 4, "target_modules": targets or "all-linear"})
     model = load_training_model(qwen2_base, recipe, load_tokenizer(qwen2_base, recipe))
@@ -117,7 +117,7 @@ def test_best_checkpoint_is_kept(qlora_run):
 
 
 def test_dora_and_rslora_are_selectable(qwen2_base):
-    from edgeft.trainmodel import load_tokenizer, load_training_model, parameter_counts
+    from edgeft.train.model import load_tokenizer, load_training_model, parameter_counts
 
     recipe = resolve_recipe({"r": 4, "dora": True, "rslora": True, "target_modules": ["q_proj", "v_proj"]})
     model = load_training_model(qwen2_base, recipe, load_tokenizer(qwen2_base, recipe))

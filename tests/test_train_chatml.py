@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from edgeft.recipe import resolve_recipe
+from edgeft.train.recipe import resolve_recipe
 from tests.factory import build_model
 from tests.train_helpers import TINY_RECIPE, toy_data
 
@@ -30,7 +30,7 @@ def templateless_base(tmp_path_factory):
 def _initial_token_rows(base, recipe):
     """The new rows as training starts, rebuilt with the same seeding order as edgeft.train."""
     from edgeft.train import _seed_everything
-    from edgeft.trainmodel import load_tokenizer, load_training_model
+    from edgeft.train.model import load_tokenizer, load_training_model
 
     _seed_everything(recipe.seed)
     model = load_training_model(base, recipe, load_tokenizer(base, recipe))

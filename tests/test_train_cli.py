@@ -15,13 +15,13 @@ from tests.train_helpers import toy_data, write_jsonl
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Any attempt to load a model fails the test: every error below must come before that."""
-    import edgeft.trainmodel
+    import edgeft.train.model
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(edgeft.trainmodel, "load_training_model", refuse)
-    monkeypatch.setattr(edgeft.trainmodel, "load_tokenizer", refuse)
+    monkeypatch.setattr(edgeft.train.model, "load_training_model", refuse)
+    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", refuse)
 
 
 def _run(args):
@@ -84,7 +84,7 @@ def test_qlora_with_unusable_bitsandbytes(tmp_path, monkeypatch, no_model_load):
 
 
 def test_bitsandbytes_probe_runs_here():
-    from edgeft.trainmodel import bitsandbytes_problem
+    from edgeft.train.model import bitsandbytes_problem
 
     assert bitsandbytes_problem() is None
 
@@ -104,7 +104,8 @@ def test_train_command_and_recipe_import_no_torch():
 
     from tests.train_helpers import ROOT, edgeft_env
 
-    code = ("import sys, edgeft.commands.train, edgeft.train, edgeft.recipe, edgeft.checkpoint, edgeft.trainloop; "
+    code = ("import sys, edgeft.commands.train, edgeft.train, edgeft.train.recipe, edgeft.train.checkpoint, "
+            "edgeft.train.loop; "
             "assert 'torch' not in sys.modules, 'torch imported at module level'")
     done = subprocess.run([sys.executable, "-c", code], env=edgeft_env(), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

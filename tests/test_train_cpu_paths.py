@@ -34,7 +34,7 @@ def test_packed_path_rejects_a_width_that_is_not_a_multiple_of_the_block():
 
 @pytest.mark.parametrize("width", [160, 256])
 def test_keep_training_layout_makes_eval_equal_training_kernels(width):
-    from edgeft.trainmodel import keep_training_layout
+    from edgeft.train.model import keep_training_layout
 
     model = torch.nn.Sequential(_layer(width, 64, packed_switch=True))
     x = torch.randn(3, width)
@@ -80,7 +80,7 @@ def test_qlora_with_width_160_trains_evals_and_saves_on_both_cpu_kinds(base_160,
 
 KILL_IN_FINAL_EVAL = textwrap.dedent("""
     import os, signal, sys
-    import edgeft.trainloop as loop
+    import edgeft.train.loop as loop
 
     def killed_eval(*args, **kwargs):  # the post-training eval: the process dies right here
         os.kill(os.getpid(), signal.SIGKILL)

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from edgeft.errors import EdgeftError
-from edgeft.recipe import Recipe, resolve_recipe, save_recipe
-from edgeft.traindata import label_count, plan_epoch
-from edgeft.trainloop import cosine_with_warmup
+from edgeft.train.batches import label_count, plan_epoch
+from edgeft.train.loop import cosine_with_warmup
+from edgeft.train.recipe import Recipe, resolve_recipe, save_recipe
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "edgeft" / "recipes" / "default.yaml"
 
@@ -102,7 +102,7 @@ def test_label_count_ignores_the_unshifted_first_position():
 
 
 def test_record_eval_keeps_best_and_stops_after_patience():
-    from edgeft.trainloop import record_eval
+    from edgeft.train.loop import record_eval
 
     state = {"best_eval": None, "best_step": None, "evals_without_best": 0, "stopped_early": False}
     history = [(10, 2.0), (20, 1.5), (30, 1.6), (40, 1.4), (50, 1.45), (60, 1.5)]

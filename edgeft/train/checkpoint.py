@@ -6,7 +6,7 @@ the previous checkpoint as the latest):
     OUT_DIR/checkpoints/step-000050/  trainable.safetensors  optimizer.pt  rng.pt  state.json
     OUT_DIR/checkpoints/best/         trainable.safetensors  state.json     (lowest held-out loss so far)
 
-The data position is the global step: the batch plan is a pure function of (seed, epoch), see traindata.
+The data position is the global step: the batch plan is a pure function of (seed, epoch), see edgeft/train/batches.py.
 """
 
 from __future__ import annotations

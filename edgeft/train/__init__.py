@@ -1,4 +1,4 @@
-"""`edgeft train`: QLoRA/LoRA fine-tuning with a plain PyTorch loop (edgeft/trainloop.py).
+"""`edgeft train`: QLoRA/LoRA fine-tuning with a plain PyTorch loop (edgeft/train/loop.py).
 
 AdamW + cosine schedule with warmup, gradient accumulation to the recipe's effective batch, loss on assistant
 tokens only (normalised by the number of such tokens in the whole optimizer step, over all processes), held-out
@@ -17,12 +17,12 @@ import random
 import shutil
 from pathlib import Path
 
-from edgeft import checkpoint as ckpt
 from edgeft.errors import EdgeftError, environment_error
 from edgeft.fsutil import atomic_file, check_writable, refuse_own_input
 from edgeft.identity import INPUTS_FILE, check_resume_inputs, training_inputs
-from edgeft.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe
-from edgeft.trainmodel import bitsandbytes_problem, check_base
+from edgeft.train import checkpoint as ckpt
+from edgeft.train.model import bitsandbytes_problem, check_base
+from edgeft.train.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe
 
 
 def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool = False, resume: bool = False,
@@ -45,7 +45,7 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
         if problem:
             raise EdgeftError(f"--method qlora needs bitsandbytes 4-bit, which does not run here ({problem}); "
                               "install bitsandbytes>=0.50.2 or pass --method lora")
-    from edgeft.distributed import World
+    from edgeft.train.world import World
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
     world = World()
@@ -136,9 +136,9 @@ def _seed_everything(seed: int) -> None:
 
 def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: Recipe, world, resume: bool,
          progress: bool) -> Path:
-    from edgeft.traindata import tokenize_conversations
-    from edgeft.trainloop import TrainRun
-    from edgeft.trainmodel import load_tokenizer, load_training_model, parameter_counts
+    from edgeft.train.batches import tokenize_conversations
+    from edgeft.train.loop import TrainRun
+    from edgeft.train.model import load_tokenizer, load_training_model, parameter_counts
 
     _seed_everything(recipe.seed)
     tok = load_tokenizer(base, recipe)

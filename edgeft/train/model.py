@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeft.errors import EdgeftError
-from edgeft.recipe import Recipe
+from edgeft.train.recipe import Recipe
 
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 

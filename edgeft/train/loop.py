@@ -11,12 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from edgeft import checkpoint as ckpt
-from edgeft.distributed import World
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import make_temp
-from edgeft.recipe import Recipe
-from edgeft.traindata import collate, label_count, plan_epoch
+from edgeft.train import checkpoint as ckpt
+from edgeft.train.batches import collate, label_count, plan_epoch
+from edgeft.train.recipe import Recipe
+from edgeft.train.world import World
 
 METRICS = "metrics.jsonl"
 
@@ -219,7 +219,7 @@ class TrainRun:
         self.world.barrier()
 
     def _checkpoint(self, done: int) -> None:
-        from edgeft.checkpoint import capture_rng
+        from edgeft.train.checkpoint import capture_rng
 
         rng_states = self.world.gather(capture_rng())
         if self.world.is_main:
@@ -245,7 +245,7 @@ class TrainRun:
         }
         if self.world.is_main:
             self._write_adapter()
-            from edgeft.plots import plot_loss
+            from edgeft.train.plots import plot_loss
 
             plot_loss(self.out_dir / METRICS, self.out_dir / "loss.png")
             from edgeft.fsutil import atomic_file
