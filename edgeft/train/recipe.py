@@ -124,12 +124,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise EdgeftError(f"{path}: recipe file not found; pass an existing YAML with --config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise EdgeftError(f"{where}: recipe is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from None
+    from edgeft.data.io import read_yaml
+
+    data = read_yaml(path, "recipe") or {}
     if not isinstance(data, dict):
         raise EdgeftError(f"{path}: recipe must be a mapping of settings (key: value); see edgeft/recipes/default.yaml")
     return data
