@@ -111,15 +111,76 @@ def _ladder_section(ladder: dict | None) -> list[str]:
     return lines
 
 
+def _cost_section(manifest: dict) -> list[str]:
+    m = manifest.get("metrics", {})
+    forgetting, quant = m.get("forgetting", {}), m.get("quantization", {})
+    reference = quant.get("reference", "F16")
+    return [
+        "", "## What it may have cost", "| check | value |", "|---|---|",
+        f"| forgetting probe perplexity, fine-tune / base | {_num(forgetting.get('ppl_finetune'), '.2f')} / "
+        f"{_num(forgetting.get('ppl_base'), '.2f')} (ratio {_num(forgetting.get('ratio'))}) |",
+        f"| {manifest['quant']} vs {reference}: mean KL-divergence | {_num(quant.get('kld'), '.4f')} |",
+        f"| {manifest['quant']} vs {reference}: top-1 agreement | {_pct(quant.get('top1'))} |",
+    ]
+
+
+def _speed_section(speed: dict) -> list[str]:
+    lines = ["", "## Speed (llama.cpp on the machine that built it)", "| model | prompt tok/s | generation tok/s |",
+             "|---|---|---|"]
+    for who in ("finetune", "base"):
+        row = speed.get(who) or {}
+        lines.append(f"| {who} | {_num(row.get('pp'), '.1f')} | {_num(row.get('tg'), '.1f')} |")
+    if speed.get("settings"):
+        lines += ["", f"Settings: {speed['settings']}."]
+    return lines
+
+
+def _gates_section(gates: list[dict]) -> list[str]:
+    lines = ["", "## Gates", "| gate | result |", "|---|---|"]
+    return lines + ([f"| {g.get('text') or g['gate']} | {'pass' if g.get('passed') else 'FAIL'} |" for g in gates]
+                    or ["| none | - |"])
+
+
+def _run_section(name: str, gguf_name: str, system_prompt: str | None) -> list[str]:
+    system_arg = f' -p "{system_prompt}"' if system_prompt else ""
+    return [
+        "", "## Run it", "llama.cpp:", "```sh", f"llama-cli -m {gguf_name} -cnv --temp 0{system_arg}", "```",
+        "llama-cpp-python:", "```python", "from llama_cpp import Llama", f"llm = Llama(model_path=\"{gguf_name}\")",
+        "messages = " + (f"[{{\"role\": \"system\", \"content\": {system_prompt!r}}}, " if system_prompt else "[")
+        + "{\"role\": \"user\", \"content\": \"...\"}]",
+        "print(llm.create_chat_completion(messages, temperature=0)[\"choices\"][0][\"message\"][\"content\"])",
+        "```", "Ollama:", "```sh", f"ollama create {name} -f Modelfile && ollama run {name}", "```",
+    ]
+
+
+def _provenance_section(manifest: dict) -> list[str]:
+    base = manifest["base_model"]
+    license_line = base.get("license") or "**not found**"
+    lines = ["", "## Provenance",
+             f"- Base model: `{base.get('name')}`; license: {license_line}"
+             + (f" (from {base['source']})" if base.get("source") else "")]
+    origin = base.get("provenance")
+    if origin:
+        lines.append(f"- Base weights: {origin.get('source', 'recorded in source.json')}"
+                     + (f", upstream `{origin['upstream']}`" if origin.get("upstream") else "")
+                     + (f", sha256 {origin['sha256']}" if origin.get("sha256") else ""))
+    if base.get("flag"):
+        lines.append(f"- **License flag:** {base['flag']}")
+    lines += [f"- Data: " + ", ".join(f"{role} `{_file_name(d['path'])}` (sha256 {d['sha256'][:12]}…)"
+                                     for role, d in manifest.get("data", {}).items()),
+              "- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items() if v),
+              "- Every file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
+    return lines
+
+
 def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | None = None) -> str:
     m = manifest.get("metrics", {})
     base = manifest["base_model"]
-    forgetting, quant, speed = m.get("forgetting", {}), m.get("quantization", {}), m.get("throughput", {})
-    license_line = base.get("license") or "**not found**"
+    upstream = (base.get("provenance") or {}).get("upstream")
     lines = [
         "---",
         f"license: {base.get('license') or 'unknown'}",
-        f"base_model: {base.get('name')}",
+        f"base_model: {upstream or base.get('name')}",
         "tags: [gguf, edgeft, llama.cpp]",
         "---",
         f"# {manifest['name']}",
@@ -129,58 +190,12 @@ def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | No
         "## Does it beat the prompted base?",
         *_task_section(m.get("task", {})),
         *_ladder_section(m.get("ladder")),
-        "",
-        "## What it may have cost",
-        "| check | value |",
-        "|---|---|",
-        f"| forgetting probe perplexity, fine-tune / base | {_num(forgetting.get('ppl_finetune'), '.2f')} / "
-        f"{_num(forgetting.get('ppl_base'), '.2f')} (ratio {_num(forgetting.get('ratio'))}) |",
-        f"| {manifest['quant']} vs {quant.get('reference', 'F16')}: mean KL-divergence | {_num(quant.get('kld'), '.4f')} |",
-        f"| {manifest['quant']} vs {quant.get('reference', 'F16')}: top-1 agreement | {_pct(quant.get('top1'))} |",
-        "",
-        "## Speed (llama.cpp on the machine that built it)",
-        "| model | prompt tok/s | generation tok/s |",
-        "|---|---|---|",
+        *_cost_section(manifest),
+        *_speed_section(m.get("throughput", {})),
+        *_gates_section(manifest.get("gates", [])),
+        *_run_section(manifest["name"], gguf_name, system_prompt),
+        *_provenance_section(manifest),
     ]
-    for who in ("finetune", "base"):
-        row = speed.get(who) or {}
-        lines.append(f"| {who} | {_num(row.get('pp'), '.1f')} | {_num(row.get('tg'), '.1f')} |")
-    if speed.get("settings"):
-        lines += ["", f"Settings: {speed['settings']}."]
-    gates = manifest.get("gates", [])
-    lines += ["", "## Gates", "| gate | result |", "|---|---|"]
-    lines += [f"| {g.get('text') or g['gate']} | {'pass' if g.get('passed') else 'FAIL'} |" for g in gates] or ["| none | - |"]
-    system_arg = f' -p "{system_prompt}"' if system_prompt else ""
-    lines += [
-        "",
-        "## Run it",
-        "llama.cpp:",
-        "```sh",
-        f"llama-cli -m {gguf_name} -cnv --temp 0{system_arg}",
-        "```",
-        "llama-cpp-python:",
-        "```python",
-        "from llama_cpp import Llama",
-        f"llm = Llama(model_path=\"{gguf_name}\")",
-        "messages = " + (f"[{{\"role\": \"system\", \"content\": {system_prompt!r}}}, " if system_prompt else "[")
-        + "{\"role\": \"user\", \"content\": \"...\"}]",
-        "print(llm.create_chat_completion(messages, temperature=0)[\"choices\"][0][\"message\"][\"content\"])",
-        "```",
-        "Ollama:",
-        "```sh",
-        f"ollama create {manifest['name']} -f Modelfile && ollama run {manifest['name']}",
-        "```",
-        "",
-        "## Provenance",
-        f"- Base model: `{base.get('name')}`; license: {license_line}"
-        + (f" (from {base['source']})" if base.get("source") else ""),
-    ]
-    if base.get("flag"):
-        lines.append(f"- **License flag:** {base['flag']}")
-    lines += [f"- Data: " + ", ".join(f"{role} `{_file_name(d['path'])}` (sha256 {d['sha256'][:12]}…)"
-                                     for role, d in manifest.get("data", {}).items()),
-              "- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items() if v),
-              "- Every file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
     return "\n".join(lines)
 
 
