@@ -21,6 +21,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, NOUNS
 from edgeft.fsutil import atomic_dir
 
 # Everything that decides the weights; its hash names the cache entry, so a change rebuilds.
@@ -135,8 +136,6 @@ def _chatml(turns: list[tuple[str, str]]) -> str:
 def place_and_thing_texts(rng: random.Random, n: int) -> list[str]:
     """Plain sentences naming the demo shop's cities, goods, categories and years, like any general corpus would:
     it gives the tokenizer whole tokens for those words (a value is then one token to carry over), never SQL."""
-    from edgeft.demo.sql_task import ADJECTIVES, CATEGORIES, CITIES, NOUNS
-
     # Quoted half the time: after a quote a word has no leading space, and that spelling needs its own token too.
     def name(words):
         return f"'{rng.choice(words)}'" if rng.random() < 0.5 else rng.choice(words)

@@ -2,11 +2,11 @@
 
 Deterministic from a seed. Nothing the eval set asks was seen in training: every eval question uses phrasings that
 no training example uses, and every eval answer is a query training never contains, because each (question kind,
-value) combination belongs to one side only (about a fifth, at least two per kind, picked by hash, to eval). Values
-themselves come from small sets that training covers: a 4.5M-parameter base has no copying ability to build on
-(measured: its fine-tunes learn the question kind but never copy an unseen value), so "Prague" must have been seen
-in some training question, just never in the kind of question eval asks about it (each value is eval-only in at
-most one kind). The SQLite file is what `sql-exec` runs gold and predicted queries on.
+value) combination belongs to one side only (about a fifth, at least two per kind, picked by hash, to eval). About
+one eval question in four also names values training never contains at all (cities, categories, products, years,
+ids, amounts of their own): the demo base is a real instruct model that can copy a value from the question, and
+the eval measures whether the fine-tune kept that ability. The SQLite file is what `sql-exec` runs gold and
+predicted queries on.
 
 Example:
     write_task(Path(".cache/demo/data"))   # train.jsonl, eval.jsonl, shop.sqlite, schema.sql
@@ -24,28 +24,20 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, FIRST, LAST, NOUNS
 from edgeft.fsutil import atomic_file
 
 SEED = 1234
-N_TRAIN = 4000
+# Sized for a CPU: measured on SmolLM2-135M, ~1,300 SQL conversations (one epoch, 80 steps of 16) take the
+# fine-tune from 0% to >95% sql-exec; more data costs training minutes and buys little.
+N_TRAIN = 1300
 N_EVAL = 200
-N_GENERAL = 600  # generic chats mixed into training (not SQL; eval stays SQL only)
+N_GENERAL = 200  # generic chats mixed into training (not SQL; eval stays SQL only)
 
 # Short on purpose: the fine-tune learns the schema from its examples, and every token here is paid for in each of
 # the training sequences. The prompted base gets the schema spelled out instead (eval.system in the demo recipe).
 SYSTEM_PROMPT = "You are a terse SQL assistant. Reply with one SQLite query for the shop database and nothing else."
 
-CITIES = ["Lisbon", "Oslo", "Dublin", "Madrid", "Vienna", "Prague", "Berlin", "Paris", "Rome", "Athens", "Warsaw",
-          "Zurich", "Milan", "Porto", "Lyon", "Munich", "Tallinn", "Riga", "Sofia", "Krakow", "Seville", "Bergen"]
-CATEGORIES = ["books", "toys", "garden", "kitchen", "music", "sports", "office", "pets", "tools", "shoes"]
-FIRST = ["Ana", "Ben", "Carla", "Dan", "Eva", "Farid", "Greta", "Hugo", "Ines", "Jon", "Kira", "Liam", "Mia",
-         "Nils", "Olga", "Pablo", "Rosa", "Sven", "Tara", "Umar", "Vera", "Will", "Yara", "Zoe"]
-LAST = ["Silva", "Berg", "Novak", "Costa", "Meyer", "Rossi", "Dubois", "Kowalski", "Moreau", "Jensen", "Lopez",
-        "Horvat", "Weber", "Ferreira", "Nagy", "Larsen"]
-ADJECTIVES = ["Red", "Blue", "Tiny", "Smart", "Classic", "Quiet", "Solar", "Rapid", "Golden", "Silver", "Urban",
-              "Wild"]
-NOUNS = {"books": "Novel", "toys": "Robot", "garden": "Hose", "kitchen": "Kettle", "music": "Guitar",
-         "sports": "Racket", "office": "Stapler", "pets": "Leash", "tools": "Drill", "shoes": "Sneaker"}
 SIGNUP_YEARS = range(2012, 2026)
 ORDER_YEARS = range(2016, 2026)
 # Questions name values from small sets, so each value recurs often enough in training for a tiny model to learn it.
@@ -58,7 +50,13 @@ ASKED_IDS = range(1, 13)       # customer ids questions may name
 ASKED_PRODUCTS = 12            # the first 12 products' names may be asked about
 QUANTITIES = (3, 5, 8, 10)
 EVAL_SHARE = 5                 # about one (question kind, value) combination in 5 is eval-only
+UNSEEN_SHARE = 4               # about one eval question in 4 names values from UNSEEN_VALUES only
 N_CUSTOMERS, N_PRODUCTS, N_ORDERS = 240, 120, 1500
+# Values no training question or answer contains (disjoint from every ASKED set above), all present in the
+# database. Quantities have none: every small number is a customer or product id somewhere in training.
+UNSEEN_VALUES = {"city": CITIES[8:12], "category": CATEGORIES[6:8], "price": (75, 175, 325, 475),
+                 "year": (2013, 2014, 2015), "oyear": (2025,), "cid": range(13, 21), "pid": range(13, 21)}
+UNSEEN_PRODUCTS = range(ASKED_PRODUCTS, ASKED_PRODUCTS + 4)  # indexes into the product list
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,14 @@ class _Shop:
         self.orders = [(i + 1, rng.randint(1, N_CUSTOMERS), rng.randint(1, N_PRODUCTS), rng.randint(1, 12),
                         rng.choice(list(ORDER_YEARS))) for i in range(N_ORDERS)]
 
-    def slot_values(self, rng: random.Random) -> dict:
+    def slot_values(self, rng: random.Random, *, unseen: bool = False) -> dict:
+        seen = self._seen_values(rng)
+        if not unseen:
+            return seen
+        values = {slot: rng.choice(list(choices)) for slot, choices in UNSEEN_VALUES.items()}
+        return {**seen, **values, "product": self.products[rng.choice(list(UNSEEN_PRODUCTS))][1]}
+
+    def _seen_values(self, rng: random.Random) -> dict:
         return {
             "city": rng.choice(ASKED_CITIES),
             "category": rng.choice(ASKED_CATEGORIES),
@@ -309,12 +314,18 @@ def generate(n_train: int = N_TRAIN, n_eval: int = N_EVAL, seed: int = SEED) -> 
             if attempts > count * 200:
                 raise RuntimeError("demo generator cannot find enough distinct questions; lower the counts")
             intent = INTENTS[len(sets[held_out]) % len(INTENTS)]
-            values = shop.slot_values(rng)
-            if (tuple(values[slot] for slot in slots_of(intent)) in eval_only[intent.name]) != held_out:
-                continue
+            # Decided by position (hashed, so not in step with the intent cycle): a per-attempt draw would favour
+            # unseen values, which are never rejected, while seen-value eval combinations are rare.
+            # A kind of question without a slot that has unseen values (quantities) stays a seen-value one.
+            unseen = (held_out and zlib.crc32(b"unseen%d" % len(sets[True])) % UNSEEN_SHARE == 0
+                      and bool(set(slots_of(intent)) & {*UNSEEN_VALUES, "product"}))
+            values = shop.slot_values(rng, unseen=unseen)
             used = {slot: values[slot] for slot in slots_of(intent)}
-            if held_out and not all(str(value) in train_values for value in used.values()):
-                continue  # every value eval asks for was seen in training, in another kind of question
+            if not unseen:
+                if (tuple(used.values()) in eval_only[intent.name]) != held_out:
+                    continue
+                if held_out and not all(str(value) in train_values for value in used.values()):
+                    continue  # a seen-value eval question: each value was seen in training, in another kind
             if held_out:
                 phrasing = rng.choice(intent.eval)
             else:
@@ -367,8 +378,8 @@ def write_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN, n_eva
 
     out_dir = Path(out_dir)
     train, evaluation = generate(n_train, n_eval, seed)
-    # Replay of the base's kind of chat: the fine-tune trains the output head, and without it the model forgets
-    # general text entirely (measured: probe perplexity x48,000).
+    # Replayed generic chats (docstring questions, small talk): a fine-tune on SQL alone drifts towards answering
+    # everything with a query; with these 200 the forgetting probe measured x0.97 of the base's perplexity.
     train = train + general_chats(n_general, seed)
     random.Random(seed).shuffle(train)
     paths = {
