@@ -1,8 +1,8 @@
 """Eval examples: each JSONL conversation becomes (prompt messages, gold answer), the gold being the last
 assistant turn; and the baseline's prompt: system text plus K solved examples from the training set.
 
-runtime/ reads eval files itself (rather than through edgeft.data) so the laptop install, which has no training
-extras, can evaluate; the checks are the few an evaluation depends on, each reported as file:line.
+Eval files are read by edgeft.data.io's JSONL reader (a leaf: the laptop install, which has no training extras,
+has it) with this module's parser: the checks are the few an evaluation depends on, each reported as file:line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeft.data.io import iter_lines, lone_surrogate, parse_json_line
+from edgeft.data.io import Record, lone_surrogate, parse_json_line, read_jsonl
 from edgeft.errors import EdgeftError
 
 ROLES = {"system", "user", "assistant"}
@@ -29,35 +29,33 @@ class Example:
         return users[-1] if users else ""
 
 
+def parse_eval_line(number: int, raw: str) -> Record:
+    """One eval line as a Record: the few checks an evaluation depends on (role names, string content, text that
+    is text), not the training side's full order rules."""
+    obj, problem = parse_json_line(raw)
+    if problem is not None:
+        return Record(number, raw, None, [f"{problem.replace('invalid JSON', 'not valid JSON', 1)}; one "
+                                          "conversation per line"])
+    messages = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return Record(number, raw, None, ['expected {"messages": [{"role": ..., "content": ...}, ...]}'])
+    for turn, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES \
+                or not isinstance(message.get("content"), str):
+            return Record(number, raw, None, [f"message {turn} needs a role in {sorted(ROLES)} and string content"])
+        if (surrogate := lone_surrogate(message["content"])) is not None:
+            return Record(number, raw, None, [f"message {turn} holds a lone surrogate {surrogate}, which is not "
+                                              "text; fix or drop the example"])
+    return Record(number, raw, [{"role": m["role"], "content": m["content"]} for m in messages], [], obj)
+
+
 def read_conversations(path: str | Path, *, option: str = "--data") -> list[tuple[int, list[dict]]]:
     """(line number, messages) for each non-empty line; EdgeftError with file:line on the first bad one."""
     path = Path(path)
     if not path.is_file():
         what = "not a regular file" if path.exists() else "file not found"
         raise EdgeftError(f"{option} {path}: {what}; pass a JSONL file of {{\"messages\": [...]}} lines")
-    conversations = []
-    # Lines are decoded and parsed as the data tools do (a bad byte or too-deep nesting is FILE:LINE, not a crash).
-    for number, line, problem in iter_lines(path):
-        where = f"{path}:{number}"
-        if problem is not None:
-            raise EdgeftError(f"{where}: {problem}")
-        if not line.strip():
-            continue
-        record, problem = parse_json_line(line)
-        if problem is not None:
-            raise EdgeftError(f"{where}: {problem.replace('invalid JSON', 'not valid JSON', 1)}; one conversation "
-                              "per line")
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise EdgeftError(f"{where}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
-        for turn, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES \
-                    or not isinstance(message.get("content"), str):
-                raise EdgeftError(f"{where}: message {turn} needs a role in {sorted(ROLES)} and string content")
-            if (surrogate := lone_surrogate(message["content"])) is not None:
-                raise EdgeftError(f"{where}: message {turn} holds a lone surrogate {surrogate}, which is not text; "
-                                  "fix or drop the example")
-        conversations.append((number, [{"role": m["role"], "content": m["content"]} for m in messages]))
+    conversations = [(record.line, record.messages) for record in read_jsonl(path, parse_eval_line)]
     if not conversations:
         raise EdgeftError(f"{option} {path}: no conversations in the file")
     return conversations

@@ -1,7 +1,8 @@
 """Read conversation JSONL: one `{"messages": [{"role", "content"}...]}` per line.
 
-Two readers over one validator: `scan_jsonl` never stops at a bad line (data check reports every problem),
-`read_conversations` stops at the first one with `FILE:LINE: what` (training must not start on bad data).
+Two readers over one line parser: `scan_jsonl` never stops at a bad line (data check reports every problem),
+`read_jsonl` stops at the first one with `FILE:LINE: what` (training and eval must not start on bad data);
+`read_conversations` is the training side's, and runtime.examples passes its own, looser parser for eval files.
 Also the one YAML reader (`read_yaml`, `parse_yaml`) for recipes and model cards: bad YAML is one line with the
 file and line. A shared leaf: `convert/` and `runtime/` import it, so it imports nothing heavy at module level.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from edgeft.errors import EdgeftError
 
@@ -136,29 +137,45 @@ def parse_line(number: int, raw: str) -> Record:
     return Record(number, raw, messages, problems, obj if isinstance(obj, dict) else None)
 
 
+def _records(path: str | Path, parse: Callable[[int, str], Record]) -> Iterator[Record]:
+    """A Record per non-blank line: `parse(number, text)`, or the line's UTF-8 problem."""
+    for number, raw, problem in iter_lines(path):
+        if problem is not None:
+            yield Record(number, "", None, [problem])
+        elif raw.strip():
+            yield parse(number, raw)
+
+
+def _empty(path: str | Path) -> EdgeftError:
+    return EdgeftError(f"{path}: empty, no conversations in it; expected one {{\"messages\": [...]}} per line")
+
+
 def scan_jsonl(path: str | Path) -> list[Record]:
     """Every non-blank line of `path` as a Record; bad lines carry their problems instead of raising. A file with
     no line at all is an error: "0 examples, 0 errors" would read as a pass."""
-    records = [parse_line(number, raw) if problem is None else Record(number, "", None, [problem])
-               for number, raw, problem in iter_lines(path) if problem is not None or raw.strip()]
+    records = list(_records(path, parse_line))
     if not records:
-        raise EdgeftError(f"{path}: empty, no conversations in it; expected one {{\"messages\": [...]}} per line")
+        raise _empty(path)
+    return records
+
+
+def read_jsonl(path: str | Path, parse: Callable[[int, str], Record] = parse_line, *, advice: str = "") -> list[Record]:
+    """The Records of a JSONL file, read up to the first bad line, which raises `FILE:LINE: what{advice}`.
+    `parse` turns one line into a Record (the default: a training conversation, checked in full)."""
+    records = []
+    for record in _records(path, parse):
+        if record.problems:
+            raise EdgeftError(f"{path}:{record.line}: {record.problems[0]}{advice}")
+        records.append(record)
     return records
 
 
 def read_conversations(path: str | Path) -> list[dict]:
     """The conversations of a JSONL file, validated; the first bad line raises `FILE:LINE: what`."""
-    path = Path(path)
-    conversations = []
-    for record in scan_jsonl(path):
-        if record.problems:
-            raise EdgeftError(
-                f"{path}:{record.line}: {record.problems[0]}; run `edgeft data check {path}` for the full list"
-            )
-        conversations.append(record.data)
-    if not conversations:
-        raise EdgeftError(f"{path}: no conversations in the file; expected one JSON object per line")
-    return conversations
+    records = read_jsonl(path, advice=f"; run `edgeft data check {path}` for the full list")
+    if not records:
+        raise _empty(path)
+    return [record.data for record in records]
 
 
 def write_jsonl_lines(path: str | Path, lines: Iterable[str]) -> Path:
