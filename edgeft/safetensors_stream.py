@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from convert.reader import bf16_to_float32
+from convert.safetensors_file import bf16_to_float32
 from edgeft.errors import EdgeftError
 
 # safetensors dtype name -> bytes per element
@@ -26,7 +26,7 @@ DTYPE_SIZES: dict[str, int] = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-# numpy views for dtypes numpy has; BF16 is read as uint16 bits and widened by `convert.reader.bf16_to_float32`.
+# numpy views for dtypes numpy has; BF16 is read as uint16 bits and widened by `convert.safetensors_file.bf16_to_float32`.
 NUMPY_DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convert.arch.llama import unpermute_rotary
-from convert.reader import SafetensorsReader, bf16_to_float32
+from convert.safetensors_file import SafetensorsReader, bf16_to_float32
 from convert.vocab.pretokenizer import LLAMA3_SPLIT, QWEN2_SPLIT, detect_pretokenizer
 from edgeft.errors import EdgeftError
 from tests.convert_helpers import converted
@@ -50,6 +50,18 @@ def test_unpermute_rotary_interleaves_halves_per_head():
     rows = np.arange(n_head * head_dim)[:, None].astype(np.float32)
     got = unpermute_rotary(rows, n_head)[:, 0].astype(int).tolist()
     assert got == [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
+
+
+def test_every_table_names_only_tensors_its_llama_cpp_arch_has():
+    import gguf
+
+    from convert.arch import REGISTRY
+
+    arch_by_name = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+    for hf_class, cls in REGISTRY.items():
+        used = {t for row in cls.tensors.values() for t in (row if isinstance(row, tuple) else (row,))}
+        unknown = used - set(gguf.MODEL_TENSORS[arch_by_name[cls.gguf_arch]])
+        assert not unknown, f"{hf_class}: {cls.gguf_arch} has no {sorted(t.name for t in unknown)}"
 
 
 def _bytelevel(use_regex):

@@ -21,7 +21,7 @@ import pytest
 
 from convert import convert_model
 from convert.importer import import_gguf
-from convert.reader import SafetensorsReader
+from convert.safetensors_file import SafetensorsReader
 from tests import corpus
 from tests.convert_helpers import PROMPT, converted, hf_logits, open_llama
 from tests.factory import ARCHS, build_model

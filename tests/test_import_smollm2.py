@@ -82,7 +82,7 @@ def test_smollm2_import_keeps_the_tokenizer(round_trip):
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
     assert config["num_hidden_layers"] == 30 and "quantization_config" not in config
-    from convert.reader import SafetensorsReader
+    from convert.safetensors_file import SafetensorsReader
 
     names = SafetensorsReader(folder).names()
     assert len(names) == 272 and "lm_head.weight" not in names  # 30 x 9 + embedding + final norm, output tied

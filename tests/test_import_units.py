@@ -9,7 +9,7 @@ import pytest
 from convert.arch.llama import llama3_rope_factors, llama3_rope_parameters, permute_rotary, unpermute_rotary
 from convert.importer import import_gguf
 from convert.importer.safetensors_out import float32_to_bf16, write_safetensors
-from convert.reader import SafetensorsReader
+from convert.safetensors_file import SafetensorsReader
 from convert.vocab.pretokenizer import PRETOKENIZER_TABLE, detect_pretokenizer, pretokenizer_definition
 from edgeft.errors import EdgeftError
 from tests.convert_helpers import converted
@@ -87,7 +87,7 @@ def test_bf16_rounding_matches_torch():
     values = values.astype(np.float32)
     want = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     assert np.array_equal(float32_to_bf16(values), want)
-    from convert.reader import bf16_to_float32
+    from convert.safetensors_file import bf16_to_float32
 
     assert np.isnan(bf16_to_float32(float32_to_bf16(np.array([np.nan, -np.nan], np.float32)))).all()
     assert np.array_equal(bf16_to_float32(want), torch.from_numpy(values).to(torch.bfloat16).float().numpy())

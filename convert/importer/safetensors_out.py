@@ -1,6 +1,6 @@
 """Streaming safetensors writer: the header is known from the shapes alone, so each tensor is produced, written and
 dropped in turn (peak memory: one tensor). float32 as is; bf16 rounded to nearest-even from float32 and stored as
-raw uint16 bits (numpy has no bf16), the inverse of convert.reader.bf16_to_float32. Shards past `max_shard_bytes`,
+raw uint16 bits (numpy has no bf16), the inverse of convert.safetensors_file.bf16_to_float32. Shards past `max_shard_bytes`,
 with the model.safetensors.index.json transformers reads."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from convert.reader import INDEX_NAME
+from convert.safetensors_file import INDEX_NAME
 
 DTYPES = {"f32": ("F32", 4), "bf16": ("BF16", 2)}
 MAX_SHARD_BYTES = 4 * 1024 ** 3

@@ -176,7 +176,7 @@ def validate_imatrix(
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     """bf16 stored as uint16 (how safetensors gives it without torch) -> float32, exactly."""
-    from convert.reader import bf16_to_float32
+    from convert.safetensors_file import bf16_to_float32
 
     return bf16_to_float32(np.asarray(bits, dtype=np.uint16))
 
