@@ -21,6 +21,10 @@ def check_base(base: str | Path) -> Path:
     return base
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
 def bitsandbytes_problem() -> str | None:
     """Why 4-bit NF4 cannot run here, or None. Tried for real (a tiny Linear4bit forward), not just imported."""
     try:
@@ -32,8 +36,7 @@ def bitsandbytes_problem() -> str | None:
         layer = layer.to(device)
         layer(torch.zeros(1, 64, device=device))
     except Exception as exc:  # any failure (missing wheel, no kernel for this device) means the same to the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"{type(exc).__name__}: {first}"[:200]
+        return f"{type(exc).__name__}: {_first_line(exc) or type(exc).__name__}"[:200]
     return None
 
 
@@ -91,37 +94,55 @@ def _module_leaf_name(model, module) -> str:
 def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
     """The base (4-bit NF4 + double quant for qlora) with LoRA on the target linears; returns the peft model."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device, dtype = _device_and_dtype()
+    model = _load_base(base, recipe, device, dtype)
+    token_indices = _trainable_token_indices(model, tok)
+    model = _prepare_for_training(model, recipe)
+    model = _attach_lora(model, recipe, token_indices)
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats(device)
+    return model
+
+
+def _load_base(base: Path, recipe: Recipe, device: str, dtype):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     kwargs = {"dtype": dtype, "device_map": {"": device}}
     if recipe.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise EdgeftError(f"{base}: cannot load the base model ({first}); check the folder is a causal LM") from None
+        raise EdgeftError(f"{base}: cannot load the base model ({_first_line(exc)}); "
+                          "check the folder is a causal LM") from None
 
-    token_indices = None
-    if tok.added_tokens:
-        # New rows start at the mean embedding (transformers' default) and are trained through peft's
-        # trainable tokens, so the adapter carries exactly those rows to merge and GGUF.
-        model.resize_token_embeddings(len(tok.tokenizer))
-        new_ids = tok.tokenizer.convert_tokens_to_ids(tok.added_tokens)
-        token_indices = {_module_leaf_name(model, model.get_input_embeddings()): new_ids}
-        output = model.get_output_embeddings()
-        if output is not None and output.weight is not model.get_input_embeddings().weight:
-            token_indices[_module_leaf_name(model, output)] = new_ids
 
-    checkpointing = recipe.use_gradient_checkpointing
+def _trainable_token_indices(model, tok: TrainingTokenizer) -> dict[str, list[int]] | None:
+    """Grow the vocabulary by the added tokens; returns peft's trainable_token_indices for their rows, or None.
+
+    New rows start at the mean embedding (transformers' default) and are trained through peft's trainable tokens,
+    so the adapter carries exactly those rows to merge and GGUF."""
+    if not tok.added_tokens:
+        return None
+    model.resize_token_embeddings(len(tok.tokenizer))
+    new_ids = tok.tokenizer.convert_tokens_to_ids(tok.added_tokens)
+    token_indices = {_module_leaf_name(model, model.get_input_embeddings()): new_ids}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        token_indices[_module_leaf_name(model, output)] = new_ids
+    return token_indices
+
+
+def _prepare_for_training(model, recipe: Recipe):
+    from peft import prepare_model_for_kbit_training
+
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         keep_training_layout(model)
-    if checkpointing:
+    if recipe.use_gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs and with our manual gradient all-reduce.
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
@@ -129,7 +150,10 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
+    return model
 
+
+def _lora_targets(model, recipe: Recipe):
     targets = recipe.target_modules
     if targets == "all-linear" and any(param.ndim == 3 for param in model.parameters()):
         targets = moe_linear_targets(model, with_router=not recipe.dropout)
@@ -138,24 +162,28 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
 
             warnings.warn("MoE base: all-linear trains attention only; peft's LoRA on the router (a raw parameter) "
                           "has no dropout, so set dropout: 0 in the recipe to train the router too")
+    return targets
+
+
+def _attach_lora(model, recipe: Recipe, token_indices: dict[str, list[int]] | None):
+    from peft import LoraConfig, get_peft_model
+
+    from convert.adapter_file import expert_parameters
+
     lora = LoraConfig(
         r=recipe.r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.dropout,
-        target_modules=targets, use_rslora=recipe.rslora, use_dora=recipe.dora,
+        target_modules=_lora_targets(model, recipe), use_rslora=recipe.rslora, use_dora=recipe.dora,
         trainable_token_indices=token_indices, task_type="CAUSAL_LM", bias="none")
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise EdgeftError(f"target_modules={recipe.target_modules!r}: {first}; fix target_modules in the recipe") from None
-    from edgeft.adapter import expert_parameters
-
+        raise EdgeftError(f"target_modules={recipe.target_modules!r}: {_first_line(exc)}; "
+                          "fix target_modules in the recipe") from None
     experts = expert_parameters(model.peft_config["default"].target_parameters)
     if experts:  # peft maps gate_proj/up_proj/down_proj (w1/w2/w3) of a MoE onto its stacked experts
         raise EdgeftError(f"target_modules={recipe.target_modules!r} reaches the stacked MoE experts {experts}, which "
                           "edgeft cannot merge or export yet; target attention and the router: [q_proj, k_proj, "
                           "v_proj, o_proj, gate]")
-    if device != "cpu":
-        torch.cuda.reset_peak_memory_stats(device)
     return model
 
 
