@@ -77,6 +77,14 @@ def trainable_state(model) -> dict:
     return {name: p.detach().to("cpu").clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _write_weights_and_state(folder: Path, model, state: dict) -> None:
+    """What every checkpoint folder holds: the trainable weights and state.json."""
+    from safetensors.torch import save_file
+
+    save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+    (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
 def load_trainable_state(model, path: Path) -> None:
     import torch
     from safetensors.torch import load_file
@@ -95,14 +103,12 @@ def load_trainable_state(model, path: Path) -> None:
 def save_checkpoint(out_dir: Path, step: int, *, model, optimizer, scheduler, rng_states: list[dict], state: dict,
                     keep: int) -> Path:
     import torch
-    from safetensors.torch import save_file
 
     path = checkpoint_root(out_dir) / f"step-{step:06d}"
     with atomic_dir(path, overwrite=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        _write_weights_and_state(tmp, model, {**state, "step": step})
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save(rng_states, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
     for _, old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -123,12 +129,9 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> tuple[dict, l
 
 
 def save_best(out_dir: Path, *, model, state: dict) -> Path:
-    from safetensors.torch import save_file
-
     path = checkpoint_root(out_dir) / "best"
     with atomic_dir(path, overwrite=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        _write_weights_and_state(tmp, model, state)
     return path
 
 

@@ -15,6 +15,7 @@ from edgeft.errors import EdgeftError
 from edgeft.fsutil import make_temp
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.batches import collate, label_count, plan_epoch
+from edgeft.train.plots import read_metrics
 from edgeft.train.recipe import Recipe
 from edgeft.train.world import World
 
@@ -138,9 +139,8 @@ class TrainRun:
         self.state.update(state)
         if self.world.is_main:  # metrics after the checkpoint belong to the killed run's lost steps
             metrics = self.out_dir / METRICS
-            rows = [line for line in metrics.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= state["step"]] if metrics.is_file() else []
-            metrics.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+            rows = [row for row in read_metrics(metrics) if row["step"] <= state["step"]]
+            metrics.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
     def _log(self, row: dict) -> None:
         if self.world.is_main:
@@ -219,9 +219,7 @@ class TrainRun:
         self.world.barrier()
 
     def _checkpoint(self, done: int) -> None:
-        from edgeft.train.checkpoint import capture_rng
-
-        rng_states = self.world.gather(capture_rng())
+        rng_states = self.world.gather(ckpt.capture_rng())
         if self.world.is_main:
             ckpt.save_checkpoint(self.out_dir, done, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, rng_states=rng_states, state=dict(self.state),
