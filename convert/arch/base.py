@@ -1,7 +1,8 @@
-"""What every architecture shares: reading config.json, the registry by HF class name, tensor-name tables.
+"""What every architecture shares: reading config.json, the registry by HF class name, the tensor-name lookups.
 
-An architecture module only declares data (its GGUF arch name and tensor-name table) and overrides small hooks:
-`write_hparams` for its hyper-parameters, `transform_tensor` for per-tensor rewrites. Nothing arch-specific lives here.
+An architecture module only declares data (its GGUF arch name and its tensor table, see tensors.py) and overrides
+small hooks: `write_hparams` for its hyper-parameters, `transform_tensor` for per-tensor rewrites. Nothing
+arch-specific lives here.
 """
 
 from __future__ import annotations
@@ -14,36 +15,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from convert.arch.tensors import LLAMA_FAMILY, TensorTable, gguf_names
 from edgeft.errors import EdgeftError
 
 REGISTRY: dict[str, type["Architecture"]] = {}
-
-# HF tensor names shared by the Llama family of decoders. `{bid}` is the block index.
-LLAMA_FAMILY_TENSORS: dict[str, str] = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.mlp.gate_proj.weight": "blk.{bid}.ffn_gate.weight",
-    "model.layers.{bid}.mlp.up_proj.weight": "blk.{bid}.ffn_up.weight",
-    "model.layers.{bid}.mlp.down_proj.weight": "blk.{bid}.ffn_down.weight",
-}
-
-# Optional biases (Llama's attention_bias / mlp_bias configs); llama.cpp loads them when present.
-LLAMA_FAMILY_BIASES: dict[str, str] = {
-    "model.layers.{bid}.self_attn.q_proj.bias": "blk.{bid}.attn_q.bias",
-    "model.layers.{bid}.self_attn.k_proj.bias": "blk.{bid}.attn_k.bias",
-    "model.layers.{bid}.self_attn.v_proj.bias": "blk.{bid}.attn_v.bias",
-    "model.layers.{bid}.self_attn.o_proj.bias": "blk.{bid}.attn_output.bias",
-    "model.layers.{bid}.mlp.gate_proj.bias": "blk.{bid}.ffn_gate.bias",
-    "model.layers.{bid}.mlp.up_proj.bias": "blk.{bid}.ffn_up.bias",
-    "model.layers.{bid}.mlp.down_proj.bias": "blk.{bid}.ffn_down.bias",
-}
 
 # Tensors some checkpoints carry that llama.cpp recomputes itself.
 IGNORED_TENSORS = re.compile(r"(^|\.)rotary_emb\.inv_freq$|(^|\.)masked_bias$|(^|\.)attn\.bias$")
@@ -55,9 +30,9 @@ _BLOCK = re.compile(r"\.(\d+)\.")
 class Source:
     """Where a GGUF tensor's data comes from, for the tables' two many-to-one / one-to-many forms:
 
-    - a tensor-map key with `{xid}` (e.g. `...experts.{xid}.gate_proj.weight`): every HF tensor of that form is one
+    - a table key with `{xid}` (e.g. `...experts.{xid}.gate_proj.weight`): every HF tensor of that form is one
       slice of a GGUF tensor stacked along a new leading axis, at position `stack` (per-expert MoE checkpoints);
-    - a tensor-map value that is a tuple of GGUF names: the HF tensor is cut into that many equal pieces along its
+    - a table value that is a tuple of tensors: the HF tensor is cut into that many equal pieces along its
       second-to-last axis and piece `part` goes to the `part`-th name (fused `gate_up_proj` -> gate and up).
     """
 
@@ -88,10 +63,16 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 class Architecture:
-    """One HF decoder family. Subclasses set `gguf_arch` and `tensor_map`, and override hooks where needed."""
+    """One HF decoder family. Subclasses set `gguf_arch` and `tensors`, and override hooks where needed."""
 
     gguf_arch: str = ""
-    tensor_map: dict[str, str] = LLAMA_FAMILY_TENSORS
+    tensors: TensorTable = LLAMA_FAMILY
+    tensor_map: dict[str, str | tuple[str, ...]] = gguf_names(LLAMA_FAMILY)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # `tensors` with GGUF names, once per class: what the lookups of both directions (convert, import) read.
+        cls.tensor_map = gguf_names(cls.tensors)
 
     def __init__(self, config: dict[str, Any], model_dir: Path):
         self.config = config

@@ -11,42 +11,43 @@ from __future__ import annotations
 import numpy as np
 
 from convert.arch.base import Architecture, register
+from convert.arch.tensors import LLAMA_FAMILY, POST_NORMS, T, without
 from edgeft.errors import EdgeftError
 
+# Llama's rows less lm_head (always tied), plus the norms after attention and after the MLP.
 GEMMA2_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.post_attention_norm.weight",
-    "model.layers.{bid}.pre_feedforward_layernorm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.post_feedforward_layernorm.weight": "blk.{bid}.post_ffw_norm.weight",
-    "model.layers.{bid}.mlp.gate_proj.weight": "blk.{bid}.ffn_gate.weight",
-    "model.layers.{bid}.mlp.up_proj.weight": "blk.{bid}.ffn_up.weight",
-    "model.layers.{bid}.mlp.down_proj.weight": "blk.{bid}.ffn_down.weight",
+    **without(LLAMA_FAMILY, T.OUTPUT),
+    **POST_NORMS,
+    "model.layers.{bid}.pre_feedforward_layernorm.weight": T.FFN_PRE_NORM,
 }
 
 
 @register("Gemma2ForCausalLM")
 class Gemma2(Architecture):
     gguf_arch = "gemma2"
-    tensor_map = GEMMA2_TENSORS
+    tensors = GEMMA2_TENSORS
 
     @property
     def tied_embeddings(self) -> bool:
         return True
 
-    def write_hparams(self, writer) -> None:
-        super().write_hparams(writer)
-        llama_cpp_scalar = self.n_embd // self.n_head if self.n_layer == 46 else self.head_dim
+    layers_of_27b = 46  # the one size whose queries llama.cpp scales by 1/sqrt(hidden/heads)
+
+    @classmethod
+    def llama_cpp_query_scalar(cls, n_embd: int, n_head: int, n_layer: int, head_dim: int) -> int:
+        return n_embd // n_head if n_layer == cls.layers_of_27b else head_dim
+
+    def check_query_scalar(self) -> None:
+        llama_cpp_scalar = self.llama_cpp_query_scalar(self.n_embd, self.n_head, self.n_layer, self.head_dim)
         scalar = self.config.get("query_pre_attn_scalar")
         if scalar is not None and int(scalar) != llama_cpp_scalar:
             raise EdgeftError(
-                f"{self.model_dir / 'config.json'}: query_pre_attn_scalar={scalar} but llama.cpp's gemma2 uses "
-                f"{llama_cpp_scalar} for this shape; the GGUF would be subtly wrong, so it is not written")
+                f"{self.model_dir / 'config.json'}: query_pre_attn_scalar={scalar} but llama.cpp's {self.gguf_arch} "
+                f"uses {llama_cpp_scalar} for this shape; the GGUF would be subtly wrong, so it is not written")
+
+    def write_hparams(self, writer) -> None:
+        super().write_hparams(writer)
+        self.check_query_scalar()
         if self.config.get("sliding_window"):
             writer.add_sliding_window(int(self.config["sliding_window"]))
         for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
@@ -67,16 +68,24 @@ class Gemma2(Architecture):
     hidden_act = "gelu_pytorch_tanh"
 
     @classmethod
-    def config_from_gguf(cls, meta) -> dict:
+    def gemma_config(cls, meta) -> dict:
+        """What Gemma 2 and 3 read back alike (Architecture's keys, then these, in config.json's order)."""
         from gguf import Keys
 
         config = super().config_from_gguf(meta)
         config["hidden_activation"] = cls.hidden_act
         config["tie_word_embeddings"] = True
-        n_embd, n_head = config["hidden_size"], config["num_attention_heads"]
-        # What llama.cpp scales queries by (see write_hparams): the only value a GGUF can mean.
-        config["query_pre_attn_scalar"] = n_embd // n_head if config["num_hidden_layers"] == 46 else config["head_dim"]
+        # What llama.cpp scales queries by (see check_query_scalar): the only value a GGUF can mean.
+        config["query_pre_attn_scalar"] = cls.llama_cpp_query_scalar(
+            config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"], config["head_dim"])
         config["sliding_window"] = meta.get(Keys.Attention.SLIDING_WINDOW, None)
+        return config
+
+    @classmethod
+    def config_from_gguf(cls, meta) -> dict:
+        from gguf import Keys
+
+        config = cls.gemma_config(meta)
         # HF's defaults are 50 and 30; a GGUF without the keys means no softcapping, so say so.
         config["attn_logit_softcapping"] = meta.get(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, None)
         config["final_logit_softcapping"] = meta.get(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, None)

@@ -20,19 +20,15 @@ import numpy as np
 
 from convert.arch.base import Architecture, register
 from convert.arch.gemma2 import GEMMA2_TENSORS, Gemma2
+from convert.arch.tensors import QK_NORMS
 from edgeft.errors import EdgeftError
-
-GEMMA3_TENSORS = {
-    **GEMMA2_TENSORS,
-    "model.layers.{bid}.self_attn.q_norm.weight": "blk.{bid}.attn_q_norm.weight",
-    "model.layers.{bid}.self_attn.k_norm.weight": "blk.{bid}.attn_k_norm.weight",
-}
 
 
 @register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3(Gemma2):
     gguf_arch = "gemma3"
-    tensor_map = GEMMA3_TENSORS
+    tensors = {**GEMMA2_TENSORS, **QK_NORMS}
+    layers_of_27b = 62
 
     def __init__(self, config, model_dir):
         where = model_dir / "config.json"
@@ -84,12 +80,7 @@ class Gemma3(Gemma2):
 
     def write_hparams(self, writer) -> None:
         Architecture.write_hparams(self, writer)
-        llama_cpp_scalar = self.n_embd // self.n_head if self.n_layer == 62 else self.head_dim
-        scalar = self.config.get("query_pre_attn_scalar")
-        if scalar is not None and int(scalar) != llama_cpp_scalar:
-            raise EdgeftError(
-                f"{self.model_dir / 'config.json'}: query_pre_attn_scalar={scalar} but llama.cpp's gemma3 uses "
-                f"{llama_cpp_scalar} for this shape; the GGUF would be subtly wrong, so it is not written")
+        self.check_query_scalar()
         sliding = self.sliding_layers()
         if any(sliding) and self.config.get("sliding_window"):
             writer.add_sliding_window(int(self.config["sliding_window"]))
@@ -105,14 +96,9 @@ class Gemma3(Gemma2):
     def config_from_gguf(cls, meta) -> dict:
         from gguf import Keys
 
-        config = super(Gemma2, cls).config_from_gguf(meta)
-        config["hidden_activation"] = cls.hidden_act
-        config["tie_word_embeddings"] = True
-        n_embd, n_head, n_layer = config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]
-        config["query_pre_attn_scalar"] = n_embd // n_head if n_layer == 62 else config["head_dim"]
-        window = meta.get(Keys.Attention.SLIDING_WINDOW, None)
-        sliding = meta.array(Keys.Attention.SLIDING_WINDOW_PATTERN, None) if window else None
-        config["sliding_window"] = window
+        config = cls.gemma_config(meta)
+        n_layer = config["num_hidden_layers"]
+        sliding = meta.array(Keys.Attention.SLIDING_WINDOW_PATTERN, None) if config["sliding_window"] else None
         config["layer_types"] = ["sliding_attention" if s else "full_attention" for s in (sliding or [False] * n_layer)]
         local = float(meta.get(Keys.Rope.FREQ_BASE_SWA, 10000.0))
         config["rope_parameters"] = {"full_attention": config["rope_parameters"],

@@ -13,26 +13,24 @@ from __future__ import annotations
 import numpy as np
 
 from convert.arch.base import Architecture, register
+from convert.arch.tensors import LLAMA_FAMILY, QKV, T
 from edgeft.errors import EdgeftError
 
+# Llama's embedding, output and q/k/v rows; LFM2's own names for the rest.
 LFM2_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.embedding_norm.weight": "token_embd_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{bid}.operator_norm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.ffn_norm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.feed_forward.w1.weight": "blk.{bid}.ffn_gate.weight",
-    "model.layers.{bid}.feed_forward.w3.weight": "blk.{bid}.ffn_up.weight",
-    "model.layers.{bid}.feed_forward.w2.weight": "blk.{bid}.ffn_down.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.out_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.self_attn.q_layernorm.weight": "blk.{bid}.attn_q_norm.weight",
-    "model.layers.{bid}.self_attn.k_layernorm.weight": "blk.{bid}.attn_k_norm.weight",
-    "model.layers.{bid}.conv.conv.weight": "blk.{bid}.shortconv.conv.weight",
-    "model.layers.{bid}.conv.in_proj.weight": "blk.{bid}.shortconv.in_proj.weight",
-    "model.layers.{bid}.conv.out_proj.weight": "blk.{bid}.shortconv.out_proj.weight",
+    **{hf: tensor for hf, tensor in LLAMA_FAMILY.items() if tensor in (T.TOKEN_EMBD, T.OUTPUT, *QKV)},
+    "model.embedding_norm.weight": T.TOKEN_EMBD_NORM,
+    "model.layers.{bid}.operator_norm.weight": T.ATTN_NORM,
+    "model.layers.{bid}.ffn_norm.weight": T.FFN_NORM,
+    "model.layers.{bid}.feed_forward.w1.weight": T.FFN_GATE,
+    "model.layers.{bid}.feed_forward.w3.weight": T.FFN_UP,
+    "model.layers.{bid}.feed_forward.w2.weight": T.FFN_DOWN,
+    "model.layers.{bid}.self_attn.out_proj.weight": T.ATTN_OUT,
+    "model.layers.{bid}.self_attn.q_layernorm.weight": T.ATTN_Q_NORM,
+    "model.layers.{bid}.self_attn.k_layernorm.weight": T.ATTN_K_NORM,
+    "model.layers.{bid}.conv.conv.weight": T.SHORTCONV_CONV,
+    "model.layers.{bid}.conv.in_proj.weight": T.SHORTCONV_INPROJ,
+    "model.layers.{bid}.conv.out_proj.weight": T.SHORTCONV_OUTPROJ,
 }
 LAYER_KINDS = ("conv", "full_attention")
 
@@ -40,7 +38,7 @@ LAYER_KINDS = ("conv", "full_attention")
 @register("Lfm2ForCausalLM")
 class Lfm2(Architecture):
     gguf_arch = "lfm2"
-    tensor_map = LFM2_TENSORS
+    tensors = LFM2_TENSORS
     model_type = "lfm2"
 
     @property

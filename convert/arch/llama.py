@@ -11,8 +11,14 @@ import math
 from typing import Iterator
 
 import numpy as np
+from gguf import TENSOR_NAMES
 
-from convert.arch.base import LLAMA_FAMILY_BIASES, LLAMA_FAMILY_TENSORS, Architecture, register
+from convert.arch.base import Architecture, register
+from convert.arch.tensors import DENSE_MLP, LLAMA_FAMILY, T, biases, gguf_name
+
+# Llama's attention_bias / mlp_bias configs switch these biases on; llama.cpp loads them when present.
+ATTENTION_BIASES = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT)
+ROPE_FREQS = gguf_name(T.ROPE_FREQS)
 
 
 def unpermute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -84,7 +90,7 @@ def llama3_rope_parameters(factors: np.ndarray, theta: float, dim: int) -> dict:
 @register("LlamaForCausalLM")
 class Llama(Architecture):
     gguf_arch = "llama"
-    tensor_map = {**LLAMA_FAMILY_TENSORS, **LLAMA_FAMILY_BIASES}
+    tensors = {**LLAMA_FAMILY, **biases(LLAMA_FAMILY, *ATTENTION_BIASES, *DENSE_MLP)}
     supports_llama3_rope = True
 
     def write_hparams(self, writer) -> None:
@@ -107,11 +113,11 @@ class Llama(Architecture):
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.rope.get("rope_type", self.rope.get("type")) == "llama3":
-            yield "rope_freqs.weight", llama3_rope_factors(self.rope, self.rope_theta, self.head_dim)
+            yield ROPE_FREQS, llama3_rope_factors(self.rope, self.rope_theta, self.head_dim)
 
     # ---- the way back (edgeft import) ----
     model_type = "llama"
-    extra_tensor_names = ("rope_freqs.weight",)
+    extra_tensor_names = (ROPE_FREQS,)
 
     @classmethod
     def import_class(cls, meta) -> type:
@@ -126,8 +132,8 @@ class Llama(Architecture):
     @classmethod
     def config_from_gguf(cls, meta) -> dict:
         config = super().config_from_gguf(meta)
-        config["attention_bias"] = _all_or_none(meta, ("attn_q", "attn_k", "attn_v", "attn_output"))
-        config["mlp_bias"] = _all_or_none(meta, ("ffn_gate", "ffn_up", "ffn_down"))
+        config["attention_bias"] = _all_or_none(meta, ATTENTION_BIASES)
+        config["mlp_bias"] = _all_or_none(meta, DENSE_MLP)
         return config
 
     def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
@@ -135,19 +141,20 @@ class Llama(Architecture):
         return permute_rotary(array, heads) if heads else array
 
     def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
-        factors = tensors.pop("rope_freqs.weight", None)
+        factors = tensors.pop(ROPE_FREQS, None)
         super().read_extra_tensors(tensors)
         if factors is not None:
             self.config["rope_parameters"].update(llama3_rope_parameters(factors, self.rope_theta, self.head_dim))
             self.rope.update(self.config["rope_parameters"])
 
 
-def _all_or_none(meta, tensors: tuple[str, ...]) -> bool:
+def _all_or_none(meta, tensors: tuple[T, ...]) -> bool:
     """HF Llama has one bias switch for attention and one for the MLP: a GGUF with only some of them has no HF form."""
-    present = [meta.has_tensor(f"blk.0.{name}.bias") for name in tensors]
+    present = [meta.has_tensor(gguf_name(tensor, 0, "bias")) for tensor in tensors]
     if any(present) and not all(present):
         from edgeft.errors import EdgeftError
 
-        raise EdgeftError(f"{meta.path}: biases on only some of {', '.join(tensors)}; LlamaForCausalLM cannot hold "
-                          "that, so this GGUF cannot be imported")
+        names = ", ".join(TENSOR_NAMES[tensor].removeprefix("blk.{bid}.") for tensor in tensors)
+        raise EdgeftError(f"{meta.path}: biases on only some of {names}; LlamaForCausalLM cannot hold that, so this "
+                          "GGUF cannot be imported")
     return all(present)

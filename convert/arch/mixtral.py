@@ -9,25 +9,22 @@ The experts' ff width is `intermediate_size` (llama.cpp reads feed_forward_lengt
 
 from __future__ import annotations
 
-from convert.arch.base import LLAMA_FAMILY_TENSORS, register
+from convert.arch.base import register
 from convert.arch.llama import Llama
-from convert.arch.moe import check_moe_config, write_expert_counts
+from convert.arch.moe import check_moe_config, moe_tensors, write_expert_counts
+from convert.arch.tensors import LLAMA_FAMILY, T
 
-EXPERTS = {
-    "model.layers.{bid}.block_sparse_moe.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
-    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w1.weight": "blk.{bid}.ffn_gate_exps.weight",
-    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w3.weight": "blk.{bid}.ffn_up_exps.weight",
-    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w2.weight": "blk.{bid}.ffn_down_exps.weight",
-    "model.layers.{bid}.mlp.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
-    "model.layers.{bid}.mlp.experts.gate_up_proj": ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
-    "model.layers.{bid}.mlp.experts.down_proj": "blk.{bid}.ffn_down_exps.weight",
-}
-MIXTRAL_TENSORS = {**{hf: gguf for hf, gguf in LLAMA_FAMILY_TENSORS.items() if ".mlp." not in hf}, **EXPERTS}
+MIXTRAL_TENSORS = moe_tensors(LLAMA_FAMILY, {
+    "model.layers.{bid}.block_sparse_moe.gate.weight": T.FFN_GATE_INP,
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w1.weight": T.FFN_GATE_EXP,
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w3.weight": T.FFN_UP_EXP,
+    "model.layers.{bid}.block_sparse_moe.experts.{xid}.w2.weight": T.FFN_DOWN_EXP,
+})
 
 
 @register("MixtralForCausalLM")
 class Mixtral(Llama):
-    tensor_map = MIXTRAL_TENSORS
+    tensors = MIXTRAL_TENSORS
 
     def write_hparams(self, writer) -> None:
         check_moe_config(self.config, self.model_dir / "config.json", fields_off={})

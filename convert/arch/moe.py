@@ -9,7 +9,22 @@ torch.topk and ggml's argsort may pick different experts, which random float32 w
 
 from __future__ import annotations
 
+from convert.arch.tensors import DENSE_MLP, T, TensorTable, without
 from edgeft.errors import EdgeftError
+
+# transformers 5's in-memory layout (`save_original_format=False`), the same for every MoE family: the router, and
+# the experts fused into 3-D parameters (experts, rows, cols), gate_up cut in half along its rows (gate first).
+FUSED_EXPERTS: TensorTable = {
+    "model.layers.{bid}.mlp.gate.weight": T.FFN_GATE_INP,
+    "model.layers.{bid}.mlp.experts.gate_up_proj": (T.FFN_GATE_EXP, T.FFN_UP_EXP),
+    "model.layers.{bid}.mlp.experts.down_proj": T.FFN_DOWN_EXP,
+}
+
+
+def moe_tensors(dense: TensorTable, per_expert: TensorTable) -> TensorTable:
+    """A dense family's table with its MLP replaced by routed experts: the checkpoint's own per-expert layout (`{xid}`
+    rows, stacked along a new leading axis by expert index) and the fused one."""
+    return {**without(dense, *DENSE_MLP), **per_expert, **FUSED_EXPERTS}
 
 # Config fields of MoE variants we do not map (llama.cpp runs them as other archs, e.g. qwen2moe / deepseek2 /
 # granitemoeshared, or not at all). A value that is set and not "off" is refused, naming the field.

@@ -9,30 +9,17 @@ other-head_dim config is refused; a sliding window is OLMo 3's and is not writte
 from __future__ import annotations
 
 from convert.arch.base import Architecture, register
+from convert.arch.tensors import LLAMA_FAMILY, POST_NORMS, QK_NORMS, T, without
 from edgeft.errors import EdgeftError
 
-OLMO2_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{bid}.self_attn.q_proj.weight": "blk.{bid}.attn_q.weight",
-    "model.layers.{bid}.self_attn.k_proj.weight": "blk.{bid}.attn_k.weight",
-    "model.layers.{bid}.self_attn.v_proj.weight": "blk.{bid}.attn_v.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.self_attn.q_norm.weight": "blk.{bid}.attn_q_norm.weight",
-    "model.layers.{bid}.self_attn.k_norm.weight": "blk.{bid}.attn_k_norm.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.post_attention_norm.weight",
-    "model.layers.{bid}.post_feedforward_layernorm.weight": "blk.{bid}.post_ffw_norm.weight",
-    "model.layers.{bid}.mlp.gate_proj.weight": "blk.{bid}.ffn_gate.weight",
-    "model.layers.{bid}.mlp.up_proj.weight": "blk.{bid}.ffn_up.weight",
-    "model.layers.{bid}.mlp.down_proj.weight": "blk.{bid}.ffn_down.weight",
-}
+# Llama's rows less the pre-attention norm; the post-norms take the place of the pre-MLP one.
+OLMO2_TENSORS = {**without(LLAMA_FAMILY, T.ATTN_NORM), **QK_NORMS, **POST_NORMS}
 
 
 @register("Olmo2ForCausalLM")
 class Olmo2(Architecture):
     gguf_arch = "olmo2"
-    tensor_map = OLMO2_TENSORS
+    tensors = OLMO2_TENSORS
 
     def __init__(self, config, model_dir):
         super().__init__(config, model_dir)

@@ -12,25 +12,22 @@ from typing import Iterator
 import numpy as np
 
 from convert.arch.base import Architecture, register
+from convert.arch.tensors import LLAMA_FAMILY, QKV, T, gguf_name, without
 from edgeft.errors import EdgeftError
 
+# Llama's rows with attention and the gate/up pair each one fused tensor, as llama.cpp's phi3 graph takes them.
 PHI3_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{bid}.input_layernorm.weight": "blk.{bid}.attn_norm.weight",
-    "model.layers.{bid}.self_attn.qkv_proj.weight": "blk.{bid}.attn_qkv.weight",
-    "model.layers.{bid}.self_attn.o_proj.weight": "blk.{bid}.attn_output.weight",
-    "model.layers.{bid}.post_attention_layernorm.weight": "blk.{bid}.ffn_norm.weight",
-    "model.layers.{bid}.mlp.gate_up_proj.weight": "blk.{bid}.ffn_up.weight",
-    "model.layers.{bid}.mlp.down_proj.weight": "blk.{bid}.ffn_down.weight",
+    **without(LLAMA_FAMILY, *QKV, T.FFN_GATE, T.FFN_UP),
+    "model.layers.{bid}.self_attn.qkv_proj.weight": T.ATTN_QKV,
+    "model.layers.{bid}.mlp.gate_up_proj.weight": T.FFN_UP,
 }
+ROPE_FACTORS = {"long_factor": gguf_name(T.ROPE_FACTORS_LONG), "short_factor": gguf_name(T.ROPE_FACTORS_SHORT)}
 
 
 @register("Phi3ForCausalLM")
 class Phi3(Architecture):
     gguf_arch = "phi3"
-    tensor_map = PHI3_TENSORS
+    tensors = PHI3_TENSORS
 
     def write_hparams(self, writer) -> None:
         super().write_hparams(writer)
@@ -57,10 +54,9 @@ class Phi3(Architecture):
         writer.add_rope_scaling_attn_factors(float(attn_factor))
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-        long, short = self.rope.get("long_factor"), self.rope.get("short_factor")
-        if long is not None and short is not None:
-            for name, values in (("rope_factors_long.weight", long), ("rope_factors_short.weight", short)):
-                factors = np.asarray(values, dtype=np.float32)
+        if all(self.rope.get(key) is not None for key in ROPE_FACTORS):
+            for key, name in ROPE_FACTORS.items():
+                factors = np.asarray(self.rope[key], dtype=np.float32)
                 if factors.shape != (self.rotary_dims // 2,):
                     raise EdgeftError(
                         f"{self.model_dir / 'config.json'}: rope_scaling has {factors.size} factors, expected "
@@ -69,7 +65,7 @@ class Phi3(Architecture):
 
     # ---- the way back (edgeft import) ----
     model_type = "phi3"
-    extra_tensor_names = ("rope_factors_long.weight", "rope_factors_short.weight")
+    extra_tensor_names = tuple(ROPE_FACTORS.values())
 
     @classmethod
     def config_from_gguf(cls, meta) -> dict:
@@ -90,17 +86,18 @@ class Phi3(Architecture):
         return {} if attn_factor is None else {"attention_factor": float(attn_factor)}
 
     def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
-        long, short = tensors.pop("rope_factors_long.weight", None), tensors.pop("rope_factors_short.weight", None)
+        factors = {key: tensors.pop(name, None) for key, name in ROPE_FACTORS.items()}
         super().read_extra_tensors(tensors)
         rope = self.config["rope_parameters"]
-        if long is None or short is None:
+        if any(values is None for values in factors.values()):
             rope.pop("attention_factor", None)  # only LongRoPE carries one
             return
         original = self.config.get("original_max_position_embeddings")
         if original is None:
-            raise EdgeftError("rope_factors_long.weight: LongRoPE factors without phi3.rope.scaling.original_context_length")
+            raise EdgeftError(f"{ROPE_FACTORS['long_factor']}: LongRoPE factors without "
+                              "phi3.rope.scaling.original_context_length")
         rope.update({"rope_type": "longrope", "original_max_position_embeddings": int(original),
-                     "long_factor": [float(x) for x in long], "short_factor": [float(x) for x in short]})
+                     **{key: [float(x) for x in values] for key, values in factors.items()}})
         scale = int(self.config["max_position_embeddings"]) / int(original)
         default = 1.0 if scale <= 1.0 else float(np.sqrt(1 + np.log(scale) / np.log(original)))
         if abs(rope.get("attention_factor", default) - default) < 1e-6:

@@ -10,26 +10,21 @@ llama.cpp's qwen3moe always renormalises the top-k weights and has no dense laye
 from __future__ import annotations
 
 from convert.arch.base import Architecture, register
-from convert.arch.moe import check_moe_config, write_expert_counts
+from convert.arch.moe import check_moe_config, moe_tensors, write_expert_counts
 from convert.arch.qwen3 import QWEN3_TENSORS
+from convert.arch.tensors import T, gguf_name
 
-EXPERTS = {
-    "model.layers.{bid}.mlp.gate.weight": "blk.{bid}.ffn_gate_inp.weight",
-    # per-expert layout: stacked along a new leading axis by expert index
-    "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight": "blk.{bid}.ffn_gate_exps.weight",
-    "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight": "blk.{bid}.ffn_up_exps.weight",
-    "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight": "blk.{bid}.ffn_down_exps.weight",
-    # fused layout: gate_up split in half along its rows
-    "model.layers.{bid}.mlp.experts.gate_up_proj": ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
-    "model.layers.{bid}.mlp.experts.down_proj": "blk.{bid}.ffn_down_exps.weight",
-}
-QWEN3MOE_TENSORS = {**{hf: gguf for hf, gguf in QWEN3_TENSORS.items() if ".mlp." not in hf}, **EXPERTS}
+QWEN3MOE_TENSORS = moe_tensors(QWEN3_TENSORS, {
+    "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight": T.FFN_GATE_EXP,
+    "model.layers.{bid}.mlp.experts.{xid}.up_proj.weight": T.FFN_UP_EXP,
+    "model.layers.{bid}.mlp.experts.{xid}.down_proj.weight": T.FFN_DOWN_EXP,
+})
 
 
 @register("Qwen3MoeForCausalLM")
 class Qwen3Moe(Architecture):
     gguf_arch = "qwen3moe"
-    tensor_map = QWEN3MOE_TENSORS
+    tensors = QWEN3MOE_TENSORS
     model_type = "qwen3_moe"
 
     def write_hparams(self, writer) -> None:
@@ -53,5 +48,5 @@ class Qwen3Moe(Architecture):
                       num_experts_per_tok=int(meta.get(Keys.LLM.EXPERT_USED_COUNT)),
                       moe_intermediate_size=int(meta.get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH)),
                       norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                      attention_bias=meta.has_tensor("blk.0.attn_q.bias"))
+                      attention_bias=meta.has_tensor(gguf_name(T.ATTN_Q, 0, "bias")))
         return config

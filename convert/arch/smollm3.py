@@ -13,8 +13,9 @@ from typing import Iterator
 
 import numpy as np
 
-from convert.arch.base import LLAMA_FAMILY_TENSORS, register
+from convert.arch.base import register
 from convert.arch.llama import Llama
+from convert.arch.tensors import LLAMA_FAMILY
 from edgeft.errors import EdgeftError
 
 LLAMA_CPP_NOPE_INTERVAL = 4  # llama_model_smollm3::load_arch_hparams
@@ -28,7 +29,7 @@ def llama_cpp_rope_layers(n_layer: int) -> list[int]:
 @register("SmolLM3ForCausalLM")
 class SmolLM3(Llama):
     gguf_arch = "smollm3"
-    tensor_map = LLAMA_FAMILY_TENSORS
+    tensors = LLAMA_FAMILY  # no biases, unlike Llama's
     supports_llama3_rope = False
 
     def __init__(self, config, model_dir):
