@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.adapter_file import Adapter, load_adapter
 from convert.arch import Architecture, load_architecture
+from convert.fingerprint import check_adapter_base
+from convert.safetensors_file import SafetensorsReader
 from convert.vocab.chat_template import chat_template_of
-from edgeft.adapter import Adapter, LoraPair, load_adapter
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file, refuse_own_input
-from edgeft.identity import check_adapter_base
-from edgeft.safetensors_stream import SafetensorsFile, read_index
 
 OUTTYPES = ("f32", "f16", "q8_0")
 
@@ -45,7 +45,7 @@ def _resolve_base(adapter: Adapter, base_dir) -> Path:
                       "pass --base MODEL_DIR")
 
 
-def _refuse_unexpressible(adapter: Adapter, base_dir: Path, arch: Architecture) -> None:
+def _refuse_unexpressible(adapter: Adapter, base: SafetensorsReader, arch: Architecture) -> None:
     reason = None
     if any(pair.magnitude is not None for pair in adapter.pairs.values()):
         reason = "it is a DoRA adapter (per-row magnitudes)"
@@ -58,13 +58,11 @@ def _refuse_unexpressible(adapter: Adapter, base_dir: Path, arch: Architecture) 
     elif "lm_head.weight" in adapter.pairs and arch.tied_embeddings:
         reason = "it has LoRA on lm_head of a tied-embedding model, which has no separate output tensor in GGUF"
     else:
-        weight_map = read_index(base_dir)
+        names = set(base.names())
         for name, array in sorted(adapter.full.items()):
             # peft saves a targeted embedding's base weight alongside its LoRA; identical to the base it is harmless.
-            if name in weight_map:
-                base = SafetensorsFile(base_dir / weight_map[name])
-                if base.shape(name) == array.shape and np.array_equal(base.read_numpy(name), array):
-                    continue
+            if name in names and base.shape(name) == array.shape and np.array_equal(base.read(name), array):
+                continue
             reason = f"it replaces the whole tensor {name} (modules_to_save or added tokens)"
             break
     if reason:
@@ -72,17 +70,14 @@ def _refuse_unexpressible(adapter: Adapter, base_dir: Path, arch: Architecture) 
                           "convert the merged model instead")
 
 
-def _check_shapes(adapter: Adapter, base_dir: Path) -> None:
-    weight_map = read_index(base_dir)
-    headers: dict[str, SafetensorsFile] = {}
+def _check_shapes(adapter: Adapter, base: SafetensorsReader) -> None:
+    weight_map = base.weight_map()
     order = {name: index for index, name in enumerate(weight_map)}
     for name, pair in sorted(adapter.pairs.items(), key=lambda item: order.get(item[0], len(order))):
         if name not in weight_map:
-            raise EdgeftError(f"{adapter.path}: tensor {name} (LoRA on {pair.module}) is not in the base {base_dir}; "
-                              "pass the base the adapter was trained on with --base")
-        shard = weight_map[name]
-        headers.setdefault(shard, SafetensorsFile(base_dir / shard))
-        shape = headers[shard].shape(name)
+            raise EdgeftError(f"{adapter.path}: tensor {name} (LoRA on {pair.module}) is not in the base "
+                              f"{base.model_dir}; pass the base the adapter was trained on with --base")
+        shape = base.shape(name)
         if shape != pair.delta_shape():
             raise EdgeftError(f"{adapter.path}: tensor {name}: lora_B·lora_A is {pair.delta_shape()} but the base "
                               f"weight is {shape}; pass the base the adapter was trained on with --base")
@@ -161,12 +156,13 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
     base = _resolve_base(adapter, base_dir)
     refuse_own_input(out_path, {"adapter folder": adapter_dir, "base model folder": base})
     arch = load_architecture(base)
-    weight_names = set(read_index(base))
+    checkpoint = SafetensorsReader(base)
+    weight_names = set(checkpoint.weight_map())
     adapter.rename_pairs(lambda name: arch.checkpoint_name(name, weight_names))
     if not adapter.pairs:
         raise EdgeftError(f"{adapter.path}: the adapter has no LoRA pairs; nothing for a llama.cpp adapter to hold")
-    _refuse_unexpressible(adapter, base, arch)
-    _check_shapes(adapter, base)
+    _refuse_unexpressible(adapter, checkpoint, arch)
+    _check_shapes(adapter, checkpoint)
     check_adapter_base(adapter.path, adapter.base_model, base)  # same shapes can still be another model
     alpha = _file_alpha(adapter)
     template = _trained_template(Path(adapter_dir), base)

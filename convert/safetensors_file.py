@@ -196,7 +196,7 @@ class SafetensorsReader:
         index = self.model_dir / INDEX_NAME
         if index.exists():
             return _weight_map(index)
-        return {name: shard.path.name for name, shard in self._file_of.items()}
+        return {name: shard.path.name for shard in self.shards.values() for name in shard.names()}
 
     def names(self) -> list[str]:
         return list(self._file_of)

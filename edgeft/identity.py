@@ -1,45 +1,17 @@
-"""Same model, same data? Fingerprints recorded when training starts (OUT/inputs.json, beside the adapter) and
-compared by `train --resume`, `merge` and `convert-lora`, so an adapter never meets another base of the same shape,
-and a resumed run never continues on other data, without a word.
-
-A model's fingerprint hashes its config and, for every weight file, its size and 32 evenly spaced 4 KiB samples:
-two checkpoints of one architecture differ in nearly every sample, and it costs milliseconds on a multi-GB model.
-Data files are small next to models and are hashed whole. No torch here (convert-lora uses it).
+"""Same data? What a training run reads, recorded when it starts (OUT/inputs.json, beside the adapter) and compared by
+`train --resume`, so a resumed run never continues on other data or another base without a word. The model
+fingerprint, the file name and the adapter/base check live in `convert.fingerprint` (convert-lora needs them too).
+Data files are small next to models and are hashed whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
+from convert.fingerprint import model_fingerprint, read_inputs
 from edgeft.errors import EdgeftError
-
-INPUTS_FILE = "inputs.json"
-SAMPLES, SAMPLE_BYTES = 32, 4096
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# Rewritten by every save_pretrained without changing the model.
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256()
-    config_path = model_dir / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        for key in VOLATILE_CONFIG_KEYS:
-            config.pop(key, None)
-        digest.update(json.dumps(config, sort_keys=True).encode())
-    for path in sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with open(path, "rb") as handle:
-            for index in range(SAMPLES):
-                handle.seek(max(0, size - SAMPLE_BYTES) * index // (SAMPLES - 1))
-                digest.update(handle.read(SAMPLE_BYTES))
-    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -56,16 +28,6 @@ def training_inputs(base, data, eval_path=None) -> dict:
               "data": {"path": str(data), "sha256": file_sha256(data)}}
     record["eval"] = {"path": str(eval_path), "sha256": file_sha256(eval_path)} if eval_path else None
     return record
-
-
-def read_inputs(folder: str | os.PathLike) -> dict | None:
-    path = Path(folder) / INPUTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise EdgeftError(f"{path}: damaged (not JSON); delete it to skip the check or train again") from None
 
 
 def check_resume_inputs(out_dir: Path, base, data, eval_path) -> None:
@@ -85,16 +47,3 @@ def check_resume_inputs(out_dir: Path, base, data, eval_path) -> None:
             raise EdgeftError(f"--resume {out_dir}: the run was started with {was}, and {now_text}; resume with "
                               "the same file, or start again with --overwrite")
 
-
-def check_adapter_base(adapter_dir: Path, named_base: str | None, base_dir: Path) -> None:
-    """Refuse a base that is not the one the adapter was trained on, when that can be known: from the fingerprint
-    `edgeft train` recorded, else from adapter_config.json's base_model_name_or_path when it is a local folder."""
-    recorded = (read_inputs(adapter_dir) or {}).get("base")
-    if recorded is None and named_base and (Path(named_base) / "config.json").is_file():
-        if Path(named_base).resolve() == Path(base_dir).resolve():
-            return
-        recorded = {"path": named_base, "fingerprint": model_fingerprint(named_base)}
-    if recorded is None or recorded["fingerprint"] == model_fingerprint(base_dir):
-        return
-    raise EdgeftError(f"{adapter_dir}: trained on base {recorded['path']}, but --base {base_dir} is another model "
-                      "(its config or weights differ, although the shapes fit); pass the base it was trained on")

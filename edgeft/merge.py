@@ -5,7 +5,7 @@ magnitude. W0 comes from the base checkpoint on disk, never from the NF4-dequant
 is off by the 4-bit rounding error, which is usually larger than the update itself. The merge reports how far a
 merge into the NF4-dequantized base would have landed from this one, so the difference is visible.
 
-Memory: tensors are read and written in row chunks with plain file reads (see `edgeft.safetensors_stream`), so the
+Memory: tensors are read and written in row chunks with plain file reads (see `convert.safetensors_file`), so the
 peak is the adapter plus a few chunks, whatever the model size. Output keeps the base's shard layout.
 """
 
@@ -21,11 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgeft.adapter import Adapter, load_adapter
+from convert.adapter_file import Adapter, load_adapter
+from convert.fingerprint import check_adapter_base
+from convert.safetensors_file import FLOAT_DTYPES, SafetensorsFile, SafetensorsReader, SafetensorsStreamWriter
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir, refuse_own_input
-from edgeft.identity import check_adapter_base
-from edgeft.safetensors_stream import FLOAT_DTYPES, SafetensorsFile, SafetensorsStreamWriter, read_index
 
 logger = logging.getLogger("edgeft.merge")
 
@@ -133,8 +133,8 @@ def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple
         method = config["quantization_config"].get("quant_method", "quantized")
         raise EdgeftError(f"{base_dir}: the base is a {method} checkpoint; merge high: pass the original "
                           "full-precision (bf16/f16/f32) model with --base")
-    weight_map = read_index(base_dir)
-    headers = {shard: SafetensorsFile(base_dir / shard) for shard in sorted(set(weight_map.values()))}
+    checkpoint = SafetensorsReader(base_dir)
+    weight_map, headers = checkpoint.weight_map(), checkpoint.shards
     shapes = {name: headers[shard].shape(name) for name, shard in weight_map.items()}
     config_changes: dict = {}
     if any(name not in weight_map for name in adapter.pairs):
@@ -241,8 +241,8 @@ def _source_rows(job: TensorJob, base: SafetensorsFile, adapter: Adapter, start:
     if replacement is not None:
         # a copy: the merge works in place and the adapter's arrays must stay as loaded
         return torch.from_numpy(np.array(replacement[start:stop] if replacement.ndim else replacement, copy=True))
-    return torch.from_numpy(base.read_numpy(job.source, start, stop) if base.shape(job.source) else
-                            base.read_numpy(job.source))
+    return torch.from_numpy(base.read_rows(job.source, start, stop) if base.shape(job.source) else
+                            base.read(job.source))
 
 
 def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: SafetensorsStreamWriter,

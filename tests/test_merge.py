@@ -188,7 +188,7 @@ def test_sharded_bf16_base_keeps_layout_and_side_files(tmp_path):
     assert (merged / "chat_template.jinja").read_text() == "{{ messages }}"
 
     # Reference: the same merge done whole-tensor in torch from the bf16 base, rounded back to bf16.
-    from edgeft.adapter import load_adapter
+    from convert.adapter_file import load_adapter
 
     pairs = load_adapter(adapter).pairs
     for name, shard in index["weight_map"].items():
@@ -217,7 +217,7 @@ def test_dtype_option_converts_and_records(tmp_path):
 def test_nf4_comparison_matches_bitsandbytes(tmp_path):
     import bitsandbytes.functional as bnb
 
-    from edgeft.adapter import load_adapter
+    from convert.adapter_file import load_adapter
     from safetensors import safe_open
 
     # aligned: bitsandbytes' CPU dequantize treats rows whose length is not a multiple of 64 differently from its
@@ -330,7 +330,7 @@ def test_cli_merge_and_one_line_error(tmp_path):
 def test_stream_writer_and_row_reads_agree_with_safetensors(tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from edgeft.safetensors_stream import SafetensorsFile, SafetensorsStreamWriter
+    from convert.safetensors_file import SafetensorsFile, SafetensorsStreamWriter
 
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((7, 5)).astype(np.float32), "b": np.arange(6, dtype=np.int64),
@@ -348,8 +348,8 @@ def test_stream_writer_and_row_reads_agree_with_safetensors(tmp_path):
 
     save_file(tensors, str(tmp_path / "ref.safetensors"))
     reference = SafetensorsFile(tmp_path / "ref.safetensors")
-    assert np.array_equal(reference.read_numpy("a", 2, 5), tensors["a"][2:5])
-    assert np.array_equal(reference.read_numpy("c", 1, 3), tensors["c"][1:3].astype(np.float32))
+    assert np.array_equal(reference.read_rows("a", 2, 5), tensors["a"][2:5])
+    assert np.array_equal(reference.read_rows("c", 1, 3), tensors["c"][1:3].astype(np.float32))
 
     with pytest.raises(RuntimeError, match="before tensor a was complete"):
         with SafetensorsStreamWriter(tmp_path / "short.safetensors", specs) as writer:

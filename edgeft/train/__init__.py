@@ -17,9 +17,10 @@ import random
 import shutil
 from pathlib import Path
 
+from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError, environment_error
 from edgeft.fsutil import atomic_file, check_writable, refuse_own_input
-from edgeft.identity import INPUTS_FILE, check_resume_inputs, training_inputs
+from edgeft.identity import check_resume_inputs, training_inputs
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.model import bitsandbytes_problem, check_base
 from edgeft.train.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe

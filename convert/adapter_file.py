@@ -1,7 +1,7 @@
 """Read a peft LoRA adapter folder into plain numpy pieces, keyed by the base model's tensor names.
 
 Shared by `edgeft.merge` (which adds the pieces into the base weights) and `convert.lora` (which writes them as a
-llama.cpp adapter GGUF), so it imports no torch. What peft saves (checked against peft 0.21):
+llama.cpp adapter GGUF), so it lives below both and imports no torch. What peft saves (checked against peft 0.21):
 
     base_model.model.<module>.lora_A.weight        (r, in)        linear
     base_model.model.<module>.lora_B.weight        (out, r)
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.safetensors_file import SafetensorsFile
 from edgeft.errors import EdgeftError
-from edgeft.safetensors_stream import SafetensorsFile
 
 PEFT_PREFIX = "base_model.model."
 
@@ -199,7 +199,7 @@ def load_adapter(adapter_dir: str | Path) -> Adapter:
             raise EdgeftError(f"{weights_path}: unexpected tensor {key}; this is not a LoRA adapter edgeft can read")
         if role == "ignore":
             continue
-        array = weights.read_numpy(key)
+        array = weights.read(key)
         if role == "full":
             adapter.full[f"{module}.weight"] = array
         elif role == "full_bias":
