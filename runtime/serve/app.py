@@ -89,105 +89,132 @@ async def _watch_disconnect(http: HttpRequest, job: Job) -> None:
             return
 
 
-def build_app(engine, *, api_key: str | None = None, limits: Limits | None = None) -> Starlette:
-    limits = limits or Limits()
-    state = {"worker": None, "started": time.time()}
+NO_ANSWER = "the request ended without an answer"
 
-    async def health(http: HttpRequest):
-        worker = state["worker"]
-        return JSONResponse({"status": "ok", "models": engine.names, "waiting": worker.waiting if worker else 0,
+
+class Api:
+    """The routes over one engine. The worker exists while the app runs (made and stopped by `lifespan`)."""
+
+    def __init__(self, engine, limits: Limits):
+        self.engine, self.limits = engine, limits
+        self.worker: Worker | None = None
+        self.started = time.time()
+
+    async def health(self, http: HttpRequest):
+        worker = self.worker
+        return JSONResponse({"status": "ok", "models": self.engine.names, "waiting": worker.waiting if worker else 0,
                              "requests": dict(worker.counts) if worker else {}})
 
-    async def models(http: HttpRequest):
-        rows = [{"id": row["id"], "object": "model", "created": int(state["started"]), "owned_by": "edgeft",
-                 **{k: v for k, v in row.items() if k != "id"}} for row in engine.describe()]
+    async def models(self, http: HttpRequest):
+        rows = [{"id": row["id"], "object": "model", "created": int(self.started), "owned_by": "edgeft",
+                 **{k: v for k, v in row.items() if k != "id"}} for row in self.engine.describe()]
         return JSONResponse({"object": "list", "data": rows})
 
-    async def completions(http: HttpRequest, kind: str):
+    async def chat(self, http: HttpRequest):
+        return await self.completions(http, "chat")
+
+    async def text(self, http: HttpRequest):
+        return await self.completions(http, "completion")
+
+    async def completions(self, http: HttpRequest, kind: str):
         try:
-            body = await read_body(http, limits.max_body_bytes)
-            request = parse_request(parse_json(body), kind, engine.names, limits)
-            job = Job(_generation(request), asyncio.get_running_loop())
-            state["worker"].submit(job)
+            request, job = await self._submit(http, kind)
         except ApiError as error:
             return error_response(error)
         except Busy as busy:
             return error_response(ApiError(503, str(busy), kind="server_error", code="busy"))
         watcher = asyncio.create_task(_watch_disconnect(http, job))
         events = job.events()
-        try:
-            first = await events.__anext__()
-        except StopAsyncIteration:
-            first = Failed(500, "the request ended without an answer")
-        except BaseException:
-            job.cancel()
-            watcher.cancel()
-            raise
+        first = await _first_event(events, job, watcher)
         if isinstance(first, Failed):
             watcher.cancel()
             return error_response(ApiError(first.status, first.message,
                                            kind="server_error" if first.status >= 500 else "invalid_request_error"))
         ident = new_id(kind)
         if request.stream:
-            return StreamingResponse(_stream(request, ident, first, events, job, watcher),
+            return StreamingResponse(_stream(request, ident, _from(first, events), job, watcher),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            parts, done = [], None
-            event = first
-            while True:
-                if isinstance(event, Delta):
-                    parts.append(event.text)
-                elif isinstance(event, Done):
-                    done = event
-                elif isinstance(event, Failed):
-                    return error_response(ApiError(event.status, event.message, kind="server_error"))
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    break
-        finally:
-            job.cancel()  # no-op when finished; frees the slot when this handler was cancelled
-            watcher.cancel()
-        if done is None:
-            return error_response(ApiError(500, "the request ended without an answer", kind="server_error"))
-        return JSONResponse(completion_object(request, ident, "".join(parts), done.finish_reason,
-                                              done.prompt_tokens, done.completion_tokens))
+        return await _answer(request, ident, _from(first, events), job, watcher)
 
-    async def chat(http: HttpRequest):
-        return await completions(http, "chat")
-
-    async def text(http: HttpRequest):
-        return await completions(http, "completion")
-
-    async def on_http_error(http: HttpRequest, exc: HTTPException):
-        message = {404: f"no route {http.url.path}; try /v1/models, /v1/chat/completions, /v1/completions, "
-                        "/health", 405: f"{http.method} is not allowed on {http.url.path}"}
-        return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+    async def _submit(self, http: HttpRequest, kind: str) -> tuple[Request, Job]:
+        body = await read_body(http, self.limits.max_body_bytes)
+        request = parse_request(parse_json(body), kind, self.engine.names, self.limits)
+        job = Job(_generation(request), asyncio.get_running_loop())
+        self.worker.submit(job)
+        return request, job
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
-        state["worker"] = Worker(engine, max_queue=limits.max_queue)
+    async def lifespan(self, app):
+        self.worker = Worker(self.engine, max_queue=self.limits.max_queue)
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, state["worker"].stop)
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
 
-    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
-                            Route("/v1/chat/completions", chat, methods=["POST"]),
-                            Route("/v1/completions", text, methods=["POST"])],
-                    exception_handlers={HTTPException: on_http_error}, lifespan=lifespan)
+
+async def on_http_error(http: HttpRequest, exc: HTTPException):
+    message = {404: f"no route {http.url.path}; try /v1/models, /v1/chat/completions, /v1/completions, "
+                    "/health", 405: f"{http.method} is not allowed on {http.url.path}"}
+    return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+
+
+def build_app(engine, *, api_key: str | None = None, limits: Limits | None = None) -> Starlette:
+    api = Api(engine, limits or Limits())
+    app = Starlette(routes=[Route("/health", api.health), Route("/v1/models", api.models),
+                            Route("/v1/chat/completions", api.chat, methods=["POST"]),
+                            Route("/v1/completions", api.text, methods=["POST"])],
+                    exception_handlers={HTTPException: on_http_error}, lifespan=api.lifespan)
     app.add_middleware(BearerAuth, api_key=api_key)
     return app
 
 
-async def _stream(request: Request, ident: str, first, events, job: Job, watcher: asyncio.Task):
+async def _first_event(events, job: Job, watcher: asyncio.Task):
+    """The job's first event, or a Failed when it ends without one. Waiting here is what a client's leaving
+    cancels, so the job and the watcher are cancelled with it."""
+    try:
+        return await events.__anext__()
+    except StopAsyncIteration:
+        return Failed(500, NO_ANSWER)
+    except BaseException:
+        job.cancel()
+        watcher.cancel()
+        raise
+
+
+async def _from(first, events):
+    """The first event (already taken to choose the response) and then the rest."""
+    yield first
+    async for event in events:
+        yield event
+
+
+async def _answer(request: Request, ident: str, events, job: Job, watcher: asyncio.Task) -> JSONResponse:
+    """Not streamed: the whole text in one completion object, or the error the job failed with."""
+    parts, done = [], None
+    try:
+        async for event in events:
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            elif isinstance(event, Done):
+                done = event
+            elif isinstance(event, Failed):
+                return error_response(ApiError(event.status, event.message, kind="server_error"))
+    finally:
+        job.cancel()  # no-op when finished; frees the slot when this handler was cancelled
+        watcher.cancel()
+    if done is None:
+        return error_response(ApiError(500, NO_ANSWER, kind="server_error"))
+    return JSONResponse(completion_object(request, ident, "".join(parts), done.finish_reason,
+                                          done.prompt_tokens, done.completion_tokens))
+
+
+async def _stream(request: Request, ident: str, events, job: Job, watcher: asyncio.Task):
     """SSE: a role chunk (chat), text chunks, a finish chunk, a usage chunk when asked, then [DONE]. A client
     that leaves cancels this generator (or the watcher sees it); either way the job stops at the next token."""
     try:
         if request.kind == "chat":
             yield sse(chunk_object(request, ident, first=True))
-        event = first
-        while True:
+        async for event in events:
             if isinstance(event, Delta) and event.text:
                 yield sse(chunk_object(request, ident, text=event.text))
             elif isinstance(event, Done):
@@ -198,12 +225,7 @@ async def _stream(request: Request, ident: str, first, events, job: Job, watcher
             elif isinstance(event, Failed):
                 # The 200 is already sent: the error travels as an event, as OpenAI's API does mid-stream.
                 yield sse(ApiError(event.status, event.message, kind="server_error").body())
-            try:
-                event = await events.__anext__()
-            except StopAsyncIteration:
-                break
         yield sse("[DONE]")
     finally:
         job.cancel()
         watcher.cancel()
-
