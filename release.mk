@@ -1,6 +1,6 @@
 # release.mk: `make release` as file targets, included from the Makefile.
 #
-# Each stage is one `edgeft release ... stage NAME` call (edgeft/release_pipeline.py) whose prerequisites are the
+# Each stage is one `edgeft release ... stage NAME` call (edgeft/release/pipeline.py) whose prerequisites are the
 # files it reads, so a second `make release` does nothing and touching the training data reruns from training on.
 # Every stage writes its outputs under a temporary name and renames them when complete, so after a SIGKILL make
 # sees the stage as not done and runs it again (training resumes from its last checkpoint).
@@ -20,7 +20,7 @@ DEMO_DIR   := .cache/demo
 ifeq ($(strip $(BASE)),)
   # The demo: its base and data are themselves targets, built from the generator sources.
   R_BASE       := $(DEMO_DIR)/base
-  R_BASE_FILES := $(DEMO_DIR)/base/pretrain.json
+  R_BASE_FILES := $(DEMO_DIR)/base/source.json
   R_DATA       := $(or $(DATA),$(DEMO_DIR)/data/train.jsonl)
   R_EVAL       := $(or $(EVAL),$(DEMO_DIR)/data/eval.jsonl)
   R_NAME       := $(or $(NAME),edgeft-demo)
@@ -53,14 +53,16 @@ release-check: $(R_PUBLISHED) ## re-hash the published release against its manif
 
 ifeq ($(strip $(BASE)),)
 $(DEMO_DIR)/data/train.jsonl $(DEMO_DIR)/data/eval.jsonl $(DEMO_DIR)/data/shop.sqlite &: \
-		edgeft/demo/sql_task.py edgeft/demo/schema.sql edgeft/demo/base_lm.py | $(STAMP)
+		edgeft/demo/sql_task.py edgeft/demo/vocabulary.py edgeft/demo/schema.sql edgeft/demo/base_lm.py | $(STAMP)
 	$(EDGEFT_RUN) demo data -o $(DEMO_DIR)/data
 
-# Always asked, rebuilt only when base_lm.RECIPE changed (the file is untouched on a cache hit): minutes, once.
-$(DEMO_DIR)/base/pretrain.json: FORCE | $(STAMP)
+# Always asked, re-imported only when the packaged GGUF or the importer changed (the file is untouched on a
+# cache hit): about a minute, once.
+$(DEMO_DIR)/base/source.json: FORCE | $(STAMP)
 	@$(EDGEFT_RUN) demo base -o $(DEMO_DIR)/base
 endif
 
+# The stage rules below must match the stage table in edgeft/release/pipeline.py (tests/test_release_mk.py checks).
 # Rewritten only when a setting changes (BASE, QUANT, recipe...), so a changed setting reruns every stage.
 $(W)/settings.json: FORCE | $(STAMP)
 	@$(STAGE) settings
@@ -92,6 +94,8 @@ $(R_BASEQ): $(W)/base-imatrix.gguf $(R_BASE_FILES)
 $(W)/adapter.gguf: $(W)/adapter/adapter_config.json
 	$(STAGE) lora
 
+# Inputs only the recipe names (eval.context) come from recipe-inputs.mk, which the settings stage writes.
+-include $(W)/recipe-inputs.mk
 $(R_REPORT): $(R_MODEL) $(R_BASEQ) $(W)/model-F16.gguf $(R_EVAL) $(R_DATA)
 	$(STAGE) eval
 

@@ -249,7 +249,7 @@ def test_bpe_and_repo_pipelines_are_left_alone():
 def test_chat_parity_passes_for_every_tokenizer_family(kind, arch):
     """System / no system, multi-turn, generation prompt: text and ids equal between transformers on the folder
     (edgeft's loader) and llama-cpp-python on the GGUF, for each fixture family (Gemma folds the system turn)."""
-    from edgeft.release_parity import check_chat_parity
+    from edgeft.release.parity import check_chat_parity
     from runtime.chat_parity import PROBES
     from tests.convert_helpers import converted
 
@@ -277,7 +277,7 @@ def test_chat_parity_names_a_token_difference():
 
 
 def test_chat_parity_refuses_a_gguf_with_another_template(llama_copy, tmp_path):
-    from edgeft.release_parity import check_chat_parity
+    from edgeft.release.parity import check_chat_parity
 
     gguf = tmp_path / "base.gguf"
     _gguf_template(llama_copy, gguf)  # embeds the base's template

@@ -86,7 +86,7 @@ def test_gold_the_metric_cannot_score_is_refused_before_training(inputs, tmp_pat
 
 
 def _publish_earlier_release(inputs, tmp_path):
-    from edgeft.release import publish_release
+    from edgeft.release.publish import publish_release
 
     gguf = tmp_path / "earlier.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)

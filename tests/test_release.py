@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
-from edgeft.release import base_license, publish_release, verify_release
-from edgeft.release_card import render_modelfile
-from edgeft.release_metrics import metrics_from_outputs
+from edgeft.release.publish import base_license, publish_release, verify_release
+from edgeft.release.card import render_modelfile
+from edgeft.release.metrics import metrics_from_outputs
 
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 
@@ -103,7 +103,7 @@ def test_failed_gate_publishes_nothing_and_keeps_previous(tmp_path, inputs):
 
 
 def test_interrupted_publish_leaves_no_folder(tmp_path, inputs, monkeypatch):
-    import edgeft.release_card as card
+    import edgeft.release.card as card
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt

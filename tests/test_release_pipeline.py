@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeft import release_pipeline as rp
+from edgeft.release import pipeline, stages
+from edgeft.release import settings as release_settings
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
-from edgeft.release import verify_release
+from edgeft.release.publish import verify_release
 
 FIXTURE_RECIPE = """\
 name: fixture-release
@@ -35,60 +36,60 @@ TRAINED_TEMPLATE = (
 
 
 def test_demo_defaults():
-    s = rp.resolve_settings()
+    s = release_settings.resolve_settings()
     assert s.demo and s.name == "edgeft-demo" and s.quant == "Q4_K_M"
-    assert s.base == rp.DEMO_DIR / "base" and s.data == rp.DEMO_DIR / "data" / "train.jsonl"
-    assert s.recipe["eval"]["gates"]["min_gain"] == 20
+    assert s.base == release_settings.DEMO_DIR / "base" and s.data == release_settings.DEMO_DIR / "data" / "train.jsonl"
+    assert s.recipe["eval"]["gates"]["min_gain"] == 15  # issue 16: 15 points over the strongest rung
     assert s.path("model") == Path("out/edgeft-demo/model-Q4_K_M.gguf")
 
 
 def test_base_needs_data_and_eval():
     with pytest.raises(EdgeftError, match="needs DATA="):
-        rp.resolve_settings(base="some/model", data="t.jsonl")
+        release_settings.resolve_settings(base="some/model", data="t.jsonl")
     result = CliRunner().invoke(main, ["release", "--base", "some/model"])
     assert result.exit_code == 1 and "needs DATA=" in result.output and "Traceback" not in result.output
 
 
 def test_quant_is_checked_up_front():
     # the whole llama.cpp menu is accepted (the i-quants get the training data's imatrix), a typo is one line
-    assert rp.resolve_settings(base="m", data="t", eval_path="e", quant="iq2_m").quant == "IQ2_M"
+    assert release_settings.resolve_settings(base="m", data="t", eval_path="e", quant="iq2_m").quant == "IQ2_M"
     with pytest.raises(EdgeftError, match="unknown quant type") as err:
-        rp.resolve_settings(base="m", data="t", eval_path="e", quant="q4_k_xl")
+        release_settings.resolve_settings(base="m", data="t", eval_path="e", quant="q4_k_xl")
     assert "\n" not in str(err.value) and "IQ4_XS" in str(err.value)
 
 
 def test_recipe_unknown_key(tmp_path):
     (tmp_path / "r.yaml").write_text("trian: {}\n")
     with pytest.raises(EdgeftError, match="unknown release recipe keys"):
-        rp.resolve_settings(base="m", data="t", eval_path="e", recipe_path=tmp_path / "r.yaml")
+        release_settings.resolve_settings(base="m", data="t", eval_path="e", recipe_path=tmp_path / "r.yaml")
 
 
 def test_settings_file_rewritten_only_on_change(tmp_path):
-    s = rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
+    s = release_settings.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
     s.out.mkdir(parents=True)
-    rp.stage_settings(s)
+    stages.stage_settings(s)
     path = s.path("settings")
     os.utime(path, (1, 1))
-    rp.stage_settings(s)
+    stages.stage_settings(s)
     assert path.stat().st_mtime == 1  # unchanged settings: make sees nothing new
-    rp.stage_settings(rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path, quant="q8_0"))
+    stages.stage_settings(release_settings.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path, quant="q8_0"))
     assert path.stat().st_mtime > 1 and json.loads(path.read_text())["quant"] == "Q8_0"
 
 
 def test_staleness(tmp_path):
-    s = rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
+    s = release_settings.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
     s.out.mkdir(parents=True)
     for path in (s.data, s.eval, s.path("settings")):
         path.write_text("x")
-    check = rp.STAGE_BY_NAME["check"]
-    assert rp._stale(check, s)  # no output yet
+    check = pipeline.STAGE_BY_NAME["check"]
+    assert pipeline._stale(check, s)  # no output yet
     s.path("check").write_text("{}")
     old = time.time() - 100
     for path in (s.data, s.eval, s.path("settings")):
         os.utime(path, (old, old))
-    assert not rp._stale(check, s)
+    assert not pipeline._stale(check, s)
     s.data.touch()
-    assert rp._stale(check, s)
+    assert pipeline._stale(check, s)
 
 
 def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monkeypatch):
@@ -96,7 +97,7 @@ def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monke
     import edgeft.train.checkpoint
     import edgeft.train
 
-    s = rp.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
+    s = release_settings.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
     partial = s.path("adapter").with_name("adapter.partial")
     (partial / "checkpoint-25").mkdir(parents=True)
     calls = []
@@ -110,10 +111,10 @@ def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monke
     monkeypatch.setattr(edgeft.train, "train", fake_train)
     monkeypatch.setattr(edgeft.train.checkpoint, "latest_checkpoint",
                         lambda d: (Path(d) / "checkpoint-25") if (Path(d) / "checkpoint-25").is_dir() else None)
-    rp.stage_train(s)
+    stages.stage_train(s)
     assert calls[-1]["resume"] and not calls[-1]["overwrite"]
     assert (s.path("adapter") / "adapter_config.json").is_file() and not partial.exists()
-    rp.stage_train(s)  # a fresh run (no partial) starts over
+    stages.stage_train(s)  # a fresh run (no partial) starts over
     assert not calls[-1]["resume"] and calls[-1]["overwrite"]
 
 
@@ -159,10 +160,10 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
 
     # Second run: every stage is up to date.
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and again.output.count("up to date") == len(rp.STAGES)
+    assert again.exit_code == 0 and again.output.count("up to date") == len(pipeline.STAGES)
 
     # A failing gate: publishing refuses, names the gate, and leaves the report in OUT.
-    s = rp.resolve_settings(base=base, data=data, eval_path=eval_path, recipe_path=tmp_path / "recipe.yaml",
+    s = release_settings.resolve_settings(base=base, data=data, eval_path=eval_path, recipe_path=tmp_path / "recipe.yaml",
                             out=tmp_path / "out", release_root=tmp_path / "rel2")
     report_path = s.path("eval") / "report.json"
     passing_report = report_path.read_text()
@@ -171,7 +172,7 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
                         "text": "max_kld: 0.3 (need <= 0) — FAIL"}]
     report_path.write_text(json.dumps(report))
     with pytest.raises(EdgeftError, match="max_kld"):
-        rp.run_stage("publish", s)
+        pipeline.run_stage("publish", s)
     assert not (tmp_path / "rel2" / "fixture-release").exists() and report_path.is_file()
 
     # A GGUF embedding another template (the base's own, same vocabulary and quant) fails the release in one line

@@ -35,7 +35,8 @@ def release(ctx: click.Context, recipe_path, base, data, eval_path, quant, name,
     """
     if ctx.invoked_subcommand == "verify":
         return
-    from edgeft.release_pipeline import resolve_settings, run_pipeline
+    from edgeft.release.pipeline import run_pipeline
+    from edgeft.release.settings import resolve_settings
 
     settings = resolve_settings(base=base, data=data, eval_path=eval_path, quant=quant, name=name,
                                 recipe_path=recipe_path, out=out, release_root=release_dir)
@@ -56,13 +57,9 @@ def release_stage(settings, stage_name: str) -> None:
     Example:
       edgeft release --base M --data T --eval E stage merge
     """
-    from edgeft.release_pipeline import run_stage, stage_settings
+    from edgeft.release.pipeline import run_stage
 
-    if stage_name == "settings":
-        settings.out.mkdir(parents=True, exist_ok=True)
-        stage_settings(settings)
-    else:
-        run_stage(stage_name, settings)
+    run_stage(stage_name, settings)
 
 
 @release.command("verify")
@@ -75,7 +72,7 @@ def release_verify(folder: Path) -> None:
       edgeft release verify release/edgeft-demo
     """
     from edgeft.errors import EdgeftError
-    from edgeft.release import verify_release
+    from edgeft.release.publish import verify_release
 
     problems = verify_release(folder)
     for problem in problems:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,24 +22,17 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir, atomic_file
+from edgeft.identity import file_sha256
 
 VERSIONED_PACKAGES = ["edgeft", "torch", "transformers", "peft", "gguf", "llama-cpp-python"]
 LICENSE_FILES = ["LICENSE", "LICENSE.txt", "LICENSE.md", "license.txt", "COPYING"]
 MANIFEST_VERSION = 1
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entry(path: Path, root: Path | None = None) -> dict:
     path = Path(path)
     return {"path": str(path.relative_to(root)) if root else str(path), "size": path.stat().st_size,
-            "sha256": sha256_file(path)}
+            "sha256": file_sha256(path)}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -88,6 +80,22 @@ def base_license(base_dir: Path) -> dict:
                     "check the base model's terms before distributing this release"}
 
 
+def base_provenance(base_dir: Path) -> dict | None:
+    """Where the base's weights came from, when the folder records it in `source.json` (the demo's imported
+    SmolLM2 does: package, version, file, sha256, license); None for a folder that does not."""
+    stamp = Path(base_dir) / "source.json"
+    if not stamp.is_file():
+        return None
+    try:
+        record = json.loads(stamp.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EdgeftError(f"{stamp}: not valid JSON; fix or delete it (the demo rewrites it with "
+                          "`edgeft demo base --force`)") from None
+    if not isinstance(record, dict):
+        raise EdgeftError(f"{stamp}: expected a JSON object with the base's source, license and sha256")
+    return record
+
+
 def license_text(base_dir: Path) -> str | None:
     for name in LICENSE_FILES:
         if (Path(base_dir) / name).is_file():
@@ -100,6 +108,16 @@ def failed_gates(gates: list[dict]) -> list[dict]:
     return [g for g in gates if not g.get("passed")]
 
 
+def base_entry(base_dir: Path, base_info: dict) -> dict:
+    provenance = base_provenance(base_dir)
+    entry = {"path": str(base_dir), "name": (provenance or {}).get("name") or Path(base_dir).name, **base_info}
+    if provenance:
+        entry["provenance"] = provenance
+        if not entry.get("license") and provenance.get("license"):
+            entry.update(license=provenance["license"], source="source.json", flag=None)
+    return entry
+
+
 def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, base_info: dict, recipe: dict,
                    data_files: dict[str, Path], metrics: dict, gates: list[dict]) -> dict:
     """Everything a reader needs to trust and reproduce the release, as one JSON-able dict."""
@@ -108,7 +126,7 @@ def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, 
         "name": name,
         "quant": quant,
         "files": files,
-        "base_model": {"path": str(base_dir), "name": Path(base_dir).name, **base_info},
+        "base_model": base_entry(base_dir, base_info),
         "recipe": recipe,
         "data": {role: file_entry(path) for role, path in data_files.items()},
         "metrics": metrics,
@@ -173,7 +191,7 @@ def verify_release(folder: Path) -> list[str]:
             problems.append(f"{entry['path']}: missing")
         elif path.stat().st_size != entry["size"]:
             problems.append(f"{entry['path']}: size {path.stat().st_size} != {entry['size']}")
-        elif sha256_file(path) != entry["sha256"]:
+        elif file_sha256(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 differs from the manifest")
     extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json"}
     problems.extend(f"{name}: not listed in the manifest" for name in sorted(extra))
@@ -193,7 +211,7 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
                     system_prompt: str | None = None, chat_template: str | None = None,
                     stop_tokens: list[str] | None = None, report_dir: Path | None = None) -> Path:
     """Assemble release_root/NAME atomically; refuse (EdgeftError naming the gates) when any gate failed."""
-    from edgeft.release_card import render_model_card, render_modelfile
+    from edgeft.release.card import render_model_card, render_modelfile
 
     check_release_name(name)
     refuse_failed_gates(gates, Path(release_root) / name, report_dir=report_dir)

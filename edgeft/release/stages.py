@@ -1,0 +1,227 @@
+"""The release stages: each reads files and writes files (atomically: a temporary name, renamed when complete), so
+a killed stage leaves nothing that looks finished and training resumes from its last checkpoint.
+
+`edgeft.release.pipeline` says which stage reads what (the one stage table); this module says how each is done.
+
+Example:
+    stage_merge(resolve_settings(recipe_path="edgeft/demo/recipe.yaml"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+from edgeft.fsutil import atomic_file
+from edgeft.release.settings import BENCH_SETTINGS, Settings, expand
+
+def free_cores() -> int:
+    """Cores not already busy (1-minute load average), at least 1. On a shared 2-core box two torch threads
+    fighting other processes measured ~5x slower per step than one thread; on an idle box all cores are used."""
+    cpus = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, min(cpus, cpus - busy + 1))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    threads = int(os.environ.get("EDGEFT_THREADS", 0)) or free_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def stage_settings(s: Settings) -> None:
+    """Rewrite settings.json only when it changes, so make reruns everything after a change of BASE, QUANT...; and
+    recipe-inputs.mk, the inputs that only the recipe names (the eval's context corpus), which release.mk includes."""
+    s.out.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
+    report = s.path("eval") / "report.json"
+    rules = "".join(f"{report}: {path}\n" for path in context_files(s))
+    _write_if_changed(s.path("make_inputs"), "# written by the settings stage from the release recipe\n" + rules)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def stage_check(s: Settings) -> None:
+    from edgeft.data.check import check_dataset
+
+    report = check_dataset(s.data, eval_path=s.eval)
+    lines = report.lines()
+    shown = [line for line in lines if ": error:" in line][:20] + [line for line in lines if ": warning:" in line][:5]
+    for line in shown + [line for line in lines if ": error:" not in line and ": warning:" not in line]:
+        print(line)
+    if len(lines) > len(shown):
+        print(f"(every finding is in {s.path('check')} and `edgeft data check {s.data} --eval {s.eval}`)")
+    if report.errors:
+        raise EdgeftError(f"data check found {len(report.errors)} error(s) in {s.data} / {s.eval}: "
+                          f"{report.errors[0]}; fix the data (edgeft data check --fix)")
+    # Gold answers the eval's metric cannot score are found now, not after training and quantizing.
+    from runtime.examples import read_examples
+    from runtime.metrics import parse_metric, refuse_unscoreable
+
+    spec = expand((s.recipe.get("eval") or {}).get("metric", "exact"), s)
+    refuse_unscoreable(parse_metric(spec), read_examples(s.eval), s.eval, spec)
+    with atomic_file(s.path("check")) as tmp:
+        tmp.write_text(json.dumps({"errors": report.errors, "warnings": report.warnings,
+                                   "stats": report.stats}, indent=2, default=str))
+
+
+def stage_train(s: Settings) -> None:
+    from edgeft.train import checkpoint
+    from edgeft.train import train
+
+    final = s.path("adapter")
+    # Train in a side folder: train() writes checkpoints as it goes, and a SIGKILLed run resumes from them.
+    partial = final.with_name(final.name + ".partial")
+    resume = partial.is_dir() and checkpoint.latest_checkpoint(partial) is not None
+    _torch_threads()
+    train(s.base, s.data, partial, eval_path=s.eval, config=dict(s.recipe.get("train") or {}),
+          overwrite=not resume, resume=resume)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def stage_merge(s: Settings) -> None:
+    from edgeft.merge import merge_adapter
+
+    merge_adapter(s.base, s.path("adapter"), s.path("merged"), overwrite=True)
+
+
+def _imatrix(model_dir: Path, s: Settings, out: Path) -> None:
+    from edgeft.imatrix import compute_imatrix
+
+    compute_imatrix(model_dir, s.data, out, max_examples=(s.recipe.get("eval") or {}).get("imatrix_examples", 256),
+                    threads=_torch_threads())
+
+
+def stage_imatrix(s: Settings) -> None:
+    _imatrix(s.path("merged"), s, s.path("imatrix"))
+
+
+def stage_base_imatrix(s: Settings) -> None:
+    _imatrix(s.base, s, s.path("base_imatrix"))
+
+
+def stage_f16(s: Settings) -> None:
+    from convert import convert_model
+
+    convert_model(s.path("merged"), s.path("f16"), outtype="f16")
+
+
+def stage_model(s: Settings) -> None:
+    from convert import convert_model
+
+    # Always with the imatrix of the training data (what `--imatrix auto` computes): the i-quants llama.cpp refuses
+    # without one (QUANT=IQ2_M, IQ3_XXS...) just work, and the K-quants and IQ4_XS gain from it.
+    convert_model(s.path("merged"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
+    try:
+        _chat_parity(s)  # fail here, not after eval: a GGUF that chats unlike training is not worth measuring
+    except EdgeftError:
+        s.path("model").unlink()  # so the stage is not seen as done
+        raise
+
+
+def _chat_parity(s: Settings) -> dict:
+    from edgeft.data.io import read_conversations
+    from edgeft.release.parity import check_chat_parity
+
+    return check_chat_parity(s.path("model"), s.path("merged"), trained_template=_chat_template(s.path("adapter")),
+                             conversations=[c["messages"] for c in read_conversations(s.eval)])
+
+
+def stage_base_gguf(s: Settings) -> None:
+    from convert import convert_model
+
+    # The baseline runs at the same quant and with its own imatrix: the comparison is fine-tune vs base, not vs F16.
+    convert_model(s.base, s.path("base_gguf"), outtype=s.quant, imatrix=s.path("base_imatrix"))
+
+
+def stage_lora(s: Settings) -> None:
+    from convert.lora import convert_lora
+
+    convert_lora(s.path("adapter"), s.path("lora"), base_dir=s.base)
+
+
+def stage_eval(s: Settings) -> None:
+    """Writes the report even when a gate fails: the publish stage refuses, the report stays for reading."""
+    from runtime.evaluate import run_eval
+
+    ev = dict(s.recipe.get("eval") or {})
+    gates = dict(ev.get("gates") or {})
+    # Weights ship only when fine-tuning beat the strongest rung of the prompted base's ladder (issue 17).
+    gates.setdefault("earned", 0)
+    run_eval(s.path("model"), s.eval, s.path("eval"), baseline=s.path("base_gguf"),
+             metric=expand(ev.get("metric", "exact"), s), system=ev.get("system"), shots=int(ev.get("shots", 0)),
+             shots_from=s.data if ev.get("shots") else None, probe=expand(ev.get("probe"), s),
+             reference=s.path("f16"), hf=s.path("merged"), gates=gates,
+             max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads(),
+             context=expand(ev.get("context"), s), context_k=int(ev.get("context_k", 3)),
+             requests_per_day=ev.get("requests_per_day"))
+
+
+def context_files(s: Settings) -> list[Path]:
+    """The recipe's context corpus (eval.context), an input of the eval stage that make cannot see in release.mk."""
+    context = expand((s.recipe.get("eval") or {}).get("context"), s)
+    return [Path(context)] if context else []
+
+
+def _llama_threads() -> int:
+    return int(os.environ.get("EDGEFT_THREADS", 0)) or free_cores()
+
+
+def stage_bench(s: Settings) -> None:
+    from runtime.throughput import measure
+
+    threads = _llama_threads()
+    rows = {who: measure(s.path(key), threads=threads, **BENCH_SETTINGS)
+            for who, key in (("finetune", "model"), ("base", "base_gguf"))}
+    with atomic_file(s.path("bench")) as tmp:
+        tmp.write_text(json.dumps({"settings": BENCH_SETTINGS, **rows}, indent=2))
+
+
+def stage_publish(s: Settings) -> None:
+    from edgeft.release.publish import publish_release, refuse_failed_gates
+    from edgeft.release.metrics import metrics_from_outputs
+
+    report = json.loads((s.path("eval") / "report.json").read_text())
+    # A failed gate is final: refuse before the chat-parity check and the rest spend minutes on it.
+    refuse_failed_gates(report.get("gates", []), s.release_root / s.name, report_dir=s.path("eval"))
+    bench = json.loads(s.path("bench").read_text())
+    metrics = metrics_from_outputs(report, bench, s.path("adapter"), quant=s.quant)
+    metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference
+    if s.recipe.get("description"):
+        metrics["description"] = s.recipe["description"]
+    ev = s.recipe.get("eval") or {}
+    lora = s.path("lora")
+    publish_release(
+        s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
+        recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("adapter") / "recipe.yaml")},
+        data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
+        adapter=lora if lora.is_file() else None, system_prompt=ev.get("system"),
+        chat_template=_chat_template(s.path("merged")), report_dir=s.path("eval"))
+    print(f"published {s.release_root / s.name}")
+
+
+def _read_yaml(path: Path):
+    from edgeft.data.io import read_yaml
+
+    return read_yaml(path, "resolved train recipe") if path.is_file() else None
+
+
+def _chat_template(model_dir: Path) -> str | None:
+    from convert.vocab.chat_template import chat_template_of
+
+    return chat_template_of(model_dir)  # the adapter's is the template training rendered
