@@ -23,15 +23,15 @@ import numpy as np
 
 from convert.adapter_file import Adapter, load_adapter
 from convert.fingerprint import check_adapter_base
-from convert.safetensors_file import FLOAT_DTYPES, SafetensorsFile, SafetensorsReader, SafetensorsStreamWriter
+from convert.safetensors_file import SafetensorsFile, SafetensorsStreamWriter
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir, refuse_own_input
+from edgeft.merge_plan import TensorJob, plan_merge, read_config
 
 logger = logging.getLogger("edgeft.merge")
 
 DTYPE_CHOICES: dict[str, str | None] = {"auto": None, "bf16": "BF16", "f16": "F16", "f32": "F32",
                                         "bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-CONFIG_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 CHUNK_ELEMENTS = 1 << 22  # rows per chunk are chosen so one f32 chunk is ~16 MB
 NF4_BLOCK = 64  # QLoRA's NF4 block size
 # QLoRA (transformers' bitsandbytes integration) leaves the output head in full precision.
@@ -44,13 +44,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json")
 # The chat template the adapter was trained with (`edgeft train` writes chat_template.jinja) wins over the base's.
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-
-@dataclass
-class TensorJob:
-    name: str  # output tensor name
-    source: str  # base tensor it starts from (differs when untying lm_head from tied embeddings)
-    out_dtype: str
-    out_shape: tuple[int, ...]
 
 
 @dataclass
@@ -75,139 +68,6 @@ def _resolve_dtype(dtype: str) -> str | None:
         return DTYPE_CHOICES[dtype.lower()]
     except KeyError:
         raise EdgeftError(f"--dtype {dtype!r} is not one of auto, bf16, f16, f32") from None
-
-
-def _read_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
-    if not path.exists():
-        raise EdgeftError(f"{model_dir}: no config.json; pass the base model's HF folder with --base")
-    return json.loads(path.read_text())
-
-
-def _mismatch(adapter: Adapter, what: str) -> EdgeftError:
-    trained_on = adapter.base_model or "an unknown base"
-    return EdgeftError(f"{adapter.path}: {what}; this adapter was trained on another base ({trained_on}); "
-                       "pass the base it was trained on with --base")
-
-
-def _same_arrays(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, tuple):
-        return all(_same_arrays(x, y) for x, y in zip(a, b))
-    return a.shape == b.shape and bool(np.array_equal(a, b))
-
-
-def _fold_tied_head(adapter: Adapter, embed: str) -> None:
-    """peft saves a tied model's lm_head copies (resized weight, trained token rows) next to the embedding's; when
-    they are the same data, the head simply follows the embedding and the merged model stays tied."""
-    head = "lm_head.weight"
-    if head in adapter.pairs or embed in adapter.pairs:
-        return
-    if _same_arrays(adapter.full.get(head), adapter.full.get(embed)) or head not in adapter.full:
-        if _same_arrays(adapter.token_rows.get(head), adapter.token_rows.get(embed)) or head not in adapter.token_rows:
-            adapter.full.pop(head, None)
-            adapter.token_rows.pop(head, None)
-
-
-def _use_checkpoint_names(adapter: Adapter, base_dir: Path, names) -> None:
-    """Pairs saved under transformers' in-memory names that the checkpoint spells otherwise (Mixtral's router) are
-    re-keyed by the architecture's tensor table; an architecture the converter does not know keeps the names."""
-    from convert.arch import load_architecture
-
-    try:
-        arch = load_architecture(base_dir)
-    except EdgeftError:
-        return
-    adapter.rename_pairs(lambda name: arch.checkpoint_name(name, names))
-
-
-def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple[dict[str, list[TensorJob]], dict]:
-    """Check the adapter against the base (shapes, names) and lay out every output tensor per shard.
-
-    Returns (shard file -> jobs in write order, config changes). Raises naming the first tensor that does not fit,
-    in the base's own tensor order, so the message is stable.
-    """
-    config = _read_config(base_dir)
-    if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "quantized")
-        raise EdgeftError(f"{base_dir}: the base is a {method} checkpoint; merge high: pass the original "
-                          "full-precision (bf16/f16/f32) model with --base")
-    checkpoint = SafetensorsReader(base_dir)
-    weight_map, headers = checkpoint.weight_map(), checkpoint.shards
-    shapes = {name: headers[shard].shape(name) for name, shard in weight_map.items()}
-    config_changes: dict = {}
-    if any(name not in weight_map for name in adapter.pairs):
-        _use_checkpoint_names(adapter, base_dir, weight_map)
-
-    sources = {name: name for name in weight_map}
-    embed = next((name for name in weight_map if name.endswith("embed_tokens.weight")), None)
-    tied = "lm_head.weight" not in weight_map and embed is not None
-    if tied:
-        _fold_tied_head(adapter, embed)
-    if tied and ("lm_head.weight" in adapter.tensor_names() or embed in adapter.pairs):
-        # peft adapts a tied model's input embedding and output head as two modules sharing one base tensor, so a
-        # LoRA on either one changes only that side; the merged model needs its own lm_head (untied).
-        sources["lm_head.weight"] = embed
-        shapes["lm_head.weight"] = shapes[embed]
-        config_changes["tie_word_embeddings"] = False
-    elif "lm_head.weight" in adapter.tensor_names() and "lm_head.weight" not in weight_map:
-        raise _mismatch(adapter, "it changes lm_head.weight, which the base does not have")
-
-    out_shapes = dict(shapes)
-    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    new_vocab = None
-    for name, array in sorted(adapter.full.items()):
-        if name not in shapes:
-            raise _mismatch(adapter, f"tensor {name} is not in the base model")
-        base_shape = shapes[name]
-        resized = (len(base_shape) == 2 and array.ndim == 2 and base_shape[0] == vocab
-                   and array.shape[1] == base_shape[1])  # added tokens: embeddings/head grow rows only
-        if tuple(array.shape) != base_shape and not resized:
-            raise _mismatch(adapter, f"tensor {name} is {tuple(array.shape)} in the adapter but {base_shape} in the base")
-        if resized and array.shape[0] != base_shape[0]:
-            new_vocab = int(array.shape[0])
-        out_shapes[name] = tuple(array.shape)
-    if new_vocab is not None:
-        config_changes["vocab_size"] = new_vocab
-    if sources.get("lm_head.weight") != "lm_head.weight" and "lm_head.weight" in sources:
-        out_shapes["lm_head.weight"] = out_shapes[sources["lm_head.weight"]]
-
-    file_order = [name for shard in sorted(headers) for name in headers[shard].names()]
-    order = {name: index for index, name in enumerate(file_order)}
-    for name, pair in sorted(adapter.pairs.items(), key=lambda item: order.get(item[0], len(order))):
-        if name not in out_shapes:
-            raise _mismatch(adapter, f"tensor {name} (LoRA on {pair.module}) is not in the base model")
-        if tuple(out_shapes[name]) != pair.delta_shape():
-            raise _mismatch(adapter, f"tensor {name}: lora_B·lora_A is {pair.delta_shape()} but the base weight is "
-                                     f"{tuple(out_shapes[name])}")
-        if pair.magnitude is not None and pair.magnitude.shape[0] != out_shapes[name][0]:
-            raise _mismatch(adapter, f"tensor {name}: DoRA magnitude has {pair.magnitude.shape[0]} rows, "
-                                     f"the base weight {out_shapes[name][0]}")
-        if pair.bias is not None and f"{pair.module}.bias" not in shapes:
-            raise EdgeftError(f"{adapter.path}: {pair.module} has a LoRA bias but the base layer has no bias; "
-                              "train with lora_bias=False")
-    for name, (indices, rows) in adapter.token_rows.items():
-        if name not in out_shapes or rows.shape[1:] != tuple(out_shapes[name][1:]):
-            raise _mismatch(adapter, f"trainable token rows for {name} do not fit the base")
-        if indices.size and indices.max() >= out_shapes[name][0]:
-            raise _mismatch(adapter, f"trainable token index {int(indices.max())} is beyond {name}'s "
-                                     f"{out_shapes[name][0]} rows")
-
-    def job_dtype(name: str) -> str:
-        stored = headers[weight_map[sources[name]]].dtype(sources[name])
-        return out_dtype if (out_dtype and stored in FLOAT_DTYPES) else stored
-
-    shards: dict[str, list[TensorJob]] = {shard: [] for shard in headers}
-    for shard, header in headers.items():
-        for name in (name for name in header.names() if weight_map.get(name) == shard):  # the index is the truth
-            shards[shard].append(TensorJob(name, name, job_dtype(name), out_shapes[name]))
-    if sources.get("lm_head.weight", "lm_head.weight") != "lm_head.weight":
-        shards[weight_map[embed]].append(TensorJob("lm_head.weight", embed, job_dtype("lm_head.weight"),
-                                                   out_shapes["lm_head.weight"]))
-    if out_dtype:
-        config_changes["torch_dtype" if "torch_dtype" in config else "dtype"] = CONFIG_DTYPE_NAMES[out_dtype]
-    return shards, config_changes
 
 
 def _rows_per_chunk(cols: int) -> int:
@@ -305,7 +165,7 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
 
 
 def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, config_changes: dict) -> None:
-    config = _read_config(base_dir)
+    config = read_config(base_dir)
     config.update(config_changes)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir
