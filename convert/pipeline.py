@@ -20,7 +20,7 @@ import numpy as np
 
 from convert.arch import Architecture, load_architecture
 from convert.arch.base import Source
-from convert.gguf_out import BulkGGUFWriter, stream_tensor_data
+from convert.gguf_writer import BulkGGUFWriter, stream_tensor_data
 from convert.reader import iter_row_chunks, open_weights
 from convert.vocab import load_vocab, write_vocab
 from edgeft.errors import EdgeftError

@@ -2,7 +2,7 @@
 
 llama.cpp's own failure is a bare "Failed to load model from file" on stderr; a user deserves to know whether the
 path is wrong, the file is not a GGUF at all, or a download/copy was cut short. So we check the container with
-our header walk (convert.quant.gguf_file: memory-mapped, no tensor data read) before llama.cpp sees the file.
+our header walk (convert.gguf_reader: memory-mapped, no tensor data read) before llama.cpp sees the file.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from convert.quant.gguf_file import GGUFFile
-from edgeft.errors import EdgeftError
+from gguf import Keys
 
-GGUF_MAGIC = b"GGUF"
+from convert.gguf_reader import GGUF_MAGIC_BYTES, GGUFFile
+from edgeft.errors import EdgeftError
 
 
 def check_gguf(path: str | os.PathLike) -> Path:
@@ -27,14 +27,14 @@ def check_gguf(path: str | os.PathLike) -> Path:
     size = path.stat().st_size
     with open(path, "rb") as handle:
         magic = handle.read(4)
-    if magic != GGUF_MAGIC:
+    if magic != GGUF_MAGIC_BYTES:
         if not size:
             hint = "the file is empty"
         elif path.suffix in {".safetensors", ".bin", ".pt", ".pth"}:
             hint = "a Hugging Face checkpoint: convert its folder with `edgeft convert`"
         else:
             hint = "pass a .gguf model file"
-        raise EdgeftError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF'); {hint}")
+        raise EdgeftError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r}); {hint}")
     # The header walk (shared with the quantizer) names a cut or damaged file in one line.
     GGUFFile(path).close()
     return path
@@ -44,11 +44,8 @@ def tensor_type_differences(model: str | os.PathLike, base: str | os.PathLike, *
     """Tensors stored in a different type in `model` than in `base` (by GGUF name). A fine-tune quantized like
     its base must have none; one that does explains a slower tg (e.g. an F32 ffn_down where the base has Q4_K)."""
     def types(path):
-        gguf_file = GGUFFile(path)
-        try:
+        with GGUFFile(path) as gguf_file:
             return {tensor.name: tensor.qtype.name for tensor in gguf_file.tensors}
-        finally:
-            gguf_file.close()
 
     model_types, base_types = types(model), types(base)
     differing = [{"tensor": name, "model": kind, "baseline": base_types[name]}
@@ -72,18 +69,14 @@ def _available_memory() -> int | None:
 
 def kv_cache_bytes(path: str | os.PathLike, n_ctx: int) -> int:
     """What llama.cpp allocates for an F16 KV cache of n_ctx tokens: n_ctx x layers x (K + V width) x 2 bytes."""
-    gguf_file = GGUFFile(path)
-    try:
-        arch = gguf_file.value("general.architecture")
-        layers = int(gguf_file.value(f"{arch}.block_count", 0) or 0)
-        width = int(gguf_file.value(f"{arch}.embedding_length", 0) or 0)
-        heads = int(gguf_file.value(f"{arch}.attention.head_count", 0) or 0)
-        kv_heads = int(gguf_file.value(f"{arch}.attention.head_count_kv", heads) or heads)
+    with GGUFFile(path) as gguf_file:
+        layers = int(gguf_file.hparam(Keys.LLM.BLOCK_COUNT, 0) or 0)
+        width = int(gguf_file.hparam(Keys.LLM.EMBEDDING_LENGTH, 0) or 0)
+        heads = int(gguf_file.hparam(Keys.Attention.HEAD_COUNT, 0) or 0)
+        kv_heads = int(gguf_file.hparam(Keys.Attention.HEAD_COUNT_KV, heads) or heads)
         head_dim = width // heads if heads else 0
-        key = int(gguf_file.value(f"{arch}.attention.key_length", head_dim) or head_dim)
-        value = int(gguf_file.value(f"{arch}.attention.value_length", head_dim) or head_dim)
-    finally:
-        gguf_file.close()
+        key = int(gguf_file.hparam(Keys.Attention.KEY_LENGTH, head_dim) or head_dim)
+        value = int(gguf_file.hparam(Keys.Attention.VALUE_LENGTH, head_dim) or head_dim)
     return n_ctx * layers * kv_heads * (key + value) * 2
 
 

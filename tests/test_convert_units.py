@@ -148,7 +148,7 @@ def test_convert_needs_no_torch(tmp_path):
 def test_bulk_metadata_packing_matches_gguf(values):
     import gguf
 
-    from convert.gguf_out import BulkGGUFWriter
+    from convert.gguf_writer import BulkGGUFWriter
 
     plain = gguf.GGUFWriter(None, "llama")
     bulk = BulkGGUFWriter(None, "llama")

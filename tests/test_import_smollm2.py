@@ -50,13 +50,15 @@ def round_trip(tmp_path_factory):
 
 
 def _tokenizer_metadata(path: Path) -> dict:
-    # convert.quant.gguf_file rather than gguf.GGUFReader, which takes ~4 s per file on 49k tokens + 49k merges;
+    # convert.gguf_reader rather than gguf.GGUFReader, which takes ~4 s per file on 49k tokens + 49k merges;
     # test_import_units checks the two read the same values.
-    from convert.quant.gguf_file import ARRAY, GGUFFile
+    from gguf import GGUFValueType
+
+    from convert.gguf_reader import GGUFFile
 
     source = GGUFFile(path)
     try:
-        return {key: source.array(key) if source.kv[key].value_type == ARRAY else source.value(key)
+        return {key: source.array(key) if source.kv[key].value_type == GGUFValueType.ARRAY else source.value(key)
                 for key in TOKENIZER_KEYS if key in source.kv}
     finally:
         source.close()

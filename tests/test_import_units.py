@@ -64,14 +64,16 @@ def test_pretokenizer_unknown_name_is_refused():
 def test_gguf_file_arrays_match_gguf_py(arch, kw):
     from gguf import GGUFReader
 
-    from convert.quant.gguf_file import ARRAY, GGUFFile
+    from gguf import GGUFValueType
+
+    from convert.gguf_reader import GGUFFile
 
     path = converted(arch, "f32", **kw)
     reference = GGUFReader(path).fields
     ours = GGUFFile(path)
     try:
         for key, entry in ours.kv.items():
-            if entry.value_type == ARRAY:
+            if entry.value_type == GGUFValueType.ARRAY:
                 want = reference[key].contents()
                 got = ours.array(key)
                 assert len(got) == len(want) and all(a == b or np.isclose(a, b) for a, b in zip(got, want)), key

@@ -176,7 +176,7 @@ def test_tied_embeddings_fixture(tmp_path):
 
 
 def test_lean_reader_agrees_with_gguf_reader(f32_gguf, tmp_path):
-    from convert.quant.gguf_file import GGUFFile
+    from convert.gguf_reader import GGUFFile
 
     lean, full = GGUFFile(f32_gguf["odd"]), GGUFReader(f32_gguf["odd"])
     assert [t.name for t in lean.tensors] == [t.name for t in full.tensors]

@@ -76,7 +76,7 @@ def import_gguf(
     """Write the HF folder for `gguf_path` at `out_dir` (safetensors in `dtype`: f32 or bf16) and return its path."""
     from tqdm import tqdm
 
-    from convert.quant.gguf_file import GGUFFile
+    from convert.gguf_reader import GGUFFile
 
     started = time.perf_counter()
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)

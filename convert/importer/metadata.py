@@ -1,5 +1,5 @@
-"""Reading a GGUF for import: typed access to its metadata and tensor table, on top of convert.quant.gguf_file (the
-one header walker), and the `general.*` keys turned back into a model card (the inverse of convert.metadata)."""
+"""Reading a GGUF for import: typed access to its metadata and tensor table, on top of convert.gguf_reader (the
+one GGUF reader), and the `general.*` keys turned back into a model card (the inverse of convert.metadata)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from convert.quant.gguf_file import GGUFFile, TensorEntry
+from convert.gguf_reader import GGUFFile, TensorEntry
 from edgeft.errors import EdgeftError
 
 _REQUIRED = object()
-FLOAT32 = 6  # GGUF value type
 
 
 class GGUFMetadata:
@@ -21,10 +20,10 @@ class GGUFMetadata:
     def __init__(self, source: GGUFFile):
         self.source = source
         self.path = source.path
-        self.arch = source.value(gguf.Keys.General.ARCHITECTURE)
+        self.arch = source.arch
         if not isinstance(self.arch, str):
             raise EdgeftError(f"{self.path}: no general.architecture; not a model GGUF (an imatrix?)")
-        if source.value(gguf.Keys.General.TYPE) == "adapter":
+        if source.value(gguf.Keys.General.TYPE) == gguf.GGUFType.ADAPTER:
             raise EdgeftError(f"{self.path}: a LoRA adapter GGUF, not a model; import the base model's GGUF instead")
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in source.tensors}
 
@@ -33,7 +32,7 @@ class GGUFMetadata:
 
     def get(self, key: str, default=_REQUIRED):
         value = self.source.value(self._key(key), None)
-        if isinstance(value, float) and self.source.kv[self._key(key)].value_type == FLOAT32:
+        if isinstance(value, float) and self.source.kv[self._key(key)].value_type == gguf.GGUFValueType.FLOAT32:
             value = float(str(np.float32(value)))  # 1e-05, not 9.999999747378752e-06: the shortest float32 text
         if value is None:
             if default is _REQUIRED:
@@ -56,22 +55,11 @@ class GGUFMetadata:
         """numpy / HF order (GGUF lists the contiguous dimension first)."""
         if name not in self.tensors:
             raise EdgeftError(f"{self.path}: tensor {name} is missing; the GGUF is incomplete")
-        return tuple(reversed(self.tensors[name].ggml_shape))
+        return self.tensors[name].shape
 
     def read_rows(self, name: str, rows: int | None = None) -> np.ndarray:
-        """The first `rows` rows (all when None) as float32 (rows, width), dequantized by the gguf package whatever
-        the type; a type it cannot read is one line."""
-        entry = self.tensors[name]
-        block, type_size = gguf.GGML_QUANT_SIZES[entry.qtype]
-        row_bytes = self.tensor_shape(name)[-1] // block * type_size
-        raw = np.asarray(self.source.data(entry)).reshape(-1)
-        raw = (raw if rows is None else raw[:rows * row_bytes]).reshape(-1, row_bytes)
-        try:
-            values = gguf.quants.dequantize(raw, entry.qtype)
-        except NotImplementedError as exc:
-            raise EdgeftError(f"tensor {name}: type {entry.qtype.name} cannot be dequantized by the gguf package "
-                              f"({exc}); requantize the GGUF to another type first") from None
-        return np.asarray(values, dtype=np.float32)
+        """The first `rows` rows (all when None) as float32 (rows, width), dequantized whatever the type."""
+        return self.source.dequantize(self.tensors[name], rows)
 
     def read_tensor(self, name: str) -> np.ndarray:
         """The tensor as float32 in numpy order, dequantized by the gguf package whatever its type."""

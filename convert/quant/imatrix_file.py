@@ -16,16 +16,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
 
+from convert.gguf_reader import GGUFFile
 from edgeft.errors import EdgeftError
 
+# llama.cpp's names for the two statistics tensors of weight W: "W.in_sum2" and "W.counts" (no gguf constant).
 SUMS_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
-KEY_TYPE = "general.type"
-KEY_DATASETS = "imatrix.datasets"
-KEY_CHUNK_COUNT = "imatrix.chunk_count"
-KEY_CHUNK_SIZE = "imatrix.chunk_size"
 
 
 @dataclass
@@ -51,35 +50,32 @@ class ImatrixData:
 
 
 def read_imatrix(path: str | os.PathLike) -> ImatrixData:
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise EdgeftError(f"{path}: imatrix file not found; create one with `edgeft imatrix MODEL --data calib.jsonl -o {path}`")
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the legacy .dat format or garbage
-        raise EdgeftError(f"{path}: not a GGUF imatrix ({exc}); regenerate it with `edgeft imatrix` or llama-imatrix") from exc
-
-    def field_value(key: str):
-        fld = reader.fields.get(key)
-        return None if fld is None else fld.contents()
-
-    data = ImatrixData(
-        datasets=list(field_value(KEY_DATASETS) or []),
-        chunk_count=int(field_value(KEY_CHUNK_COUNT) or 0),
-        chunk_size=int(field_value(KEY_CHUNK_SIZE) or 0),
-    )
-    if field_value(KEY_TYPE) not in (None, "imatrix"):
-        raise EdgeftError(f"{path}: general.type is {field_value(KEY_TYPE)!r}, not 'imatrix'; pass an imatrix file")
-    for tensor in reader.tensors:
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise EdgeftError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, imatrix tensors must be F32")
-        values = np.array(tensor.data, dtype=np.float32)
-        if tensor.name.endswith(SUMS_SUFFIX):
-            data.sums[tensor.name[: -len(SUMS_SUFFIX)]] = values.reshape(-1, int(tensor.shape[0]))
-        elif tensor.name.endswith(COUNTS_SUFFIX):
-            data.counts[tensor.name[: -len(COUNTS_SUFFIX)]] = values.reshape(-1)
+        source = GGUFFile(path)
+    except EdgeftError as exc:  # the legacy .dat format or garbage
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise EdgeftError(f"{path}: not a GGUF imatrix ({reason}); regenerate it with `edgeft imatrix` or "
+                          "llama-imatrix") from None
+    with source:
+        kind = source.value(gguf.Keys.General.TYPE)
+        if kind not in (None, gguf.GGUFType.IMATRIX):
+            raise EdgeftError(f"{path}: general.type is {kind!r}, not 'imatrix'; pass an imatrix file")
+        data = ImatrixData(
+            datasets=list(source.array(gguf.Keys.IMatrix.DATASETS, [])),
+            chunk_count=int(source.value(gguf.Keys.IMatrix.CHUNK_COUNT) or 0),
+            chunk_size=int(source.value(gguf.Keys.IMatrix.CHUNK_SIZE) or 0),
+        )
+        for tensor in source.tensors:
+            if tensor.qtype != gguf.GGMLQuantizationType.F32:
+                raise EdgeftError(f"{path}: tensor {tensor.name} is {tensor.qtype.name}, imatrix tensors must be F32")
+            values = np.array(source.data(tensor).view(np.float32))
+            if tensor.name.endswith(SUMS_SUFFIX):
+                data.sums[tensor.name[: -len(SUMS_SUFFIX)]] = values.reshape(-1, tensor.n_per_row)
+            elif tensor.name.endswith(COUNTS_SUFFIX):
+                data.counts[tensor.name[: -len(COUNTS_SUFFIX)]] = values.reshape(-1)
     unmatched = sorted(set(data.sums) ^ set(data.counts))
     if unmatched:
         raise EdgeftError(f"{path}: tensor {unmatched[0]} has in_sum2 without counts (or the reverse); file is damaged")
@@ -90,19 +86,16 @@ def read_imatrix(path: str | os.PathLike) -> ImatrixData:
 
 def write_imatrix(path: str | os.PathLike, data: ImatrixData) -> Path:
     """Write `data` in llama.cpp's layout, atomically."""
-    import gguf
-
+    from convert.gguf_writer import BulkGGUFWriter
     from edgeft.fsutil import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:
-        # GGUFWriter wants an architecture; imatrix files have none, so the general.architecture KV is dropped below.
-        writer = gguf.GGUFWriter(tmp, arch="imatrix")
-        writer.kv_data[0].pop("general.architecture", None)
-        writer.add_type("imatrix")
-        writer.add_array(KEY_DATASETS, list(data.datasets))
-        writer.add_uint32(KEY_CHUNK_COUNT, int(data.chunk_count))
-        writer.add_uint32(KEY_CHUNK_SIZE, int(data.chunk_size))
+        writer = BulkGGUFWriter(tmp, arch="")  # imatrix files have no general.architecture
+        writer.add_type(gguf.GGUFType.IMATRIX)
+        writer.add_array(gguf.Keys.IMatrix.DATASETS, list(data.datasets))
+        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, int(data.chunk_count))
+        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, int(data.chunk_size))
         for name in sorted(data.sums):
             sums = np.ascontiguousarray(data.sums[name], dtype=np.float32)
             sums = sums.reshape(-1, sums.shape[-1])

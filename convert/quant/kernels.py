@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from convert.gguf_reader import tensor_nbytes
+
 # Where to look for the library, first hit wins. EDGEFT_GGML_LIB lets a user point at their own llama.cpp build.
 # The soname first: libllama loads "libggml-base.so.0", and the wheel ships it as a separate copy of the file, so
 # loading "libggml-base.so" would give the process a second ggml — with its own i-quant grid tables, whose set-up
@@ -81,11 +83,6 @@ def available() -> bool:
     return load_library() is not None
 
 
-def row_size(qtype: GGMLQuantizationType, n_per_row: int) -> int:
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
-    return n_per_row // block_size * type_size
-
-
 def ggml_quantize(
     rows: np.ndarray,
     qtype: GGMLQuantizationType,
@@ -93,7 +90,7 @@ def ggml_quantize(
     imatrix: np.ndarray | None = None,
     threads: int | None = None,
 ) -> np.ndarray:
-    """Quantize float32 rows (nrows, n_per_row) with ggml; returns uint8 (nrows, row_size)."""
+    """Quantize float32 rows (nrows, n_per_row) with ggml; returns uint8 (nrows, bytes per row)."""
     lib = load_library()
     if lib is None:
         raise RuntimeError("libggml-base not found (install llama-cpp-python or set EDGEFT_GGML_LIB)")
@@ -111,7 +108,7 @@ def ggml_quantize(
     elif lib.ggml_quantize_requires_imatrix(int(qtype)):
         raise ValueError(f"{qtype.name} requires an importance matrix")
 
-    out_row = row_size(qtype, n_per_row)
+    out_row = tensor_nbytes((n_per_row,), qtype)
     out = np.empty((nrows, out_row), dtype=np.uint8)
     if nrows == 0:
         return out
