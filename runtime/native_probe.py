@@ -48,7 +48,7 @@ def _build_identity() -> str:
 
 
 def tensor_types(path: Path) -> list[str]:
-    from convert.quant.gguf_file import GGUFFile
+    from convert.gguf_reader import GGUFFile
 
     gguf_file = GGUFFile(path)
     try:
