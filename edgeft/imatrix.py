@@ -49,6 +49,79 @@ def _linear_names(model, arch) -> dict[str, str]:
     return names
 
 
+def _calibration_ids(model_dir: Path, data_path: Path, chat_template: str | None, max_examples: int | None,
+                     max_len: int) -> list[list[int]]:
+    """The conversations of `data_path` rendered with the chat template and tokenized, one id list each."""
+    from edgeft.data.io import read_conversations
+    from edgeft.data.masking import load_tokenizer
+    from edgeft.data.templates import CHATML_TEMPLATE, template_for
+
+    conversations = read_conversations(data_path)[: max_examples or None]
+    if chat_template and len(chat_template) < 4096 and Path(chat_template).is_file():
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
+    template = chat_template or template_for(model_dir, default=CHATML_TEMPLATE)
+    sequences = _render_token_ids(conversations, load_tokenizer(model_dir), template, max_len)
+    if not sequences:
+        raise EdgeftError(f"{data_path}: no tokens to calibrate on; the conversations render to empty text")
+    return sequences
+
+
+def _load_float32_model(model_dir: Path, threads: int | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    # float32 like llama-imatrix's activations; bf16 would round the squares we are about to sum.
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, device_map="cpu")
+    model.eval()
+    return model
+
+
+class SquareSums:
+    """Per GGUF weight name: the sum of x**2 over every token for each input column, and the token count."""
+
+    def __init__(self):
+        self.sums: dict = {}  # gguf name -> float64 tensor of column sums
+        self.counts: dict[str, int] = {}
+
+    def hook(self, gguf_name: str):
+        import torch
+
+        def add_squares(module, inputs):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
+            squares = (x * x).sum(dim=0)
+            self.sums[gguf_name] = squares if gguf_name not in self.sums else self.sums[gguf_name] + squares
+            self.counts[gguf_name] = self.counts.get(gguf_name, 0) + x.shape[0]
+
+        return add_squares
+
+
+def _run_calibration(model, names: dict[str, str], sequences, max_tokens: int | None, progress: bool):
+    """Forward every sequence (up to max_tokens in all) with a pre-hook on each named linear.
+    Returns (SquareSums, tokens used, sequences used)."""
+    import torch
+    from tqdm import tqdm
+
+    squares = SquareSums()
+    handles = [model.get_submodule(m).register_forward_pre_hook(squares.hook(g)) for m, g in names.items()]
+    used_tokens = used_sequences = 0
+    try:
+        with torch.inference_mode():
+            for ids in tqdm(sequences, desc="imatrix", unit="conv", disable=not progress, leave=False):
+                if max_tokens and used_tokens >= max_tokens:
+                    break
+                if max_tokens:
+                    ids = ids[: max_tokens - used_tokens]
+                model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+                used_tokens += len(ids)
+                used_sequences += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    return squares, used_tokens, used_sequences
+
+
 def compute_imatrix(
     model_dir: str | os.PathLike,
     data_path: str | os.PathLike,
@@ -68,67 +141,22 @@ def compute_imatrix(
     """
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM
 
     from convert.arch import load_architecture
     from convert.quant.imatrix_file import ImatrixData, write_imatrix
-    from edgeft.data.io import read_conversations
-    from edgeft.data.masking import load_tokenizer
-    from edgeft.data.templates import CHATML_TEMPLATE, template_for
 
     model_dir, data_path = Path(model_dir), Path(data_path)
     refuse_own_input(out_path, {"model folder": model_dir, "calibration data": data_path})
     arch = load_architecture(model_dir)
-    conversations = read_conversations(data_path)[: max_examples or None]
-    if chat_template and len(chat_template) < 4096 and Path(chat_template).is_file():
-        chat_template = Path(chat_template).read_text(encoding="utf-8")
-    template = chat_template or template_for(model_dir, default=CHATML_TEMPLATE)
-    tokenizer = load_tokenizer(model_dir)
-    sequences = _render_token_ids(conversations, tokenizer, template, max_len)
-    if not sequences:
-        raise EdgeftError(f"{data_path}: no tokens to calibrate on; the conversations render to empty text")
-
-    if threads:
-        torch.set_num_threads(threads)
-    # float32 like llama-imatrix's activations; bf16 would round the squares we are about to sum.
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, device_map="cpu")
-    model.eval()
+    sequences = _calibration_ids(model_dir, data_path, chat_template, max_examples, max_len)
+    model = _load_float32_model(model_dir, threads)
     names = _linear_names(model, arch)
     if not names:
         raise EdgeftError(f"{model_dir}: found no block linear layers to calibrate; unsupported model layout")
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def make_hook(gguf_name: str):
-        def hook(module, inputs):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            squares = (x * x).sum(dim=0)
-            sums[gguf_name] = squares if gguf_name not in sums else sums[gguf_name] + squares
-            counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
-
-        return hook
-
-    handles = [model.get_submodule(m).register_forward_pre_hook(make_hook(g)) for m, g in names.items()]
-    used_tokens = used_sequences = 0
-    try:
-        from tqdm import tqdm
-
-        with torch.inference_mode():
-            for ids in tqdm(sequences, desc="imatrix", unit="conv", disable=log is None, leave=False):
-                if max_tokens and used_tokens >= max_tokens:
-                    break
-                if max_tokens:
-                    ids = ids[: max_tokens - used_tokens]
-                model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
-                used_tokens += len(ids)
-                used_sequences += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-
+    squares, used_tokens, used_sequences = _run_calibration(model, names, sequences, max_tokens, log is not None)
     data = ImatrixData(
-        sums={name: sums[name].to(torch.float32).numpy().reshape(1, -1) for name in sorted(sums)},
-        counts={name: np.array([counts[name]], dtype=np.float32) for name in sorted(sums)},
+        sums={name: squares.sums[name].to(torch.float32).numpy().reshape(1, -1) for name in sorted(squares.sums)},
+        counts={name: np.array([squares.counts[name]], dtype=np.float32) for name in sorted(squares.sums)},
         datasets=[str(data_path)],
         # llama.cpp counts fixed-size chunks of tokens; ours are conversations, so report their number and mean length.
         chunk_count=used_sequences,
