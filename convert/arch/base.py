@@ -126,6 +126,11 @@ class Architecture:
         return float(self.rope.get("rope_theta", self.get("rope_theta", default=10000.0)))
 
     @property
+    def rope_type(self) -> str:
+        """transformers' rope scaling kind (`rope_type`, `type` in older configs); "default" for none."""
+        return self.rope.get("rope_type", self.rope.get("type", "default")) or "default"
+
+    @property
     def tied_embeddings(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
 
@@ -147,8 +152,8 @@ class Architecture:
     def write_rope_scaling(self, writer) -> None:
         import gguf
 
-        kind = self.rope.get("rope_type", self.rope.get("type", "default"))
-        if kind in (None, "default"):
+        kind = self.rope_type
+        if kind == "default":
             return
         factor = float(self.rope.get("factor", 1.0))
         if kind == "linear":

@@ -112,7 +112,7 @@ class Llama(Architecture):
         return self._rotary_heads(hf_name) is None
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.rope.get("rope_type", self.rope.get("type")) == "llama3":
+        if self.rope_type == "llama3":
             yield ROPE_FREQS, llama3_rope_factors(self.rope, self.rope_theta, self.head_dim)
 
     # ---- the way back (edgeft import) ----

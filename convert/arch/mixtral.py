@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from convert.arch.base import register
 from convert.arch.llama import Llama
-from convert.arch.moe import check_moe_config, moe_tensors, write_expert_counts
+from convert.arch.moe import check_moe_config, expert_counts_from_gguf, moe_tensors, write_expert_counts
 from convert.arch.tensors import LLAMA_FAMILY, T
 
 MIXTRAL_TENSORS = moe_tensors(LLAMA_FAMILY, {
@@ -29,7 +29,8 @@ class Mixtral(Llama):
     def write_hparams(self, writer) -> None:
         check_moe_config(self.config, self.model_dir / "config.json", fields_off={})
         super().write_hparams(writer)
-        write_expert_counts(writer, int(self.get("num_local_experts", "num_experts")), int(self.get("num_experts_per_tok")))
+        write_expert_counts(writer, int(self.get("num_local_experts", "num_experts")),
+                            int(self.get("num_experts_per_tok")))
 
     # ---- the way back (edgeft import): per-expert block_sparse_moe tensors, as save_pretrained writes them ----
     model_type = "mixtral"
@@ -40,9 +41,6 @@ class Mixtral(Llama):
 
     @classmethod
     def config_from_gguf(cls, meta) -> dict:
-        from gguf import Keys
-
         config = super().config_from_gguf(meta)
-        config.update(num_local_experts=int(meta.get(Keys.LLM.EXPERT_COUNT)),
-                      num_experts_per_tok=int(meta.get(Keys.LLM.EXPERT_USED_COUNT)), sliding_window=None)
+        config.update(**expert_counts_from_gguf(meta, "num_local_experts"), sliding_window=None)
         return config

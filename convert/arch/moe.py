@@ -9,6 +9,8 @@ torch.topk and ggml's argsort may pick different experts, which random float32 w
 
 from __future__ import annotations
 
+from gguf import Keys
+
 from convert.arch.tensors import DENSE_MLP, T, TensorTable, without
 from edgeft.errors import EdgeftError
 
@@ -40,9 +42,9 @@ def check_moe_config(config: dict, config_path, *, fields_off: dict) -> None:
     """One line naming the first field that asks for a variant llama.cpp's graph would run differently."""
     for field, unused in UNMAPPED_MOE_FIELDS.items():
         if config.get(field) is not None and config[field] not in unused:
-            raise EdgeftError(f"{config_path}: {field}={config[field]!r} asks for a MoE variant (shared experts, expert "
-                              "groups, leading dense layers) that edgeft does not convert; only plain top-k routed "
-                              "experts are supported")
+            raise EdgeftError(f"{config_path}: {field}={config[field]!r} asks for a MoE variant (shared experts, "
+                              "expert groups, leading dense layers) that edgeft does not convert; only plain top-k "
+                              "routed experts are supported")
     for field, (wanted, why) in fields_off.items():
         value = config.get(field, wanted)
         if value != wanted and value is not None:
@@ -54,3 +56,9 @@ def write_expert_counts(writer, n_expert: int, n_expert_used: int) -> None:
         raise EdgeftError(f"num_experts_per_tok={n_expert_used} must be between 1 and the expert count {n_expert}")
     writer.add_expert_count(n_expert)
     writer.add_expert_used_count(n_expert_used)
+
+
+def expert_counts_from_gguf(meta, count_field: str) -> dict:
+    """The inverse of write_expert_counts, under the config field this family names its expert count."""
+    return {count_field: int(meta.get(Keys.LLM.EXPERT_COUNT)),
+            "num_experts_per_tok": int(meta.get(Keys.LLM.EXPERT_USED_COUNT))}

@@ -39,14 +39,16 @@ class Phi3(Architecture):
             writer.add_rope_scaling_orig_ctx_len(int(original))
 
     def write_rope_scaling(self, writer) -> None:
-        kind = self.rope.get("rope_type", self.rope.get("type", "default"))
-        if kind in (None, "default"):
+        kind = self.rope_type
+        if kind == "default":
             return
         if kind not in ("longrope", "su"):
-            raise EdgeftError(f"{self.model_dir / 'config.json'}: phi3 rope scaling {kind!r} is not supported; expected longrope")
+            raise EdgeftError(f"{self.model_dir / 'config.json'}: phi3 rope scaling {kind!r} is not supported; "
+                              "expected longrope")
         # LongRoPE: llama.cpp scales attention by this factor and picks long/short factors by context size.
         # Same rule as transformers' longrope: an explicit attention_factor wins, else sqrt(1 + ln(s) / ln(orig)).
-        original = int(self.config.get("original_max_position_embeddings") or self.rope["original_max_position_embeddings"])
+        original = int(self.config.get("original_max_position_embeddings")
+                       or self.rope["original_max_position_embeddings"])
         scale = float(self.rope.get("factor") or int(self.get("max_position_embeddings")) / original)
         attn_factor = self.rope.get("attention_factor")
         if attn_factor is None:

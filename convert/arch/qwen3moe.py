@@ -10,7 +10,7 @@ llama.cpp's qwen3moe always renormalises the top-k weights and has no dense laye
 from __future__ import annotations
 
 from convert.arch.base import Architecture, register
-from convert.arch.moe import check_moe_config, moe_tensors, write_expert_counts
+from convert.arch.moe import check_moe_config, expert_counts_from_gguf, moe_tensors, write_expert_counts
 from convert.arch.qwen3 import QWEN3_TENSORS
 from convert.arch.tensors import T, gguf_name
 
@@ -35,7 +35,8 @@ class Qwen3Moe(Architecture):
             "use_sliding_window": (False, "llama.cpp's qwen3moe attends over the whole context"),
         })
         super().write_hparams(writer)
-        write_expert_counts(writer, int(self.get("num_experts", "num_local_experts")), int(self.get("num_experts_per_tok")))
+        write_expert_counts(writer, int(self.get("num_experts", "num_local_experts")),
+                            int(self.get("num_experts_per_tok")))
         writer.add_expert_feed_forward_length(int(self.get("moe_intermediate_size")))
 
     # ---- the way back (edgeft import): per-expert tensors, as save_pretrained writes them ----
@@ -44,8 +45,7 @@ class Qwen3Moe(Architecture):
         from gguf import Keys
 
         config = super().config_from_gguf(meta)
-        config.update(num_experts=int(meta.get(Keys.LLM.EXPERT_COUNT)),
-                      num_experts_per_tok=int(meta.get(Keys.LLM.EXPERT_USED_COUNT)),
+        config.update(**expert_counts_from_gguf(meta, "num_experts"),
                       moe_intermediate_size=int(meta.get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH)),
                       norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
                       attention_bias=meta.has_tensor(gguf_name(T.ATTN_Q, 0, "bias")))
