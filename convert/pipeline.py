@@ -8,7 +8,6 @@ tensor in memory until the end. Everything goes to a temporary file that is rena
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -20,11 +19,12 @@ import numpy as np
 
 from convert.arch import Architecture, load_architecture
 from convert.arch.base import Source
-from convert.gguf_writer import BulkGGUFWriter, stream_tensor_data
+from convert.gguf_reader import tensor_nbytes
+from convert.gguf_writer import BulkGGUFWriter, write_streamed
 from convert.reader import iter_row_chunks, open_weights
 from convert.vocab import load_vocab, write_vocab
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file, refuse_own_input
+from edgeft.fsutil import refuse_own_input
 
 # Rows are processed in chunks of at most this many values (16 MB as float32) when the rewrite allows it.
 CHUNK_ELEMENTS = 4 * 1024 * 1024
@@ -94,20 +94,6 @@ def _planned_shape(arch: Architecture, reader, tensor: PlannedTensor) -> tuple[i
     return (len(positions), *shapes.pop())
 
 
-def encoded_nbytes(shape: tuple[int, ...], qtype) -> int:
-    from gguf import GGML_QUANT_SIZES
-
-    block, type_size = GGML_QUANT_SIZES[qtype]
-    n = math.prod(shape)
-    return n // block * type_size
-
-
-def _writer_dtype(qtype):
-    import gguf
-
-    return {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
-
-
 def _chunk_jobs(tensor: PlannedTensor, arch: Architecture, reader, encode: Callable[[np.ndarray], np.ndarray]):
     """Zero-argument jobs, each reading, rewriting and encoding the next row chunk of the tensor."""
     if tensor.generated is not None:
@@ -161,10 +147,7 @@ def convert_model(
     `imatrix` a llama.cpp importance-matrix GGUF used by the quantizer (the i-quants that llama.cpp refuses without
     one are refused the same way); `pretokenizer` overrides the detected BPE pre-tokenizer.
     """
-    import gguf
-
-    from convert.metadata import write_general
-    from convert.quant import load_imatrix, parse_file_type, plan_tensor_types, validate_imatrix
+    from convert.quant import load_imatrix, parse_file_type
 
     started = time.perf_counter()
     model_dir, out_path = Path(model_dir), Path(out_path)
@@ -180,34 +163,9 @@ def convert_model(
     tensors = plan_tensors(arch, reader)
     embd = next(t for t in tensors if t.gguf_name == "token_embd.weight")
     vocab.pad_to(embd.shape[0], str(model_dir))
-    types = plan_tensor_types(file_type, [(t.gguf_name, t.shape) for t in tensors], arch=arch.gguf_arch,
-                              n_layer=arch.n_layer, n_gqa=max(1, arch.n_head // arch.n_head_kv),
-                              has_imatrix=bool(importance), n_expert=arch.n_expert)
-    # i-quants without an imatrix, or an imatrix of another model: one line, before the output exists.
-    importance = validate_imatrix(file_type, types, {t.gguf_name: t.shape[-1] for t in tensors}, importance)
-    for t in tensors:
-        t.qtype = types[t.gguf_name]
-        t.nbytes = encoded_nbytes(t.shape, t.qtype)
-
-    writer = BulkGGUFWriter(path=None, arch=arch.gguf_arch)
-    write_general(writer, model_dir=model_dir, config=arch.config, file_type=file_type)
-    arch.write_hparams(writer)
-    write_vocab(writer, vocab)
-    for t in tensors:
-        dtype = _writer_dtype(t.qtype)
-        shape = t.shape if dtype is not np.uint8 else gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
-        writer.add_tensor_info(t.gguf_name, shape, np.dtype(dtype), t.nbytes, raw_dtype=t.qtype)
-
-    total = sum(t.nbytes for t in tensors)
-    with atomic_file(out_path) as tmp:
-        writer.open_output_file(tmp)
-        try:
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            _write_data(writer, tensors, arch, reader, importance, threads, total, progress)
-        finally:
-            writer.close()
+    importance = _choose_types(tensors, arch, file_type, importance)
+    writer = _header(tensors, arch, vocab, file_type, model_dir)
+    _write_data(writer, out_path, tensors, arch, reader, importance, threads, progress)
     if log is not None:
         seconds = time.perf_counter() - started
         size = out_path.stat().st_size
@@ -215,7 +173,35 @@ def convert_model(
     return out_path
 
 
-def _write_data(writer, tensors, arch, reader, importance, threads, total, progress) -> None:
+def _choose_types(tensors: list[PlannedTensor], arch: Architecture, file_type, importance: dict) -> dict:
+    """Set each tensor's type and byte size as llama-quantize would; returns the imatrix entries to use."""
+    from convert.quant import plan_tensor_types, validate_imatrix
+
+    types = plan_tensor_types(file_type, [(t.gguf_name, t.shape) for t in tensors], arch=arch.gguf_arch,
+                              n_layer=arch.n_layer, n_gqa=max(1, arch.n_head // arch.n_head_kv),
+                              has_imatrix=bool(importance), n_expert=arch.n_expert)
+    # i-quants without an imatrix, or an imatrix of another model: one line, before the output exists.
+    importance = validate_imatrix(file_type, types, {t.gguf_name: t.shape[-1] for t in tensors}, importance)
+    for t in tensors:
+        t.qtype = types[t.gguf_name]
+        t.nbytes = tensor_nbytes(t.shape, t.qtype)
+    return importance
+
+
+def _header(tensors: list[PlannedTensor], arch: Architecture, vocab, file_type, model_dir: Path) -> BulkGGUFWriter:
+    """The writer holding every KV entry and the tensor table; the data follows in _write_data."""
+    from convert.metadata import write_general
+
+    writer = BulkGGUFWriter(path=None, arch=arch.gguf_arch)
+    write_general(writer, model_dir=model_dir, config=arch.config, file_type=file_type)
+    arch.write_hparams(writer)
+    write_vocab(writer, vocab)
+    for t in tensors:
+        writer.add_tensor_plan(t.gguf_name, t.shape, t.qtype, t.nbytes)
+    return writer
+
+
+def _write_data(writer, out_path, tensors, arch, reader, importance, threads, progress) -> None:
     from tqdm import tqdm
 
     from convert.quant import quantize_tensor
@@ -233,7 +219,7 @@ def _write_data(writer, tensors, arch, reader, importance, threads, total, progr
             bar.set_postfix_str(f"tensor {index}/{len(tensors)}", refresh=False)
             yield t.gguf_name, t.nbytes, _chunk_jobs(t, arch, reader, encoder(t))
 
+    total = sum(t.nbytes for t in tensors)
     with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress, leave=False) as bar:
-        stream_tensor_data(writer.fout[0], jobs_with_progress(bar), alignment=writer.data_alignment,
-                           workers=min(2, os.cpu_count() or 1), on_bytes=bar.update)
-    writer.fout[0].flush()
+        write_streamed(writer, out_path, jobs_with_progress(bar), workers=min(2, os.cpu_count() or 1),
+                       on_bytes=bar.update)

@@ -203,7 +203,7 @@ def _killed(module: str, attribute: str, *args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command, module, attribute", [
     ("merge", "convert.safetensors_file", "SafetensorsStreamWriter.write"),
-    ("convert", "convert.pipeline", "stream_tensor_data"),
+    ("convert", "convert.gguf_writer", "stream_tensor_data"),
 ])
 def test_sigkill_leftovers_are_named_and_cleaned_by_the_next_run(tmp_path, model, gguf, adapter, command, module,
                                                                attribute):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from convert.arch import gguf_architecture
+from convert.gguf_reader import GGUFFile
 from convert.importer.metadata import GGUFMetadata, model_card
 from convert.importer.safetensors_out import DTYPES, write_safetensors
 from convert.importer.tokenizer import read_vocab, tokenizer_files
@@ -74,95 +75,116 @@ def import_gguf(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the HF folder for `gguf_path` at `out_dir` (safetensors in `dtype`: f32 or bf16) and return its path."""
-    from tqdm import tqdm
-
-    from convert.gguf_reader import GGUFFile
-
     started = time.perf_counter()
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if dtype not in DTYPES:
         raise EdgeftError(f"--dtype {dtype}: not supported; choose one of {', '.join(DTYPES)}")
     _check_paths(gguf_path, out_dir, overwrite)
-    source = GGUFFile(gguf_path)
-    try:
+    with GGUFFile(gguf_path) as source:
         meta = GGUFMetadata(source)
-        cls = gguf_architecture(meta.arch, str(gguf_path)).import_class(meta)
-        config = cls.config_from_gguf(meta)
-        vocab = read_vocab(meta)
-        if len(vocab.tokens) != config["vocab_size"]:
-            raise EdgeftError(f"{gguf_path}: {len(vocab.tokens)} tokens but token_embd.weight has "
-                              f"{config['vocab_size']} rows; the GGUF is inconsistent")
-        name = meta.get("general.name", None) or gguf_path.stem
-        config.update({
-            "bos_token_id": vocab.special_ids.get("bos"), "eos_token_id": vocab.special_ids.get("eos"),
-            "pad_token_id": vocab.special_ids.get("pad"), "dtype": TORCH_DTYPES[dtype], "use_cache": True,
-            # convert.metadata.model_name reads general.name back from here (a relative _name_or_path).
-            "_name_or_path": name.replace("/", "-"),
-        })
-        arch = cls(config, gguf_path)
-
-        planned, extras, slices = [], {}, {}
-        for tensor in source.tensors:
-            targets = arch.hf_tensors(tensor.name, meta.tensor_shape(tensor.name))
-            if not targets:
-                extras[tensor.name] = meta.read_tensor(tensor.name)
-            for hf_name, index in targets:  # a stacked tensor (MoE experts) gives one HF tensor per slice
-                planned.append((tensor.name, hf_name))
-                slices[hf_name] = index
-        if len({hf for _, hf in planned}) != len(planned):
-            raise EdgeftError(f"{gguf_path}: two tensors map to the same HF name; the GGUF is damaged")
-        arch.read_extra_tensors(extras)
-        for qtype in {t.qtype for t in source.tensors}:
-            _probe(meta, next(t for t in source.tensors if t.qtype == qtype))
-        tokenizer = tokenizer_files(vocab, model_name=name, context_length=config["max_position_embeddings"],
+        arch, vocab, name = _read_model(meta, gguf_path, dtype)
+        planned, slices = _plan_tensors(meta, arch, gguf_path)
+        tokenizer = tokenizer_files(vocab, model_name=name, context_length=arch.config["max_position_embeddings"],
                                     source=str(gguf_path))
-
-        stacked = {}  # the stacked tensor being sliced (gguf name -> array), read once for all its slices
-
-        def produce(gguf_name: str, hf_name: str):
-            def run():
-                index = slices[hf_name]
-                if index is None:
-                    values = meta.read_tensor(gguf_name)
-                else:
-                    if gguf_name not in stacked:
-                        stacked.clear()
-                        stacked[gguf_name] = meta.read_tensor(gguf_name)
-                    values = stacked[gguf_name][index]
-                try:
-                    return arch.untransform_tensor(hf_name, values)
-                except ValueError as exc:
-                    raise EdgeftError(f"tensor {gguf_name}: shape {values.shape} does not fit the GGUF's "
-                                      f"hyper-parameters ({exc}); the GGUF is inconsistent") from None
-            return run
-
-        gguf_names = {hf: g for g, hf in planned}
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp, \
-                tqdm(total=len(planned), unit="tensor", desc="import", disable=not progress, leave=False) as bar:
-
-            def written(hf_name: str) -> None:
-                source.release(meta.tensors[gguf_names[hf_name]])  # resident memory stays near one tensor
-                bar.update(1)
-
-            shapes = {hf: meta.tensor_shape(g)[slices[hf] is not None:] for g, hf in planned}
-            write_safetensors(tmp, [(hf, arch.hf_shape(hf, shapes[hf]), produce(g, hf)) for g, hf in planned],
-                              dtype=dtype,
-                              on_written=written)
-            (tmp / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
-            generation = {**_generation_config(tokenizer.special_ids), **_sampling_defaults(meta)}
-            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-            for file_name, content in tokenizer.files.items():
-                path = tmp / file_name
-                path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(meta, source_name=gguf_path.name, dtype=dtype), encoding="utf-8")
-    finally:
-        source.close()
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            _write_weights(tmp, meta, arch, planned, slices, dtype=dtype, progress=progress)
+            _write_files(tmp, meta, arch, tokenizer, source_name=gguf_path.name, dtype=dtype)
     if log is not None:
         for warning in tokenizer.warnings:
             log(f"warning: {warning}")
-        log(f"wrote {out_dir}: {cls.hf_architecture()}, {len(planned)} tensors as {dtype}, {len(vocab.tokens)} tokens "
-            f"in {time.perf_counter() - started:.1f} s")
+        log(f"wrote {out_dir}: {type(arch).hf_architecture()}, {len(planned)} tensors as {dtype}, "
+            f"{len(vocab.tokens)} tokens in {time.perf_counter() - started:.1f} s")
     return out_dir
+
+
+def _read_model(meta: GGUFMetadata, gguf_path: Path, dtype: str):
+    """(the architecture's import object holding config.json, the vocabulary, the model name) from the metadata."""
+    import gguf
+
+    cls = gguf_architecture(meta.arch, str(gguf_path)).import_class(meta)
+    config = cls.config_from_gguf(meta)
+    vocab = read_vocab(meta)
+    if len(vocab.tokens) != config["vocab_size"]:
+        raise EdgeftError(f"{gguf_path}: {len(vocab.tokens)} tokens but token_embd.weight has "
+                          f"{config['vocab_size']} rows; the GGUF is inconsistent")
+    name = meta.get(gguf.Keys.General.NAME, None) or gguf_path.stem
+    config.update({
+        "bos_token_id": vocab.special_ids.get("bos"), "eos_token_id": vocab.special_ids.get("eos"),
+        "pad_token_id": vocab.special_ids.get("pad"), "dtype": TORCH_DTYPES[dtype], "use_cache": True,
+        # convert.metadata.model_name reads general.name back from here (a relative _name_or_path).
+        "_name_or_path": name.replace("/", "-"),
+    })
+    return cls(config, gguf_path), vocab, name
+
+
+def _plan_tensors(meta: GGUFMetadata, arch, gguf_path: Path) -> tuple[list[tuple[str, str]], dict]:
+    """(gguf name, HF name) pairs and the slice index of each HF name (None unless from a stacked tensor); the
+    tensors the converter generates go back to the config, and every tensor type is probed, before any write."""
+    planned, extras, slices = [], {}, {}
+    for tensor in meta.source.tensors:
+        targets = arch.hf_tensors(tensor.name, meta.tensor_shape(tensor.name))
+        if not targets:
+            extras[tensor.name] = meta.read_tensor(tensor.name)
+        for hf_name, index in targets:  # a stacked tensor (MoE experts) gives one HF tensor per slice
+            planned.append((tensor.name, hf_name))
+            slices[hf_name] = index
+    if len({hf for _, hf in planned}) != len(planned):
+        raise EdgeftError(f"{gguf_path}: two tensors map to the same HF name; the GGUF is damaged")
+    arch.read_extra_tensors(extras)
+    for qtype in {t.qtype for t in meta.source.tensors}:
+        _probe(meta, next(t for t in meta.source.tensors if t.qtype == qtype))
+    return planned, slices
+
+
+def _producer(meta: GGUFMetadata, arch, slices: dict):
+    """produce(gguf name, HF name) -> a job returning the HF tensor, read and put back into the HF layout."""
+    stacked = {}  # the stacked tensor being sliced (gguf name -> array), read once for all its slices
+
+    def produce(gguf_name: str, hf_name: str):
+        def run():
+            index = slices[hf_name]
+            if index is None:
+                values = meta.read_tensor(gguf_name)
+            else:
+                if gguf_name not in stacked:
+                    stacked.clear()
+                    stacked[gguf_name] = meta.read_tensor(gguf_name)
+                values = stacked[gguf_name][index]
+            try:
+                return arch.untransform_tensor(hf_name, values)
+            except ValueError as exc:
+                raise EdgeftError(f"tensor {gguf_name}: shape {values.shape} does not fit the GGUF's "
+                                  f"hyper-parameters ({exc}); the GGUF is inconsistent") from None
+        return run
+
+    return produce
+
+
+def _write_weights(folder: Path, meta: GGUFMetadata, arch, planned, slices, *, dtype: str, progress: bool) -> None:
+    from tqdm import tqdm
+
+    gguf_names = {hf: g for g, hf in planned}
+    produce = _producer(meta, arch, slices)
+    with tqdm(total=len(planned), unit="tensor", desc="import", disable=not progress, leave=False) as bar:
+
+        def written(hf_name: str) -> None:
+            meta.source.release(meta.tensors[gguf_names[hf_name]])  # resident memory stays near one tensor
+            bar.update(1)
+
+        shapes = {hf: meta.tensor_shape(g)[slices[hf] is not None:] for g, hf in planned}
+        write_safetensors(folder, [(hf, arch.hf_shape(hf, shapes[hf]), produce(g, hf)) for g, hf in planned],
+                          dtype=dtype, on_written=written)
+
+
+def _write_files(folder: Path, meta: GGUFMetadata, arch, tokenizer, *, source_name: str, dtype: str) -> None:
+    """config.json, generation_config.json, the tokenizer files and README.md."""
+    (folder / "config.json").write_text(json.dumps(arch.config, indent=2) + "\n")
+    generation = {**_generation_config(tokenizer.special_ids), **_sampling_defaults(meta)}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    for file_name, content in tokenizer.files.items():
+        path = folder / file_name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+    (folder / "README.md").write_text(model_card(meta, source_name=source_name, dtype=dtype), encoding="utf-8")
 
 
 def _probe(meta: GGUFMetadata, tensor) -> None:
