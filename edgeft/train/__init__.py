@@ -8,6 +8,10 @@ Multi-process: under `torchrun` each process trains on its share of every optimi
 are summed with one all-reduce per step (gloo on CPU, NCCL on CUDA) before identical optimizer steps; rank 0
 writes. That is DDP's arithmetic for these parameters; doing it by hand keeps it correct with 4-bit frozen weights
 and gradient checkpointing, where DDP's module wrapper needs special settings (its hooks fire on recomputation).
+
+The package: recipe (settings, CLI > YAML > defaults), model (tokenizer, base and LoRA), batches (tokenized
+examples and the batch plan), loop (the optimizer loop), checkpoint (resumable and best checkpoints), world (the
+process group), plots (loss.png). This module checks every input before a model is loaded, then runs the loop.
 """
 
 from __future__ import annotations
