@@ -5,7 +5,8 @@
     raw = quantize_tensor(array, types[name])          # feed to GGUFWriter.add_tensor(name, raw, raw_dtype=...)
 
 Kernels: ggml's own `ggml_quantize_chunk` (through ctypes, kernels.py) when llama-cpp-python is installed, so the
-bytes are llama-quantize's; a pure-numpy path (numpy_kernels.py) for F16/BF16/Q8_0/Q4_0 otherwise, bit-identical.
+bytes are llama-quantize's; gguf-py's numpy quantizers (numpy_kernels.py) for F16/BF16/Q8_0/Q4_0 otherwise,
+bit-identical.
 """
 
 from __future__ import annotations
@@ -210,10 +211,9 @@ def quantize_tensor(
     rows = np.ascontiguousarray(data, dtype=np.float32).reshape(-1, n_per_row)
     uses_imatrix = imatrix is not None and qtype not in (_Q.F16, _Q.BF16, _Q.Q8_0)
 
-    if qtype == _Q.F16:
-        return numpy_kernels.to_f16(rows).reshape(shape)
-    if qtype == _Q.BF16:
-        return numpy_kernels.to_bf16_bytes(rows).reshape(*shape[:-1], n_per_row * 2)
+    if qtype in (_Q.F16, _Q.BF16):
+        out = numpy_kernels.NUMPY_QUANTIZERS[qtype.name](rows)
+        return out.reshape(shape) if qtype == _Q.F16 else out.reshape(*shape[:-1], n_per_row * 2)
     if kernels.available():
         if uses_imatrix and np.asarray(imatrix).size != n_per_row:
             raise ValueError(f"imatrix has {np.asarray(imatrix).size} values, tensor rows have {n_per_row}")
