@@ -256,6 +256,27 @@ def _fits(qtype: str, ncols: int) -> bool:
     return ncols % GGML_QUANT_SIZES[T[qtype]][0] == 0
 
 
+def _unquantized_type(name: str, shape: tuple[int, ...], default_type: str, source_types) -> str:
+    """The type of a tensor llama.cpp never quantizes (1-D, norms, small tables)."""
+    if source_types and name in source_types:
+        return source_types[name]
+    if ggml_n_dims(shape) < 2 or name.endswith("_norm.weight") or any(f in name for f in ALWAYS_F32):
+        return "F32"
+    # what the F16 (or F32/BF16) intermediate GGUF of convert_hf_to_gguf would have held
+    return default_type if default_type in ("F32", "F16", "BF16") else "F16"
+
+
+def _block_fallback(name: str, wanted: str, ncols: int, notes: list[str]) -> str:
+    """`wanted`, or the type llama.cpp falls back to when a row is not a whole number of its blocks."""
+    if _fits(wanted, ncols):
+        return wanted
+    new_type = FALLBACK.get(wanted, wanted)
+    if not _fits(new_type, ncols):
+        new_type = "F16"
+    notes.append(f"{name}: {wanted} -> {new_type} (ncols {ncols} not a multiple of the block)")
+    return new_type
+
+
 def choose_types(
     file_type: str,
     default_type: str,
@@ -275,52 +296,47 @@ def choose_types(
     convert_hf_to_gguf writes them) or F16.
     """
     shapes = dict(tensors)
-    counts = {"attn_v": sum(category(name) == "attn_v" for name in shapes)}
+    model = {"n_gqa": n_gqa, "has_imatrix": has_imatrix, "n_expert": n_expert, "n_layer": n_layer,
+             "n_attn_v": sum(category(name) == "attn_v" for name in shapes),
+             # Tied embeddings: with no output.weight, token_embd is also the output projection (output's type).
+             "tied": "output.weight" not in shapes,
+             "seventy_b": file_type not in SEVENTY_B_EXEMPT and SEVENTY_B.get(arch, lambda *_: False)(n_layer, n_gqa)}
     counters: dict[str, int] = {}
-    # Tied embeddings: with no output.weight, token_embd is also the output projection, so it gets output's type.
-    tied = "output.weight" not in shapes
-    quantized_file = default_type not in ("F32", "F16", "BF16")
-    model = {"n_gqa": n_gqa, "has_imatrix": has_imatrix, "n_expert": n_expert}
-    seventy_b = file_type not in SEVENTY_B_EXEMPT and SEVENTY_B.get(arch, lambda *_: False)(n_layer, n_gqa)
     chosen: dict[str, str] = {}
     notes: list[str] = []
     for name in walk_order(list(shapes)):
         shape = shapes[name]
         if not allows_quantization(name, shape):
-            if source_types and name in source_types:
-                chosen[name] = source_types[name]
-            elif ggml_n_dims(shape) < 2 or name.endswith("_norm.weight") or any(f in name for f in ALWAYS_F32):
-                chosen[name] = "F32"
-            else:  # what the F16 (or F32/BF16) intermediate GGUF of convert_hf_to_gguf would have held
-                chosen[name] = default_type if not quantized_file else "F16"
-            continue
-        if not quantized_file:  # F32/F16/BF16 files: every quantizable tensor simply takes the file's type
+            chosen[name] = _unquantized_type(name, shape, default_type, source_types)
+        elif default_type in ("F32", "F16", "BF16"):  # unquantized files: every quantizable tensor takes their type
             chosen[name] = default_type
-            continue
-        ncols = shape[-1]
-        cat = category(name)
-        if cat == "output" or (tied and cat == "token_embd"):
-            new_type = OUTPUT_TYPE_IF_ODD_ROWS if not _fits(default_type, ncols) else OUTPUT_TYPES.get(file_type, OUTPUT_TYPE)
-        elif file_type in DENSE_TYPE:
-            experts = len(shape) == 3 and shape[0] > 1  # ggml ne[2] > 1
-            new_type = EXPERT_TYPE[file_type] if experts else DENSE_TYPE[file_type]
-        elif cat == "token_embd":
-            new_type = TOKEN_EMBD_TYPES.get(file_type, default_type)
         else:
-            position = counters.get(cat, 0)
-            count = counts["attn_v"] if cat == "attn_v" else n_layer
-            rule = RULES.get((file_type, cat))
-            new_type = (rule(position, count, model) if rule else None) or default_type
-            if cat == "attn_v" and seventy_b:
-                new_type = SEVENTY_B_ATTN_V.get(new_type, new_type)
-            if n_expert == 8:
-                new_type = eight_expert_type(file_type, default_type, cat, position, count, new_type)
-            counters[cat] = position + 1
-        if not _fits(new_type, ncols):
-            wanted = new_type
-            new_type = FALLBACK.get(new_type, new_type)
-            if not _fits(new_type, ncols):
-                new_type = "F16"
-            notes.append(f"{name}: {wanted} -> {new_type} (ncols {ncols} not a multiple of the block)")
-        chosen[name] = new_type
+            wanted = _quantized_type(file_type, default_type, name, shape, model, counters)
+            chosen[name] = _block_fallback(name, wanted, shape[-1], notes)
     return chosen, notes
+
+
+def _quantized_type(file_type: str, default_type: str, name: str, shape: tuple[int, ...], model: dict,
+                    counters: dict[str, int]) -> str:
+    """llama_tensor_get_type_impl for one quantizable tensor of a quantized file; `counters` counts the tensors of
+    each category seen so far in walk order (the rules' position `i`)."""
+    cat = category(name)
+    if cat == "output" or (model["tied"] and cat == "token_embd"):
+        if not _fits(default_type, shape[-1]):
+            return OUTPUT_TYPE_IF_ODD_ROWS
+        return OUTPUT_TYPES.get(file_type, OUTPUT_TYPE)
+    if file_type in DENSE_TYPE:
+        experts = len(shape) == 3 and shape[0] > 1  # ggml ne[2] > 1
+        return EXPERT_TYPE[file_type] if experts else DENSE_TYPE[file_type]
+    if cat == "token_embd":
+        return TOKEN_EMBD_TYPES.get(file_type, default_type)
+    position = counters.get(cat, 0)
+    counters[cat] = position + 1
+    count = model["n_attn_v"] if cat == "attn_v" else model["n_layer"]
+    rule = RULES.get((file_type, cat))
+    new_type = (rule(position, count, model) if rule else None) or default_type
+    if cat == "attn_v" and model["seventy_b"]:
+        new_type = SEVENTY_B_ATTN_V.get(new_type, new_type)
+    if model["n_expert"] == 8:
+        new_type = eight_expert_type(file_type, default_type, cat, position, count, new_type)
+    return new_type
