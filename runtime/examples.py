@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeft.data.io import Record, lone_surrogate, parse_json_line, read_jsonl
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 
 ROLES = {"system", "user", "assistant"}
 
@@ -63,7 +64,7 @@ def read_conversations(path: str | Path, *, option: str = "--data") -> list[tupl
 
 def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example]:
     if limit is not None and limit < 1:
-        raise EdgeftError(f"--limit {limit}: must be at least 1 (leave it out to evaluate every example)")
+        raise SettingError(f"<limit> {limit}: must be at least 1 (leave it out to evaluate every example)", "limit")
     examples = []
     for number, messages in read_conversations(path):
         if messages[-1]["role"] != "assistant":

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir
+from runtime.eval_settings import EvalSettings, SettingError, refuse_foreign_out_dir, refuse_long_prompts
 from runtime.examples import baseline_prompt, read_examples
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 from runtime.serve.engine import Delta, Done, Engine, Sampling
@@ -34,37 +35,63 @@ def _answers(engine: Engine, name: str, prompts: list[list[dict]], *, max_tokens
     return rows
 
 
+def _prompts(engine: Engine, examples, adapters, settings: EvalSettings, data) -> dict[str, list[list[dict]]]:
+    """Each model's prompts, the base's first; every one must fit before any generation starts."""
+    prompts = {engine.base_name: [baseline_prompt(e, system=settings.system, shots=[]) for e in examples]}
+    prompts.update({name: [e.prompt for e in examples] for name in adapters})
+    for name, model_prompts in prompts.items():
+        too_long = [(example.line, n_tokens) for example, prompt in zip(examples, model_prompts)
+                    if (n_tokens := len(engine.chat_tokens(name, prompt))) >= settings.n_ctx]
+        refuse_long_prompts(data, too_long, len(model_prompts), n_ctx=settings.n_ctx, label=name)
+    return prompts
+
+
+def _models_section(base, adapters, base_name: str, scores: dict) -> list[dict]:
+    base_scores = [verdict.score for verdict in scores[base_name]]
+    models = []
+    for name, verdicts in scores.items():
+        values = [verdict.score for verdict in verdicts]
+        models.append({"model": name, "file": str(base if name == base_name else adapters[name]),
+                       "score": mean_interval(values),
+                       "difference_vs_base": None if name == base_name else paired_difference(values, base_scores)})
+    return models
+
+
+def _write(out_dir: Path, report: dict, examples, answers: dict, scores: dict) -> None:
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        (tmp / "report.md").write_text(_markdown(report))
+        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for index, example in enumerate(examples):
+                row = {"line": example.line, "question": example.question, "gold": example.gold}
+                for name in answers:
+                    row[name] = {**answers[name][index], "score": scores[name][index].score,
+                                 "note": scores[name][index].note}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def run_fleet_eval(base: str | os.PathLike, adapters: dict[str, str | os.PathLike], data: str | os.PathLike,
-                   out_dir: str | os.PathLike, *, metric: str = "exact", rubric: str | os.PathLike | None = None,
-                   system: str | None = None, max_tokens: int = 256, n_ctx: int = 4096, threads: int | None = None,
-                   limit: int | None = None) -> dict:
-    """Answer every example of `data` with the base and with each adapter (one base load), score with `metric`.
+                   out_dir: str | os.PathLike, settings: EvalSettings | None = None, **options) -> dict:
+    """Answer every example of `data` with the base and with each adapter (one base load), score with the metric.
+    Of the settings, the fleet uses metric, rubric, system, max_tokens, n_ctx, threads and limit.
 
     Example: `run_fleet_eval("base.gguf", {"sql": "sql.gguf", "faq": "faq.gguf"}, "eval.jsonl", "out/fleet")`.
     """
+    settings = replace(settings or EvalSettings(), **options)
     if not adapters:
-        raise EdgeftError("--adapter: give at least one NAME=ADAPTER.gguf to evaluate over the base")
-    for option, value in (("--max-tokens", max_tokens), ("--ctx", n_ctx), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise EdgeftError(f"{option} {value}: must be at least 1")
+        raise SettingError("<adapters>: give at least one NAME=ADAPTER.gguf to evaluate over the base", "adapters")
+    settings.check()
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
-        raise EdgeftError(f"-o {out_dir}: folder is not empty and holds no earlier report.json; choose another -o")
-    examples = read_examples(data, limit=limit)
-    scorer = parse_metric(metric, rubric_path=str(rubric) if rubric else None, threads=threads)
-    refuse_unscoreable(scorer, examples, data, metric)
-    engine = Engine(base, adapters, base_name="base" if "base" not in adapters else Path(base).stem, n_ctx=n_ctx,
-                    threads=threads)
+    refuse_foreign_out_dir(out_dir)
+    examples = read_examples(data, limit=settings.limit)
+    scorer = parse_metric(settings.metric, rubric_path=str(settings.rubric) if settings.rubric else None,
+                          threads=settings.threads)
+    refuse_unscoreable(scorer, examples, data, settings.metric)
+    engine = Engine(base, adapters, base_name="base" if "base" not in adapters else Path(base).stem,
+                    n_ctx=settings.n_ctx, threads=settings.threads)
     try:
-        prompts = {engine.base_name: [baseline_prompt(e, system=system, shots=[]) for e in examples]}
-        prompts.update({name: [e.prompt for e in examples] for name in adapters})
-        for name, model_prompts in prompts.items():  # every prompt must fit before any generation starts
-            for example, prompt in zip(examples, model_prompts):
-                n_tokens = len(engine.chat_tokens(name, prompt))
-                if n_tokens >= n_ctx:
-                    raise EdgeftError(f"{data}:{example.line}: the prompt for {name} is {n_tokens} tokens, which "
-                                      f"leaves no room for an answer in --ctx {n_ctx}; raise --ctx or shorten it")
-        answers = {name: _answers(engine, name, model_prompts, max_tokens=max_tokens)
+        prompts = _prompts(engine, examples, adapters, settings, data)
+        answers = {name: _answers(engine, name, model_prompts, max_tokens=settings.max_tokens)
                    for name, model_prompts in prompts.items()}
     finally:
         engine.close()
@@ -72,28 +99,11 @@ def run_fleet_eval(base: str | os.PathLike, adapters: dict[str, str | os.PathLik
               for name, rows in answers.items()}
     if isinstance(scorer, Judge):
         scorer.close()
-    base_name = next(iter(prompts))
-    base_scores = [verdict.score for verdict in scores[base_name]]
-    models = []
-    for name in prompts:
-        values = [verdict.score for verdict in scores[name]]
-        models.append({"model": name, "file": str(base if name == base_name else adapters[name]),
-                       "score": mean_interval(values),
-                       "difference_vs_base": None if name == base_name else paired_difference(values, base_scores)})
-    report = {"base": str(base), "data": str(data), "metric": metric, "n": len(examples),
-              "settings": {"max_tokens": max_tokens, "n_ctx": n_ctx, "threads": threads, "system": system,
-                           "decoding": "greedy"},
-              "models": models}
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        (tmp / "report.md").write_text(_markdown(report))
-        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
-            for index, example in enumerate(examples):
-                row = {"line": example.line, "question": example.question, "gold": example.gold}
-                for name in prompts:
-                    row[name] = {**answers[name][index], "score": scores[name][index].score,
-                                 "note": scores[name][index].note}
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    report = {"base": str(base), "data": str(data), "metric": settings.metric, "n": len(examples),
+              "settings": {"max_tokens": settings.max_tokens, "n_ctx": settings.n_ctx, "threads": settings.threads,
+                           "system": settings.system, "decoding": "greedy"},
+              "models": _models_section(base, adapters, engine.base_name, scores)}
+    _write(out_dir, report, examples, answers, scores)
     report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "predictions.jsonl")}
     return report
 

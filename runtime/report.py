@@ -1,12 +1,46 @@
-"""Eval outputs: report.json (everything, machine-readable), report.md (tables), review.md (50 side-by-side
-samples for a human), eval.png (fine-tune vs baseline bars with bootstrap intervals), predictions.jsonl."""
+"""Eval outputs: the typed report (`EvalReport`) and its files: report.json (everything, machine-readable),
+report.md (tables), review.md (50 side-by-side samples for a human), eval.png (fine-tune vs baseline bars with
+bootstrap intervals), predictions.jsonl."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REVIEW_SAMPLES = 50
+
+
+@dataclass
+class EvalReport:
+    """report.json, typed: the scores from the answers, one section per measurement (runtime.measurements;
+    None: not measured, left out of the JSON), then the gates."""
+
+    model: str
+    baseline: str | None
+    data: str
+    metric: str
+    n: int
+    settings: dict
+    scores: dict  # {"model": interval, "baseline": the strongest rung's interval}
+    difference: dict | None  # fine-tune minus the strongest rung
+    ladder: dict | None = None
+    judge: dict | None = None
+    probe: dict | None = None
+    quantization: dict | None = None
+    parity: dict | None = None
+    tensor_types: dict | None = None
+    throughput: dict | None = None
+    gates: list[dict] = field(default_factory=list)
+    failed_gates: list[str] = field(default_factory=list)
+    passed: bool = True
+
+    def as_dict(self) -> dict:
+        """The JSON form, keys in field order; an optional section that was not measured is absent."""
+        always = {"model", "baseline", "data", "metric", "n", "settings", "scores", "difference", "gates",
+                  "failed_gates", "passed"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in always or getattr(self, f.name) is not None}
 
 
 def _pct(value) -> str:

@@ -56,9 +56,7 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=ADAPTER.gguf",
               help="Score LoRA adapter GGUFs over MODEL (the base, loaded once) instead; repeat for a fleet.")
-def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, shots_from, context, context_k,
-                 requests_per_day, latency_samples, probe, choices, reference, hf, recipe, min_gain, require_earned,
-                 max_ppl_ratio, max_kld, min_speed_ratio, max_tokens, n_ctx, threads, limit, no_speed, adapters):
+def eval_command(model, data, out_dir, adapters, recipe, **options):
     """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
 
     Generates greedily with the GGUF's own chat template and scores with --metric. The baseline climbs a ladder
@@ -74,39 +72,59 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
       edgeft eval base.gguf --adapter sql=sql.gguf --adapter faq=faq.gguf --data eval.jsonl -o out/fleet
     """
-    if adapters:
-        return _fleet(model, adapters, data, out_dir, metric=metric, rubric=rubric, system=system,
-                      max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
-                      single_model_only={"--baseline": baseline, "--shots": shots or None, "--context": context,
-                                         "--probe": probe, "--choices": choices, "--reference": reference,
-                                         "--hf": hf, "--min-gain": min_gain, "--require-earned": require_earned or None,
-                                         "--max-ppl-ratio": max_ppl_ratio, "--max-kld": max_kld,
-                                         "--min-speed-ratio": min_speed_ratio})
-    from runtime.evaluate import run_eval
-    from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
-
     from edgeft.errors import EdgeftError
+    from runtime.eval_settings import SettingError
 
     try:
+        if adapters:
+            return _fleet(model, adapters, data, out_dir, options)
+        from runtime.evaluate import run_eval
+
+        report = run_eval(model, data, out_dir, _settings(recipe, options))
+    except SettingError as exc:  # the library names its settings; here they are this command's flags
+        raise EdgeftError(exc.named(_flags())) from None
+    _print_report(report)
+    if not report["passed"]:
+        click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs']['report.md']})",
+                   err=True)
+        sys.exit(GATE_FAILED_EXIT)
+
+
+def _flags() -> dict[str, str]:
+    """Setting name -> the flag that sets it (the option's first spelling: -o, not --output)."""
+    flags = {param.name: param.opts[0] for param in eval_command.params if isinstance(param, click.Option)}
+    return {**flags, "speed": "the speed test (leave out --no-speed)"}
+
+
+GATE_OPTIONS = ("min_gain", "max_ppl_ratio", "max_kld", "min_speed_ratio")
+
+
+def _settings(recipe, options: dict):
+    """The command's options as EvalSettings: gates from the flags over the recipe's, its traffic as the default."""
+    from edgeft.errors import EdgeftError
+    from runtime.eval_settings import EvalSettings
+    from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
+
+    options = dict(options)
+    from_flags = {name: options.pop(name) for name in GATE_OPTIONS}
+    from_flags["earned"] = 0.0 if options.pop("require_earned") else None
+    try:
         from_recipe = gates_from_recipe(recipe)
+        if options["requests_per_day"] is None:
+            options["requests_per_day"] = recipe_eval(recipe).get("requests_per_day")
     except EdgeftError as exc:
         raise EdgeftError(f"--recipe {exc}") from None
-    gates = resolve_gates({"min_gain": min_gain, "earned": 0.0 if require_earned else None,
-                           "max_ppl_ratio": max_ppl_ratio, "max_kld": max_kld, "min_speed_ratio": min_speed_ratio},
-                          from_recipe)
-    if requests_per_day is None:
-        requests_per_day = recipe_eval(recipe).get("requests_per_day")
-    if hf is not None:
+    gates = resolve_gates(from_flags, from_recipe)
+    if options["hf"] is not None:
         from edgeft.modelref import resolve_model
 
-        hf = str(resolve_model(hf))
-    report = run_eval(model, data, out_dir, baseline=baseline, metric=metric, system=system, shots=shots,
-                      shots_from=shots_from, probe=probe, choices=choices, reference=reference, hf=hf, gates=gates,
-                      rubric=rubric, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads, limit=limit,
-                      speed=not no_speed, context=context, context_k=context_k,
-                      requests_per_day=requests_per_day, latency_samples=latency_samples)
+        options["hf"] = str(resolve_model(options["hf"]))
+    return EvalSettings(gates=gates, speed=not options.pop("no_speed"), **options)
+
+
+def _print_report(report: dict) -> None:
     scores = report["scores"]
-    line = f"{metric}: fine-tune {scores['model']['mean'] * 100:.1f}%"
+    line = f"{report['metric']}: fine-tune {scores['model']['mean'] * 100:.1f}%"
     if report.get("difference"):
         difference = report["difference"]
         line += (f", baseline {scores['baseline']['mean'] * 100:.1f}%, difference {difference['mean'] * 100:+.1f} "
@@ -120,23 +138,29 @@ def eval_command(model, data, out_dir, baseline, metric, rubric, system, shots, 
     click.echo(f"report: {report['outputs']['report.md']}")
     for row in report["gates"]:
         click.echo(f"gate {row['text']}", err=not row["passed"])
-    if not report["passed"]:
-        click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs']['report.md']})",
-                   err=True)
-        sys.exit(GATE_FAILED_EXIT)
 
 
-def _fleet(model, adapters, data, out_dir, *, single_model_only: dict, **options) -> None:
+# Options of the single-model eval, with the value that means "not given": the fleet eval refuses them.
+SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "context": None, "probe": None, "choices": None,
+                     "reference": None, "hf": None, "min_gain": None, "require_earned": False, "max_ppl_ratio": None,
+                     "max_kld": None, "min_speed_ratio": None}
+FLEET_OPTIONS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads", "limit")
+
+
+def _fleet(model, adapters, data, out_dir, options: dict) -> None:
     """--adapter: every adapter and the base scored over one load of MODEL (runtime.fleet_eval)."""
     from edgeft.commands.serve import parse_adapters
     from edgeft.errors import EdgeftError
+    from runtime.eval_settings import EvalSettings
     from runtime.fleet_eval import run_fleet_eval
 
-    given = [option for option, value in single_model_only.items() if value is not None]
+    flags = _flags()
+    given = [flags[name] for name, unset in SINGLE_MODEL_ONLY.items() if options[name] != unset]
     if given:
         raise EdgeftError(f"{', '.join(given)}: not with --adapter (the fleet eval scores adapters against the "
                           "zero-shot base); run `edgeft eval` on one model for the ladder, probe and gates")
-    report = run_fleet_eval(model, parse_adapters(adapters), data, out_dir, **options)
+    settings = EvalSettings(**{name: options[name] for name in FLEET_OPTIONS})
+    report = run_fleet_eval(model, parse_adapters(adapters), data, out_dir, settings)
     for row in report["models"]:
         diff = row["difference_vs_base"]
         versus = "" if diff is None else f", vs base {diff['mean'] * 100:+.1f} [{diff['low'] * 100:+.1f}, " \

@@ -1,0 +1,114 @@
+"""EvalSettings: every choice an eval makes besides the model, the data and the output folder, in one object that
+`edgeft eval`, the release pipeline and tests build and pass to `run_eval` / `run_fleet_eval`.
+
+Errors about a setting are `SettingError`s: the library names the setting (`n_ctx 0: must be at least 1`), and a
+CLI shows its own flag instead (`--ctx 0: ...`) through `SettingError.named`, so the library knows no flags.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from edgeft.errors import EdgeftError
+
+PathLike = str | os.PathLike
+_SETTING = re.compile(r"<(\w+)>")
+
+
+class SettingError(EdgeftError):
+    """A user error about settings. `text` marks each setting it names as `<name>` (one of `settings`); the
+    message shows the name itself, `named(flags)` shows the caller's word for it."""
+
+    def __init__(self, text: str, *settings: str):
+        self.text, self.settings = text, settings
+        super().__init__(self.named({}))
+
+    def named(self, names: Mapping[str, str]) -> str:
+        def name(match: re.Match) -> str:
+            setting = match[1]
+            return names.get(setting, setting) if setting in self.settings else match[0]
+
+        return _SETTING.sub(name, self.text)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate. Paths may be str or Path; `gates` maps a gate name (runtime.gates.GATES) to its threshold.
+
+    Example: `EvalSettings(baseline="base.gguf", system="Answer in SQL.", shots=3, shots_from="train.jsonl",
+    metric="sql-exec:shop.sqlite", gates={"min_gain": 5})`.
+    """
+
+    baseline: PathLike | None = None  # the base GGUF to beat; it climbs the whole ladder
+    metric: str = "exact"
+    rubric: PathLike | None = None  # for metric judge:JUDGE.gguf
+    system: str | None = None  # the baseline's system prompt
+    shots: int = 0  # K for the fixed and the retrieved K-shot rungs
+    shots_from: PathLike | None = None  # the training JSONL the shots come from
+    context: PathLike | None = None  # passages JSONL for the retrieved-context rung
+    context_k: int = 3
+    requests_per_day: float | None = None  # traffic for the prompt tax
+    latency_samples: int = 16
+    probe: PathLike | None = None  # forgetting-probe text (default: the text shipped with edgeft)
+    probe_window: int = 512
+    probe_max_tokens: int | None = 8192
+    choices: PathLike | None = None  # multiple-choice JSONL for the probe
+    reference: PathLike | None = None  # higher-precision GGUF for KLD
+    hf: PathLike | None = None  # HF folder for the tokenization parity check
+    gates: Mapping[str, float] = field(default_factory=dict)
+    max_tokens: int = 256
+    n_ctx: int = 4096
+    threads: int | None = None
+    limit: int | None = None  # evaluate only the first N examples
+    speed: bool = True  # throughput against the baseline
+    bench_prompt: int = 128
+    bench_gen: int = 32
+    bench_repeat: int = 5
+
+    def check(self) -> None:
+        """Numbers that make no sense, refused before any file is read."""
+        at_least = [("max_tokens", 1), ("n_ctx", 1), ("threads", 1), ("shots", 0)]  # limit: see read_examples
+        if self.baseline is not None:  # the passages per question matter only for the base's context rung
+            at_least.append(("context_k", 1))
+        for name, least in at_least:
+            value = getattr(self, name)
+            if value is not None and value < least:
+                rule = "0 or more" if least == 0 else f"at least {least}"
+                raise SettingError(f"<{name}> {value}: must be {rule}", name)
+        if self.context is not None and self.baseline is None:
+            raise SettingError("<context> needs <baseline>: retrieved passages are a rung of the base's ladder",
+                               "context", "baseline")
+
+    def report_section(self) -> dict:
+        """The `settings` section of report.json."""
+        return {"max_tokens": self.max_tokens, "n_ctx": self.n_ctx, "threads": self.threads, "system": self.system,
+                "shots": self.shots, "shots_from": str(self.shots_from) if self.shots_from else None,
+                "decoding": "greedy", "context": str(self.context) if self.context else None,
+                "context_k": self.context_k if self.context else None, "requests_per_day": self.requests_per_day}
+
+
+def refuse_foreign_out_dir(out_dir: Path) -> None:
+    """The report folder is replaced whole: only an earlier eval's folder (it has report.json) or an empty one
+    may be, never an arbitrary folder."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise SettingError(f"<out_dir> {out_dir}: exists and is not a folder; choose another output folder",
+                           "out_dir")
+    if any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
+        raise SettingError(f"<out_dir> {out_dir}: folder is not empty and holds no earlier report.json; choose "
+                           "another <out_dir>", "out_dir")
+
+
+def refuse_long_prompts(data: PathLike, too_long: list[tuple[int, int]], total: int, *, n_ctx: int,
+                        label: str) -> None:
+    """`too_long`: (line, prompt tokens) of each prompt that leaves no room for an answer in n_ctx."""
+    if too_long:
+        line, n_tokens = too_long[0]
+        raise SettingError(f"{data}:{line}: the {label} prompt is {n_tokens} tokens, which leaves no room for an "
+                           f"answer in <n_ctx> {n_ctx}; {len(too_long)} of {total} prompts do not fit: raise "
+                           "<n_ctx> or shorten them", "n_ctx")
