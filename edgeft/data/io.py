@@ -159,7 +159,8 @@ def scan_jsonl(path: str | Path) -> list[Record]:
     return records
 
 
-def read_jsonl(path: str | Path, parse: Callable[[int, str], Record] = parse_line, *, advice: str = "") -> list[Record]:
+def read_jsonl(path: str | Path, parse: Callable[[int, str], Record] = parse_line, *,
+               advice: str = "") -> list[Record]:
     """The Records of a JSONL file, read up to the first bad line, which raises `FILE:LINE: what{advice}`.
     `parse` turns one line into a Record (the default: a training conversation, checked in full)."""
     records = []
