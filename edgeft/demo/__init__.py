@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def build_demo(out_dir: Path = Path(".cache/demo"), *, log=print) -> dict[str, Path]:
-    """Data (seconds) into OUT_DIR/data and the imported base (about a minute, once; cached) into OUT_DIR/base."""
+    """Data and the imported base (seconds each; cached) into OUT_DIR/data and OUT_DIR/base."""
     from edgeft.demo.smollm2 import import_demo_base
     from edgeft.demo.sql_task import write_task
 
