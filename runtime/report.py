@@ -65,13 +65,10 @@ def write_predictions(rows: list[dict], path: Path) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def render_markdown(report: dict) -> str:
-    lines = [f"# Eval: {Path(report['model']).name}", "",
-             f"Data `{report['data']}` ({report['n']} examples), metric `{report['metric']}`, greedy, "
-             f"max {report['settings']['max_tokens']} new tokens.", ""]
+def _scores_markdown(report: dict) -> list[str]:
     scores = report["scores"]
-    lines += ["## Task score (%, 95% bootstrap interval)", "", "| system | score | n |", "|---|---|---|",
-              f"| fine-tune `{Path(report['model']).name}` | {_interval(scores['model'])} | {scores['model']['n']} |"]
+    lines = ["## Task score (%, 95% bootstrap interval)", "", "| system | score | n |", "|---|---|---|",
+             f"| fine-tune `{Path(report['model']).name}` | {_interval(scores['model'])} | {scores['model']['n']} |"]
     if scores.get("baseline"):
         settings = report["settings"]
         how = f"system prompt: {'yes' if settings.get('system') else 'no'}, {settings.get('shots', 0)} shots"
@@ -84,64 +81,102 @@ def render_markdown(report: dict) -> str:
         difference = report["difference"]
         lines += ["", f"**Difference (fine-tune − baseline): {_interval(difference)} points**, "
                       f"bootstrap P(not better) = {difference.get('p_not_better', float('nan')):.3f}."]
-    if report.get("ladder"):
-        from runtime.ladder_report import ladder_markdown
+    return lines
 
-        lines += ladder_markdown(report["ladder"])
-    if report.get("judge"):
-        lines += ["", f"Judge verdicts that could not be parsed (counted as 0): {report['judge']['unparsed']}."]
-    probe = report.get("probe")
-    if probe:
-        lines += ["", "## Forgetting probe", "", f"Text: {probe['text']}", "", "| system | perplexity | tokens |",
-                  "|---|---|---|"]
-        for who in ("model", "baseline"):
-            if probe.get(who):
-                lines.append(f"| {who} | {_num(probe[who]['ppl'])} | {probe[who]['n_tokens']} |")
-        if probe.get("ppl_ratio") is not None:
-            lines += ["", f"Perplexity ratio fine-tune/base: **{probe['ppl_ratio']:.4f}**"]
-        if probe.get("choices"):
-            lines += ["", "| multiple choice | accuracy | accuracy (per char) | n |", "|---|---|---|---|"]
-            for who, result in probe["choices"].items():
-                lines.append(f"| {who} | {_pct(result['accuracy'])} | {_pct(result['accuracy_norm'])} | "
-                             f"{result['n']} |")
-    quality = report.get("quantization")
-    if quality:
-        lines += ["", f"## Quantization quality vs `{Path(quality['reference']).name}`", "",
-                  "| mean KLD | median KLD | p99 KLD | max KLD | top-1 agreement % | ppl | ppl (reference) | Δppl | tokens |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  f"| {_num(quality['kld_mean'])} | {_num(quality['kld_median'])} | {_num(quality['kld_p99'])} | "
-                  f"{_num(quality['kld_max'])} | {quality['top1_agreement']:.2f} | {_num(quality['ppl_model'])} | "
-                  f"{_num(quality['ppl_reference'])} | {_num(quality['delta_ppl'])} | {quality['n_tokens']} |"]
-    parity = report.get("parity")
-    if parity:
-        lines += ["", f"## HF parity (`{parity['hf']}`)", "",
-                  f"Template renders identically: {parity['template_matches']}/{parity['n']}; "
-                  f"token ids identical: {parity['token_matches']}/{parity['n']}."]
-        for mismatch in parity["mismatches"]:
-            lines.append(f"- example {mismatch['example']}: `{json.dumps({k: v for k, v in mismatch.items() if k != 'example'}, ensure_ascii=False)}`")
-    speed = report.get("throughput")
-    if speed:
-        lines += ["", "## Throughput (median tok/s)", "", "| system | pp tok/s | tg tok/s | load s | size MiB | peak RSS MiB |",
-                  "|---|---|---|---|---|---|"]
-        for who in ("model", "baseline"):
-            row = speed.get(who)
-            if row:
-                lines.append(f"| {who} | {_num(row['pp_tok_s'])} | {_num(row['tg_tok_s'])} | {row['load_s']:.2f} | "
-                             f"{row['size_mib']:.1f} | {row['peak_rss_mib']:.0f} |")
-        if speed.get("ratio"):
-            lines += ["", f"Speed ratio fine-tune/base: pp {_num(speed['ratio']['pp'])}, tg {_num(speed['ratio']['tg'])}"]
-    types = report.get("tensor_types")
-    if types:
-        if types["same"]:
-            lines += ["", "Tensor types: every tensor is stored in the same type as in the baseline."]
-        else:
-            lines += ["", f"Tensor types: **{types['n_differing']} tensors differ from the baseline's** "
-                          f"({types['n_only_in_model']} only in the fine-tune); a different type changes speed and size:",
-                      ""] + [f"- `{d['tensor']}`: {d['model']} (baseline {d['baseline']})" for d in types["differing"]]
-    if report.get("gates"):
-        lines += ["", "## Gates", ""] + [f"- {'✅' if row['passed'] else '❌'} {row['text']}" for row in report["gates"]]
-        failed = [row["gate"] for row in report["gates"] if not row["passed"]]
-        lines += ["", f"**Gates failed: {', '.join(failed)}**" if failed else "**All gates passed.**"]
+
+def _ladder_markdown(report: dict) -> list[str]:
+    from runtime.ladder_report import ladder_markdown
+
+    return ladder_markdown(report["ladder"])
+
+
+def _judge_markdown(report: dict) -> list[str]:
+    return ["", f"Judge verdicts that could not be parsed (counted as 0): {report['judge']['unparsed']}."]
+
+
+def _probe_markdown(report: dict) -> list[str]:
+    probe = report["probe"]
+    lines = ["", "## Forgetting probe", "", f"Text: {probe['text']}", "", "| system | perplexity | tokens |",
+             "|---|---|---|"]
+    for who in ("model", "baseline"):
+        if probe.get(who):
+            lines.append(f"| {who} | {_num(probe[who]['ppl'])} | {probe[who]['n_tokens']} |")
+    if probe.get("ppl_ratio") is not None:
+        lines += ["", f"Perplexity ratio fine-tune/base: **{probe['ppl_ratio']:.4f}**"]
+    if probe.get("choices"):
+        lines += ["", "| multiple choice | accuracy | accuracy (per char) | n |", "|---|---|---|---|"]
+        for who, result in probe["choices"].items():
+            lines.append(f"| {who} | {_pct(result['accuracy'])} | {_pct(result['accuracy_norm'])} | {result['n']} |")
+    return lines
+
+
+def _quantization_markdown(report: dict) -> list[str]:
+    quality = report["quantization"]
+    columns = ("mean KLD", "median KLD", "p99 KLD", "max KLD", "top-1 agreement %", "ppl", "ppl (reference)", "Δppl",
+               "tokens")
+    return ["", f"## Quantization quality vs `{Path(quality['reference']).name}`", "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            f"| {_num(quality['kld_mean'])} | {_num(quality['kld_median'])} | {_num(quality['kld_p99'])} | "
+            f"{_num(quality['kld_max'])} | {quality['top1_agreement']:.2f} | {_num(quality['ppl_model'])} | "
+            f"{_num(quality['ppl_reference'])} | {_num(quality['delta_ppl'])} | {quality['n_tokens']} |"]
+
+
+def _parity_markdown(report: dict) -> list[str]:
+    parity = report["parity"]
+    lines = ["", f"## HF parity (`{parity['hf']}`)", "",
+             f"Template renders identically: {parity['template_matches']}/{parity['n']}; "
+             f"token ids identical: {parity['token_matches']}/{parity['n']}."]
+    for mismatch in parity["mismatches"]:
+        details = {k: v for k, v in mismatch.items() if k != "example"}
+        lines.append(f"- example {mismatch['example']}: `{json.dumps(details, ensure_ascii=False)}`")
+    return lines
+
+
+def _throughput_markdown(report: dict) -> list[str]:
+    speed = report["throughput"]
+    lines = ["", "## Throughput (median tok/s)", "",
+             "| system | pp tok/s | tg tok/s | load s | size MiB | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for who in ("model", "baseline"):
+        row = speed.get(who)
+        if row:
+            lines.append(f"| {who} | {_num(row['pp_tok_s'])} | {_num(row['tg_tok_s'])} | {row['load_s']:.2f} | "
+                         f"{row['size_mib']:.1f} | {row['peak_rss_mib']:.0f} |")
+    if speed.get("ratio"):
+        ratio = speed["ratio"]
+        lines += ["", f"Speed ratio fine-tune/base: pp {_num(ratio['pp'])}, tg {_num(ratio['tg'])}"]
+    return lines
+
+
+def _tensor_types_markdown(report: dict) -> list[str]:
+    types = report["tensor_types"]
+    if types["same"]:
+        return ["", "Tensor types: every tensor is stored in the same type as in the baseline."]
+    return ["", f"Tensor types: **{types['n_differing']} tensors differ from the baseline's** "
+                f"({types['n_only_in_model']} only in the fine-tune); a different type changes speed and size:",
+            ""] + [f"- `{d['tensor']}`: {d['model']} (baseline {d['baseline']})" for d in types["differing"]]
+
+
+def _gates_markdown(report: dict) -> list[str]:
+    gates = report["gates"]
+    failed = [row["gate"] for row in gates if not row["passed"]]
+    return (["", "## Gates", ""] + [f"- {'✅' if row['passed'] else '❌'} {row['text']}" for row in gates]
+            + ["", f"**Gates failed: {', '.join(failed)}**" if failed else "**All gates passed.**"])
+
+
+# report.md in order: a report section (present and non-empty) -> its markdown lines.
+MARKDOWN_SECTIONS = (("scores", _scores_markdown), ("ladder", _ladder_markdown), ("judge", _judge_markdown),
+                     ("probe", _probe_markdown), ("quantization", _quantization_markdown),
+                     ("parity", _parity_markdown), ("throughput", _throughput_markdown),
+                     ("tensor_types", _tensor_types_markdown), ("gates", _gates_markdown))
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Eval: {Path(report['model']).name}", "",
+             f"Data `{report['data']}` ({report['n']} examples), metric `{report['metric']}`, greedy, "
+             f"max {report['settings']['max_tokens']} new tokens.", ""]
+    for section, render in MARKDOWN_SECTIONS:
+        if report.get(section):
+            lines += render(report)
     return "\n".join(lines) + "\n"
 
 
