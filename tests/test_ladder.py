@@ -347,8 +347,8 @@ def _synthetic_report(earned: bool) -> dict:
 
 
 def test_model_card_shows_the_ladder_and_the_verdict(tmp_path):
-    from edgeft.release_card import render_model_card
-    from edgeft.release_metrics import metrics_from_outputs
+    from edgeft.release.card import render_model_card
+    from edgeft.release.metrics import metrics_from_outputs
 
     metrics = metrics_from_outputs(_synthetic_report(True), {}, tmp_path, quant="Q4_K_M")
     assert metrics["task"]["baseline_setup"].startswith("retrieved 3 shot")
@@ -364,14 +364,15 @@ def test_model_card_shows_the_ladder_and_the_verdict(tmp_path):
 def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monkeypatch):
     """The release's eval stage always adds the `earned` gate; a failed verdict publishes nothing and says why."""
     import runtime.evaluate
-    from edgeft import release_pipeline as rp
-    from edgeft.release import publish_release
+    from edgeft.release import settings as rp
+    from edgeft.release import stages
+    from edgeft.release.publish import publish_release
     from runtime.gates import check_gates
 
     calls = []
     monkeypatch.setattr(runtime.evaluate, "run_eval", lambda *a, **kw: calls.append(kw))
     settings = rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
-    rp.stage_eval(settings)
+    stages.stage_eval(settings)
     assert calls[-1]["gates"]["earned"] == 0 and calls[-1]["shots"] == 3
     report = _synthetic_report(False)
     gates = ladder.explain_gates(check_gates({"earned": 0}, report), report["ladder"])
