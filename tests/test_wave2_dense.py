@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from tests.factory import build_model, edited_model
-from tests.train_helpers import TINY_RECIPE, toy_data
+from tests.train_helpers import TINY_RECIPE, checked_adapter, toy_data
 
 ARCHS = ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
 
@@ -21,20 +21,12 @@ ARCHS = ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
                                           ("phi4mini", "qlora")])
 def test_train_produces_an_adapter(arch, method, tmp_path):
     pytest.importorskip("torch")
-    from safetensors import safe_open
-
     from edgeft.train import train
 
     train_path, _ = toy_data(tmp_path / "data", n_train=4)
     out = train(build_model(arch), train_path, tmp_path / "out", config={**TINY_RECIPE, "method": method},
                 max_steps=2, progress=False)
-    config = json.loads((out / "adapter_config.json").read_text())
-    with safe_open(str(out / "adapter_model.safetensors"), "np") as weights:
-        names = list(weights.keys())
-        assert all(float(abs(weights.get_tensor(n)).sum()) > 0 for n in names if "lora_A" in n)
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
-    assert len(losses) == 2 and all(loss == loss and loss < 100 for loss in losses)  # finite
+    config, names = checked_adapter(out, steps=2)
     # Every linear of every layer carries a pair (attention and MLP), for both layers at least.
     projections = {n.split(".")[-3] for n in names if "lora_A" in n}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"} <= projections or "qkv_proj" in projections, names

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from tests.factory import build_model, edited_model
-from tests.train_helpers import TINY_RECIPE, toy_data
+from tests.train_helpers import TINY_RECIPE, checked_adapter, toy_data
 
 ARCHS = ("qwen3moe", "mixtral", "lfm2")
 
@@ -22,8 +22,6 @@ ARCHS = ("qwen3moe", "mixtral", "lfm2")
                                           ("qwen3moe", "qlora")])
 def test_train_produces_an_adapter(arch, method, tmp_path):
     pytest.importorskip("torch")
-    from safetensors import safe_open
-
     from edgeft.train import train
 
     train_path, _ = toy_data(tmp_path / "data", n_train=4)
@@ -31,13 +29,7 @@ def test_train_produces_an_adapter(arch, method, tmp_path):
     # out with a warning (test_default_dropout_leaves_the_router_out)
     recipe = {**TINY_RECIPE, "method": method, "dropout": 0.0}
     out = train(build_model(arch), train_path, tmp_path / "out", config=recipe, max_steps=2, progress=False)
-    config = json.loads((out / "adapter_config.json").read_text())
-    with safe_open(str(out / "adapter_model.safetensors"), "np") as weights:
-        names = list(weights.keys())
-        assert all(float(abs(weights.get_tensor(n)).sum()) > 0 for n in names if "lora_A" in n)
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
-    assert len(losses) == 2 and all(loss == loss and loss < 100 for loss in losses)  # finite
+    config, names = checked_adapter(out, steps=2)
     modules = {n.split(".")[-3] for n in names if "lora_A" in n}
     if arch == "lfm2":  # attention, the conv layer's projections, the MLP
         assert {"q_proj", "out_proj", "in_proj", "w1", "w2", "w3"} <= modules, names

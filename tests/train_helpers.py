@@ -35,6 +35,21 @@ def toy_data(folder: Path, n_train: int = 16, n_eval: int = 4) -> tuple[Path, Pa
     return train, evals
 
 
+def checked_adapter(out: Path, steps: int) -> tuple[dict, list[str]]:
+    """The adapter_config.json and tensor names of a trained adapter, after checking that every LoRA A tensor was
+    saved non-zero and that the `steps` logged losses are all finite."""
+    from safetensors import safe_open
+
+    config = json.loads((out / "adapter_config.json").read_text())
+    with safe_open(str(out / "adapter_model.safetensors"), "np") as weights:
+        names = list(weights.keys())
+        assert all(float(abs(weights.get_tensor(n)).sum()) > 0 for n in names if "lora_A" in n)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == steps and all(loss == loss and loss < 100 for loss in losses)  # finite
+    return config, names
+
+
 def write_recipe(path: Path, **settings) -> Path:
     path.write_text(yaml.safe_dump({**TINY_RECIPE, **settings}), encoding="utf-8")
     return path
