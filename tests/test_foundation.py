@@ -15,8 +15,12 @@ from tests.factory import ARCHS, TOKENIZER_KINDS, TOKENIZER_SPECS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _run_to_the_end(code: str) -> None:
+    """Run `code` in a fresh interpreter; it must exit 0 and reach its last line (an 'ok' printed after it)."""
+    proc = subprocess.run([sys.executable, "-c", code + "print('ok')\n"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
 
 
 def test_cli_help_lists_groups_without_importing_torch():
@@ -31,11 +35,8 @@ def test_cli_help_lists_groups_without_importing_torch():
         "assert not missing, missing\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "print('ok')\n"
     )
-    proc = _run(code)
-    assert proc.returncode == 0, proc.stderr
-    assert "ok" in proc.stdout
+    _run_to_the_end(code)
 
 
 def test_cli_version():
@@ -59,11 +60,8 @@ def test_convert_and_runtime_import_with_torch_unavailable():
         "for pkg in (convert, runtime):\n"
         "    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
         "        importlib.import_module(info.name)\n"
-        "print('ok')\n"
     )
-    proc = _run(code)
-    assert proc.returncode == 0, proc.stderr
-    assert "ok" in proc.stdout
+    _run_to_the_end(code)
 
 
 def test_user_error_is_one_line_and_nonzero():
