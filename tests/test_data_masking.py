@@ -79,6 +79,11 @@ def assert_mask_invariants(tokenizer, messages, example):
             assert set(inside) == {IGNORE_INDEX}, f"a {role} token is trained"
 
 
+def chat(*contents: str) -> list[dict]:
+    """A conversation of user and assistant turns in turn, the user first."""
+    return [{"role": ("user", "assistant")[i % 2], "content": content} for i, content in enumerate(contents)]
+
+
 def reference_ids(tokenizer, messages) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -106,12 +111,7 @@ def test_exact_mask_per_template_family(tokenizers, kind, with_system):
 def test_trimmed_and_repeated_content(tokenizers, kind):
     """Templates that trim content (Llama 3, Gemma) and answers that repeat the user's words."""
     tokenizer = tokenizers[kind]
-    messages = [
-        {"role": "user", "content": "Say hello"},
-        {"role": "assistant", "content": "  hello \n"},
-        {"role": "user", "content": "hello"},
-        {"role": "assistant", "content": "hello"},
-    ]
+    messages = chat("Say hello", "  hello \n", "hello", "hello")
     example = build_example(messages, tokenizer)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     runs = trained_text(tokenizer, text, example["labels"])
@@ -214,10 +214,7 @@ def test_system_prompt_moved_to_the_last_user_turn(tokenizers):
 def test_unicode_and_literal_special_text(tokenizers, kind):
     """Byte-fallback pieces of one character share its offsets; every one of them must be trained."""
     tokenizer = tokenizers[kind]
-    messages = [
-        {"role": "user", "content": "Écris « bonjour » 😀 日本語?"},
-        {"role": "assistant", "content": "Ça va 😀 日本語 — très bien."},
-    ]
+    messages = chat("Écris « bonjour » 😀 日本語?", "Ça va 😀 日本語 — très bien.")
     example = build_example(messages, tokenizer)
     assert example["input_ids"] == reference_ids(tokenizer, messages)
     assert_mask_invariants(tokenizer, messages, example)
