@@ -56,6 +56,17 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
+def greedy_tokens(llm, tokens, max_tokens):
+    """llama-cpp-python's own greedy decode of `tokens` from a fresh cache, up to the end of generation."""
+    llm.reset()
+    generated = []
+    for token in llm.generate(tokens, temp=0.0, reset=False):
+        if is_end_of_generation(llm, token) or len(generated) == max_tokens:
+            break
+        generated.append(token)
+    return generated
+
+
 class Reference:
     """llama-cpp-python, one Llama per adapter (lora_path), greedy, fresh cache per prompt; results cached."""
 
@@ -82,12 +93,7 @@ class Reference:
                     tokens = prompt_tokens(llm, render_chat(llm, messages))
                 else:  # what create_completion feeds the model for a text prompt
                     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-                llm.reset()
-                generated = []
-                for token in llm.generate(tokens, temp=0.0, reset=False):
-                    if is_end_of_generation(llm, token) or len(generated) == max_tokens:
-                        break
-                    generated.append(token)
+                generated = greedy_tokens(llm, tokens, max_tokens)
                 self.results[key] = (detokenize(llm, generated), len(generated))
             return self.results[key]
 
@@ -399,12 +405,7 @@ def test_an_adapter_that_carries_its_template_is_rendered_with_it(fleet, tmp_pat
         lone = llama_cpp.Llama(model_path=str(fleet["base"]), lora_path=str(adapter_gguf), n_ctx=N_CTX, n_threads=1,
                                verbose=False)
         try:
-            lone.reset()
-            generated = []
-            for token in lone.generate(expected, temp=0.0, reset=False):
-                if is_end_of_generation(lone, token) or len(generated) == MAX_TOKENS:
-                    break
-                generated.append(token)
+            generated = greedy_tokens(lone, expected, MAX_TOKENS)
         finally:
             lone.close()
         done = list(engine.generate("t", expected, Sampling(max_tokens=MAX_TOKENS)))[-1]
