@@ -37,15 +37,24 @@ def _nothing_ran(inputs):
     return not inputs["out"].exists() and not inputs["release"].exists()
 
 
-@pytest.mark.parametrize("text, needles", [
+# Bad recipes and what their one error line must say, by the part of the recipe that is wrong.
+NOT_A_RECIPE = [
     ("- name: x\n- quant: Q4_K_M\n", ["is a list, not a mapping"]),
     ("just a sentence\n", ["is a str, not a mapping"]),
     ("name: x\neval:\n  gates: {min_gain: 5\n", ["not valid YAML (line 4, column 1:"]),
     ("name: x\n\tquant: Q8_0\n", ["not valid YAML (line 2"]),
+]
+BAD_TOP_LEVEL = [
     ("nmae: x\n", ["unknown release recipe keys ['nmae']"]),
+    ("quant: Q4_K_X\n", ["unknown quant type 'Q4_K_X'"]),
+    ("name: ../elsewhere\n", ["is not a plain file name"]),
+]
+BAD_TRAIN = [
     ("train: [r, 8]\n", ["train: must be a mapping"]),
     ("train:\n  learning_rate: 0.001\n", ["unknown recipe setting 'learning_rate'"]),
     ("train:\n  r: many\n", ["r='many' should be a int"]),
+]
+BAD_EVAL = [
     ("eval:\n  gates:\n    min_gian: 5\n", ["unknown gate 'min_gian'", "known gates: min_gain"]),
     ("eval:\n  gates:\n    min_gain: lots\n", ["threshold 'lots' is not a number"]),
     ("eval:\n  gates: [min_gain]\n", ["eval.gates must be a mapping"]),
@@ -53,9 +62,10 @@ def _nothing_ran(inputs):
     ("eval:\n  metric: exactly\n", ["unknown metric"]),
     ("eval:\n  metric: sql-exec\n", ["needs an argument"]),
     ("eval:\n  shots: -2\n", ["eval.shots=-2 must be a whole number of at least 0"]),
-    ("quant: Q4_K_X\n", ["unknown quant type 'Q4_K_X'"]),
-    ("name: ../elsewhere\n", ["is not a plain file name"]),
-])
+]
+
+
+@pytest.mark.parametrize("text, needles", [*NOT_A_RECIPE, *BAD_TOP_LEVEL, *BAD_TRAIN, *BAD_EVAL])
 def test_bad_recipe_is_refused_before_any_stage(inputs, text, needles):
     one_line_error(_release(inputs, text), *needles)
     assert _nothing_ran(inputs)
