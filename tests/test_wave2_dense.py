@@ -7,10 +7,9 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from edgeft.cli import main
 from tests.factory import build_model, edited_model
+from tests.hostile import invoke, one_line_error
 from tests.train_helpers import TINY_RECIPE, checked_adapter, toy_data
 
 ARCHS = ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
@@ -44,13 +43,10 @@ def test_train_produces_an_adapter(arch, method, tmp_path):
 ], ids=["smollm3-nope", "smollm3-swa", "gemma3-vision", "gemma3-multimodal-class", "gemma3-softcap",
         "gemma3-scalar", "olmo2-tied"])
 def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
-    model = edited_model(arch, tmp_path, **changes)
     out = tmp_path / "out"
     out.mkdir()
-    result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])
-    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n") if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
+    one_line_error(invoke("convert", edited_model(arch, tmp_path, **changes), "-o", out / "m.gguf"), "config.json",
+                   *needles)
     assert not list(out.iterdir())
 
 

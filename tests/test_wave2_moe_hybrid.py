@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from edgeft.cli import main
 from tests.factory import build_model, edited_model
+from tests.hostile import invoke, one_line_error
 from tests.train_helpers import TINY_RECIPE, checked_adapter, toy_data
 
 ARCHS = ("qwen3moe", "mixtral", "lfm2")
@@ -37,8 +36,7 @@ def test_train_produces_an_adapter(arch, method, tmp_path):
         assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate"} <= modules and "experts" not in modules, names
         assert config["target_parameters"] == ["gate.weight"]
     # and the adapter goes through the rest of the chain
-    result = CliRunner().invoke(main, ["merge", "--base", str(build_model(arch)), "--adapter", str(out), "-o",
-                                       str(tmp_path / "merged")])
+    result = invoke("merge", "--base", build_model(arch), "--adapter", out, "-o", tmp_path / "merged")
     assert result.exit_code == 0, result.output
 
 
@@ -77,13 +75,10 @@ def test_training_the_experts_is_refused_in_one_line(tmp_path):
 ], ids=["qwen3moe-shared-experts", "qwen3moe-unnormalised", "qwen3moe-dense-layers", "qwen3moe-sparse-step",
         "mixtral-shared-experts", "lfm2-conv-bias", "lfm2-layer-kind"])
 def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
-    model = edited_model(arch, tmp_path, **changes)
     out = tmp_path / "out"
     out.mkdir()
-    result = CliRunner().invoke(main, ["convert", str(model), "-o", str(out / "m.gguf")])
-    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n") if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "config.json" in lines[0] and all(needle in lines[0] for needle in needles), lines[0]
+    one_line_error(invoke("convert", edited_model(arch, tmp_path, **changes), "-o", out / "m.gguf"), "config.json",
+                   *needles)
     assert not list(out.iterdir())
 
 
