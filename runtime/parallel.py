@@ -6,11 +6,13 @@ of every rung still generating: on a CPU a decode step is bound by reading the w
 the rungs' tokens. Each sequence also keeps its previous prompt in the cache and re-evaluates only what differs, so
 a rung whose prompts share a long prefix (the system prompt, the fixed shots) pays for that prefix once per eval
 rather than once per question. Decoding is argmax, stopping on any end-of-generation token, as
-`runtime.generate.greedy_generate` does; a batched step can round differently from a single-sequence one, so an
-answer may differ in rare near-ties from the one-at-a-time loop, but it is the same on every run.
+`runtime.generate.greedy_generate` does, and each step also checks a free draft of the next tokens per sequence
+(runtime.speculative: another rung's answer, prompt lookup), so one step can confirm several tokens. A batched step
+can round differently from a single-sequence one, so an answer may differ in rare near-ties from the one-at-a-time
+loop, but it is the same on every run.
 
 `time_alone` measures one request from an empty cache, as a single user would see it: time to first token (the
-whole prompt processed) and total time.
+whole prompt processed, no draft in that step) and total time (drafts from the second step on).
 
 Example:
     decoder = ParallelDecoder(llm, n_seq=3, n_ctx=2048)
@@ -26,9 +28,10 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import EdgeftError
-from runtime.generate import Generation, detokenize, is_end_of_generation
+from runtime.generate import Generation, detokenize
 
 BATCH = 512
+RECENT = 4  # answers per sequence kept as drafts for the next prompts
 
 
 def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
@@ -75,6 +78,14 @@ class ParallelDecoder:
         self.n_vocab = llm.n_vocab()
         self.cached: list[list[int]] = [[] for _ in range(n_seq)]
         self.evaluated = 0  # tokens decoded so far: what the prefix cache saves shows here
+        self.steps = 0  # llama_decode calls: what drafts save shows here
+        self.drafted = self.accepted = 0  # draft tokens checked, and confirmed
+        # Each sequence's last answers are drafts too: one rung's answers to like questions are alike (the same SQL
+        # shape; a model that rambles rambles the same way).
+        self.recent: list[list[list[int]]] = [[] for _ in range(n_seq)]
+        # A recurrent state cannot drop a rejected draft's tokens again.
+        self.can_draft = not (llama_cpp.llama_model_is_recurrent(llm.model)
+                              or llama_cpp.llama_model_is_hybrid(llm.model))
 
     def close(self) -> None:
         import llama_cpp
@@ -89,13 +100,15 @@ class ParallelDecoder:
 
         llama_cpp.llama_memory_clear(self.memory, True)
         self.cached = [[] for _ in range(self.n_seq)]
+        self.recent = [[] for _ in range(self.n_seq)]
 
-    def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> dict[int, int]:
-        """Decode (token, position, sequence, wants logits) entries in batches; the argmax after each sequence's
-        last wanted token."""
+    def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> dict[int, list[int]]:
+        """Decode (token, position, sequence, wants logits) entries in batches; per sequence, the argmax after each
+        of its wanted tokens, in order. A sequence's entries must come in position order: a later batch attends to
+        what the earlier ones put in the cache."""
         import llama_cpp
 
-        chosen: dict[int, int] = {}
+        chosen: dict[int, list[int]] = {}
         for start in range(0, len(entries), BATCH):
             chunk = entries[start:start + BATCH]
             for i, (token, position, seq, wants) in enumerate(chunk):
@@ -106,6 +119,7 @@ class ParallelDecoder:
                 self.batch.logits[i] = wants
             self.batch.n_tokens = len(chunk)
             self.evaluated += len(chunk)
+            self.steps += 1
             status = llama_cpp.llama_decode(self.ctx, self.batch)
             if status != 0:
                 raise EdgeftError(f"llama.cpp decode failed (status {status}); the prompts may not fit: lower "
@@ -114,60 +128,54 @@ class ParallelDecoder:
                 if wants:
                     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i),
                                                    shape=(self.n_vocab,))
-                    chosen[seq] = int(np.argmax(logits))
+                    chosen.setdefault(seq, []).append(int(np.argmax(logits)))
         return chosen
 
-    def _prefill(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, int, int, bool]]:
+    def reuse(self, seq: int, tokens: Sequence[int]) -> list[int]:
+        """Keep the cached prefix `tokens` shares with the sequence's previous prompt; the rest, to evaluate."""
         import llama_cpp
 
-        entries = []
-        for seq, tokens in enumerate(prompts):
-            shared = _common_prefix(self.cached[seq], tokens)
-            if not llama_cpp.llama_memory_seq_rm(self.memory, seq, shared, -1):
-                llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)  # recurrent state: no partial cut
-                shared = 0
-            entries += [(token, shared + i, seq, shared + i == len(tokens) - 1)
-                        for i, token in enumerate(tokens[shared:])]
-            self.cached[seq] = list(tokens)
-        return entries
+        shared = _common_prefix(self.cached[seq], tokens)
+        if not llama_cpp.llama_memory_seq_rm(self.memory, seq, shared, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)  # recurrent state: no partial cut
+            shared = 0
+        self.cached[seq] = list(tokens[:shared])
+        return list(tokens[shared:])
 
-    def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int) -> list[Generation]:
-        """Greedy answers to up to `n_seq` prompts (token ids), prompt i in sequence i."""
+    def drop(self, seq: int, position: int) -> None:
+        """Forget the sequence's cells from `position` on (a draft's rejected tail)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, position, -1)
+        self.cached[seq] = self.cached[seq][:position]
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafting: bool = True,
+                 draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Generation]:
+        """Greedy answers to up to `n_seq` prompts (token ids), prompt i in sequence i, checking free drafts
+        (runtime.speculative; `hints[i]`: extra drafts for prompt i) unless `drafting` is False."""
+        from runtime.speculative import decode
+
         if len(prompts) > self.n_seq:
             raise ValueError(f"{len(prompts)} prompts for {self.n_seq} sequences")
         prompts = [fit_prompt(tokens, self.n_ctx) for tokens in prompts]
         started = time.perf_counter()
-        following = self._decode(self._prefill(prompts))
-        self.first_token_s = time.perf_counter() - started
-        generated: list[list[int]] = [[] for _ in prompts]
-        stopped = ["max_tokens"] * len(prompts)
-        active = list(range(len(prompts)))
-        while active:
-            step = []
-            for seq in active:
-                token = following[seq]
-                if is_end_of_generation(self.llm, token):
-                    stopped[seq] = "eog"
-                    continue
-                generated[seq].append(token)
-                if len(generated[seq]) >= max_tokens:
-                    continue
-                if len(self.cached[seq]) + 1 >= self.n_ctx:
-                    stopped[seq] = "context"
-                    continue
-                step.append((token, len(self.cached[seq]), seq, True))
-                self.cached[seq].append(token)
-            active = [seq for _token, _position, seq, _wants in step]
-            if step:
-                following = self._decode(step)
+
+        def first_token():
+            self.first_token_s = time.perf_counter() - started
+
+        own = [list(hints[seq]) if hints else [] for seq in range(len(prompts))]
+        sequences = decode(self, prompts, max_tokens=max_tokens, drafting=drafting, draft_first=draft_first,
+                           hints=[own[seq] + self.recent[seq][::-1] for seq in range(len(prompts))],
+                           on_first_token=first_token)
         self.total_s = time.perf_counter() - started
-        return [Generation(text=detokenize(self.llm, tokens), n_prompt=len(prompt), n_generated=len(tokens),
-                           stopped=why, tokens=tokens)
-                for prompt, tokens, why in zip(prompts, generated, stopped)]
+        for seq, sequence in enumerate(sequences):
+            self.recent[seq] = (self.recent[seq] + [sequence.answer])[-RECENT:]
+        return [Generation(text=detokenize(self.llm, s.generated), n_prompt=len(s.prompt),
+                           n_generated=len(s.generated), stopped=s.stopped, tokens=s.generated) for s in sequences]
 
     def time_alone(self, tokens: Sequence[int], *, max_tokens: int) -> dict:
         """One request from an empty cache: {"ttft_s", "total_s", "n_generated"}."""
         self.clear()
-        generation = self.generate([tokens], max_tokens=max_tokens)[0]
+        generation = self.generate([tokens], max_tokens=max_tokens, draft_first=False)[0]
         self.clear()
         return {"ttft_s": self.first_token_s, "total_s": self.total_s, "n_generated": generation.n_generated}

@@ -316,7 +316,7 @@ def test_parallel_decoding_matches_one_at_a_time(ggufs):
     assert [decoder.generate([t], max_tokens=8)[0].tokens for t in tokens] == expected  # prefix reused each time
     assert decoder.cached[0][:len(tokens[-1])] == tokens[-1]
     before = decoder.evaluated
-    repeat = decoder.generate([tokens[-1]], max_tokens=8)[0]
+    repeat = decoder.generate([tokens[-1]], max_tokens=8, drafting=False)[0]  # count tokens without drafts
     decoded_answer = repeat.n_generated - (repeat.stopped == "max_tokens")  # the last token is not fed back
     assert repeat.tokens == expected[-1] and decoder.evaluated - before == 1 + decoded_answer  # 1 prompt token
     decoder.close()
