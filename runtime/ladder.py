@@ -152,9 +152,11 @@ def processing_order(runs: Sequence[RungRun]) -> list[int]:
 
 
 def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: int | None, max_tokens: int,
-             latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder") -> dict:
+             latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder",
+             drafting: bool = True) -> dict:
     """Fill every run's answers, prompt token counts and latencies with one load of `path`. Returns wall times,
-    and with `golds` the first run's prompts rendered with the gold answer (the KLD texts)."""
+    the decoder's counts (tokens evaluated, decode steps, draft tokens checked and accepted) and, with `golds`, the
+    first run's prompts rendered with the gold answer (the KLD texts)."""
     from runtime.generate import prompt_tokens, render_chat
     from runtime.load import open_gguf
     from runtime.parallel import ParallelDecoder
@@ -176,19 +178,22 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
         try:
             started = time.perf_counter()
             for index in _progress(processing_order(runs), f"generate ({label})"):
-                for run, generation in zip(runs, decoder.generate([t[index] for t in tokens], max_tokens=max_tokens)):
+                answers = decoder.generate([t[index] for t in tokens], max_tokens=max_tokens, drafting=drafting)
+                for run, generation in zip(runs, answers):
                     run.answers[index] = generation.text
                     run.prompt_tokens[index] = generation.n_prompt
             generated = time.perf_counter()
+            counts = {"evaluated": decoder.evaluated, "steps": decoder.steps, "drafted": decoder.drafted,
+                      "accepted": decoder.accepted}  # of the answers' pass, not the timing pass
             for run, run_tokens in zip(runs, tokens):
-                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens)
+                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens, drafting=drafting)
                                for i in timing_sample(len(run_tokens), latency_samples)]
             timed = time.perf_counter()
         finally:
             decoder.close()
     finally:
         llm.close()
-    return {"generate_s": generated - started, "latency_s": timed - generated, "rendered": rendered}
+    return {"generate_s": generated - started, "latency_s": timed - generated, "rendered": rendered, **counts}
 
 
 def score(runs: Sequence[RungRun], examples: Sequence[Example], scorer) -> None:

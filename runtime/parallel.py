@@ -173,9 +173,9 @@ class ParallelDecoder:
         return [Generation(text=detokenize(self.llm, s.generated), n_prompt=len(s.prompt),
                            n_generated=len(s.generated), stopped=s.stopped, tokens=s.generated) for s in sequences]
 
-    def time_alone(self, tokens: Sequence[int], *, max_tokens: int) -> dict:
+    def time_alone(self, tokens: Sequence[int], *, max_tokens: int, drafting: bool = True) -> dict:
         """One request from an empty cache: {"ttft_s", "total_s", "n_generated"}."""
         self.clear()
-        generation = self.generate([tokens], max_tokens=max_tokens, draft_first=False)[0]
+        generation = self.generate([tokens], max_tokens=max_tokens, drafting=drafting, draft_first=False)[0]
         self.clear()
         return {"ttft_s": self.first_token_s, "total_s": self.total_s, "n_generated": generation.n_generated}
