@@ -104,7 +104,10 @@ def run_stage(name: str, s: Settings) -> None:
     if stage.optional and not _module_available(stage):
         print(f"{name}: skipped (module not installed)")
         return
+    started = time.time()
     stage.run(s)
+    if not stage.always:  # make shows only the command lines; the stage times are what a user tunes against
+        print(f"{stage.name}: done in {time.time() - started:.0f}s")
 
 
 def _mtime(path: Path) -> float | None:
