@@ -166,7 +166,7 @@ def decode(decoder, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafti
     keeps drafts out of the prompt's own step (the time to the first token is then the prompt's);
     `on_first_token` is called once that step is done."""
     drafting = drafting and decoder.can_draft
-    sequences = [_Sequence(list(tokens), hints=[list(h) for h in (hints[i] if hints else ())])
+    sequences = [_Sequence(list(tokens), hints=[list(h) for h in (hints[i] if hints else ())], draft_room=FIRST_DRAFT)
                  for i, tokens in enumerate(prompts)]
     feeds = {seq: decoder.reuse(seq, sequence.prompt) for seq, sequence in enumerate(sequences)}
     first = True
