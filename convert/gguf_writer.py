@@ -142,17 +142,24 @@ def stream_tensor_data(
                 on_tensor(name)
 
 
-def write_streamed(writer: BulkGGUFWriter, out_path: str | os.PathLike, tensors: Iterable[TensorJobs],
+def write_streamed(writer: BulkGGUFWriter, out_path: str | os.PathLike,
+                   tensors: Callable[[object], Iterable[TensorJobs]], *, desc: str, progress: bool,
                    **stream_options) -> None:
-    """Header, metadata and tensor table from `writer`, then the data from `tensors` (stream_tensor_data's
-    options), into `out_path`, which appears only when complete."""
+    """Header, metadata and tensor table from `writer`, then the data from `tensors(bar)` (stream_tensor_data's
+    options), into `out_path`, which appears only when complete. `bar` is the tqdm byte bar (shown when
+    `progress`), opened once the output is: a refused output path is one line, without a bar before it."""
+    from tqdm import tqdm
+
     with atomic_file(out_path) as tmp:
         writer.open_output_file(tmp)
         try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            stream_tensor_data(writer.fout[0], tensors, alignment=writer.data_alignment, **stream_options)
+            total = sum(info.nbytes for info in writer.tensors[0].values())
+            with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False) as bar:
+                stream_tensor_data(writer.fout[0], tensors(bar), alignment=writer.data_alignment,
+                                   on_bytes=bar.update, **stream_options)
             writer.fout[0].flush()
         finally:
             writer.close()

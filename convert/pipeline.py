@@ -202,8 +202,6 @@ def _header(tensors: list[PlannedTensor], arch: Architecture, vocab, file_type, 
 
 
 def _write_data(writer, out_path, tensors, arch, reader, importance, threads, progress) -> None:
-    from tqdm import tqdm
-
     from convert.quant import quantize_tensor
 
     def encoder(t: PlannedTensor):
@@ -219,7 +217,5 @@ def _write_data(writer, out_path, tensors, arch, reader, importance, threads, pr
             bar.set_postfix_str(f"tensor {index}/{len(tensors)}", refresh=False)
             yield t.gguf_name, t.nbytes, _chunk_jobs(t, arch, reader, encoder(t))
 
-    total = sum(t.nbytes for t in tensors)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress, leave=False) as bar:
-        write_streamed(writer, out_path, jobs_with_progress(bar), workers=min(2, os.cpu_count() or 1),
-                       on_bytes=bar.update)
+    write_streamed(writer, out_path, jobs_with_progress, desc="convert", progress=progress,
+                   workers=min(2, os.cpu_count() or 1))

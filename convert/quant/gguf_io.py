@@ -137,8 +137,6 @@ def quantize_gguf(
 
 
 def _write(source: GGUFFile, out_path: Path, file_type, plan: dict, importance, threads: int, progress: bool):
-    from tqdm import tqdm
-
     writer = BulkGGUFWriter(path=None, arch="")  # general.architecture comes verbatim from the source, in place
     writer.data_alignment = source.alignment  # and general.alignment, when the source has one
     _metadata(writer, source, file_type)
@@ -154,8 +152,6 @@ def _write(source: GGUFFile, out_path: Path, file_type, plan: dict, importance, 
             bar.set_postfix_str(f"{tensor.name} -> {plan[tensor.name].name}", refresh=False)
             yield tensor.name, sizes[tensor.name], _tensor_jobs(source, tensor, plan[tensor.name], importance)
 
-    bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="quantize", disable=not progress, leave=False)
-    with bar:
-        # Four slabs per thread in flight keep both threads busy; the input pages go once a tensor is written.
-        write_streamed(writer, out_path, jobs(bar), workers=threads, window=4 * threads, on_bytes=bar.update,
-                       on_tensor=lambda name: source.release(by_name[name]))
+    # Four slabs per thread in flight keep both threads busy; the input pages go once a tensor is written.
+    write_streamed(writer, out_path, jobs, desc="quantize", progress=progress, workers=threads, window=4 * threads,
+                   on_tensor=lambda name: source.release(by_name[name]))
