@@ -23,7 +23,8 @@ FIXTURE_RECIPE = """\
 name: fixture-release
 train: {method: lora, r: 4, max_steps: 2, effective_batch: 8, micro_batch: 8, max_len: 512, eval_every: 2,
         save_every: 1, early_stop: null}
-eval: {metric: exact, shots: 1, max_tokens: 4, imatrix_examples: 8, gates: {min_gain: 0, earned: null}}
+eval: {metric: exact, system: "Schema and instructions for the prompted base.", shots: 1, max_tokens: 4,
+       imatrix_examples: 8, gates: {min_gain: 0, earned: null}}
 """
 # `earned: null` opts out of the verdict gate: two steps on a random fixture cannot beat its base, and this test
 # is about the stages; test_ladder.py checks that a release that has not earned it publishes nothing.
@@ -145,6 +146,12 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
                      "Modelfile"}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["verdict"] == "pass" and manifest["quant"] == "Q4_K_M"
+    # The Modelfile and the card run the fine-tune with the prompt it was measured with, not the base's long one.
+    from edgeft.demo.sql_task import SYSTEM_PROMPT
+
+    modelfile = (folder / "Modelfile").read_text()
+    assert f'SYSTEM """{SYSTEM_PROMPT}"""' in modelfile and "prompted base" not in modelfile
+    assert SYSTEM_PROMPT in (folder / "README.md").read_text()
     metrics = manifest["metrics"]
     assert metrics["quantization"]["kld"] is not None and metrics["forgetting"]["ratio"] is not None
     assert metrics["throughput"]["finetune"]["tg"] > 0 and metrics["throughput"]["base"]["tg"] > 0

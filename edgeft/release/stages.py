@@ -204,15 +204,25 @@ def stage_publish(s: Settings) -> None:
     metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference
     if s.recipe.get("description"):
         metrics["description"] = s.recipe["description"]
-    ev = s.recipe.get("eval") or {}
     lora = s.path("lora")
     publish_release(
         s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
         recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("adapter") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
-        adapter=lora if lora.is_file() else None, system_prompt=ev.get("system"),
+        adapter=lora if lora.is_file() else None, system_prompt=_finetune_system_prompt(s),
         chat_template=_chat_template(s.path("merged")), report_dir=s.path("eval"))
     print(f"published {s.release_root / s.name}")
+
+
+def _finetune_system_prompt(s: Settings) -> str | None:
+    """The system prompt the fine-tune was measured with: its eval conversations' own, when they share one. Not
+    eval.system, which is the prompted base's (schema, instructions): the card and the Modelfile would otherwise
+    make every user pay the prompt tax the release claims to save."""
+    from edgeft.data.io import read_conversations
+
+    firsts = {c["messages"][0]["content"] if c["messages"][0]["role"] == "system" else None
+              for c in read_conversations(s.eval)}
+    return firsts.pop() if len(firsts) == 1 else None
 
 
 def _read_yaml(path: Path):
