@@ -8,7 +8,8 @@ Rungs, all on the base at the shipped quant, with the same greedy decoding and m
 The fine-tune runs with the short prompt it was trained with (the eval conversation's own turns).
 
 One model load serves every rung: the rungs decode side by side in one context (runtime.parallel), each keeping its
-shared prompt prefix in the KV cache. Cost per request (prompt tokens, time to first token, total time) is measured
+shared prompt prefix in the KV cache, and every step checks free drafts of the next tokens (runtime.speculative:
+the other rungs' answers to the same question, the rung's recent answers, prompt lookup in its shots). Cost per request (prompt tokens, time to first token, total time) is measured
 for each rung and the fine-tune one request at a time from an empty cache, on `latency_samples` evenly spaced
 questions. The summary is a table of small functions, each returning one section of report["ladder"].
 

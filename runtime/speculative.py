@@ -14,14 +14,19 @@ Drafts cost no model: they are copied from text the decoder already holds.
      the one being written; a model that repeats itself drafts its own repetition).
 A draft stops after an end-of-generation token, and at what max_tokens and the context leave room for.
 
-Why a draft pays on a CPU: evaluating a token in a batch costs a fraction of a one-token decode step (a step
+Why a draft can pay on a CPU: evaluating a token in a batch costs a fraction of a one-token decode step (a step
 re-reads every weight for one token). Measured on a 2-core box, SmolLM2-135M Q4_1, one thread: ~19 ms for a step
-of one token, ~7 ms per token in batches of 16 to 64, so a draft that is mostly right saves most of its steps.
+of one token, ~7 ms per token in batches of 16 to 64. Only a third, so drafts start short (FIRST_DRAFT) and grow
+only while they land: on the demo eval about half the draft tokens are right, the fixed rung alone needs 60% fewer
+decode steps and ~10% less time, and the ladder's steps drop by a third for about the same time.
 
 Where the answer can differ from the one-token loop: the logits of a drafted position are computed in a batch of
-another shape than a one-token step, and matrix kernels may sum in another order for other batch shapes. The argmax
-can then differ in a near-tie (two logits equal to the last bits), as for the rungs decoded side by side. The result
-is still deterministic for the same inputs. Recurrent and hybrid models cannot drop the rejected part of a draft
+another shape than a one-token step, and the sequence's cells land elsewhere in the shared KV buffer; llama.cpp's
+CPU kernels then sum in another order. With F32 weights that changes nothing we can see (tests/test_speculative.py).
+With a quantized 135M model it is not only the last bits: measured on SmolLM2-135M Q4_1 (2026-12), moving one
+prompt's cells 300 instead of 280 cells into the buffer moved two top logits by 0.36 and swapped them, so 1 to 4
+of 60 ladder answers differ between decoding with and without drafts, as the ladder decoded side by side already
+differed from one prompt at a time. Each result is deterministic for the same inputs and order. Recurrent and hybrid models cannot drop the rejected part of a draft
 from their state, so they decode without drafts.
 
 Example:
