@@ -190,15 +190,16 @@ def convert_lora(adapter_dir, out_path, *, base_dir=None, outtype: str = "f32") 
 
 
 def describe(path) -> dict:
-    """Metadata of an adapter GGUF, for tests and `edgeft convert-lora` output."""
+    """Metadata of an adapter GGUF, for tests and `edgeft convert-lora` output (tensor shapes in ggml order)."""
     import gguf
 
-    reader = gguf.GGUFReader(os.fspath(path))
-    fields = {}
-    for key in ("general.type", "general.architecture", "adapter.type", "tokenizer.chat_template"):
-        field = reader.get_field(key)
-        fields[key] = bytes(field.parts[field.data[0]]).decode() if field else None
-    alpha = reader.get_field("adapter.lora.alpha")
-    fields["adapter.lora.alpha"] = float(alpha.parts[alpha.data[0]][0]) if alpha else None
-    fields["tensors"] = {t.name: (t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors}
+    from convert.gguf_reader import GGUFFile
+
+    keys = gguf.Keys
+    with GGUFFile(path) as source:
+        fields = {key: source.value(key) for key in (keys.General.TYPE, keys.General.ARCHITECTURE, keys.Adapter.TYPE,
+                                                      keys.Tokenizer.CHAT_TEMPLATE)}
+        alpha = source.value(keys.Adapter.LORA_ALPHA)
+        fields[keys.Adapter.LORA_ALPHA] = float(alpha) if alpha is not None else None
+        fields["tensors"] = {t.name: (t.qtype.name, tuple(int(x) for x in t.ggml_shape)) for t in source.tensors}
     return json.loads(json.dumps(fields))
