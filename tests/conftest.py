@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# Shared checks live in helper modules; rewrite their asserts too, so a failure shows the values as in a test.
+pytest.register_assert_rewrite("tests.convert_helpers", "tests.train_helpers", "tests.hostile")
+
 # Tests never touch a hub: make any accidental download fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

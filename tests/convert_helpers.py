@@ -83,3 +83,54 @@ def llama_logits(gguf_path: Path, ids: list[int], *, f32_kv: bool = True) -> np.
     scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()
     return scores
+
+
+# Variants real checkpoints use (converted with parity checks, and imported back): tied output (Llama 3.2 1B, SmolLM), Llama 3.1 rope scaling (rope_freqs tensor),
+# linear rope scaling, Qwen2 tied in bf16 (Qwen2.5-0.5B), YaRN, Phi-3 LongRoPE.
+CHECKPOINT_VARIANTS = {
+    # transformers 5's other expert layout (save_original_format=False): fused 3-D gate_up_proj / down_proj.
+    "qwen3moe-fused": ("qwen3moe", {"expert_layout": "fused"}),
+    "mixtral-fused": ("mixtral", {"expert_layout": "fused"}),
+    "llama-tied": ("llama", {"tie": True}),
+    "llama-rope-llama3": ("llama", {"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "llama-rope-linear": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
+    "qwen2-tied-bf16": ("qwen2", {"tie": True, "dtype": "bfloat16"}),
+    "qwen2-yarn": ("qwen2", {"max_position_embeddings": 4096, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 1024}}),
+    # Phi-3 LongRoPE (rope_factors_short/long tensors + attention factor), context 4x the original.
+    "phi3-longrope": ("phi3", {"max_position_embeddings": 4096, "original_max_position_embeddings": 1024,
+                               "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                                                   "original_max_position_embeddings": 1024,
+                                                   "long_factor": [1.0 + 0.5 * i for i in range(8)],
+                                                   "short_factor": [1.0 + 0.1 * i for i in range(8)]}}),
+    # Gemma 3 4B-style linear rope scaling, on the global layers only (the local ones keep their own base).
+    "gemma3-rope-linear": ("gemma3", {"rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}}),
+    "granite-tied": ("granite", {"tie": True}),
+}
+
+
+def assert_refused(result, folder: Path, *needles: str) -> None:
+    """A command refused bad input: exit 1, one `Error:` line holding every needle, nothing left in `folder`.
+    A progress bar may have been drawn (and erased with \\r) before the failure; what stays on screen is after \\r."""
+    assert result.exit_code == 1, result.output
+    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not list(folder.iterdir()), f"left behind: {[p.name for p in folder.iterdir()]}"
+
+
+def assert_same_tensor_data(ours: Path, theirs: Path) -> None:
+    """Same type and bytes per tensor (the HF route writes its own metadata, so the headers may differ)."""
+    from gguf import GGUFReader
+
+    mine = {t.name: t for t in GGUFReader(ours).tensors}
+    for tensor in GGUFReader(theirs).tensors:
+        assert mine[tensor.name].tensor_type == tensor.tensor_type, tensor.name
+        assert np.array_equal(np.asarray(mine[tensor.name].data).view(np.uint8),
+                              np.asarray(tensor.data).view(np.uint8)), tensor.name

@@ -71,3 +71,16 @@ def tree_state(*paths: Path) -> dict[str, str]:
         for path in sorted([root, *root.rglob("*")] if root.is_dir() else [root]):
             state[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return state
+
+
+def interrupted_on_call(function, n: int):
+    """`function`, except that its n-th call raises KeyboardInterrupt (a Ctrl-C in the middle of the work)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapper

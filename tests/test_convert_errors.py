@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
+from tests.convert_helpers import assert_refused
 from tests.factory import build_model
 
 
@@ -23,15 +24,6 @@ def _run(*args):
     return CliRunner().invoke(main, ["convert", *map(str, args)])
 
 
-def _assert_refused(result, out_dir, *needles):
-    assert result.exit_code == 1, result.output
-    # A progress bar may have been drawn (and erased with \r) before the failure; what stays on screen is after \r.
-    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not [p.name for p in out_dir.iterdir()], "something was left in the output folder"
 
 
 @pytest.fixture
@@ -44,7 +36,7 @@ def out_dir(tmp_path):
 def test_missing_config(tmp_path, out_dir):
     model = _copy("qwen2", tmp_path)
     (model / "config.json").unlink()
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "config.json is missing")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "config.json is missing")
 
 
 def test_unknown_architecture(tmp_path, out_dir):
@@ -52,28 +44,28 @@ def test_unknown_architecture(tmp_path, out_dir):
     config = json.loads((model / "config.json").read_text())
     config["architectures"] = ["FalconMambaForCausalLM"]
     (model / "config.json").write_text(json.dumps(config))
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "FalconMambaForCausalLM", "LlamaForCausalLM",
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "FalconMambaForCausalLM", "LlamaForCausalLM",
                     "Gemma2ForCausalLM")
 
 
 def test_missing_shard(tmp_path, out_dir):
     model = _copy("llama", tmp_path, shards=3)
     (model / "model-00002-of-00003.safetensors").unlink()
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "model-00002-of-00003.safetensors", "missing")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "model-00002-of-00003.safetensors", "missing")
 
 
 def test_truncated_safetensors(tmp_path, out_dir):
     model = _copy("llama", tmp_path)
     weights = model / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "truncated")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "truncated")
 
 
 def test_missing_tokenizer(tmp_path, out_dir):
     model = _copy("mistral", tmp_path)
     for name in ("tokenizer.json", "tokenizer.model"):
         (model / name).unlink()
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "no tokenizer")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "no tokenizer")
 
 
 def test_unrecognised_pretokenizer_and_override(tmp_path, out_dir):
@@ -82,7 +74,7 @@ def test_unrecognised_pretokenizer_and_override(tmp_path, out_dir):
     split = tokenizer["pre_tokenizer"]["pretokenizers"][0]
     split["pattern"]["Regex"] = split["pattern"]["Regex"].replace(r"\p{N}{1,3}", r"\p{N}{1,4}")
     (model / "tokenizer.json").write_text(json.dumps(tokenizer))
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pre-tokenizer not recognised", "--pretokenizer")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pre-tokenizer not recognised", "--pretokenizer")
 
     result = _run(model, "-o", out_dir / "m.gguf", "--outtype", "f32", "--pretokenizer", "llama-bpe")
     assert result.exit_code == 0, result.output
@@ -97,7 +89,7 @@ def test_pickle_weights_refused_unless_allowed(tmp_path, out_dir):
     state = load_file(model / "model.safetensors")
     torch.save(state, model / "pytorch_model.bin")
     (model / "model.safetensors").unlink()
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pickle", "--allow-pickle")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "pickle", "--allow-pickle")
 
     result = _run(model, "-o", out_dir / "m.gguf", "--outtype", "f32", "--allow-pickle")
     assert result.exit_code == 0, result.output
@@ -128,7 +120,7 @@ def test_output_folder_not_writable(out_dir, monkeypatch):
                             lambda path, mode, **kw: False if str(path) == str(out_dir) else real_access(path, mode, **kw))
     out_dir.chmod(0o500)
     try:
-        _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "not writable")
+        assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "not writable")
     finally:
         out_dir.chmod(0o700)
 
@@ -144,4 +136,4 @@ def test_interrupted_write_leaves_nothing(tmp_path, out_dir, monkeypatch):
     state[name] = state[name].copy()
     state[name][3, 5] = np.nan
     save_file(state, model / "model.safetensors")
-    _assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, name, "NaN")
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, name, "NaN")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.convert_helpers import F16_PROMPTS, PROMPT, converted, hf_logits, hf_tokenizer, llama_logits, open_llama
+from tests.convert_helpers import (CHECKPOINT_VARIANTS, F16_PROMPTS, PROMPT, converted, hf_logits, hf_tokenizer,
+                                   llama_logits, open_llama)
 from tests.factory import ARCHS, build_model
 
 pytest.importorskip("llama_cpp")
@@ -78,32 +79,7 @@ def test_f16_top1_agreement(arch):
     assert rate >= 0.95
 
 
-# Variants real checkpoints use: tied output (Llama 3.2 1B, SmolLM), Llama 3.1 rope scaling (rope_freqs tensor),
-# linear rope scaling, Qwen2 tied in bf16 (Qwen2.5-0.5B), YaRN, Phi-3 LongRoPE.
-VARIANTS = {
-    # transformers 5's other expert layout (save_original_format=False): fused 3-D gate_up_proj / down_proj.
-    "qwen3moe-fused": ("qwen3moe", {"expert_layout": "fused"}),
-    "mixtral-fused": ("mixtral", {"expert_layout": "fused"}),
-    "llama-tied": ("llama", {"tie": True}),
-    "llama-rope-llama3": ("llama", {"rope_parameters": {
-        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
-    "llama-rope-linear": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
-    "qwen2-tied-bf16": ("qwen2", {"tie": True, "dtype": "bfloat16"}),
-    "qwen2-yarn": ("qwen2", {"max_position_embeddings": 4096, "rope_parameters": {
-        "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 1024}}),
-    # Phi-3 LongRoPE (rope_factors_short/long tensors + attention factor), context 4x the original.
-    "phi3-longrope": ("phi3", {"max_position_embeddings": 4096, "original_max_position_embeddings": 1024,
-                               "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
-                                                   "original_max_position_embeddings": 1024,
-                                                   "long_factor": [1.0 + 0.5 * i for i in range(8)],
-                                                   "short_factor": [1.0 + 0.1 * i for i in range(8)]}}),
-    # Gemma 3 4B-style linear rope scaling, on the global layers only (the local ones keep their own base).
-    "gemma3-rope-linear": ("gemma3", {"rope_parameters": {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}}),
-    "granite-tied": ("granite", {"tie": True}),
-}
+VARIANTS = CHECKPOINT_VARIANTS
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

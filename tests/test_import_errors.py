@@ -9,21 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from tests.convert_helpers import converted
+from tests.convert_helpers import assert_refused, converted
 
 
 def _run(*args):
     return CliRunner().invoke(main, ["import", *map(str, args)])
 
 
-def _assert_refused(result, parent, *needles):
-    assert result.exit_code == 1, result.output
-    lines = [line.rsplit("\r", 1)[-1] for line in result.output.split("\n")]
-    lines = [line for line in lines if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not list(parent.iterdir()), f"left behind: {[p.name for p in parent.iterdir()]}"
 
 
 @pytest.fixture
@@ -48,12 +40,12 @@ def _tiny_gguf(path, arch: str, *, general_type: str = "model"):
 
 def test_architecture_we_cannot_import(tmp_path, parent):
     source = _tiny_gguf(tmp_path / "mamba.gguf", "mamba")
-    _assert_refused(_run(source, "-o", parent / "hf"), parent, "'mamba' cannot be imported", "llama", "gemma2")
+    assert_refused(_run(source, "-o", parent / "hf"), parent, "'mamba' cannot be imported", "llama", "gemma2")
 
 
 def test_adapter_gguf(tmp_path, parent):
     source = _tiny_gguf(tmp_path / "lora.gguf", "llama", general_type="adapter")
-    _assert_refused(_run(source, "-o", parent / "hf"), parent, "LoRA adapter")
+    assert_refused(_run(source, "-o", parent / "hf"), parent, "LoRA adapter")
 
 
 @pytest.mark.parametrize("keep", [0.6, 0.001])
@@ -61,24 +53,24 @@ def test_truncated_gguf(tmp_path, parent, keep):
     source = tmp_path / "cut.gguf"
     data = converted("qwen2", "f32").read_bytes()
     source.write_bytes(data[: int(len(data) * keep)])
-    _assert_refused(_run(source, "-o", parent / "hf"), parent, "truncated GGUF")
+    assert_refused(_run(source, "-o", parent / "hf"), parent, "truncated GGUF")
 
 
 def test_not_a_gguf(tmp_path, parent):
     source = tmp_path / "model.gguf"
     source.write_bytes(b"\x00" * 4096)
-    _assert_refused(_run(source, "-o", parent / "hf"), parent, "not a GGUF")
+    assert_refused(_run(source, "-o", parent / "hf"), parent, "not a GGUF")
 
 
 def test_missing_file(tmp_path, parent):
-    _assert_refused(_run(tmp_path / "absent.gguf", "-o", parent / "hf"), parent, "no such GGUF file")
+    assert_refused(_run(tmp_path / "absent.gguf", "-o", parent / "hf"), parent, "no such GGUF file")
 
 
 def test_pretokenizer_we_cannot_write(tmp_path, fixture_model, parent):
     from convert import convert_model
 
     source = convert_model(fixture_model("llama"), tmp_path / "starcoder.gguf", outtype="f32", pretokenizer="starcoder")
-    _assert_refused(_run(source, "-o", parent / "hf"), parent, "pre-tokenizer 'starcoder'", "smollm")
+    assert_refused(_run(source, "-o", parent / "hf"), parent, "pre-tokenizer 'starcoder'", "smollm")
 
 
 @pytest.mark.parametrize("content", ["empty", "full"])
@@ -127,7 +119,7 @@ def test_failure_while_writing_leaves_nothing(parent, monkeypatch):
         return real(self, name)
 
     monkeypatch.setattr(GGUFMetadata, "read_tensor", failing)
-    _assert_refused(_run(converted("llama", "f32"), "-o", parent / "hf"), parent, "simulated read failure")
+    assert_refused(_run(converted("llama", "f32"), "-o", parent / "hf"), parent, "simulated read failure")
 
 
 def test_cli_writes_a_folder(parent):

@@ -23,7 +23,7 @@ from convert import convert_model
 from convert.importer import import_gguf
 from convert.safetensors_file import SafetensorsReader
 from tests import corpus
-from tests.convert_helpers import PROMPT, converted, hf_logits, open_llama
+from tests.convert_helpers import CHECKPOINT_VARIANTS, PROMPT, converted, hf_logits, open_llama
 from tests.factory import ARCHS, build_model
 
 pytest.importorskip("llama_cpp")
@@ -31,22 +31,7 @@ pytest.importorskip("llama_cpp")
 CASES = {
     **{arch: (arch, {}) for arch in ARCHS},
     "llama-spm-llama2": ("llama", {"tokenizer": "spm-llama2"}),
-    "llama-tied": ("llama", {"tie": True}),
-    "qwen2-tied-bf16": ("qwen2", {"tie": True, "dtype": "bfloat16"}),
-    "llama-rope-llama3": ("llama", {"rope_parameters": {
-        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
-    "llama-rope-linear": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
-    "qwen2-yarn": ("qwen2", {"max_position_embeddings": 4096, "rope_parameters": {
-        "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0, "original_max_position_embeddings": 1024}}),
-    "phi3-longrope": ("phi3", {"max_position_embeddings": 4096, "original_max_position_embeddings": 1024,
-                               "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
-                                                   "original_max_position_embeddings": 1024,
-                                                   "long_factor": [1.0 + 0.5 * i for i in range(8)],
-                                                   "short_factor": [1.0 + 0.1 * i for i in range(8)]}}),
-    "gemma3-rope-linear": ("gemma3", {"rope_parameters": {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}}),
+    **{name: case for name, case in CHECKPOINT_VARIANTS.items() if not name.endswith("-fused")},
 }
 
 _IMPORTED: dict[str, tuple] = {}

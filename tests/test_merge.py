@@ -295,16 +295,9 @@ def test_failure_mid_merge_leaves_no_output(tmp_path, monkeypatch):
 
     base = build_model("qwen2", shards=2)
     adapter, _, _ = make_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
-    calls = {"n": 0}
-    original = merge_module._write_job
+    from tests.hostile import interrupted_on_call
 
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(merge_module, "_write_job", failing)
+    monkeypatch.setattr(merge_module, "_write_job", interrupted_on_call(merge_module._write_job, 5))
     with pytest.raises(KeyboardInterrupt):
         merge_adapter(base, adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists() and not _leftovers(tmp_path)

@@ -15,6 +15,7 @@ from convert.quant import kernels, numpy_kernels
 from convert.quant.gguf_io import quantize_gguf
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
+from tests.convert_helpers import assert_same_tensor_data
 from tests.factory import build_model
 
 needs_ggml = pytest.mark.skipif(not kernels.available(), reason="libggml-base (llama-cpp-python) not installed")
@@ -119,26 +120,15 @@ def test_one_pass_equals_two_steps(f32_gguf, tmp_path):
     ftype = "Q4_K_M" if kernels.available() else "Q8_0"
     one = convert_model(build_model("llama", aligned=True), tmp_path / "one.gguf", outtype=ftype)
     two = quantize_gguf(f32_gguf["aligned"], tmp_path / "two.gguf", ftype)
-    one_t = {t.name: t for t in GGUFReader(one).tensors}
-    for tensor in GGUFReader(two).tensors:
-        assert one_t[tensor.name].tensor_type == tensor.tensor_type, tensor.name
-        assert np.array_equal(np.asarray(one_t[tensor.name].data).view(np.uint8),
-                              np.asarray(tensor.data).view(np.uint8)), tensor.name
+    assert_same_tensor_data(one, two)
 
 
 def test_interrupted_quantization_leaves_no_file(f32_gguf, tmp_path, monkeypatch):
     import convert.quant as quant
 
-    calls = {"n": 0}
-    real = quant.quantize_tensor
+    from tests.hostile import interrupted_on_call
 
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(quant, "quantize_tensor", interrupted)
+    monkeypatch.setattr(quant, "quantize_tensor", interrupted_on_call(quant.quantize_tensor, 3))
     with pytest.raises(KeyboardInterrupt):
         quantize_gguf(f32_gguf["odd"], tmp_path / "out.gguf", "Q8_0")
     assert list(tmp_path.iterdir()) == []

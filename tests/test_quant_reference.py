@@ -21,6 +21,7 @@ from convert.quant import FILE_TYPES, load_imatrix
 from convert.quant.gguf_io import quantize_gguf
 from convert.quant.imatrix_file import ImatrixData, write_imatrix
 from edgeft.errors import EdgeftError
+from tests.convert_helpers import assert_same_tensor_data
 from tests.factory import build_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
@@ -160,15 +161,6 @@ def test_same_types_and_bytes_as_llama_quantize(libllama, f32_models, tmp_path, 
         assert_same_tensors(ours, theirs)
         ours.unlink()
         theirs.unlink()
-
-
-def assert_same_tensor_data(ours: Path, theirs: Path) -> None:
-    """Same type and bytes per tensor (the HF route writes its own metadata, so the headers may differ)."""
-    mine = {t.name: t for t in GGUFReader(ours).tensors}
-    for tensor in GGUFReader(theirs).tensors:
-        assert mine[tensor.name].tensor_type == tensor.tensor_type, tensor.name
-        assert np.array_equal(np.asarray(mine[tensor.name].data).view(np.uint8),
-                              np.asarray(tensor.data).view(np.uint8)), tensor.name
 
 
 def test_same_bytes_with_our_own_imatrix(libllama, f32_models, tmp_path):
