@@ -132,7 +132,7 @@ class Generation:
     text: str
     n_prompt: int
     n_generated: int
-    stopped: str  # "eog" | "max_tokens" | "context"
+    stopped: str  # "eog" | "max_tokens" | "context" | "hopeless" (runtime.parallel: the metric cannot score it)
     tokens: list[int]  # the generated ids, end-of-generation token excluded
 
 

@@ -154,7 +154,7 @@ def processing_order(runs: Sequence[RungRun]) -> list[int]:
 
 def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: int | None, max_tokens: int,
              latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder",
-             drafting: bool = True) -> dict:
+             drafting: bool = True, hopeless=None) -> dict:
     """Fill every run's answers, prompt token counts and latencies with one load of `path`. Returns wall times,
     the decoder's counts (tokens evaluated, decode steps, draft tokens checked and accepted) and, with `golds`, the
     first run's prompts rendered with the gold answer (the KLD texts)."""
@@ -179,7 +179,8 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
         try:
             started = time.perf_counter()
             for index in _progress(processing_order(runs), f"generate ({label})"):
-                answers = decoder.generate([t[index] for t in tokens], max_tokens=max_tokens, drafting=drafting)
+                answers = decoder.generate([t[index] for t in tokens], max_tokens=max_tokens, drafting=drafting,
+                                           hopeless=hopeless)
                 for run, generation in zip(runs, answers):
                     run.answers[index] = generation.text
                     run.prompt_tokens[index] = generation.n_prompt
@@ -219,7 +220,10 @@ def evaluate(model: Path, baseline: Path | None, examples: Sequence[Example], ru
              requests_per_day: float | None = None) -> LadderResult:
     """Generate with the fine-tune, then with the base on every rung, score all, and summarize."""
     finetune = finetune_run(examples)
-    settings = {"n_ctx": n_ctx, "threads": threads, "max_tokens": max_tokens, "latency_samples": latency_samples}
+    # An answer the metric already cannot score stops early (the base rambling in prose zero-shot): same scores,
+    # less time. The timing pass (time to first token, total per request) still generates whole answers.
+    settings = {"n_ctx": n_ctx, "threads": threads, "max_tokens": max_tokens, "latency_samples": latency_samples,
+                "hopeless": getattr(scorer, "hopeless", None)}
     own = generate(model, [finetune], golds=[e.gold for e in examples], label="fine-tune", **settings)
     base = generate(baseline, runs, label="ladder", **settings) if runs else None
     score([finetune, *runs], examples, scorer)

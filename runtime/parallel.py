@@ -31,6 +31,9 @@ from edgeft.errors import EdgeftError
 from runtime.generate import Generation, detokenize
 
 BATCH = 512
+# How many answer tokens a metric's `hopeless` check reads: the first word is settled by then (a fence and a
+# keyword are a few tokens), and checking longer answers would only cost detokenizing.
+HOPELESS_WINDOW = 12
 RECENT = 4  # answers per sequence kept as drafts for the next prompts
 
 
@@ -150,9 +153,11 @@ class ParallelDecoder:
         self.cached[seq] = self.cached[seq][:position]
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafting: bool = True,
-                 draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Generation]:
+                 draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None,
+                 hopeless=None) -> list[Generation]:
         """Greedy answers to up to `n_seq` prompts (token ids), prompt i in sequence i, checking free drafts
-        (runtime.speculative; `hints[i]`: extra drafts for prompt i) unless `drafting` is False."""
+        (runtime.speculative; `hints[i]`: extra drafts for prompt i) unless `drafting` is False. `hopeless(text)`
+        (a metric's): an answer whose first HOPELESS_WINDOW tokens already cannot score stops there."""
         from runtime.speculative import decode
 
         if len(prompts) > self.n_seq:
@@ -166,12 +171,17 @@ class ParallelDecoder:
         own = [list(hints[seq]) if hints else [] for seq in range(len(prompts))]
         sequences = decode(self, prompts, max_tokens=max_tokens, drafting=drafting, draft_first=draft_first,
                            hints=[own[seq] + self.recent[seq][::-1] for seq in range(len(prompts))],
-                           on_first_token=first_token)
+                           on_first_token=first_token, give_up=self._give_up(hopeless))
         self.total_s = time.perf_counter() - started
         for seq, sequence in enumerate(sequences):
             self.recent[seq] = (self.recent[seq] + [sequence.answer])[-RECENT:]
         return [Generation(text=detokenize(self.llm, s.generated), n_prompt=len(s.prompt),
                            n_generated=len(s.generated), stopped=s.stopped, tokens=s.generated) for s in sequences]
+
+    def _give_up(self, hopeless):
+        if hopeless is None:
+            return None
+        return lambda tokens: len(tokens) <= HOPELESS_WINDOW and hopeless(detokenize(self.llm, tokens))
 
     def time_alone(self, tokens: Sequence[int], *, max_tokens: int, drafting: bool = True) -> dict:
         """One request from an empty cache: {"ttft_s", "total_s", "n_generated"}."""

@@ -165,11 +165,12 @@ def _step(decoder, sequences: Sequence[_Sequence], feeds: dict[int, list[int]], 
 
 def decode(decoder, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafting: bool = True,
            draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None,
-           on_first_token=None) -> list[_Sequence]:
+           on_first_token=None, give_up=None) -> list[_Sequence]:
     """Greedy answers to `prompts`, prompt i in sequence i of `decoder` (a runtime.parallel.ParallelDecoder).
     `hints[i]`: token lists to draft sequence i from first (answers to a like question). `draft_first=False`
     keeps drafts out of the prompt's own step (the time to the first token is then the prompt's);
-    `on_first_token` is called once that step is done."""
+    `on_first_token` is called once that step is done. `give_up(tokens)`: True stops that answer there
+    (stopped "hopeless": the metric says no continuation can score)."""
     drafting = drafting and decoder.can_draft
     sequences = [_Sequence(list(tokens), hints=[list(h) for h in (hints[i] if hints else ())], draft_room=FIRST_DRAFT)
                  for i, tokens in enumerate(prompts)]
@@ -182,5 +183,8 @@ def decode(decoder, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafti
         if first and on_first_token is not None:
             on_first_token()
         first = False
+        for sequence in sequences:
+            if sequence.stopped is None and give_up is not None and give_up(sequence.generated):
+                sequence.stopped = "hopeless"
         feeds = {seq: [sequence.generated[-1]] for seq, sequence in enumerate(sequences) if sequence.stopped is None}
     return sequences

@@ -95,3 +95,21 @@ def test_a_right_draft_saves_decode_steps(fixture_model):
     got = decoder.generate([prompt], max_tokens=12, hints=[[right]])[0]
     assert got.tokens == plain.tokens and decoder.steps - steps_plain < steps_plain
     decoder.close()
+
+
+def test_an_answer_given_up_stops_and_the_others_keep_their_greedy_answers(fixture_model):
+    from runtime.generate import detokenize, greedy_generate
+    from runtime.parallel import ParallelDecoder
+
+    llm = fixture_model
+    prompts = _prompts(llm)[:2]
+    expected = [greedy_generate(llm, t, max_tokens=12, reuse_prefix=False) for t in prompts]
+    assert all(len(g.tokens) >= 3 for g in expected)
+    doomed = detokenize(llm, expected[0].tokens[:2])
+    decoder = ParallelDecoder(llm, n_seq=2, n_ctx=512)
+    got = decoder.generate(prompts, max_tokens=12, drafting=False, hopeless=lambda text: text.startswith(doomed))
+    assert got[0].stopped == "hopeless" and got[0].tokens == expected[0].tokens[:len(got[0].tokens)]
+    assert len(got[0].tokens) < len(expected[0].tokens)
+    assert (got[1].tokens, got[1].stopped) == (expected[1].tokens, expected[1].stopped) or \
+        expected[1].text.startswith(doomed)
+    decoder.close()

@@ -116,8 +116,10 @@ def run(cache_dir: Path) -> list[dict]:
     base, what = _base_gguf(work)
     shots = int(recipe["shots"])
     rungs = ladder.build_rungs(examples, system=recipe["system"], shots=shots, shots_from=data / "train.jsonl")
+    metric = parse_metric(recipe["metric"].format(data_dir=data))
+    # As `edgeft eval` runs it: an answer the metric cannot score any more stops there (ladder.evaluate does this).
     settings = {"n_ctx": N_CTX, "threads": THREADS, "max_tokens": int(recipe["max_tokens"]),
-                "latency_samples": LATENCY_SAMPLES}
+                "latency_samples": LATENCY_SAMPLES, "hopeless": getattr(metric, "hopeless", None)}
     fixed = next(r for r in rungs if r.key.startswith("fixed-"))
     plain_s, _, plain = _timed(base, [fixed], examples, {**settings, "drafting": False})
     measured = _rounds(base, rungs, fixed, examples, settings)
@@ -138,7 +140,7 @@ def run(cache_dir: Path) -> list[dict]:
     ]
     rows += _decoder_rows("ladder", counts) + _decoder_rows("fixed rung alone", fixed_counts) + \
         _decoder_rows("fixed rung alone without drafts", plain)
-    ladder.score(runs, examples, parse_metric(recipe["metric"].format(data_dir=data)))
+    ladder.score(runs, examples, metric)
     for run_ in runs:
         cost = ladder.cost(run_)
         rows += [_row(f"{run_.label}: sql-exec", 100 * statistics.fmean(run_.scores), "%"),
