@@ -8,23 +8,23 @@ term weight tf / (tf + k1 (1 - b + b |d| / avgdl)); each distinct query word cou
 
 Near-duplicates are what `edgeft data check` calls them: exact Jaccard >= 0.8 of character 4-gram shingles of the
 normalised text (edgeft/data/dedup.py finds them corpus-wide with MinHash; here only a handful of candidates per
-question are checked, so the exact set comparison is cheap). runtime/ may not import edgeft.data, hence this copy.
+question are checked, so the exact set comparison is cheap). The normal form and the shingles are the shared leaf
+edgeft.data.normalize's, so both sides judge the same text the same way.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
 
+from edgeft.data.normalize import normalize_text, shingle_set
+
 K1, B = 1.5, 0.75
 NEAR_DUPLICATE = 0.8
-SHINGLE_CHARS = 4
 _WORD = re.compile(r"\w+")
-_PUNCTUATION = re.compile(r"[^\w\s]+")
 
 
 def words(text: str) -> list[str]:
@@ -32,18 +32,9 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def normalize_text(text: str) -> str:
-    """Case, punctuation, Unicode form and spacing removed (as edgeft.data.dedup.normalize_text)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_PUNCTUATION.sub(" ", text).split())
-
-
 @lru_cache(maxsize=65536)
 def shingles(text: str) -> frozenset[str]:
-    normal = normalize_text(text)
-    if len(normal) < SHINGLE_CHARS:
-        return frozenset([normal])
-    return frozenset(normal[i:i + SHINGLE_CHARS] for i in range(len(normal) - SHINGLE_CHARS + 1))
+    return frozenset(shingle_set(normalize_text(text)))
 
 
 def jaccard(a: str, b: str) -> float:

@@ -46,6 +46,24 @@ def test_near_duplicates_match_exact_jaccard_brute_force():
     assert set(found) == brute
 
 
+def test_data_check_and_retrieval_normalise_with_one_function():
+    """One rule per fact: the ladder's retrieval filter and data check judge near-duplicates on the same text form,
+    and the ASCII fast path agrees with the general one for every ASCII character (control characters included)."""
+    import unicodedata
+
+    from edgeft.data import normalize
+    from runtime import retrieval
+
+    assert dedup.normalize_text is retrieval.normalize_text is normalize.normalize_text
+    for code in range(128):
+        text = f"Ab{chr(code)}c_D"
+        general = " ".join(normalize._PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
+        assert normalize.normalize_text(text) == general, hex(code)
+    question = "What is the Capital of France?"
+    assert retrieval.jaccard(question, "what is the capital of france") == 1.0
+    assert retrieval.jaccard(question, "Why?") == dedup.jaccard(dedup.normalize_text(question), "why")
+
+
 def test_near_duplicate_groups_are_transitive_and_keep_the_first():
     base = "the quick brown fox jumps over the lazy dog near the quiet river bank at dawn"
     texts = [base, "completely different words about copper lanterns", base + " today", base + " today!"]

@@ -11,31 +11,19 @@ similarity of its two shingle sets. 100k conversations take about 4 CPU-seconds.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-SHINGLE_CHARS = 4  # 4 keeps a 4-typo paraphrase of a 200-character example above 0.8; 5 drops it to 0.80
+# normalize_text is re-exported: data check and split call dedup.normalize_text.
+from edgeft.data.normalize import SHINGLE_CHARS, normalize_text, shingle_set  # noqa: F401
+
 BINS = 64  # signature length
 BAND_ROWS = 4  # bins per LSH band: 16 bands; a pair at Jaccard 0.8 shares a band with probability > 0.999
 EMPTY = np.uint32(0xFFFFFFFF)
 NEIGHBOURS = 4  # pairs per document per band inside a bucket (every pair when the bucket holds <= 5)
 _CHUNK_DOCS = 20_000  # bounded memory: shingles are built for this many documents at a time
-
-_PUNCTUATION = re.compile(r"[^\w\s]+")
-_ASCII_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~"})
-
-
-def normalize_text(text: str) -> str:
-    """Case, punctuation, Unicode form and spacing removed: what stays is what a reader would compare."""
-    if text.isascii():  # the common case, ~5x faster than NFKC + regex
-        return " ".join(text.lower().translate(_ASCII_PUNCTUATION).split())
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_PUNCTUATION.sub(" ", text).split())
-
 
 def _mix64(x: np.ndarray) -> np.ndarray:
     # splitmix64's finaliser: a well-spread 64-bit hash (used for band keys, where quality matters more than speed).
@@ -141,11 +129,6 @@ def estimated_similarity(signatures: np.ndarray, pairs: np.ndarray, chunk: int =
         equal = (a == b) & ~both_empty
         out[lo : lo + chunk] = equal.sum(axis=1) / np.maximum((~both_empty).sum(axis=1), 1)
     return out
-
-
-def shingle_set(text: str) -> set[str]:
-    text = text.ljust(SHINGLE_CHARS)
-    return {text[i : i + SHINGLE_CHARS] for i in range(len(text) - SHINGLE_CHARS + 1)}
 
 
 def jaccard(a: str, b: str) -> float:
