@@ -137,3 +137,20 @@ def test_interrupted_write_leaves_nothing(tmp_path, out_dir, monkeypatch):
     state[name][3, 5] = np.nan
     save_file(state, model / "model.safetensors")
     assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, name, "NaN")
+
+
+def test_qwen3_attention_bias_refused_in_one_line(tmp_path, out_dir):
+    """HF Qwen3's attention_bias adds an o_proj bias llama.cpp's qwen3 graph never loads: refused before any tensor is
+    planned (the o_proj.bias tensor is in the checkpoint), naming the reason."""
+    model = build_model("qwen3", attention_bias=True)
+    assert_refused(_run(model, "-o", out_dir / "m.gguf"), out_dir, "attention_bias=true", "o_proj bias",
+                   "llama.cpp's qwen3 graph")
+
+
+def test_qwen3_gguf_with_attention_biases_is_not_imported(tmp_path):
+    """The way back holds to the same rule: a qwen3 GGUF with q/k/v biases has no HF Qwen3 form edgeft writes."""
+    from convert.arch.qwen3 import Qwen3
+    from edgeft.errors import EdgeftError
+
+    with pytest.raises(EdgeftError, match="blk.0.attn_q.bias: not part of a Qwen3ForCausalLM"):
+        Qwen3({}, tmp_path / "m.gguf").hf_tensor_name("blk.0.attn_q.bias")

@@ -69,11 +69,12 @@ def test_training_the_experts_is_refused_in_one_line(tmp_path):
     ("qwen3moe", {"norm_topk_prob": False}, ["norm_topk_prob=False", "renormalises"]),
     ("qwen3moe", {"mlp_only_layers": [0]}, ["mlp_only_layers=[0]"]),
     ("qwen3moe", {"decoder_sparse_step": 2}, ["decoder_sparse_step=2"]),
+    ("qwen3moe", {"attention_bias": True}, ["attention_bias=true", "no o_proj bias"]),
     ("mixtral", {"n_shared_experts": 1}, ["n_shared_experts=1"]),
     ("lfm2", {"conv_bias": True}, ["conv_bias"]),
     ("lfm2", {"layer_types": ["conv", "sliding_attention"]}, ["layer_types", "sliding_attention"]),
 ], ids=["qwen3moe-shared-experts", "qwen3moe-unnormalised", "qwen3moe-dense-layers", "qwen3moe-sparse-step",
-        "mixtral-shared-experts", "lfm2-conv-bias", "lfm2-layer-kind"])
+        "qwen3moe-attention-bias", "mixtral-shared-experts", "lfm2-conv-bias", "lfm2-layer-kind"])
 def test_unsupported_variant_is_one_line(arch, changes, needles, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -4,15 +4,16 @@ transformers 5 writes the experts two ways and both are read: `save_pretrained()
 per-expert tensors (`mlp.experts.N.{gate,up,down}_proj.weight`, 2-D each), `save_original_format=False` keeps the
 in-memory fused 3-D `mlp.experts.gate_up_proj` (experts, 2*ff, hidden; gate rows first) and `mlp.experts.down_proj`.
 llama.cpp wants ffn_{gate,up,down}_exps stacked (experts, rows, cols) and the router as ffn_gate_inp (experts, hidden).
-llama.cpp's qwen3moe always renormalises the top-k weights and has no dense layers (see moe.py).
+llama.cpp's qwen3moe always renormalises the top-k weights and has no dense layers (see moe.py);
+`attention_bias=true` is refused as in qwen3.py (no o_proj bias in llama.cpp's qwen3moe graph either).
 """
 
 from __future__ import annotations
 
 from convert.arch.base import Architecture, register
 from convert.arch.moe import check_moe_config, expert_counts_from_gguf, moe_tensors, write_expert_counts
-from convert.arch.qwen3 import QWEN3_TENSORS
-from convert.arch.tensors import T, gguf_name
+from convert.arch.qwen3 import QWEN3_TENSORS, refuse_attention_bias
+from convert.arch.tensors import T
 
 QWEN3MOE_TENSORS = moe_tensors(QWEN3_TENSORS, {
     "model.layers.{bid}.mlp.experts.{xid}.gate_proj.weight": T.FFN_GATE_EXP,
@@ -26,6 +27,10 @@ class Qwen3Moe(Architecture):
     gguf_arch = "qwen3moe"
     tensors = QWEN3MOE_TENSORS
     model_type = "qwen3_moe"
+
+    def __init__(self, config, model_dir):
+        super().__init__(config, model_dir)
+        refuse_attention_bias(config, model_dir / "config.json", self.gguf_arch)
 
     def write_hparams(self, writer) -> None:
         check_moe_config(self.config, self.model_dir / "config.json", fields_off={
@@ -47,6 +52,5 @@ class Qwen3Moe(Architecture):
         config = super().config_from_gguf(meta)
         config.update(**expert_counts_from_gguf(meta, "num_experts"),
                       moe_intermediate_size=int(meta.get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH)),
-                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                      attention_bias=meta.has_tensor(gguf_name(T.ATTN_Q, 0, "bias")))
+                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], attention_bias=False)
         return config
