@@ -95,6 +95,31 @@ def test_bf16_rounding_matches_torch():
     assert np.array_equal(bf16_to_float32(want), torch.from_numpy(values).to(torch.bfloat16).float().numpy())
 
 
+def test_bf16_import_and_convert_give_the_same_bits():
+    """One bf16 rule: the importer's float32 -> bf16 is the converter's (--outtype bf16), bit for bit, on the inputs
+    where rounding rules differ: NaNs of either sign with payloads (signalling too), +-inf, denormals, ties, overflow."""
+    from gguf import GGMLQuantizationType
+
+    from convert.quant import quantize_tensor
+
+    nan_bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0xFFFFFFFF, 0x7FD2A5A5,
+                         0xFFA0C3E1, 0x7F8000FF], dtype=np.uint32)
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1.4e-45, -1.4e-45, 1.1754942e-38, 3.3895314e38,
+                        -3.3895314e38, 3.4028235e38, 1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8], dtype=np.float32)
+    rng = np.random.default_rng(2)
+    denormals = (rng.integers(1, 0x800000, 512, dtype=np.uint32) | (rng.integers(0, 2, 512, dtype=np.uint32) << 31))
+    values = np.concatenate([nan_bits.view(np.float32), special, denormals.view(np.float32),
+                             rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    values = values[: len(values) // 16 * 16].reshape(-1, 16)
+    converter = quantize_tensor(values, GGMLQuantizationType.BF16).view("<u2")
+    importer = float32_to_bf16(values)
+    assert np.array_equal(importer, converter)
+    # a NaN keeps its sign and its top payload bits (only made quiet), as ggml_compute_fp32_to_bf16 does
+    assert [hex(b) for b in float32_to_bf16(nan_bits.view(np.float32))[:4]] == ["0x7fc0", "0xffc0", "0x7fc0", "0xffc0"]
+    assert float32_to_bf16(nan_bits.view(np.float32))[6] == 0x7FD2
+    assert float32_to_bf16(np.float32(1.0)).shape == () and float32_to_bf16(np.float32(1.0)) == 0x3F80
+
+
 def test_bf16_checkpoint_comes_back_bit_for_bit(tmp_path):
     """A bf16 original, converted to F32 (exact) and imported with --dtype bf16, is the same bf16 bits again."""
     original = build_model("qwen2", tie=True, dtype="bfloat16")

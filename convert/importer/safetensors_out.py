@@ -1,7 +1,8 @@
 """Streaming safetensors writer: the header is known from the shapes alone, so each tensor is produced, written and
-dropped in turn (peak memory: one tensor). float32 as is; bf16 rounded to nearest-even from float32 and stored as
-raw uint16 bits (numpy has no bf16), the inverse of convert.safetensors_file.bf16_to_float32. Shards past `max_shard_bytes`,
-with the model.safetensors.index.json transformers reads."""
+dropped in turn (peak memory: one tensor). float32 as is; bf16 by the converter's own BF16 quantizer (gguf.quants,
+ggml_compute_fp32_to_bf16's rounding) and stored as raw uint16 bits (numpy has no bf16), the inverse of
+convert.safetensors_file.bf16_to_float32. Shards past `max_shard_bytes`, with the model.safetensors.index.json
+transformers reads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from convert.quant.numpy_kernels import NUMPY_QUANTIZERS
 from convert.safetensors_file import INDEX_NAME
 
 DTYPES = {"f32": ("F32", 4), "bf16": ("BF16", 2)}
@@ -20,10 +22,13 @@ MAX_SHARD_BYTES = 4 * 1024 ** 3
 
 
 def float32_to_bf16(values: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), round to nearest even; NaN stays NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+    """float32 -> bf16 bits (uint16), by the quantizer `edgeft convert --outtype bf16` uses: one rounding rule, so both
+    give the same bits for every input (round to nearest even; a NaN keeps its sign and payload, made quiet)."""
+    values = np.asarray(values, dtype=np.float32)
+    if not values.size:
+        return np.zeros(values.shape, dtype=np.uint16)
+    rows = np.ascontiguousarray(values.reshape(-1, values.shape[-1] if values.ndim else 1))  # rows: bounded temporaries
+    return NUMPY_QUANTIZERS["BF16"](rows).view("<u2").reshape(values.shape)
 
 
 def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
