@@ -126,6 +126,19 @@ def test_model_card_reports_figures_and_how_to_run(tmp_path, inputs):
         assert how in card
 
 
+def test_training_figures_name_the_held_out_loss(tmp_path):
+    """The manifest carries the held-out losses and the last batch's under its own name; an adapter trained before
+    the rename (its summary says `final_loss`) still reads, as the last batch's loss it always was."""
+    from edgeft.release.metrics import training_metrics
+
+    summary = {"steps": 40, "last_batch_loss": 0.25, "last_eval_loss": 0.016, "last_eval_step": 40,
+               "best_eval_loss": 0.015, "best_step": 30, "adapter_step": 30, "device": "cpu"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert training_metrics(tmp_path) == {k: v for k, v in summary.items() if k != "device"}
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 8, "final_loss": 0.3, "best_eval_loss": None}))
+    assert training_metrics(tmp_path) == {"steps": 8, "last_batch_loss": 0.3, "best_eval_loss": None}
+
+
 def test_base_without_license_is_flagged(tmp_path, inputs):
     (inputs["base_dir"] / "README.md").write_text("# no front matter here\n")
     info = base_license(inputs["base_dir"])

@@ -35,6 +35,8 @@ def test_early_stop_keeps_the_best_adapter(tmp_path):
     assert all(loss > min(evals) for loss in evals[-3:])  # three evals in a row without a new best
     assert summary["best_step"] < summary["steps"]
     assert summary["best_eval_loss"] == min(evals)
+    assert summary["last_eval_loss"] == evals[-1] and summary["last_eval_step"] == summary["steps"]
+    assert summary["adapter_step"] == summary["best_step"]  # keep: best, the default
     best = load_file(str(out / "checkpoints" / "best" / "trainable.safetensors"))
     adapter = load_file(str(out / "adapter_model.safetensors"))
     for key, tensor in adapter.items():

@@ -110,3 +110,26 @@ def test_record_eval_keeps_best_and_stops_after_patience():
     assert improved == [True, True, False, True, False] and not state["stopped_early"]
     assert not record_eval(state, *history[5], patience=2)
     assert state["stopped_early"] and (state["best_step"], state["best_eval"]) == (40, 1.4)
+
+
+SUMMARY = {"method": "qlora", "device": "cpu", "processes": 1, "trainable_params": 10, "total_params": 100,
+           "trainable_pct": 10.0, "steps": 40, "planned_steps": 40, "stopped_early": False, "last_batch_loss": 0.25,
+           "last_eval_loss": 0.016, "last_eval_step": 40, "best_eval_loss": 0.015, "best_step": 30,
+           "adapter_step": 30, "tokens_per_s": 100.0, "tokens": 4000, "train_seconds": 40.0, "peak_memory_mb": 900,
+           "added_tokens": []}
+
+
+def test_the_summary_names_each_loss_for_what_it_is():
+    """The last batch's loss (one batch, often not the task's: 0.25 in the demo where held-out loss was 0.016) is
+    not the run's loss; the held-out ones lead, and the line with the adapter's weights says so."""
+    from edgeft.train import format_summary
+
+    lines = format_summary(SUMMARY)
+    loss_lines = [line for line in lines if "loss" in line or "eval" in line]
+    assert loss_lines == ["eval loss     0.0160 at step 40 (held-out, the last eval)",
+                          "best eval     0.0150 at step 30 (the adapter's weights)",
+                          "batch loss    0.2500 (the last training batch only, not the model)"]
+    assert not any("final" in line for line in lines)
+    no_eval = dict(SUMMARY, last_eval_loss=None, last_eval_step=None, best_eval_loss=None, best_step=None,
+                   adapter_step=40)
+    assert "eval loss     - (no held-out data; pass --eval to measure one)" in format_summary(no_eval)

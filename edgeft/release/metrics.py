@@ -80,12 +80,16 @@ def throughput_metrics(bench: dict) -> dict:
 
 
 def training_metrics(adapter_dir: Path) -> dict:
+    """The run's figures from its summary.json. The losses that describe the model are the held-out ones (last
+    eval, best); `last_batch_loss` is one training batch's, which older summaries called `final_loss`."""
     summary_path = Path(adapter_dir) / "summary.json"
     if not summary_path.is_file():
         return {}
     summary = json.loads(summary_path.read_text())
-    keep = ("method", "steps", "planned_steps", "final_loss", "best_eval_loss", "trainable_params",
-            "total_params", "tokens_per_s", "train_seconds")
+    if "final_loss" in summary:  # an adapter trained before the rename (make release reuses finished stages)
+        summary.setdefault("last_batch_loss", summary.pop("final_loss"))
+    keep = ("method", "steps", "planned_steps", "last_eval_loss", "last_eval_step", "best_eval_loss", "best_step",
+            "adapter_step", "last_batch_loss", "trainable_params", "total_params", "tokens_per_s", "train_seconds")
     return {key: summary.get(key) for key in keep if key in summary}
 
 

@@ -185,10 +185,16 @@ def format_summary(summary: dict) -> list[str]:
         f"({summary['trainable_pct']:.3f}%)",
         f"steps         {summary['steps']} of {summary['planned_steps']}"
         + ("  (early stop: eval loss stopped improving)" if summary["stopped_early"] else ""),
-        f"final loss    {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss    -",
     ]
-    if summary["best_eval_loss"] is not None:
-        lines.append(f"best eval     {summary['best_eval_loss']:.4f} at step {summary['best_step']}")
+    if summary.get("last_eval_loss") is not None:
+        kept = " (the adapter's weights)" if summary.get("adapter_step") == summary["best_step"] else ""
+        lines += [f"eval loss     {summary['last_eval_loss']:.4f} at step {summary['last_eval_step']} (held-out, "
+                  "the last eval)",
+                  f"best eval     {summary['best_eval_loss']:.4f} at step {summary['best_step']}{kept}"]
+    else:
+        lines.append("eval loss     - (no held-out data; pass --eval to measure one)")
+    if summary.get("last_batch_loss") is not None:
+        lines.append(f"batch loss    {summary['last_batch_loss']:.4f} (the last training batch only, not the model)")
     lines += [
         f"throughput    {summary['tokens_per_s']:.1f} tokens/s ({summary['tokens']:,} tokens in "
         f"{summary['train_seconds']:.1f} s)",
