@@ -10,8 +10,8 @@ The fine-tune runs with the short prompt it was trained with (the eval conversat
 One model load serves every rung: the rungs decode side by side in one context (runtime.parallel), each keeping its
 shared prompt prefix in the KV cache, and every step checks free drafts of the next tokens (runtime.speculative:
 the other rungs' answers to the same question, the rung's recent answers, prompt lookup in its shots). Cost per request (prompt tokens, time to first token, total time) is measured
-for each rung and the fine-tune one request at a time from an empty cache, on `latency_samples` evenly spaced
-questions. The summary is a table of small functions, each returning one section of report["ladder"].
+for each rung and the fine-tune one request at a time from an empty cache and without drafts, as llama.cpp serves
+it, on `latency_samples` evenly spaced questions. The summary is a table of small functions, each returning one section of report["ladder"].
 
 Example:
     rungs = build_rungs(examples, system="Answer in SQL.", shots=3, shots_from="train.jsonl")
@@ -156,8 +156,9 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
              latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder",
              drafting: bool = True, hopeless=None) -> dict:
     """Fill every run's answers, prompt token counts and latencies with one load of `path`. Returns wall times,
-    the decoder's counts (tokens evaluated, decode steps, draft tokens checked and accepted) and, with `golds`, the
-    first run's prompts rendered with the gold answer (the KLD texts)."""
+    the decoder's counts (tokens evaluated, decode steps, draft tokens checked and accepted, per run the prompt
+    tokens no cached prefix covered and the seconds of its timing pass) and, with `golds`, the first run's prompts
+    rendered with the gold answer (the KLD texts)."""
     from runtime.generate import prompt_tokens, render_chat
     from runtime.load import open_gguf
     from runtime.parallel import ParallelDecoder
@@ -186,10 +187,13 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
                     run.prompt_tokens[index] = generation.n_prompt
             generated = time.perf_counter()
             counts = {"evaluated": decoder.evaluated, "steps": decoder.steps, "drafted": decoder.drafted,
-                      "accepted": decoder.accepted}  # of the answers' pass, not the timing pass
+                      "accepted": decoder.accepted,  # of the answers' pass, not the timing pass
+                      "prompt_evaluated": decoder.prompt_evaluated[:len(runs)], "latency_run_s": []}
             for run, run_tokens in zip(runs, tokens):
-                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens, drafting=drafting)
+                run_started = time.perf_counter()
+                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens)
                                for i in timing_sample(len(run_tokens), latency_samples)]
+                counts["latency_run_s"].append(time.perf_counter() - run_started)
             timed = time.perf_counter()
         finally:
             decoder.close()

@@ -11,8 +11,10 @@ rather than once per question. Decoding is argmax, stopping on any end-of-genera
 can round differently from a single-sequence one, so an answer may differ in rare near-ties from the one-at-a-time
 loop, but it is the same on every run.
 
-`time_alone` measures one request from an empty cache, as a single user would see it: time to first token (the
-whole prompt processed, no draft in that step) and total time (drafts from the second step on).
+`time_alone` measures one request from an empty cache as a single llama.cpp user sees it: time to first token (the
+whole prompt processed) and total time, one token per decode step. No drafts there: llama.cpp serves without
+speculative decoding by default, and prompt lookup in a few-shot prompt's own shots would flatter the prompted
+rungs' totals against the fine-tune's (its short prompt holds no answers to copy).
 
 Example:
     decoder = ParallelDecoder(llm, n_seq=3, n_ctx=2048)
@@ -83,6 +85,7 @@ class ParallelDecoder:
         self.evaluated = 0  # tokens decoded so far: what the prefix cache saves shows here
         self.steps = 0  # llama_decode calls: what drafts save shows here
         self.drafted = self.accepted = 0  # draft tokens checked, and confirmed
+        self.prompt_evaluated = [0] * n_seq  # per sequence, prompt tokens its cached prefix did not cover
         # Each sequence's last answers are drafts too: one rung's answers to like questions are alike (the same SQL
         # shape; a model that rambles rambles the same way).
         self.recent: list[list[list[int]]] = [[] for _ in range(n_seq)]
@@ -143,6 +146,7 @@ class ParallelDecoder:
             llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)  # recurrent state: no partial cut
             shared = 0
         self.cached[seq] = list(tokens[:shared])
+        self.prompt_evaluated[seq] += len(tokens) - shared
         return list(tokens[shared:])
 
     def drop(self, seq: int, position: int) -> None:
@@ -153,8 +157,7 @@ class ParallelDecoder:
         self.cached[seq] = self.cached[seq][:position]
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafting: bool = True,
-                 draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None,
-                 hopeless=None) -> list[Generation]:
+                 hints: Sequence[Sequence[Sequence[int]]] | None = None, hopeless=None) -> list[Generation]:
         """Greedy answers to up to `n_seq` prompts (token ids), prompt i in sequence i, checking free drafts
         (runtime.speculative; `hints[i]`: extra drafts for prompt i) unless `drafting` is False. `hopeless(text)`
         (a metric's): an answer whose first HOPELESS_WINDOW tokens already cannot score stops there."""
@@ -169,7 +172,7 @@ class ParallelDecoder:
             self.first_token_s = time.perf_counter() - started
 
         own = [list(hints[seq]) if hints else [] for seq in range(len(prompts))]
-        sequences = decode(self, prompts, max_tokens=max_tokens, drafting=drafting, draft_first=draft_first,
+        sequences = decode(self, prompts, max_tokens=max_tokens, drafting=drafting,
                            hints=[own[seq] + self.recent[seq][::-1] for seq in range(len(prompts))],
                            on_first_token=first_token, give_up=self._give_up(hopeless))
         self.total_s = time.perf_counter() - started
@@ -183,9 +186,9 @@ class ParallelDecoder:
             return None
         return lambda tokens: len(tokens) <= HOPELESS_WINDOW and hopeless(detokenize(self.llm, tokens))
 
-    def time_alone(self, tokens: Sequence[int], *, max_tokens: int, drafting: bool = True) -> dict:
-        """One request from an empty cache: {"ttft_s", "total_s", "n_generated"}."""
+    def time_alone(self, tokens: Sequence[int], *, max_tokens: int) -> dict:
+        """One request from an empty cache, plain greedy: {"ttft_s", "total_s", "n_generated"}."""
         self.clear()
-        generation = self.generate([tokens], max_tokens=max_tokens, drafting=drafting, draft_first=False)[0]
+        generation = self.generate([tokens], max_tokens=max_tokens, drafting=False)[0]
         self.clear()
         return {"ttft_s": self.first_token_s, "total_s": self.total_s, "n_generated": generation.n_generated}

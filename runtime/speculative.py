@@ -164,12 +164,11 @@ def _step(decoder, sequences: Sequence[_Sequence], feeds: dict[int, list[int]], 
 
 
 def decode(decoder, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafting: bool = True,
-           draft_first: bool = True, hints: Sequence[Sequence[Sequence[int]]] | None = None,
-           on_first_token=None, give_up=None) -> list[_Sequence]:
+           hints: Sequence[Sequence[Sequence[int]]] | None = None, on_first_token=None,
+           give_up=None) -> list[_Sequence]:
     """Greedy answers to `prompts`, prompt i in sequence i of `decoder` (a runtime.parallel.ParallelDecoder).
-    `hints[i]`: token lists to draft sequence i from first (answers to a like question). `draft_first=False`
-    keeps drafts out of the prompt's own step (the time to the first token is then the prompt's);
-    `on_first_token` is called once that step is done. `give_up(tokens)`: True stops that answer there
+    `hints[i]`: token lists to draft sequence i from first (answers to a like question). `on_first_token` is
+    called once the prompts' own step is done. `give_up(tokens)`: True stops that answer there
     (stopped "hopeless": the metric says no continuation can score)."""
     drafting = drafting and decoder.can_draft
     sequences = [_Sequence(list(tokens), hints=[list(h) for h in (hints[i] if hints else ())], draft_room=FIRST_DRAFT)
@@ -177,8 +176,8 @@ def decode(decoder, prompts: Sequence[Sequence[int]], *, max_tokens: int, drafti
     feeds = {seq: decoder.reuse(seq, sequence.prompt) for seq, sequence in enumerate(sequences)}
     first = True
     while feeds:
-        use = drafting and (draft_first or not first)
-        drafts = {seq: _draft_for(decoder, sequences, seq, max_tokens=max_tokens, drafting=use) for seq in feeds}
+        drafts = {seq: _draft_for(decoder, sequences, seq, max_tokens=max_tokens, drafting=drafting)
+                  for seq in feeds}
         _step(decoder, sequences, feeds, drafts, max_tokens=max_tokens)
         if first and on_first_token is not None:
             on_first_token()
