@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
+from convert.output_space import room_for
 from edgeft.fsutil import atomic_file
 
 # (GGUF name, planned byte size, zero-argument jobs each returning the next encoded chunk of its data)
@@ -49,6 +50,19 @@ class BulkGGUFWriter(GGUFWriter):
         """A tensor-info entry for data streamed later; `shape` in numpy order, in elements."""
         # With raw_dtype given, GGUFWriter converts the shape only for uint8 (byte) arrays; float32 means elements.
         self.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+
+    def planned_size(self) -> int:
+        """Bytes of the whole file: header, KV entries and tensor table packed as write_*_to_file will pack them
+        (a tenth of a second for a 150k-token vocabulary), then each tensor's data padded to the alignment."""
+        kv = sum(len(self._pack_val(key, GGUFValueType.STRING, add_vtype=False))
+                 + len(self._pack_val(value.value, value.type, add_vtype=True, sub_type=value.sub_type))
+                 for key, value in self.kv_data[0].items())
+        # per tensor: name, n_dims (u32), the dims (u64 each), type (u32), offset (u64)
+        table = sum(len(self._pack_val(name, GGUFValueType.STRING, add_vtype=False)) + 16 + 8 * len(info.shape)
+                    for name, info in self.tensors[0].items())
+        header = 4 + 4 + 8 + 8  # magic, version, tensor count, KV count
+        return (self.ggml_pad(header + kv + table, self.data_alignment)
+                + sum(self.ggml_pad(info.nbytes, self.data_alignment) for info in self.tensors[0].values()))
 
     def _pack_val(self, val, vtype, add_vtype, sub_type=None) -> bytes:
         if isinstance(val, RawValue):
@@ -147,10 +161,11 @@ def write_streamed(writer: BulkGGUFWriter, out_path: str | os.PathLike,
                    **stream_options) -> None:
     """Header, metadata and tensor table from `writer`, then the data from `tensors(bar)` (stream_tensor_data's
     options), into `out_path`, which appears only when complete. `bar` is the tqdm byte bar (shown when
-    `progress`), opened once the output is: a refused output path is one line, without a bar before it."""
+    `progress`), opened once the output is: a refused output path is one line, without a bar before it. An output
+    the disk has no room for is refused before its first byte (convert.output_space)."""
     from tqdm import tqdm
 
-    with atomic_file(out_path) as tmp:
+    with atomic_file(out_path) as tmp, room_for(out_path, writer.planned_size(), tmp):
         writer.open_output_file(tmp)
         try:
             writer.write_header_to_file()

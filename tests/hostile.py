@@ -84,3 +84,40 @@ def interrupted_on_call(function, n: int):
         return function(*args, **kwargs)
 
     return wrapper
+
+
+def disk_full_after(budget: int):
+    """An `open` whose files take `budget` bytes in all (written to disk for real), then fail every write with
+    ENOSPC, as a filling disk does: patch it over a writer module's `open` to fill the disk in the middle of a write."""
+    import builtins
+    import errno
+
+    left = {"bytes": budget}
+
+    class FillingFile:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data) -> int:
+            size = memoryview(data).nbytes
+            if size > left["bytes"]:
+                self._handle.write(memoryview(data).cast("B")[: left["bytes"]])
+                left["bytes"] = 0
+                raise OSError(errno.ENOSPC, "No space left on device")
+            left["bytes"] -= size
+            return self._handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)
+        return FillingFile(handle) if any(flag in mode for flag in "wax") else handle
+
+    return filling_open

@@ -87,7 +87,10 @@ def import_gguf(
         tokenizer = tokenizer_files(vocab, model_name=name, context_length=arch.config["max_position_embeddings"],
                                     source=str(gguf_path))
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            _write_weights(tmp, meta, arch, planned, slices, dtype=dtype, progress=progress)
+            # the tokenizer files go beside the weights: the room check counts them too
+            beside = sum(len(c if isinstance(c, bytes) else c.encode()) for c in tokenizer.files.values())
+            _write_weights(tmp, meta, arch, planned, slices, dtype=dtype, progress=progress, output=out_dir,
+                           reserve=beside)
             _write_files(tmp, meta, arch, tokenizer, source_name=gguf_path.name, dtype=dtype)
     if log is not None:
         for warning in tokenizer.warnings:
@@ -160,7 +163,8 @@ def _producer(meta: GGUFMetadata, arch, slices: dict):
     return produce
 
 
-def _write_weights(folder: Path, meta: GGUFMetadata, arch, planned, slices, *, dtype: str, progress: bool) -> None:
+def _write_weights(folder: Path, meta: GGUFMetadata, arch, planned, slices, *, dtype: str, progress: bool,
+                   output: Path, reserve: int) -> None:
     from tqdm import tqdm
 
     gguf_names = {hf: g for g, hf in planned}
@@ -173,7 +177,7 @@ def _write_weights(folder: Path, meta: GGUFMetadata, arch, planned, slices, *, d
 
         shapes = {hf: meta.tensor_shape(g)[slices[hf] is not None:] for g, hf in planned}
         write_safetensors(folder, [(hf, arch.hf_shape(hf, shapes[hf]), produce(g, hf)) for g, hf in planned],
-                          dtype=dtype, on_written=written)
+                          dtype=dtype, on_written=written, output=output, reserve=reserve)
 
 
 def _write_files(folder: Path, meta: GGUFMetadata, arch, tokenizer, *, source_name: str, dtype: str) -> None:

@@ -2,7 +2,8 @@
 dropped in turn (peak memory: one tensor). float32 as is; bf16 by the converter's own BF16 quantizer (gguf.quants,
 ggml_compute_fp32_to_bf16's rounding) and stored as raw uint16 bits (numpy has no bf16), the inverse of
 convert.safetensors_file.bf16_to_float32. Shards past `max_shard_bytes`, with the model.safetensors.index.json
-transformers reads."""
+transformers reads. Every byte but the tensor data is laid out before the first write, so an output the disk cannot
+hold is refused before it starts (convert.output_space)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from convert.output_space import room_for
 from convert.quant.numpy_kernels import NUMPY_QUANTIZERS
 from convert.safetensors_file import INDEX_NAME
 
@@ -39,11 +41,34 @@ def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
 
 def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
                       *, dtype: str = "f32", max_shard_bytes: int = MAX_SHARD_BYTES,
-                      on_written: Callable[[str], None] = lambda name: None) -> list[Path]:
+                      on_written: Callable[[str], None] = lambda name: None,
+                      output: Path | None = None, reserve: int = 0) -> list[Path]:
     """Write (name, shape, produce) tensors, in order, as model.safetensors or shards; return the files written.
-    `on_written(name)` runs once each tensor's bytes are out (to release its source pages, advance a bar)."""
+    `on_written(name)` runs once each tensor's bytes are out (to release its source pages, advance a bar).
+    The disk must hold every file plus `reserve` bytes (what the caller writes beside them), or nothing is written;
+    `output` is what messages call the folder (the user's -o, when `out_dir` is its temporary stand-in)."""
     tag, itemsize = DTYPES[dtype]
-    tensors = list(tensors)
+    files, index = _layout(list(tensors), tag, itemsize, max_shard_bytes)
+    planned = sum(8 + len(blob) + data for _, blob, _, data in files) + len(index or b"")
+    with room_for(output or out_dir, planned + reserve, out_dir):
+        for file_name, blob, shard, _ in files:
+            with open(out_dir / file_name, "wb") as f:
+                f.write(struct.pack("<Q", len(blob)) + blob)
+                for name, shape, produce in shard:
+                    data = _encode(produce(), dtype)
+                    if data.shape != tuple(shape):
+                        raise RuntimeError(f"{name}: produced shape {data.shape}, planned {tuple(shape)}")
+                    f.write(memoryview(data).cast("B"))
+                    del data
+                    on_written(name)
+        if index is not None:
+            (out_dir / INDEX_NAME).write_bytes(index)
+    return [out_dir / file_name for file_name, *_ in files]
+
+
+def _layout(tensors: list, tag: str, itemsize: int, max_shard_bytes: int):
+    """([(file name, header blob, its tensors, data bytes)], the index file's bytes or None for one file): every
+    byte but the tensor data, fixed before the first write."""
     shards: list[list] = [[]]
     size = 0
     for entry in tensors:
@@ -55,7 +80,7 @@ def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...
         size += nbytes
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map, total = {}, 0
+    files, weight_map, total = [], {}, 0
     for file_name, shard in zip(names, shards):
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, shape, _ in shard:
@@ -66,16 +91,8 @@ def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...
         total += offset
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
-        with open(out_dir / file_name, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            for name, shape, produce in shard:
-                data = _encode(produce(), dtype)
-                if data.shape != tuple(shape):
-                    raise RuntimeError(f"{name}: produced shape {data.shape}, planned {tuple(shape)}")
-                f.write(memoryview(data).cast("B"))
-                del data
-                on_written(name)
-    if len(names) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-    return [out_dir / name for name in names]
+        files.append((file_name, blob, shard, offset))
+    if len(names) == 1:
+        return files, None
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    return files, (json.dumps(index, indent=2) + "\n").encode()
