@@ -62,7 +62,7 @@ def test_out_dir_not_empty_without_overwrite(tmp_path, no_model_load):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     line = _run(["--base", base, "--data", train, "-o", out])
-    assert "not empty; pass --overwrite" in line
+    assert "not empty and is not an edgeft training run" in line  # so not even --overwrite replaces it
     assert (out / "precious.txt").read_text() == "keep me"
 
 

@@ -24,7 +24,8 @@ import click
 @click.option("-r", "--rank", "r", type=int, default=None, help="LoRA rank (default 16; alpha defaults to 2r).")
 @click.option("--seed", type=int, default=None, help="Seed: same seed, same data, same result on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier training run's output folder (never a folder that is not a run's).")
 def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, seed, resume, overwrite):
     """Fine-tune BASE on chat conversations and save a LoRA adapter.
 

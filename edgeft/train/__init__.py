@@ -54,7 +54,7 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
     world = World()
-    fresh = not resume and (overwrite or not out_dir.exists() or not any(out_dir.iterdir()))
+    fresh = not resume and (overwrite or ckpt.is_empty_folder(out_dir))
     try:
         if world.is_main and overwrite and not resume and out_dir.exists():
             shutil.rmtree(out_dir)
@@ -103,16 +103,35 @@ def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:
     return recipe
 
 
+# What the next run is told about a folder an earlier run left, by ckpt.run_folder_state.
+RUN_FOLDER_ADVICE = {
+    "finished": "holds a finished training run (summary.json); pass --overwrite to replace it, or choose another -o",
+    "resumable": "holds an unfinished training run (last checkpoint {checkpoint}); pass --resume to continue it, "
+                 "--overwrite to start again, or choose another -o",
+    "partial": "holds a training run that stopped before its first checkpoint (killed?), so there is nothing to "
+               "resume; pass --overwrite to start again (it replaces this folder), or choose another -o",
+}
+
+
 def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    if resume:
-        if ckpt.latest_checkpoint(out_dir) is None:
-            raise EdgeftError(f"{out_dir}: no checkpoint to resume from; run without --resume to start training")
-        return
+    """Train only into a new or empty folder, a run's own folder with --resume, or over a run's folder with
+    --overwrite; never into, or over, a folder that holds something else."""
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise EdgeftError(f"{out_dir}: output folder exists and is not empty; pass --overwrite or --resume, "
-                          "or choose another -o")
+    checkpoint = ckpt.latest_checkpoint(out_dir)
+    if resume and checkpoint is not None:
+        return
+    if ckpt.is_empty_folder(out_dir):
+        if resume:
+            raise EdgeftError(f"{out_dir}: no checkpoint to resume from; run without --resume to start training")
+        return
+    if not ckpt.is_run_folder(out_dir):
+        raise EdgeftError(f"{out_dir}: output folder is not empty and is not an edgeft training run (no "
+                          f"{ckpt.RUN_MARKER}): edgeft will neither train into it nor replace it; choose another -o "
+                          "or empty it yourself")
+    if resume or not overwrite:
+        advice = RUN_FOLDER_ADVICE[ckpt.run_folder_state(out_dir)].format(checkpoint=checkpoint and checkpoint.name)
+        raise EdgeftError(f"{out_dir}: {'--resume finds no checkpoint: ' if resume else ''}output folder {advice}")
 
 
 def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
@@ -156,6 +175,7 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
             world.broadcast_(p.data)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.mark_run_folder(out_dir)  # first: whatever a kill leaves here is then known for a run's
         if not resume:
             save_recipe(recipe, out_dir / "recipe.yaml")  # what --resume reads back
             with atomic_file(out_dir / INPUTS_FILE) as tmp:  # what --resume, merge and convert-lora compare with

@@ -5,6 +5,11 @@ the previous checkpoint as the latest):
 
     OUT_DIR/checkpoints/step-000050/  trainable.safetensors  optimizer.pt  rng.pt  state.json
     OUT_DIR/checkpoints/best/         trainable.safetensors  state.json     (lowest held-out loss so far)
+    OUT_DIR/run.json                  the run marker, the first file a run writes into its folder
+
+The marker is what makes a folder a training run's: a run killed before its first checkpoint leaves recipe.yaml,
+inputs.json and metrics.jsonl (and maybe checkpoints/best/) with nothing to resume from, and the next `edgeft train`
+must say what that folder is instead of training into it; --overwrite replaces only a folder that is a run's.
 
 The data position is the global step: the batch plan is a pure function of (seed, epoch), see edgeft/train/batches.py.
 """
@@ -12,16 +17,61 @@ The data position is the global step: the batch plan is a pure function of (seed
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
+from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir
+from edgeft.fsutil import TEMP_TAG, atomic_dir, atomic_file
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+RUN_MARKER = "run.json"
+RUN_TOOL = "edgeft train"
+# Folders from before the marker: recipe.yaml and the training inputs are the first two files a run writes.
+LEGACY_RUN_FILES = ("recipe.yaml", INPUTS_FILE)
+
+
+def mark_run_folder(out_dir: Path) -> None:
+    """Claim `out_dir` (just created, or being resumed) for a training run, before anything else is written there.
+    The pid and start time are for a person looking at a folder a kill left; the tool only needs `tool`."""
+    with atomic_file(Path(out_dir) / RUN_MARKER) as tmp:
+        tmp.write_text(json.dumps({"tool": RUN_TOOL, "pid": os.getpid(),
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1),
+                       encoding="utf-8")
+
+
+def is_empty_folder(out_dir: Path) -> bool:
+    """Missing, or empty but for temporary files a killed write left (a kill while the marker was written)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return True
+    return all(entry.name.startswith(".") and f".{TEMP_TAG}" in entry.name for entry in out_dir.iterdir())
+
+
+def is_run_folder(out_dir: Path) -> bool:
+    """True for a folder `edgeft train` wrote (its marker, or an older run's first two files): the only kind
+    --overwrite may replace."""
+    out_dir = Path(out_dir)
+    try:
+        marker = json.loads((out_dir / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict) and marker.get("tool") == RUN_TOOL:
+        return True
+    return all((out_dir / name).is_file() for name in LEGACY_RUN_FILES)
+
+
+def run_folder_state(out_dir: Path) -> str:
+    """What a run folder holds, as the next run must be told: finished, resumable (a step checkpoint) or partial
+    (killed before its first checkpoint, or between writing the adapter and the summary: nothing to resume)."""
+    if (Path(out_dir) / "summary.json").is_file():
+        return "finished"
+    return "resumable" if latest_checkpoint(out_dir) is not None else "partial"
 
 
 def checkpoint_root(out_dir: Path) -> Path:
