@@ -1,12 +1,28 @@
-"""Chat parity, end to end: what training rendered and tokenized against what the GGUF renders and feeds the model.
+"""Chat parity, the one check: what HF (and training) renders and tokenizes against what the GGUF renders and feeds.
 
-Each case is one conversation and whether the generation prompt is added. The HF side is a tokenizer the caller
-loaded (transformers' `apply_chat_template`, then `encode` without special tokens, as the label mask does); the GGUF
-side is its embedded template through llama-cpp-python (`runtime.generate.render_chat`) and the ids runtime feeds
-the model (`prompt_tokens`: llama.cpp's tokenizer, BOS where the GGUF asks for one and the template wrote none).
-Any difference in text or ids is a mismatch; `first` names the first one in one line.
+Both loops use it: `edgeft eval --hf` (runtime/parity.py, the eval conversations) and the release
+(edgeft/release/parity.py, fixed probes plus some eval conversations). Each case is one conversation and whether
+the generation prompt is added. The HF side is a tokenizer the caller loaded: `apply_chat_template`, then `encode`
+without special tokens, which is what training's label mask and transformers' own chat tokenization do. The GGUF
+side is its embedded template through llama-cpp-python (`runtime.generate.render_chat`) and the ids our runtime
+feeds the model (`prompt_tokens`). Three facts per case:
+1. the template renders the same text;
+2. the ids fed at inference are the ones HF gives, BOS included (see `_bos_finding`);
+3. where the texts differ, llama.cpp still tokenizes HF's text as HF does (a tokenizer bug is not hidden behind a
+   template one).
+A template that refuses a conversation on one side only is a mismatch; both refusing is agreement.
 
-No transformers import: the tokenizer object comes from the caller (edgeft's loader in the release).
+BOS, measured on the fixtures against llama.cpp's sources (vendor/llama.cpp, common/chat.cpp applies the template
+then strips a leading BOS text when add_bos_token is set; the server tokenizes with add_special=true):
+- template writes BOS first, GGUF add_bos_token: every chat path feeds one BOS (llama-server strips and re-adds,
+  `prompt_tokens` sees it is there, llama-cpp-python's Jinja formatter tokenizes with add_bos=False). Only a naive
+  `tokenize(text, add_bos=True)` doubles it, which no runtime does at inference: not a mismatch;
+- template writes none, GGUF add_bos_token: llama-server and edgeft's eval/serve feed a BOS that training and HF's
+  chat tokenization never did: a mismatch ("adds BOS");
+- template writes BOS after something (a newline), GGUF add_bos_token: llama.cpp feeds two BOS: a mismatch
+  ("double BOS").
+
+No transformers import: the tokenizer object comes from the caller.
 """
 
 from __future__ import annotations
@@ -43,18 +59,25 @@ class Case:
     name: str
     messages: list[dict]
     add_generation_prompt: bool
+    example: int | None = None  # index of the conversation it comes from (None for a probe)
+
+
+def conversation_cases(conversations: Sequence[Sequence[dict]]) -> list[Case]:
+    """Each conversation whole, and its prompt with the generation prompt (as eval and serving render it) when it
+    ends with an assistant turn."""
+    cases = []
+    for index, messages in enumerate(conversations):
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        cases.append(Case(f"conversation {index}", messages, False, index))
+        if messages[-1]["role"] == "assistant" and len(messages) > 1:
+            cases.append(Case(f"conversation {index}, generation prompt", messages[:-1], True, index))
+    return cases
 
 
 def chat_cases(conversations: Sequence[Sequence[dict]] = (), limit: int = 8) -> list[Case]:
-    """The fixed probes, then up to `limit` of `conversations`: each whole, and its prompt with the generation
-    prompt (as eval and serving render it) when it ends with an assistant turn."""
-    cases = [Case(name, messages, prompt) for name, messages, prompt in PROBES]
-    for index, messages in enumerate(list(conversations)[:limit]):
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        cases.append(Case(f"conversation {index}", messages, False))
-        if messages[-1]["role"] == "assistant" and len(messages) > 1:
-            cases.append(Case(f"conversation {index}, generation prompt", messages[:-1], True))
-    return cases
+    """The release's cases: the fixed probes, then `conversation_cases` of the first `limit` conversations."""
+    return [Case(name, messages, prompt) for name, messages, prompt in PROBES] + \
+        conversation_cases(list(conversations)[:limit])
 
 
 def _hf_render(tokenizer, case: Case) -> tuple[str, list[dict]]:
@@ -93,69 +116,109 @@ def _refusals(tokenizer, llm, case: Case, path: str) -> str | None:
     return "" if len(why) == 2 else "; ".join(f"only {side}'s template refuses it ({text})" for side, text in why.items())
 
 
+def _token_difference(tokenizer, llm, hf_ids: list[int], gguf_ids: list[int]) -> dict:
+    at = _first_difference(hf_ids, gguf_ids)
+    return {"position": at, "hf_len": len(hf_ids), "gguf_len": len(gguf_ids),
+            "hf": tokenizer.convert_ids_to_tokens(hf_ids[at:at + SHOWN]),
+            "gguf": [token_text(llm, i) for i in gguf_ids[at:at + SHOWN]],
+            "hf_ids": hf_ids[at:at + SHOWN], "gguf_ids": gguf_ids[at:at + SHOWN]}
+
+
+def _bos_finding(llm, written: list[int], fed: list[int]) -> dict | None:
+    """When llama.cpp put a BOS in front of what the template wrote (add_bos_token): "adds BOS" when the template
+    wrote none, "double BOS" when it wrote one further on. A BOS the template writes first is never doubled."""
+    if len(fed) != len(written) + 1:
+        return None
+    bos = llm.token_bos()
+    found = {"token": token_text(llm, bos)}
+    if bos in written:
+        found.update(kind="double BOS", template_bos_at=written.index(bos) + 1)
+    else:
+        found["kind"] = "adds BOS"
+    return found
+
+
+def _compare_case(tokenizer, llm, case: Case, path: str) -> dict | None:
+    """The mismatch entry of one case, or None when text and ids agree."""
+    refused = _refusals(tokenizer, llm, case, path)
+    if refused is not None:
+        return {"case": case.name, "refused": refused} if refused else None
+    hf_text, messages = _hf_render(tokenizer, case)
+    gguf_text = render_chat(llm, messages, add_generation_prompt=case.add_generation_prompt, path=path)
+    hf_ids = [int(i) for i in tokenizer.encode(hf_text, add_special_tokens=False)]
+    written = [int(i) for i in llm.tokenize(gguf_text.encode("utf-8"), add_bos=False, special=True)]
+    fed = [int(i) for i in prompt_tokens(llm, gguf_text)]
+    if hf_text == gguf_text and hf_ids == fed:
+        return None
+    entry: dict = {"case": case.name, "add_generation_prompt": case.add_generation_prompt}
+    if hf_text != gguf_text:
+        at = _first_difference(hf_text, gguf_text)
+        entry["template"] = {"char": at, "hf": hf_text[max(0, at - 20):at + 40],
+                             "gguf": gguf_text[max(0, at - 20):at + 40]}
+        same_text = [int(i) for i in llm.tokenize(hf_text.encode("utf-8"), add_bos=False, special=True)]
+        if same_text != hf_ids:  # the tokenizers disagree too, on the very same text
+            entry["tokenizer"] = _token_difference(tokenizer, llm, hf_ids, same_text)
+    if hf_ids != fed:
+        entry["tokens"] = _token_difference(tokenizer, llm, hf_ids, fed)
+        bos = _bos_finding(llm, written, fed)
+        if bos and written == hf_ids:
+            entry["bos"] = bos
+    return entry
+
+
+def _tokens_line(t: dict) -> str:
+    return (f"first differing token at position {t['position']}: HF {t['hf'][:1]} {t['hf_ids'][:1]} vs GGUF "
+            f"{t['gguf'][:1]} {t['gguf_ids'][:1]} ({t['hf_len']} vs {t['gguf_len']} tokens)")
+
+
 def describe_mismatch(entry: dict) -> str:
-    """One line naming a mismatch: the case, then where the text or the ids part."""
+    """One line naming a mismatch: the case, what differs, and the first differing token."""
+    name = repr(entry["case"])
     if "refused" in entry:
-        return f"{entry['case']!r}: {entry['refused']}"
+        return f"{name}: {entry['refused']}"
+    tokens = f"; {_tokens_line(entry['tokens'])}" if "tokens" in entry else ""
     if "template" in entry:
         t = entry["template"]
-        return (f"{entry['case']!r}: the chat template renders differently from char {t['char']}: "
-                f"HF {t['hf']!r} vs GGUF {t['gguf']!r}")
-    if "bos_only" in entry:
-        return (f"{entry['case']!r}: llama.cpp puts BOS {entry['bos_only']!r} before the rendered chat (the GGUF says "
-                "add_bos_token) and training never saw it, since the template writes none; start the template with "
+        return (f"{name}: the chat template renders differently from char {t['char']}: HF {t['hf']!r} vs GGUF "
+                f"{t['gguf']!r}{tokens}")
+    bos = entry.get("bos")
+    if bos and bos["kind"] == "double BOS":
+        return (f"{name}: double BOS: llama.cpp puts BOS {bos['token']!r} first (the GGUF says add_bos_token) and the "
+                f"template writes another at token {bos['template_bos_at']}{tokens}; write {{{{ bos_token }}}} "
+                "first in the template, nothing before it")
+    if bos:
+        return (f"{name}: llama.cpp puts BOS {bos['token']!r} before the chat (the GGUF says add_bos_token) that "
+                f"training and HF never feed, since the template writes none{tokens}; start the template with "
                 "{{ bos_token }} so training sees it too")
     t = entry["tokens"]
-    return (f"{entry['case']!r}: same text, token ids differ from position {t['position']}: HF {t['hf']} "
-            f"{t['hf_ids']} vs GGUF {t['gguf']} {t['gguf_ids']} ({t['hf_len']} vs {t['gguf_len']} tokens)")
+    return (f"{name}: same text, token ids differ from position {t['position']}: HF {t['hf']} {t['hf_ids']} vs "
+            f"GGUF {t['gguf']} {t['gguf_ids']} ({t['hf_len']} vs {t['gguf_len']} tokens)")
 
 
-def compare_chat(gguf_path: str | os.PathLike, tokenizer, cases: Sequence[Case]) -> dict:
-    """Render and tokenize every case on both sides; returns counts, the mismatches and `first` (one line)."""
+def compare_chat(gguf_path: str | os.PathLike, tokenizer, cases: Sequence[Case], *, per_example: bool = False,
+                 max_reported: int | None = None) -> dict:
+    """Render and tokenize every case on both sides. Counts are per case, or per conversation with `per_example`
+    (a conversation counts as matching only when all its cases do). Returns n, template_matches, token_matches,
+    mismatched, ok, embedded_template, the mismatches (the first `max_reported`) and `first` (one line)."""
     llm = open_gguf(gguf_path, vocab_only=True)
     try:
         template = embedded_template(llm, str(gguf_path))
-        text_matches = token_matches = 0
-        mismatches: list[dict] = []
-        for case in cases:
-            refused = _refusals(tokenizer, llm, case, str(gguf_path))
-            if refused is not None:
-                if refused:  # one side renders what the other refuses; both refusing is agreement
-                    mismatches.append({"case": case.name, "refused": refused})
-                else:
-                    text_matches += 1
-                    token_matches += 1
-                continue
-            hf_text, messages = _hf_render(tokenizer, case)
-            gguf_text = render_chat(llm, messages, add_generation_prompt=case.add_generation_prompt,
-                                    path=str(gguf_path))
-            hf_ids = [int(i) for i in tokenizer.encode(hf_text, add_special_tokens=False)]
-            gguf_ids = [int(i) for i in prompt_tokens(llm, gguf_text)]
-            text_same, ids_same = hf_text == gguf_text, hf_ids == gguf_ids
-            text_matches += text_same
-            token_matches += ids_same
-            if text_same and ids_same:
-                continue
-            entry: dict = {"case": case.name, "add_generation_prompt": case.add_generation_prompt}
-            if not text_same:
-                at = _first_difference(hf_text, gguf_text)
-                entry["template"] = {"char": at, "hf": hf_text[max(0, at - 20):at + 40],
-                                     "gguf": gguf_text[max(0, at - 20):at + 40]}
-            if not ids_same and text_same and gguf_ids[1:] == hf_ids and gguf_ids[0] == llm.token_bos():
-                entry["bos_only"] = token_text(llm, gguf_ids[0])
-            if not ids_same:
-                at = _first_difference(hf_ids, gguf_ids)
-                entry["tokens"] = {
-                    "position": at, "hf_len": len(hf_ids), "gguf_len": len(gguf_ids),
-                    "hf": tokenizer.convert_ids_to_tokens(hf_ids[at:at + SHOWN]),
-                    "gguf": [token_text(llm, i) for i in gguf_ids[at:at + SHOWN]],
-                    "hf_ids": hf_ids[at:at + SHOWN], "gguf_ids": gguf_ids[at:at + SHOWN]}
-            mismatches.append(entry)
+        entries = [(case, _compare_case(tokenizer, llm, case, str(gguf_path))) for case in cases]
     finally:
         llm.close()
-    return {"n": len(cases), "template_matches": text_matches, "token_matches": token_matches,
-            "ok": not mismatches, "embedded_template": template, "mismatches": mismatches,
+    units: dict = {}  # unit -> [text same, ids same]
+    for index, (case, entry) in enumerate(entries):
+        unit = units.setdefault(case.example if per_example else index, [True, True])
+        if entry is not None:
+            unit[0] &= "template" not in entry and "refused" not in entry
+            unit[1] &= "tokens" not in entry and "refused" not in entry
+    mismatches = [(entry | {"example": case.example}) if case.example is not None else entry
+                  for case, entry in entries if entry is not None]
+    mismatched = sum(1 for text_same, ids_same in units.values() if not (text_same and ids_same))
+    return {"n": len(units), "template_matches": sum(text for text, _ in units.values()),
+            "token_matches": sum(ids for _, ids in units.values()), "mismatched": mismatched, "ok": not mismatches,
+            "embedded_template": template, "mismatches": mismatches[:max_reported],
             "first": describe_mismatch(mismatches[0]) if mismatches else None}
 
 
-__all__ = ["Case", "PROBES", "chat_cases", "compare_chat", "describe_mismatch"]
+__all__ = ["Case", "PROBES", "chat_cases", "compare_chat", "conversation_cases", "describe_mismatch"]

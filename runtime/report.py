@@ -126,6 +126,8 @@ def _parity_markdown(report: dict) -> list[str]:
     lines = ["", f"## HF parity (`{parity['hf']}`)", "",
              f"Template renders identically: {parity['template_matches']}/{parity['n']}; "
              f"token ids identical: {parity['token_matches']}/{parity['n']}."]
+    if parity.get("first"):  # reports written before the check named its first mismatch have none
+        lines += ["", f"First mismatch: {parity['first']}", ""]
     for mismatch in parity["mismatches"]:
         details = {k: v for k, v in mismatch.items() if k != "example"}
         lines.append(f"- example {mismatch['example']}: `{json.dumps(details, ensure_ascii=False)}`")

@@ -134,6 +134,9 @@ def test_hf_parity_failure_is_a_failed_gate_on_the_console_and_in_the_report(set
     assert not report["passed"] and report["failed_gates"] == ["max_hf_mismatches"]
     assert report["parity"]["mismatched"] == 2
     assert "Gates failed: max_hf_mismatches" in (out / "report.md").read_text()
+    named = [shown for shown in shown_lines(result.output) if shown.startswith("HF parity: ")]
+    assert named == [f"HF parity: {report['parity']['first']}"] and "'conversation 0'" in named[0]
+    assert f"First mismatch: {report['parity']['first']}" in (out / "report.md").read_text()
     assert untouched()
 
 

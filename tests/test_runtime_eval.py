@@ -170,6 +170,8 @@ def test_parity_reports_a_mismatch(ggufs):
     first = result["mismatches"][0]
     assert first["example"] == 0 and first["template"]["char"] == 2  # both begin "<|"
     assert "<|im_start|>" in first["template"]["hf"] and "<|start_header_id|>" in first["template"]["gguf"]
+    assert "tokenizer" in first  # Qwen2's vocab splits even HF's own text otherwise: shown, not hidden
+    assert result["first"].startswith("'conversation 0': the chat template renders differently from char 2")
 
 
 def _run_cli(args: list[str], *, no_torch: bool = True) -> subprocess.CompletedProcess:

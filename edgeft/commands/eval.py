@@ -138,6 +138,8 @@ def _print_report(report: dict) -> None:
     click.echo(f"report: {report['outputs']['report.md']}")
     for row in report["gates"]:
         click.echo(f"gate {row['text']}", err=not row["passed"])
+    if (report.get("parity") or {}).get("first"):  # the one line that names the conversation and the token
+        click.echo(f"HF parity: {report['parity']['first']}", err=True)
 
 
 # Options of the single-model eval, with the value that means "not given": the fleet eval refuses them.

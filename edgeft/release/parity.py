@@ -6,8 +6,8 @@ Three facts, each a one-line failure naming what differs:
 2. the GGUF embeds that same template;
 3. conversations with and without a system turn, multi-turn, with the generation prompt, and some of the eval
    data render to the same text and the same ids through transformers on the merged folder (loaded with the
-   tokenizer training used, `edgeft.data.masking.load_tokenizer`) and through the GGUF in llama-cpp-python
-   (`runtime.chat_parity`).
+   tokenizer training used, `edgeft.data.masking.load_tokenizer`) and through the GGUF in llama-cpp-python, BOS
+   as llama.cpp feeds it (`runtime.chat_parity`, the comparison `edgeft eval --hf` makes too).
 """
 
 from __future__ import annotations
