@@ -29,3 +29,16 @@ def fixture_tokenizer():
     from tests.factory import build_tokenizer
 
     return build_tokenizer
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if training gets as far as loading a tokenizer or a model: every refusal under test must come
+    before that (a refusal after a multi-GB load is one the user waited for)."""
+    import edgeft.train.model
+
+    def reached(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded: the refusal should have come first")
+
+    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", reached)
+    monkeypatch.setattr(edgeft.train.model, "load_training_model", reached)

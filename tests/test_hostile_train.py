@@ -35,18 +35,6 @@ def trained(tmp_path_factory):
     return {"base": base, "train": train, "eval": evals, "recipe": recipe, "out": out, "stderr": done.stderr}
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fail the test if training gets as far as loading a tokenizer or a model."""
-    import edgeft.train.model
-
-    def reached(*args, **kwargs):
-        raise AssertionError("the refusal came after the model started loading")
-
-    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", reached)
-    monkeypatch.setattr(edgeft.train.model, "load_training_model", reached)
-
-
 def _resume_copy(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained["out"], out)
@@ -66,7 +54,7 @@ def test_bitsandbytes_optional_kernel_notice_is_not_printed(trained):
         pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes prints no notice here to drop")
 
 
-def test_resume_with_another_base_of_the_same_shape_is_refused(trained, tmp_path, no_model_loading):
+def test_resume_with_another_base_of_the_same_shape_is_refused(trained, tmp_path, no_model_load):
     out = _resume_copy(trained, tmp_path)
     before = tree_state(out)
     other = build_model("qwen2", seed=1)
@@ -74,7 +62,7 @@ def test_resume_with_another_base_of_the_same_shape_is_refused(trained, tmp_path
     assert tree_state(out) == before
 
 
-def test_resume_with_other_data_is_refused(trained, tmp_path, no_model_loading):
+def test_resume_with_other_data_is_refused(trained, tmp_path, no_model_load):
     out = _resume_copy(trained, tmp_path)
     before = tree_state(out)
     changed = tmp_path / "train.jsonl"
@@ -83,12 +71,12 @@ def test_resume_with_other_data_is_refused(trained, tmp_path, no_model_loading):
     assert tree_state(out) == before
 
 
-def test_resume_with_other_eval_data_is_refused(trained, tmp_path, no_model_loading):
+def test_resume_with_other_eval_data_is_refused(trained, tmp_path, no_model_load):
     out = _resume_copy(trained, tmp_path)
     one_line_error(_resume(trained, out, **{"--eval": None}), "no --eval is given now")
 
 
-def test_resume_with_a_changed_setting_is_refused(trained, tmp_path, no_model_loading):
+def test_resume_with_a_changed_setting_is_refused(trained, tmp_path, no_model_load):
     out = _resume_copy(trained, tmp_path)
     one_line_error(invoke("train", "--base", trained["base"], "--data", trained["train"], "--eval", trained["eval"],
                           "-o", out, "--resume", "--lr", "0.5"), "lr was 0.01", "is 0.5 now")
@@ -108,7 +96,7 @@ def test_resume_may_run_longer(trained, tmp_path):
     assert not stale.exists()
 
 
-def test_read_only_output_is_refused_before_the_model_loads(trained, tmp_path, no_model_loading):
+def test_read_only_output_is_refused_before_the_model_loads(trained, tmp_path, no_model_load):
     from tests.test_hostile_outputs import _mount_tmpfs
 
     mount = tmp_path / "ro"
@@ -120,12 +108,12 @@ def test_read_only_output_is_refused_before_the_model_loads(trained, tmp_path, n
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_output_under_proc_is_refused_before_the_model_loads(trained, no_model_loading):
+def test_output_under_proc_is_refused_before_the_model_loads(trained, no_model_load):
     one_line_error(invoke("train", "--base", trained["base"], "--data", trained["train"], "-o", "/proc/edgeft-run",
                           "--config", trained["recipe"]), "cannot write it")
 
 
-def test_output_inside_the_base_is_refused(trained, tmp_path, no_model_loading):
+def test_output_inside_the_base_is_refused(trained, tmp_path, no_model_load):
     base = tmp_path / "base"
     shutil.copytree(trained["base"], base)
     before = tree_state(base)
@@ -134,7 +122,7 @@ def test_output_inside_the_base_is_refused(trained, tmp_path, no_model_loading):
     assert tree_state(base) == before
 
 
-def test_overwrite_of_a_folder_holding_the_data_is_refused(trained, tmp_path, no_model_loading):
+def test_overwrite_of_a_folder_holding_the_data_is_refused(trained, tmp_path, no_model_load):
     work = tmp_path / "work"
     work.mkdir()
     data = work / "train.jsonl"

@@ -12,18 +12,6 @@ from tests.factory import build_model
 from tests.train_helpers import toy_data, write_jsonl
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Any attempt to load a model fails the test: every error below must come before that."""
-    import edgeft.train.model
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(edgeft.train.model, "load_training_model", refuse)
-    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", refuse)
-
-
 def _run(args):
     result = CliRunner().invoke(main, ["train", *map(str, args)])
     assert result.exit_code == 1, result.output

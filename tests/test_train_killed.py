@@ -52,17 +52,6 @@ def _tree(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    import edgeft.train.model
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded: the output folder should have been refused first")
-
-    monkeypatch.setattr(edgeft.train.model, "load_training_model", refuse)
-    monkeypatch.setattr(edgeft.train.model, "load_tokenizer", refuse)
-
-
 def test_a_run_killed_before_its_first_checkpoint_is_named_and_replaced_only_on_request(tmp_path):
     pytest.importorskip("torch")
     from edgeft.train import train
