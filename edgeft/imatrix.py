@@ -22,14 +22,15 @@ DEFAULT_MAX_LEN = 2048  # tokens per conversation; longer ones are truncated (th
 
 
 def _render_token_ids(conversations, tokenizer, template: str, max_len: int) -> list[list[int]]:
+    from convert.vocab.hf_tokenizer import chat_ids
     from edgeft.data.templates import render_chat, special_tokens_of
 
     special = special_tokens_of(tokenizer)
     sequences = []
     for conversation in conversations:
         text = render_chat(template, conversation["messages"], special_tokens=special)
-        # The template already writes BOS/turn markers as text; adding special tokens again would double BOS.
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len]
+        # The ids training and llama.cpp feed: the template's own markers, and BOS in front when the GGUF adds it.
+        ids = chat_ids(tokenizer, text)[:max_len]
         if ids:
             sequences.append(ids)
     return sequences

@@ -2,8 +2,9 @@
 
 Both loops use it: `edgeft eval --hf` (runtime/parity.py, the eval conversations) and the release
 (edgeft/release/parity.py, fixed probes plus some eval conversations). Each case is one conversation and whether
-the generation prompt is added. The HF side is a tokenizer the caller loaded: `apply_chat_template`, then `encode`
-without special tokens, which is what training's label mask and transformers' own chat tokenization do. The GGUF
+the generation prompt is added. The HF side is a tokenizer the caller loaded: `apply_chat_template`, then the ids
+training feeds (`convert.vocab.hf_tokenizer.chat_ids`: `encode` without special tokens, then the BOS the GGUF made
+of that folder adds, by the one rule `convert.vocab.special.bos_first`). The GGUF
 side is its embedded template through llama-cpp-python (`runtime.generate.render_chat`) and the ids our runtime
 feeds the model (`prompt_tokens`). Three facts per case:
 1. the template renders the same text;
@@ -17,10 +18,12 @@ then strips a leading BOS text when add_bos_token is set; the server tokenizes w
 - template writes BOS first, GGUF add_bos_token: every chat path feeds one BOS (llama-server strips and re-adds,
   `prompt_tokens` sees it is there, llama-cpp-python's Jinja formatter tokenizes with add_bos=False). Only a naive
   `tokenize(text, add_bos=True)` doubles it, which no runtime does at inference: not a mismatch;
-- template writes none, GGUF add_bos_token: llama-server and edgeft's eval/serve feed a BOS that training and HF's
-  chat tokenization never did: a mismatch ("adds BOS");
-- template writes BOS after something (a newline), GGUF add_bos_token: llama.cpp feeds two BOS: a mismatch
-  ("double BOS").
+- template writes none, GGUF add_bos_token: llama-server and edgeft's eval/serve feed a BOS, and so does training
+  (the HF folder says add_bos_token too): parity. Only when the HF folder adds none (its add_bos_token is false, the
+  GGUF's true: converted from another folder) is it a mismatch ("adds BOS"), which HF's own
+  `encode(add_special_tokens=False)` would have shown for every such template;
+- template writes BOS after something (a newline), GGUF add_bos_token: llama.cpp feeds two BOS, and training
+  refuses the template: a mismatch ("double BOS") even where the HF side's ids are the same two.
 
 No transformers import: the tokenizer object comes from the caller.
 """
@@ -31,6 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from convert.vocab.hf_tokenizer import chat_ids
 from edgeft.errors import EdgeftError
 from runtime.generate import embedded_template, merge_system, prompt_tokens, render_chat, token_text
 from runtime.load import open_gguf
@@ -145,10 +149,13 @@ def _compare_case(tokenizer, llm, case: Case, path: str) -> dict | None:
         return {"case": case.name, "refused": refused} if refused else None
     hf_text, messages = _hf_render(tokenizer, case)
     gguf_text = render_chat(llm, messages, add_generation_prompt=case.add_generation_prompt, path=path)
-    hf_ids = [int(i) for i in tokenizer.encode(hf_text, add_special_tokens=False)]
+    hf_written = [int(i) for i in tokenizer.encode(hf_text, add_special_tokens=False)]
+    hf_ids = chat_ids(tokenizer, hf_text)
     written = [int(i) for i in llm.tokenize(gguf_text.encode("utf-8"), add_bos=False, special=True)]
     fed = [int(i) for i in prompt_tokens(llm, gguf_text)]
-    if hf_text == gguf_text and hf_ids == fed:
+    bos = _bos_finding(llm, written, fed)
+    doubled = bos is not None and bos["kind"] == "double BOS"
+    if hf_text == gguf_text and hf_ids == fed and not doubled:
         return None
     entry: dict = {"case": case.name, "add_generation_prompt": case.add_generation_prompt}
     if hf_text != gguf_text:
@@ -156,13 +163,12 @@ def _compare_case(tokenizer, llm, case: Case, path: str) -> dict | None:
         entry["template"] = {"char": at, "hf": hf_text[max(0, at - 20):at + 40],
                              "gguf": gguf_text[max(0, at - 20):at + 40]}
         same_text = [int(i) for i in llm.tokenize(hf_text.encode("utf-8"), add_bos=False, special=True)]
-        if same_text != hf_ids:  # the tokenizers disagree too, on the very same text
-            entry["tokenizer"] = _token_difference(tokenizer, llm, hf_ids, same_text)
+        if same_text != hf_written:  # the tokenizers disagree too, on the very same text
+            entry["tokenizer"] = _token_difference(tokenizer, llm, hf_written, same_text)
     if hf_ids != fed:
         entry["tokens"] = _token_difference(tokenizer, llm, hf_ids, fed)
-        bos = _bos_finding(llm, written, fed)
-        if bos and written == hf_ids:
-            entry["bos"] = bos
+    if doubled or (bos and hf_ids == written):  # two BOS fed; or one fed that HF (training) never feeds
+        entry["bos"] = bos
     return entry
 
 
@@ -188,8 +194,8 @@ def describe_mismatch(entry: dict) -> str:
                 "first in the template, nothing before it")
     if bos:
         return (f"{name}: llama.cpp puts BOS {bos['token']!r} before the chat (the GGUF says add_bos_token) that "
-                f"training and HF never feed, since the template writes none{tokens}; start the template with "
-                "{{ bos_token }} so training sees it too")
+                f"training never feeds, since the HF folder adds none and the template writes none{tokens}; "
+                "reconvert the GGUF from the HF folder it was trained from")
     t = entry["tokens"]
     return (f"{name}: same text, token ids differ from position {t['position']}: HF {t['hf']} {t['hf_ids']} vs "
             f"GGUF {t['gguf']} {t['gguf_ids']} ({t['hf_len']} vs {t['gguf_len']} tokens)")
@@ -211,7 +217,7 @@ def compare_chat(gguf_path: str | os.PathLike, tokenizer, cases: Sequence[Case],
         unit = units.setdefault(case.example if per_example else index, [True, True])
         if entry is not None:
             unit[0] &= "template" not in entry and "refused" not in entry
-            unit[1] &= "tokens" not in entry and "refused" not in entry
+            unit[1] &= "tokens" not in entry and "refused" not in entry and "bos" not in entry
     mismatches = [(entry | {"example": case.example}) if case.example is not None else entry
                   for case, entry in entries if entry is not None]
     mismatched = sum(1 for text_same, ids_same in units.values() if not (text_same and ids_same))

@@ -90,14 +90,15 @@ def render_chat(llm, messages: Sequence[Message], *, add_generation_prompt: bool
 
 def prompt_tokens(llm, text: str) -> list[int]:
     """Tokenize rendered chat text: special tokens parsed, BOS added only when the model wants one and the
-    template did not already write it (Llama-3 templates start with {{ bos_token }})."""
-    tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    template did not already write it first (Llama-3 templates start with {{ bos_token }}). The rule is
+    `convert.vocab.special.bos_first`, which training applies to the same text too."""
     import llama_cpp
 
+    from convert.vocab.special import bos_first
+
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     bos = llm.token_bos()
-    if llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0 and (not tokens or tokens[0] != bos):
-        tokens = [bos] + tokens
-    return tokens
+    return bos_first(tokens, bos if llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0 else None)
 
 
 def detokenize(llm, tokens: Sequence[int], *, special: bool = False) -> str:

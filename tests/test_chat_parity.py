@@ -97,9 +97,21 @@ def test_no_bos_anywhere_is_parity(tmp_path):
     assert refused is None and evaluated["ok"]
 
 
-def test_a_bos_llama_cpp_adds_and_training_never_saw_fails_both_loops(tmp_path):
-    """Template writes no BOS, GGUF says add_bos_token: llama-server and edgeft's runtime feed one, HF does not."""
+def test_a_bos_llama_cpp_adds_is_fed_by_training_too(tmp_path):
+    """Template writes no BOS, GGUF says add_bos_token (TinyLlama/Zephyr): llama-server and edgeft's runtime feed
+    one, and training (`convert.vocab.hf_tokenizer.chat_ids`, the HF side here) feeds it too: parity."""
     evaluated, refused = _both_loops(*_variant(tmp_path, NO_BOS))
+    assert refused is None
+    assert evaluated["ok"] and evaluated["token_matches"] == 1 and evaluated["first"] is None
+
+
+def test_a_bos_llama_cpp_adds_and_the_hf_folder_does_not_fails_both_loops(tmp_path):
+    """The GGUF adds BOS but the HF folder says add_bos_token false (the GGUF came from another folder): training on
+    that folder never feeds the BOS llama.cpp does."""
+    folder, gguf = _variant(tmp_path, NO_BOS)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"add_bos_token": False}))
+    evaluated, refused = _both_loops(folder, gguf)
     assert not evaluated["ok"] and evaluated["template_matches"] == 1 and evaluated["token_matches"] == 0
     assert evaluated["mismatched"] == 1 and evaluated["mismatches"][0]["bos"]["kind"] == "adds BOS"
     first = evaluated["first"]
@@ -114,8 +126,9 @@ def test_a_double_bos_is_named_as_one(tmp_path):
     evaluated, refused = _both_loops(*_variant(tmp_path, "\n" + LLAMA3_TEMPLATE))
     entry = evaluated["mismatches"][0]
     assert entry["bos"] == {"token": "<|begin_of_text|>", "kind": "double BOS", "template_bos_at": 2}
+    # Training would feed the same two BOS (it refuses the template instead): the ids agree, the finding stands.
+    assert "tokens" not in entry and evaluated["token_matches"] == 0 and evaluated["mismatched"] == 1
     assert evaluated["first"].startswith("'conversation 0': double BOS")
-    assert "first differing token at position 0" in evaluated["first"]
     assert refused is not None and "double BOS" in refused
 
 
@@ -144,3 +157,60 @@ def test_a_template_difference_is_counted_per_example_and_named(tmp_path):
     released = compare_chat(gguf, AutoTokenizer.from_pretrained(str(folder)), chat_cases([CONVERSATION]))
     assert released["n"] == len(chat_cases([CONVERSATION])) == released["mismatched"]
     assert released["first"] == describe_mismatch(released["mismatches"][0])
+
+
+TRAINING_CASES = {"template writes BOS, add_bos": (LLAMA3_TEMPLATE, None),
+                  "template writes none, add_bos": (NO_BOS, None),
+                  "no add_bos": (NO_BOS, False)}
+
+
+def _training_tokenizer(folder: Path):
+    from edgeft.train.model import load_tokenizer
+    from edgeft.train.recipe import Recipe
+
+    return load_tokenizer(folder, Recipe())
+
+
+@pytest.mark.parametrize("case", list(TRAINING_CASES))
+def test_training_feeds_the_ids_llama_cpp_feeds(case, tmp_path):
+    """Training's batch for a conversation is what llama.cpp feeds for its prompt (prompt_tokens of the GGUF's
+    rendering with the generation prompt, BOS as llama-server puts it) followed by the answer, and only the answer
+    is trained; the data check's count and the imatrix's calibration ids are the same ids."""
+    from edgeft.data.check import token_lengths
+    from edgeft.data.templates import render_chat as render_hf
+    from edgeft.data.templates import special_tokens_of
+    from edgeft.imatrix import _render_token_ids
+    from edgeft.train.batches import tokenize_conversations
+    from runtime.generate import prompt_tokens, render_chat
+    from runtime.load import open_gguf
+
+    template, add_bos = TRAINING_CASES[case]
+    folder, gguf = _variant(tmp_path, template, add_bos=add_bos)
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    tok = _training_tokenizer(folder)
+    [example] = tokenize_conversations(data, tok.tokenizer, tok.chat_template, max_len=512)
+
+    llm = open_gguf(gguf, vocab_only=True)
+    prompt = prompt_tokens(llm, render_chat(llm, CONVERSATION[:1], add_generation_prompt=True))
+    whole = prompt_tokens(llm, render_chat(llm, CONVERSATION, add_generation_prompt=False))
+    answer = llm.tokenize(b"Hello.<|eot_id|>", add_bos=False, special=True)
+    bos = llm.token_bos()
+    llm.close()
+    assert example["input_ids"] == whole == prompt + answer
+    assert example["labels"] == [-100] * len(prompt) + answer
+    assert whole.count(bos) == (0 if add_bos is False else 1) and (add_bos is False or whole[0] == bos)
+
+    text = render_hf(tok.chat_template, CONVERSATION, special_tokens=special_tokens_of(tok.tokenizer))
+    assert token_lengths(tok.tokenizer, [text]) == [len(whole)]
+    assert _render_token_ids([{"messages": CONVERSATION}], tok.tokenizer, tok.chat_template, 512) == [whole]
+
+
+def test_training_refuses_a_template_llama_cpp_would_feed_two_bos(tmp_path):
+    from edgeft.data.masking import build_example
+
+    folder, _ = _variant(tmp_path, "\n" + LLAMA3_TEMPLATE)
+    tok = _training_tokenizer(folder)
+    with pytest.raises(EdgeftError, match="double BOS") as refused:
+        build_example(CONVERSATION, tok.tokenizer, tok.chat_template, where="train.jsonl:1")
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("train.jsonl:1: double BOS")

@@ -12,6 +12,10 @@ Metaspace never doubles a prefix onto text that already starts with a space (" a
 llama.cpp, "▁a" in HF). Measured on the 240 strings of tests/corpus.py with the Llama-2 fixture: 182 agree as
 transformers loads it (legacy true or false), 240 after `match_llama_cpp`.
 
+Then the BOS: llama.cpp puts one before a chat when the GGUF says add_bos_token and the template did not write it
+first; `chat_ids` feeds the same ids on the HF side (training's mask, the data check, imatrix, chat parity), from
+the rule the converter writes into the GGUF (`convert.vocab.special`).
+
 No transformers import here: this works on the tokenizer object (its `backend_tokenizer`, a `tokenizers` pipeline).
 """
 
@@ -80,3 +84,35 @@ def match_llama_cpp(tokenizer, model_dir: str | Path) -> str | None:
 
 
 __all__ = ["match_llama_cpp"]
+
+
+def llama_cpp_bos_id(tokenizer) -> int | None:
+    """The id of the BOS llama.cpp puts before a chat with the GGUF converted from the folder `tokenizer` was loaded
+    from (`convert.vocab.special.bos_llama_cpp_adds`); None when it puts none, or when the tokenizer comes from no
+    folder (then no GGUF of ours says otherwise). Read once per tokenizer: training asks for every example."""
+    cached = getattr(tokenizer, "_llama_cpp_bos", False)
+    if cached is not False:
+        return cached
+    from convert.vocab.special import bos_llama_cpp_adds
+
+    name = getattr(tokenizer, "name_or_path", None)
+    folder = Path(name) if name else None
+    bos_id = None
+    if folder is not None and folder.is_dir():
+        bos_text = bos_llama_cpp_adds(folder)
+        if bos_text is not None:
+            bos_id = tokenizer.get_vocab().get(bos_text)
+            if bos_id is None:
+                raise EdgeftError(f"{folder}: bos_token {bos_text!r} is not in the tokenizer's vocabulary; the "
+                                  "tokenizer files disagree")
+    tokenizer._llama_cpp_bos = bos_id
+    return bos_id
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """The ids training feeds for rendered chat `text`, which are those llama.cpp feeds: the special tokens the
+    template wrote, parsed, and the BOS the GGUF adds in front (`convert.vocab.special.bos_first`)."""
+    from convert.vocab.special import bos_first
+
+    ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+    return bos_first(ids, llama_cpp_bos_id(tokenizer))

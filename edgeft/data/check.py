@@ -164,20 +164,25 @@ def _check_contamination(report: CheckReport, valid: list[Record], turns: list[l
 
 
 def token_lengths(tokenizer, texts: list[str], chunk: int = 4096) -> list[int]:
-    """Token counts of `texts` as `tokenizer(text, add_special_tokens=False)` gives them, batched and fast.
+    """Token counts of rendered chats `texts` as training feeds them (`tokenizer(text, add_special_tokens=False)`,
+    then the BOS llama.cpp adds, `convert.vocab.special.bos_first`), batched and fast.
 
     The Rust backend's batch encode spreads over the cores; `encode_batch_fast` skips the character offsets we do
     not need here, and calling the backend directly skips transformers' per-example Python conversion.
     """
+    from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+    from convert.vocab.special import bos_first
+
+    bos = llama_cpp_bos_id(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     lengths: list[int] = []
     for lo in tqdm(range(0, len(texts), chunk), desc="tokenize", unit="chunk", disable=None, leave=False):
         batch = texts[lo : lo + chunk]
         if backend is not None:
             encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-            lengths += [len(encoding.ids) for encoding in encode(batch, add_special_tokens=False)]
+            lengths += [len(bos_first(encoding.ids, bos)) for encoding in encode(batch, add_special_tokens=False)]
         else:
-            lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+            lengths += [len(bos_first(ids, bos)) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
     return lengths
 
 

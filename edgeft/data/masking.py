@@ -8,7 +8,9 @@ Most chat templates have no `{% generation %}` markers, so the trained spans are
    inside it, and whatever non-blank text the template writes after the content in that turn is the end-of-turn
    marker (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, `<|end|>`);
 3. tokenize the rendered text with offsets and label every token that overlaps an assistant content span or the
-   end-of-turn marker right after it. Everything else is -100.
+   end-of-turn marker right after it. Everything else is -100;
+4. put in front the BOS llama.cpp will put there (`convert.vocab.special.bos_first`: add_bos_token, and the
+   template did not write it first), labelled -100, so training feeds the ids inference feeds.
 
 A mask that comes out empty is an error naming the example: silently training on nothing (or on the user turn)
 is the classic way a fine-tune fails without anyone noticing.
@@ -227,9 +229,23 @@ def mask_example(
     if not getattr(tokenizer, "is_fast", True):
         raise EdgeftError(f"{where}: the tokenizer gives no character offsets; use a fast tokenizer")
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoded["input_ids"])
     offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
     trained = label_tokens(offsets, spans)
+    from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+    from convert.vocab.special import bos_first
+
+    # Train on the ids llama.cpp will feed for this text: the BOS the GGUF adds (add_bos_token) when the template
+    # did not write it first. It is prompt, never trained, and has no characters of the text.
+    bos = llama_cpp_bos_id(tokenizer)
+    input_ids = bos_first(list(encoded["input_ids"]), bos)
+    if len(input_ids) > len(offsets):
+        if bos in encoded["input_ids"]:
+            raise EdgeftError(
+                f"{where}: double BOS: llama.cpp puts BOS first (the tokenizer adds it, add_bos_token) and the "
+                f"template writes another at token {list(encoded['input_ids']).index(bos) + 1}; write "
+                "{{ bos_token }} first in the template, nothing before it"
+            )
+        offsets, trained = [(0, 0)] + offsets, [False] + trained
     if not any(trained):
         raise EdgeftError(f"{where}: the assistant-only label mask is empty; check the chat template and content")
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, trained)]
