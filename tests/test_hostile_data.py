@@ -5,11 +5,12 @@ surrogates and bad bytes are FILE:LINE findings (exact line, column and byte off
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from tests.factory import build_model
-from tests.hostile import invoke, one_line_error, tree_state
+from tests.hostile import error_line, invoke, one_line_error, tree_state
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "What colour is the box?"},
                                 {"role": "assistant", "content": "The box is blue."}]})
@@ -109,3 +110,55 @@ def test_sample_and_split_refuse_an_empty_file(tmp_path, command):
     path.write_text("")
     args = [part.format(tmp=tmp_path) for part in command]
     one_line_error(invoke("data", args[0], path, *args[1:]), "empty, no conversations")
+
+
+# ---- found in the sweep of the newer commands (each one mishandled before) ----------------------------------
+
+@pytest.mark.parametrize("target", ["eval", "eval-symlink", "train-symlink"])
+def test_fix_never_writes_over_an_input(tmp_path, target):
+    """--fix onto the --eval file replaced the eval set with the cleaned training set, exit 0."""
+    train, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(_good(i) + "\n" for i in range(3)))
+    evals.write_text(GOOD.replace("the box", "the lid") + "\n")
+    fix = {"eval": evals, "eval-symlink": tmp_path / "link.jsonl", "train-symlink": tmp_path / "link.jsonl"}[target]
+    if target.endswith("symlink"):
+        fix.symlink_to(evals if target.startswith("eval") else train)
+    before = tree_state(train, evals)
+    error_line(invoke("data", "check", train, "--eval", evals, "--fix", fix), f"--fix {fix}: is the",
+               "write the output somewhere else")
+    assert tree_state(train, evals) == before
+
+
+# A folder that is not a tokenizer: what the one line says (transformers' own message is a six-line list).
+NOT_A_TOKENIZER = [
+    ({}, "no tokenizer in this folder (none of tokenizer.json, tokenizer.model, tokenizer_config.json)"),
+    ({"tokenizer.json": "garbage"}, "cannot load a tokenizer (JSONDecodeError: Expecting value"),
+]
+
+
+@pytest.mark.parametrize("files, needle", NOT_A_TOKENIZER)
+@pytest.mark.parametrize("command", [["check"], ["sample", "-o", "{tmp}/s.md"]])
+def test_a_folder_that_is_not_a_tokenizer_is_one_line(tmp_path, files, needle, command):
+    pytest.importorskip("transformers")
+    path = tmp_path / "train.jsonl"
+    path.write_text(GOOD + "\n")
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    args = [part.format(tmp=tmp_path) for part in command]
+    one_line_error(invoke("data", args[0], path, *args[1:], "--tokenizer", folder), f"{folder}: ", needle)
+    assert not (tmp_path / "s.md").exists()
+
+
+def test_split_that_leaves_nothing_to_train_on_says_why(tmp_path):
+    """--eval-frac 0.99 of 20 distinct examples rounds to all 20: it was called 'every example is a near-duplicate'."""
+    path = tmp_path / "all.jsonl"
+    words = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+    draw = random.Random(1)
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"{i} {' '.join(draw.sample(words, 6))}?"},
+        {"role": "assistant", "content": " ".join(draw.sample(words, 5))}]}) + "\n" for i in range(20)))
+    one_line_error(invoke("data", "split", path, "-o", tmp_path / "split", "--eval-frac", "0.99"),
+                   "--eval-frac 0.99 puts all 20 conversations on the eval side", "lower --eval-frac")
+    assert not (tmp_path / "split").exists()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from edgeft.data import decontam, dedup
 from edgeft.data.io import Record, scan_jsonl, write_jsonl_lines
 from edgeft.errors import EdgeftError
+from edgeft.fsutil import refuse_own_input
 
 FORMATS = ("text", "json")
 
@@ -281,8 +282,8 @@ def fix(report: CheckReport, out_path: str | Path, *, drop_near_dups: bool = Fal
     Returns (path, number of examples dropped). The input file is never modified.
     """
     out_path = Path(out_path)
-    if out_path.resolve() == Path(report.train_path).resolve():
-        raise EdgeftError(f"{out_path}: --fix would overwrite the input; write the cleaned copy to another file")
+    # The eval file is an input too: --fix onto it replaced the eval set with the cleaned training set (exit 0).
+    refuse_own_input(out_path, {"training file": report.train_path, "eval file": report.eval_path}, option="--fix")
     drop = report.lines_with("error")
     if drop_near_dups:
         drop |= report.lines_with("warning", ("near-duplicate",))

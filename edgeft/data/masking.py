@@ -42,6 +42,10 @@ class TrainedSpan:
     end: int
 
 
+# What AutoTokenizer can build a tokenizer from; a folder holding none of them is not a tokenizer folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
 def load_tokenizer(model_dir: str | Path):
     """A fast (offset-capable) HF tokenizer from a model folder, splitting text as llama.cpp will split it with the
     converted vocabulary (`convert.vocab.hf_tokenizer.match_llama_cpp`); EdgeftError when there is none, or when
@@ -53,10 +57,16 @@ def load_tokenizer(model_dir: str | Path):
     path = Path(model_dir)
     if not path.exists():
         raise EdgeftError(f"{model_dir}: no such model folder; pass the folder holding tokenizer.json")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise EdgeftError(f"{model_dir}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); pass the "
+                          "model folder that holds tokenizer.json")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many types for a broken folder
-        raise EdgeftError(f"{model_dir}: cannot load a tokenizer ({type(exc).__name__}: {exc})") from exc
+        # Its messages span several lines (a numbered list of what it tried): the first says what failed.
+        problem = (str(exc).strip().splitlines() or [""])[0].rstrip(" :")
+        raise EdgeftError(f"{model_dir}: cannot load a tokenizer ({type(exc).__name__}: {problem}); pass a model "
+                          "folder whose tokenizer.json loads") from exc
     if not getattr(tokenizer, "is_fast", True):
         raise EdgeftError(f"{model_dir}: only a slow tokenizer is available; the label mask needs tokenizer.json")
     from convert.vocab.hf_tokenizer import match_llama_cpp

@@ -69,7 +69,10 @@ def split_dataset(
     groups = group_examples([r.messages for r in records], near_dup_threshold)
     eval_groups = choose_eval_groups(groups, eval_frac, seed)
     if len(eval_groups) == len(set(groups)):
-        raise EdgeftError(f"{path}: every example is a near-duplicate of every other; nothing left to train on")
+        if len(eval_groups) == 1:
+            raise EdgeftError(f"{path}: every example is a near-duplicate of every other; nothing left to train on")
+        raise EdgeftError(f"{path}: --eval-frac {eval_frac} puts all {len(records)} conversations on the eval side; "
+                          "nothing left to train on: lower --eval-frac")
     train_lines = [r.raw for r, g in zip(records, groups) if g not in eval_groups]
     eval_lines = [r.raw for r, g in zip(records, groups) if g in eval_groups]
     out_dir = Path(out_dir)
