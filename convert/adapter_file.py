@@ -133,6 +133,22 @@ def lora_scale(config: dict, module: str, rank: int) -> float:
     return alpha / rank
 
 
+# The adapter_config.json settings this reader computes with, and the JSON types peft writes for them (null: unset).
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "r": (int,),
+    "lora_alpha": (int, float),
+    "alpha_pattern": (dict,),
+    "rank_pattern": (dict,),
+    "use_rslora": (bool,),
+    "use_dora": (bool,),
+    "target_parameters": (list,),
+    "trainable_token_indices": (list, dict),
+    "base_model_name_or_path": (str,),
+}
+CONFIG_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", bool: "true/false", list: "a list",
+                     str: "a string"}
+
+
 def read_adapter_config(adapter_dir: Path) -> dict:
     config_path = adapter_dir / "adapter_config.json"
     if not adapter_dir.is_dir():
@@ -144,6 +160,15 @@ def read_adapter_config(adapter_dir: Path) -> dict:
         config = json.loads(config_path.read_text())
     except ValueError as exc:
         raise EdgeftError(f"{config_path}: invalid JSON ({exc}); re-save the adapter with peft") from exc
+    if not isinstance(config, dict):
+        raise EdgeftError(f"{config_path}: is a JSON {type(config).__name__}, not an object of peft settings; "
+                          "re-save the adapter with peft")
+    for key, types in CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(CONFIG_TYPE_NAMES[t] for t in types)
+            raise EdgeftError(f"{config_path}: {key} is {json.dumps(value)[:60]}, not {wanted}; "
+                              "re-save the adapter with peft")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise EdgeftError(f"{config_path}: adapter type {peft_type or 'unknown'!r} is not supported; "

@@ -99,6 +99,10 @@ class GGUFFile:
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", self._map, 4)
         if version < 2:
             raise EdgeftError(f"{self.path}: GGUF version {version} is too old; reconvert the model")
+        if version > gguf.GGUF_VERSION:
+            # A byte-swapped (big-endian) file reads as a huge version too; neither layout is one this reader knows.
+            raise EdgeftError(f"{self.path}: GGUF version {version} (this reader knows 2 to {gguf.GGUF_VERSION}, "
+                              "little-endian); the header is damaged or from a newer tool: fetch or convert it again")
         pos = 24
         self.kv: dict[str, KVEntry] = {}
         for _ in range(n_kv):

@@ -1,6 +1,8 @@
 """Issue 14, hostile cases found beyond the issue's list (each one mishandled before this change): outputs that
 would replace or overwrite their own input in eval, data split, data sample and imatrix; an eval --recipe that is
-a list or invalid YAML; a device as eval data."""
+a list or invalid YAML; a device as eval data. Then the sweep of the newer commands: an adapter_config.json of the
+wrong shape (convert-lora), a GGUF whose header claims an unknown version (import), and `demo tiny-base` into a
+folder that is not a demo base (replaced after minutes of pretraining) or over a damaged stamp (a traceback)."""
 
 from __future__ import annotations
 
@@ -85,3 +87,67 @@ def test_report_json_is_still_replaced_by_a_new_eval(tmp_path, gguf):
         result = invoke("eval", gguf, "--data", evals, "-o", out, "--ctx", "256", "--max-tokens", "2", "--no-speed")
         assert result.exit_code == 0, result.output
     assert json.loads((out / "report.json").read_text())["n"] == 4
+
+
+# adapter_config.json edits and what the one line says: each was a traceback (AttributeError, ValueError, TypeError).
+BAD_ADAPTER_CONFIGS = [
+    ("[1]", "is a JSON list, not an object of peft settings"),
+    ({"lora_alpha": "lots"}, 'lora_alpha is "lots", not an integer or a number'),
+    ({"alpha_pattern": [1]}, "alpha_pattern is [1], not an object"),
+    ({"target_parameters": 5}, "target_parameters is 5, not a list"),
+    ({"r": True}, "r is true, not an integer"),
+]
+
+
+@pytest.mark.parametrize("change, needle", BAD_ADAPTER_CONFIGS)
+def test_convert_lora_refuses_a_config_of_the_wrong_shape(tmp_path, change, needle):
+    pytest.importorskip("peft")
+    from tests.test_merge import make_adapter
+
+    model = build_model("llama")
+    adapter, _, _ = make_adapter(model, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(change if isinstance(change, str) else json.dumps({**config, **change}))
+    out = tmp_path / "adapter.gguf"
+    one_line_error(invoke("convert-lora", adapter, "-o", out, "--base", model), "adapter_config.json: ", needle)
+    assert not out.exists()
+
+
+def test_import_refuses_a_gguf_version_it_does_not_know(tmp_path, gguf):
+    """Version 99 (a damaged header, or a byte-swapped file) was imported as if it were version 3."""
+    damaged = tmp_path / "damaged.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    damaged.write_bytes(bytes(data))
+    one_line_error(invoke("import", damaged, "-o", tmp_path / "hf"), "GGUF version 99 (this reader knows 2 to 3")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("base", ["tiny-base", "base"])
+def test_demo_bases_never_replace_a_folder_that_is_not_one(tmp_path, base):
+    pytest.importorskip("torch")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    before = tree_state(folder)
+    one_line_error(invoke("demo", base, "-o", folder), "is not an edgeft demo base")
+    assert tree_state(folder) == before
+    one_line_error(invoke("demo", base, "-o", folder / "config.json" / "x"), "is a file")
+
+
+def test_demo_tiny_base_over_a_damaged_stamp_pretrains_again(tmp_path, monkeypatch):
+    """A damaged pretrain.json was a JSONDecodeError traceback; it means: not cached, pretrain again."""
+    pytest.importorskip("torch")
+    from edgeft.demo import base_lm
+    from edgeft.errors import EdgeftError
+
+    def stop(recipe):
+        raise EdgeftError("pretraining would start here")
+
+    monkeypatch.setattr(base_lm, "build_corpus", stop)
+    for stamp in ("{damaged", "[1, 2]"):
+        folder = tmp_path / "tiny-base"
+        folder.mkdir(exist_ok=True)
+        (folder / "pretrain.json").write_text(stamp)
+        one_line_error(invoke("demo", "tiny-base", "-o", folder), "pretraining would start here")

@@ -8,6 +8,23 @@ base on text every Python install has: the tests' fast fixture, not what `make r
 
 from pathlib import Path
 
+# The files that mark a folder as a demo base: the imported SmolLM2's source.json, the 4.5M base's pretrain.json.
+DEMO_BASE_STAMPS = ("source.json", "pretrain.json")
+
+
+def refuse_foreign_folder(out_dir: Path) -> None:
+    """A demo base replaces `out_dir` whole: only when it is missing, empty or an earlier demo base (either kind),
+    never someone's own model folder."""
+    from edgeft.errors import EdgeftError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgeftError(f"{out_dir}: is a file; pass a folder for the demo base (-o)")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not any((out_dir / stamp).is_file() for stamp in DEMO_BASE_STAMPS):
+        raise EdgeftError(f"{out_dir}: exists and is not an edgeft demo base; pass another folder (-o) or remove it")
+
 
 def build_demo(out_dir: Path = Path(".cache/demo"), *, log=print) -> dict[str, Path]:
     """Data and the imported base (seconds each; cached) into OUT_DIR/data and OUT_DIR/base."""

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, NOUNS
-from edgeft.fsutil import atomic_dir
+from edgeft.demo import refuse_foreign_folder
+from edgeft.fsutil import atomic_dir, check_writable
 
 # Everything that decides the weights; its hash names the cache entry, so a change rebuilds.
 RECIPE = {
@@ -277,13 +278,25 @@ def recipe_key(recipe: dict = RECIPE) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _stamped_key(stamp: Path) -> str | None:
+    """The recipe key an earlier pretraining recorded; None when there is none or the stamp is damaged (a damaged
+    stamp means: pretrain again)."""
+    try:
+        record = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("recipe_key") if isinstance(record, dict) else None
+
+
 def build_base_model(out_dir: Path, recipe: dict = RECIPE, *, force: bool = False, log=print) -> Path:
     """Pretrain the demo base into `out_dir` (a HF folder) unless the same recipe is already there."""
     out_dir = Path(out_dir)
-    stamp = out_dir / "pretrain.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()).get("recipe_key") == recipe_key(recipe):
+    if not force and _stamped_key(out_dir / "pretrain.json") == recipe_key(recipe):
         log(f"demo base: cached at {out_dir}")
         return out_dir
+    # Before minutes of pretraining: the folder it replaces must be a demo base, and writable.
+    refuse_foreign_folder(out_dir)
+    check_writable(out_dir)
     import torch
 
     # One thread: the same float reduction order on every machine (deterministic weights), and on a busy 2-core

@@ -17,6 +17,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from edgeft.demo import refuse_foreign_folder
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
 from edgeft.identity import file_sha256
@@ -68,17 +69,6 @@ def _cached(out_dir: Path, record: dict) -> bool:
         return False
 
 
-def _refuse_foreign_folder(out_dir: Path) -> None:
-    """The import replaces `out_dir`: only when it is empty or an earlier demo base (this one's source.json, or the
-    4.5M base's pretrain.json that older checkouts built there), never someone's own model folder."""
-    if out_dir.is_file():
-        raise EdgeftError(f"{out_dir}: is a file; pass a folder for the demo base (-o)")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if not ((out_dir / STAMP).is_file() or (out_dir / "pretrain.json").is_file()):
-        raise EdgeftError(f"{out_dir}: exists and is not an edgeft demo base; pass another folder (-o) or remove it")
-
-
 def import_demo_base(out_dir: Path, *, force: bool = False, log=print) -> Path:
     """Import the packaged SmolLM2 GGUF into `out_dir` (f32 safetensors + tokenizer) unless it is already there."""
     from convert.importer import import_gguf
@@ -89,7 +79,7 @@ def import_demo_base(out_dir: Path, *, force: bool = False, log=print) -> Path:
     if not force and _cached(out_dir, record):
         log(f"demo base: cached at {out_dir} ({record['name']}, sha256 {record['sha256'][:12]})")
         return out_dir
-    _refuse_foreign_folder(out_dir)
+    refuse_foreign_folder(out_dir)
     # f32: training and merging happen at full precision; the file is 4-bit, so nothing is gained above f32.
     import_gguf(gguf_path, out_dir, dtype="f32", overwrite=True, log=log)
     with atomic_file(out_dir / STAMP) as tmp:
