@@ -7,6 +7,7 @@ CLI shows its own flag instead (`--ctx 0: ...`) through `SettingError.named`, so
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -72,16 +73,23 @@ class EvalSettings:
     def check(self) -> None:
         """Numbers that make no sense, refused before any file is read."""
         at_least = [("max_tokens", 1), ("n_ctx", 1), ("threads", 1), ("shots", 0)]  # limit: see read_examples
-        if self.baseline is not None:  # the passages per question matter only for the base's context rung
-            at_least.append(("context_k", 1))
+        if self.baseline is not None:  # passages per question and timed requests matter only for the base's ladder
+            at_least += [("context_k", 1), ("latency_samples", 1)]
         for name, least in at_least:
             value = getattr(self, name)
             if value is not None and value < least:
                 rule = "0 or more" if least == 0 else f"at least {least}"
                 raise SettingError(f"<{name}> {value}: must be {rule}", name)
-        if self.context is not None and self.baseline is None:
-            raise SettingError("<context> needs <baseline>: retrieved passages are a rung of the base's ladder",
-                               "context", "baseline")
+        check_requests_per_day(self.requests_per_day)
+        # The ladder's inputs without the base that climbs it were ignored, and the eval looked like it had run them.
+        for name, given in (("context", self.context is not None), ("shots", self.shots > 0),
+                            ("shots_from", self.shots_from is not None)):
+            if given and self.baseline is None:
+                raise SettingError(f"<{name}> needs <baseline>: the shots and the retrieved passages are rungs of the "
+                                   "base's ladder", name, "baseline")
+        if self.shots_from is not None and self.shots == 0:
+            raise SettingError("<shots_from> needs <shots> K (1 or more): with K=0 no shot is drawn from it",
+                               "shots_from", "shots")
 
     def report_section(self) -> dict:
         """The `settings` section of report.json."""
@@ -89,6 +97,16 @@ class EvalSettings:
                 "shots": self.shots, "shots_from": str(self.shots_from) if self.shots_from else None,
                 "decoding": "greedy", "context": str(self.context) if self.context else None,
                 "context_k": self.context_k if self.context else None, "requests_per_day": self.requests_per_day}
+
+
+def check_requests_per_day(value) -> None:
+    """The prompt tax's traffic: a count of requests a day (None: not given). -5, nan or inf printed nonsense
+    figures ('at -5 requests a day, -0 tokens')."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise SettingError(f"<requests_per_day> {value!r}: must be a number of requests a day above 0 (e.g. 10000)",
+                           "requests_per_day")
 
 
 def refuse_foreign_out_dir(out_dir: Path) -> None:

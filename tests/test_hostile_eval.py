@@ -117,6 +117,32 @@ def test_numbers_that_make_no_sense_are_refused(setup, tmp_path, option, value, 
     assert not out.exists() and untouched()
 
 
+# The ladder's settings: without the base that climbs it they were ignored (exit 0, as if the rungs had run); with
+# it, 0 timed requests printed '— ms' and a traffic of -5, nan or inf printed 'at -5 requests a day, -0 tokens'.
+LADDER_SETTINGS = [
+    (False, ["--shots", "2"], "--shots needs --baseline"),
+    (False, ["--shots-from", "{eval}"], "--shots-from needs --baseline"),
+    (True, ["--shots-from", "{eval}"], "--shots-from needs --shots K (1 or more)"),
+    (True, ["--latency-samples", "0"], "--latency-samples 0: must be at least 1"),
+    (True, ["--latency-samples", "-3"], "--latency-samples -3: must be at least 1"),
+    (True, ["--requests-per-day", "-5"], "--requests-per-day -5.0: must be a number of requests a day above 0"),
+    (True, ["--requests-per-day", "0"], "--requests-per-day 0.0: must be"),
+    (True, ["--requests-per-day", "nan"], "--requests-per-day nan: must be"),
+    (True, ["--requests-per-day", "inf"], "--requests-per-day inf: must be"),
+    (True, ["--recipe", "{folder}/rpd.yaml"], "rpd.yaml: eval.requests_per_day 'lots': must be a number"),
+]
+
+
+@pytest.mark.parametrize("with_baseline, args, needle", LADDER_SETTINGS)
+def test_ladder_settings_that_make_no_sense_are_refused(setup, tmp_path, with_baseline, args, needle):
+    (tmp_path / "rpd.yaml").write_text("eval:\n  requests_per_day: lots\n")
+    args = [arg.format(eval=setup["eval"], folder=tmp_path) for arg in args]
+    baseline = ["--baseline", setup["model"]] if with_baseline else []
+    result, out, untouched = _eval(setup, tmp_path, None, *baseline, *args)
+    one_line_error(result, needle)
+    assert not out.exists() and untouched()
+
+
 def test_limit_evaluates_exactly_that_many(setup, tmp_path):
     result, out, _ = _eval(setup, tmp_path, None, "--limit", "1")
     assert result.exit_code == 0, result.output

@@ -102,7 +102,7 @@ GATE_OPTIONS = ("min_gain", "max_ppl_ratio", "max_kld", "min_speed_ratio")
 def _settings(recipe, options: dict):
     """The command's options as EvalSettings: gates from the flags over the recipe's, its traffic as the default."""
     from edgeft.errors import EdgeftError
-    from runtime.eval_settings import EvalSettings
+    from runtime.eval_settings import EvalSettings, SettingError, check_requests_per_day
     from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
 
     options = dict(options)
@@ -112,6 +112,9 @@ def _settings(recipe, options: dict):
         from_recipe = gates_from_recipe(recipe)
         if options["requests_per_day"] is None:
             options["requests_per_day"] = recipe_eval(recipe).get("requests_per_day")
+            check_requests_per_day(options["requests_per_day"])
+    except SettingError as exc:  # a setting the recipe gave: named as the recipe's key, not as a flag
+        raise EdgeftError(f"--recipe {recipe}: eval.{exc}") from None
     except EdgeftError as exc:
         raise EdgeftError(f"--recipe {exc}") from None
     gates = resolve_gates(from_flags, from_recipe)
@@ -143,9 +146,9 @@ def _print_report(report: dict) -> None:
 
 
 # Options of the single-model eval, with the value that means "not given": the fleet eval refuses them.
-SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "context": None, "probe": None, "choices": None,
-                     "reference": None, "hf": None, "min_gain": None, "require_earned": False, "max_ppl_ratio": None,
-                     "max_kld": None, "min_speed_ratio": None}
+SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "shots_from": None, "context": None, "probe": None,
+                     "choices": None, "reference": None, "hf": None, "min_gain": None, "require_earned": False,
+                     "max_ppl_ratio": None, "max_kld": None, "min_speed_ratio": None}
 FLEET_OPTIONS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads", "limit")
 
 
