@@ -48,6 +48,7 @@ BAD_TOP_LEVEL = [
     ("nmae: x\n", ["unknown release recipe keys ['nmae']"]),
     ("quant: Q4_K_X\n", ["unknown quant type 'Q4_K_X'"]),
     ("name: ../elsewhere\n", ["is not a plain file name"]),
+    ("description: [1, 2]\n", ["description=[1, 2] must be text"]),
 ]
 BAD_TRAIN = [
     ("train: [r, 8]\n", ["train: must be a mapping"]),
@@ -62,6 +63,11 @@ BAD_EVAL = [
     ("eval:\n  metric: exactly\n", ["unknown metric"]),
     ("eval:\n  metric: sql-exec\n", ["needs an argument"]),
     ("eval:\n  shots: -2\n", ["eval.shots=-2 must be a whole number of at least 0"]),
+    # Found in the sweep: each of these failed in the eval stage, after training, or printed nonsense figures.
+    ("eval:\n  system: [a, b]\n", ["eval.system=['a', 'b'] must be text"]),
+    ("eval:\n  probe: 5\n", ["eval.probe=5 must be text"]),
+    ("eval:\n  requests_per_day: -5\n", ["eval.requests_per_day -5: must be a number of requests a day above 0"]),
+    ("eval:\n  requests_per_day: lots\n", ["eval.requests_per_day 'lots': must be"]),
 ]
 
 
@@ -69,6 +75,21 @@ BAD_EVAL = [
 def test_bad_recipe_is_refused_before_any_stage(inputs, text, needles):
     one_line_error(_release(inputs, text), *needles)
     assert _nothing_ran(inputs)
+
+
+@pytest.mark.parametrize("where", ["out-in-base", "release-around-data"])
+def test_release_never_writes_inside_or_around_its_inputs(inputs, tmp_path, where):
+    """--out inside the base folder: the settings stage wrote OUT/NAME/settings.json into the base model."""
+    base = tmp_path / "base"
+    shutil.copytree(inputs["base"], base)
+    data_dir = inputs["train"].parent
+    out, release_dir, name = ((base, inputs["release"], "hostile") if where == "out-in-base" else
+                              (inputs["out"], data_dir.parent, data_dir.name))
+    before = tree_state(base, data_dir)
+    one_line_error(invoke("release", "--base", base, "--data", inputs["train"], "--eval", inputs["eval"], "--out", out,
+                          "--release-dir", release_dir, "--name", name, "stage", "settings"),
+                   "--out" if where == "out-in-base" else "--release-dir", "write the output somewhere else")
+    assert tree_state(base, data_dir) == before and not inputs["out"].exists()
 
 
 def test_bad_quant_on_the_command_line_is_refused_before_any_stage(inputs):
@@ -135,6 +156,23 @@ def test_verify_a_damaged_manifest(tmp_path, manifest, needle):
     folder.mkdir()
     (folder / "manifest.json").write_text(manifest)
     one_line_error(invoke("release", "verify", folder), needle)
+
+
+# Names in a hostile manifest that no file can have: a traceback (NUL, lone surrogate) or a 5,000-character error.
+UNNAMEABLE = [("a\u0000.txt", "'a\\x00.txt'"), ("a\ud800.txt", "'a\\ud800.txt'"), ("x" * 5000, "'xxxx")]
+
+
+@pytest.mark.parametrize("name, shown", UNNAMEABLE)
+def test_verify_a_manifest_naming_a_file_no_folder_can_hold(tmp_path, name, shown):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello\n")
+    entries = [{"path": name, "size": 6, "sha256": "0" * 64}]
+    (folder / "manifest.json").write_text(json.dumps({"files": entries}))
+    result = invoke("release", "verify", folder)
+    line = error_line(result, "differ from manifest.json; do not ship this folder")
+    problem = next(text for text in result.output.splitlines() if "not a name a file can have" in text)
+    assert problem.startswith(shown) and len(problem) < 300 and len(line) < 300
 
 
 def test_verify_refuses_paths_outside_the_release(inputs, tmp_path):

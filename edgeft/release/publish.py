@@ -183,19 +183,29 @@ def verify_release(folder: Path) -> list[str]:
     problems = []
     listed = set()
     for entry in manifest["files"]:
-        path = folder / str(entry["path"])
+        name = str(entry["path"])
         listed.add(entry["path"])
-        if folder.resolve() not in path.resolve().parents:
-            problems.append(f"{entry['path']}: points outside the release folder")
-        elif not path.is_file():
-            problems.append(f"{entry['path']}: missing")
-        elif path.stat().st_size != entry["size"]:
-            problems.append(f"{entry['path']}: size {path.stat().st_size} != {entry['size']}")
-        elif file_sha256(path) != entry["sha256"]:
-            problems.append(f"{entry['path']}: sha256 differs from the manifest")
+        shown = _shown(name)
+        path = folder / name
+        try:
+            if folder.resolve() not in path.resolve().parents:
+                problems.append(f"{shown}: points outside the release folder")
+            elif not path.is_file():
+                problems.append(f"{shown}: missing")
+            elif path.stat().st_size != entry["size"]:
+                problems.append(f"{shown}: size {path.stat().st_size} != {entry['size']}")
+            elif file_sha256(path) != entry["sha256"]:
+                problems.append(f"{shown}: sha256 differs from the manifest")
+        except (OSError, ValueError):  # NUL, a lone surrogate, a name too long: no file can be called that
+            problems.append(f"{shown}: not a name a file can have; the manifest is damaged")
     extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json"}
-    problems.extend(f"{name}: not listed in the manifest" for name in sorted(extra))
+    problems.extend(f"{_shown(name)}: not listed in the manifest" for name in sorted(extra))
     return problems
+
+
+def _shown(name: str) -> str:
+    # A hostile manifest's or folder's name (NUL, undecodable bytes, 5,000 characters) printed readably, one line.
+    return ascii(name)[:200] if len(name) > 200 or not name.isprintable() else name
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

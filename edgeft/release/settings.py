@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeft.errors import EdgeftError
+from edgeft.fsutil import refuse_own_input
 from edgeft.release.publish import check_release_name
 
 DEMO_DIR = Path(".cache/demo")
@@ -89,6 +90,7 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     the train settings, the eval keys, the gate names and thresholds, the metric name, the quant and the name."""
     from convert.quant import parse_file_type
     from edgeft.train.recipe import resolve_recipe
+    from runtime.eval_settings import check_requests_per_day
     from runtime.gates import resolve_gates
     from runtime.metrics import split_metric_spec
 
@@ -107,10 +109,21 @@ def check_release_recipe(recipe: dict, source: str) -> None:
         split_metric_spec(str(ev.get("metric", "exact")))
     except EdgeftError as exc:
         raise EdgeftError(f"{source}: eval: {exc}") from None
+    # Text the eval and the card use as it is: a list or a number here failed in the eval stage, after training.
+    texts = {f"eval.{key}": ev[key] for key in ("system", "probe", "context") if ev.get(key) is not None}
+    if recipe.get("description") is not None:
+        texts["description"] = recipe["description"]
+    for key, value in texts.items():
+        if not isinstance(value, str):
+            raise EdgeftError(f"{source}: {key}={value!r} must be text (a string)")
     for key in ("shots", "max_tokens", "context_k", "imatrix_examples"):
         if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool) or ev[key] < (key != "shots")):
             raise EdgeftError(f"{source}: eval.{key}={ev[key]!r} must be a whole number"
                               f"{' of at least 0' if key == 'shots' else ' of at least 1'}")
+    try:
+        check_requests_per_day(ev.get("requests_per_day"))
+    except EdgeftError as exc:
+        raise EdgeftError(f"{source}: eval.{exc}") from None
     if recipe.get("quant") is not None:
         parse_file_type(str(recipe["quant"]))
     if recipe.get("name") is not None:
@@ -135,6 +148,10 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
 
     parse_file_type(quant)  # an unknown QUANT is one line listing llama.cpp's menu, before any stage runs
     check_release_name(name)
+    # The settings stage writes into OUT/NAME first, and the publish stage replaces RELEASE_DIR/NAME whole.
+    inputs = {"base model folder": base, "training data": data, "eval data": eval_path, "recipe": recipe_path}
+    refuse_own_input(Path(out) / name, inputs, option="--out")
+    refuse_own_input(Path(release_root) / name, inputs, option="--release-dir")
     return Settings(base=base, data=Path(data), eval=Path(eval_path), quant=quant, name=name,
                     out=Path(out) / name, release_root=Path(release_root), recipe=recipe,
                     recipe_path=Path(recipe_path) if recipe_path else None, demo=demo)
