@@ -87,6 +87,9 @@ class EvalSettings:
             if given and self.baseline is None:
                 raise SettingError(f"<{name}> needs <baseline>: the shots and the retrieved passages are rungs of the "
                                    "base's ladder", name, "baseline")
+        if self.rubric is not None and not str(self.metric).startswith("judge:"):  # it was ignored, exit 0
+            raise SettingError(f"<rubric> is read by the judge metric only, not <metric> {self.metric}: pass "
+                               "<metric> judge:JUDGE.gguf or drop <rubric>", "rubric", "metric")
         if self.shots_from is not None and self.shots == 0:
             raise SettingError("<shots_from> needs <shots> K (1 or more): with K=0 no shot is drawn from it",
                                "shots_from", "shots")

@@ -325,6 +325,9 @@ def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | No
             rubric = Path(rubric_path).read_text(encoding="utf-8")
         except OSError as exc:
             raise EdgeftError(f"--rubric {rubric_path}: cannot read ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise EdgeftError(f"--rubric {rubric_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
+                              f"{exc.start}); pass a plain-text rubric") from None
     metric = METRICS[name](argument or None, rubric=rubric, threads=threads)
     metric.spec = spec
     return metric

@@ -7,7 +7,6 @@ context size, each starting with BOS like llama-perplexity does, and every token
 
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from edgeft.data.io import iter_lines, parse_json_line
 from edgeft.errors import EdgeftError
 
 
@@ -93,13 +93,13 @@ def read_choices(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise EdgeftError(f"--choices {path}: file not found")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for number, line, problem in iter_lines(path):  # the shared JSONL reading: a bad byte is FILE:LINE too
+        if problem is None and not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except ValueError as exc:
-            raise EdgeftError(f"{path}:{number}: not JSON ({exc})") from exc
+        item, problem = (None, problem) if problem is not None else parse_json_line(line)
+        if problem is not None:
+            raise EdgeftError(f"{path}:{number}: {problem}")
+        item = item if isinstance(item, dict) else {}  # a list or a number: the shape message below
         choices, answer = item.get("choices"), item.get("answer")
         if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \
                 or not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) \

@@ -17,13 +17,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from edgeft.data.io import iter_lines, parse_json_line
 from edgeft.errors import EdgeftError
 from runtime.examples import Example, read_conversations
 from runtime.retrieval import BM25Index, is_near_duplicate
@@ -142,19 +142,16 @@ def read_context(path: str | Path) -> list[Passage]:
     if not path.is_file():
         raise EdgeftError(f"--context {path}: file not found; pass a JSONL file of {{\"text\": ...}} passages")
     passages = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise EdgeftError(f"{path}:{number}: not valid JSON ({exc.args[0]}); one {{\"text\": ...}} per line") \
-                    from exc
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise EdgeftError(f"{path}:{number}: expected {{\"text\": \"a non-empty passage\"}}")
-            passages.append(Passage(number, text.strip()))
+    for number, line, problem in iter_lines(path):  # the shared JSONL reading: a bad byte is FILE:LINE too
+        if problem is None and not line.strip():
+            continue
+        record, problem = (None, problem) if problem is not None else parse_json_line(line)
+        if problem is not None:
+            raise EdgeftError(f"{path}:{number}: {problem}; one {{\"text\": ...}} per line")
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise EdgeftError(f"{path}:{number}: expected {{\"text\": \"a non-empty passage\"}}")
+        passages.append(Passage(number, text.strip()))
     if not passages:
         raise EdgeftError(f"--context {path}: the corpus is empty; add passages or drop --context")
     return passages

@@ -143,6 +143,35 @@ def test_ladder_settings_that_make_no_sense_are_refused(setup, tmp_path, with_ba
     assert not out.exists() and untouched()
 
 
+# The ladder's and the probe's side files, hostile: each was a traceback (UnicodeDecodeError, AttributeError).
+BINARY = b'{"text": "caf\xe9"}\n'
+SIDE_FILES = [
+    ("--context", BINARY, "side.jsonl:1: not UTF-8: byte 0xe9 at column 14"),
+    ("--choices", BINARY, "side.jsonl:1: not UTF-8: byte 0xe9 at column 14"),
+    ("--choices", b"[1, 2]\n", 'side.jsonl:1: expected {"question": str'),
+    ("--rubric", b"\xff rubric\n", "--rubric {side}: not UTF-8 text (byte 0xff at byte 0)"),
+]
+
+
+@pytest.mark.parametrize("option, content, needle", SIDE_FILES)
+def test_side_files_that_are_not_text_are_one_line(setup, tmp_path, option, content, needle):
+    side = tmp_path / "side.jsonl"
+    side.write_bytes(content)
+    extra = {"--context": ["--baseline", setup["model"]], "--rubric": ["--metric", f"judge:{setup['model']}"]}
+    result, out, untouched = _eval(setup, tmp_path, None, *extra.get(option, []), option, side)
+    one_line_error(result, needle.replace("{side}", str(side)))
+    assert not out.exists() and untouched()
+
+
+def test_a_rubric_without_the_judge_metric_is_refused(setup, tmp_path):
+    """It was read by nothing, and the eval passed as if the answers had been judged against it."""
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Grade strictly.")
+    result, out, untouched = _eval(setup, tmp_path, None, "--rubric", rubric)
+    one_line_error(result, "--rubric is read by the judge metric only, not --metric exact")
+    assert not out.exists() and untouched()
+
+
 def test_limit_evaluates_exactly_that_many(setup, tmp_path):
     result, out, _ = _eval(setup, tmp_path, None, "--limit", "1")
     assert result.exit_code == 0, result.output
