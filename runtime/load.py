@@ -11,14 +11,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gguf import Keys
+from gguf import GGUFType, Keys
 
 from convert.gguf_reader import GGUF_MAGIC_BYTES, GGUFFile
 from edgeft.errors import EdgeftError
 
 
-def check_gguf(path: str | os.PathLike) -> Path:
-    """Fail with one line if `path` is missing, not a GGUF, or shorter than its own tensor table says."""
+def check_gguf(path: str | os.PathLike, *, adapter: bool = False) -> Path:
+    """Fail with one line if `path` is missing, not a GGUF, shorter than its own tensor table says, or a model where
+    a LoRA adapter is expected (`adapter`) or the other way round."""
     path = Path(path)
     if not path.exists():
         raise EdgeftError(f"{path}: no such file; pass the path of a .gguf model (see `edgeft convert`)")
@@ -36,7 +37,13 @@ def check_gguf(path: str | os.PathLike) -> Path:
             hint = "pass a .gguf model file"
         raise EdgeftError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r}); {hint}")
     # The header walk (shared with the quantizer) names a cut or damaged file in one line.
-    GGUFFile(path).close()
+    with GGUFFile(path) as gguf_file:
+        is_adapter = gguf_file.value(Keys.General.TYPE) == GGUFType.ADAPTER
+    if is_adapter and not adapter:  # llama.cpp's own refusal blamed the build or the architecture
+        raise EdgeftError(f"{path}: a LoRA adapter GGUF, not a model; load it over its base model "
+                          "(edgeft eval BASE.gguf --adapter NAME=ADAPTER.gguf)")
+    if adapter and not is_adapter:
+        raise EdgeftError(f"{path}: a model GGUF, not a LoRA adapter; write the adapter with `edgeft convert-lora`")
     return path
 
 
@@ -99,7 +106,7 @@ def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = 
     """
     path = check_gguf(path)
     if lora_path is not None:
-        check_gguf(lora_path)
+        check_gguf(lora_path, adapter=True)
     try:
         import llama_cpp
     except ImportError as exc:

@@ -151,3 +151,20 @@ def test_demo_tiny_base_over_a_damaged_stamp_pretrains_again(tmp_path, monkeypat
         folder.mkdir(exist_ok=True)
         (folder / "pretrain.json").write_text(stamp)
         one_line_error(invoke("demo", "tiny-base", "-o", folder), "pretraining would start here")
+
+
+def test_a_lora_adapter_gguf_as_the_model_and_a_model_as_an_adapter_are_named(tmp_path, gguf):
+    """An adapter GGUF given as the model was 'llama.cpp could not load it ... this llama-cpp-python build'."""
+    pytest.importorskip("peft")
+    from convert.lora import convert_lora
+    from tests.test_merge import make_adapter
+
+    model = build_model("llama")
+    adapter, _, _ = make_adapter(model, tmp_path / "adapter")
+    adapter_gguf = convert_lora(adapter, tmp_path / "adapter.gguf", base_dir=model)
+    _, evals = toy_data(tmp_path / "data")
+    for args, needle in [([adapter_gguf], "a LoRA adapter GGUF, not a model"),
+                         ([gguf, "--baseline", adapter_gguf], "a LoRA adapter GGUF, not a model"),
+                         ([gguf, "--adapter", f"sql={gguf}"], "a model GGUF, not a LoRA adapter")]:
+        one_line_error(invoke("eval", *args, "--data", evals, "-o", tmp_path / "out", "--ctx", "256"), needle)
+        assert not (tmp_path / "out").exists()

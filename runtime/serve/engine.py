@@ -94,7 +94,7 @@ class Engine:
         if self.base_name in adapters:
             raise EdgeftError(f"adapter name {self.base_name!r} is the base model's; pick another name")
         for name, path in adapters.items():
-            check_gguf(path)
+            check_gguf(path, adapter=True)
         self.llm = open_gguf(base, n_ctx=n_ctx, threads=threads, **llama_kwargs)
         self.adapters: dict[str, Adapter] = {}
         try:
