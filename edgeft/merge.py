@@ -164,11 +164,35 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
         nf4.per_tensor[job.name] = math.sqrt(diff_sq / merged_sq)
 
 
+def _tokenizer_source(base_dir: Path, adapter_dir: Path) -> Path:
+    return adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir
+
+
+def _refuse_bos_drift(base_dir: Path, adapter_dir: Path) -> None:
+    """The merged folder takes the adapter's tokenizer when it has one, and its GGUF then puts BOS before a prompt
+    as that tokenizer says; training fed the BOS the base's says (`edgeft train` writes it into the adapter's
+    tokenizer_config.json, which an adapter saved before it did lacks)."""
+    from convert.vocab.special import bos_llama_cpp_adds
+
+    if _tokenizer_source(base_dir, adapter_dir) == base_dir:
+        return
+    trained, saved = bos_llama_cpp_adds(base_dir), bos_llama_cpp_adds(adapter_dir)
+    if trained != saved:
+        raise EdgeftError(f"{adapter_dir / 'tokenizer_config.json'}: llama.cpp would put {_bos_words(saved)} before a "
+                          f"prompt with this tokenizer but {_bos_words(trained)} with the base {base_dir}'s, which "
+                          "training fed; "
+                          f"set \"add_bos_token\": {json.dumps(trained is not None)} there, or train again")
+
+
+def _bos_words(bos: str | None) -> str:
+    return f"BOS {bos!r}" if bos is not None else "no BOS"
+
+
 def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, config_changes: dict) -> None:
     config = read_config(base_dir)
     config.update(config_changes)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir
+    tokenizer_source = _tokenizer_source(base_dir, adapter_dir)
     template_source = adapter_dir if any((adapter_dir / name).exists() for name in TEMPLATE_FILES) else tokenizer_source
     for source_dir, names in ((base_dir, BASE_FILES), (tokenizer_source, TOKENIZER_FILES),
                               (template_source, TEMPLATE_FILES)):
@@ -218,6 +242,7 @@ def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwr
         raise EdgeftError(f"{base_dir}: base model folder not found; pass a local HF folder with --base")
     shards, config_changes = plan_merge(base_dir, adapter, out_dtype)
     check_adapter_base(adapter_dir, adapter.base_model, base_dir)  # same shapes can still be another model
+    _refuse_bos_drift(base_dir, adapter_dir)
     nf4 = NF4Comparison() if nf4_report and adapter.pairs else None
     jobs_total = sum(len(jobs) for jobs in shards.values())
     from tqdm import tqdm

@@ -141,11 +141,13 @@ def test_added_tokens_resize_embeddings(tmp_path):
     vocab = json.loads((base / "config.json").read_text())["vocab_size"]
     adapter, adapted, base_logits = make_adapter(base, tmp_path / "adapter", resize_vocab=vocab + 8,
                                                  target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"])
-    # `edgeft train` saves the grown tokenizer into the adapter folder; the merge must ship that one.
-    (adapter / "tokenizer_config.json").write_text(json.dumps({"marker": "from-adapter"}))
+    # `edgeft train` saves the grown tokenizer into the adapter folder (with the base's BOS decision, which merge
+    # checks); the merge must ship that one.
+    saved = {"marker": "from-adapter", "add_bos_token": True, "bos_token": "<|begin_of_text|>"}
+    (adapter / "tokenizer_config.json").write_text(json.dumps(saved))
     merged = merge_adapter(base, adapter, tmp_path / "merged")
     assert json.loads((merged / "config.json").read_text())["vocab_size"] == vocab + 8
-    assert json.loads((merged / "tokenizer_config.json").read_text()) == {"marker": "from-adapter"}
+    assert json.loads((merged / "tokenizer_config.json").read_text()) == saved
     got = hf_logits(merged)
     assert got.shape == adapted.shape
     assert np.abs(got - adapted).max() <= TOLERANCE

@@ -7,6 +7,7 @@ template's end-of-turn token (EOT) so llama.cpp stops at the end of an assistant
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from convert.vocab import Vocab, read_json
@@ -92,6 +93,22 @@ def bos_llama_cpp_adds(model_dir: str | Path) -> str | None:
     if bos_text is None and sentencepiece:
         bos_text = dict(SPM_DEFAULT_SPECIALS)["bos"]
     return bos_text
+
+
+def state_add_bos(tokenizer_dir: str | Path, bos_text: str | None) -> None:
+    """Write the BOS decision `bos_text` (what `bos_llama_cpp_adds` said for the folder training read) into
+    `tokenizer_dir`'s tokenizer_config.json as add_bos_token (and bos_token), the first thing `_adds_bos` reads.
+
+    A tokenizer saved by transformers 5 has no add_bos_token, so without this the saved folder falls back on
+    tokenizer.json's post-processor, which may say the opposite of the base: add_bos_token false with a
+    post-processor that adds BOS, or true with one that adds none. Merge copies that folder, so its GGUF would feed
+    another BOS than the one training fed."""
+    path = Path(tokenizer_dir) / "tokenizer_config.json"
+    config = read_json(path) if path.exists() else {}
+    config["add_bos_token"] = bos_text is not None
+    if bos_text is not None and _token_text(config.get("bos_token")) != bos_text:
+        config["bos_token"] = bos_text
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def bos_first(ids: list[int], bos_id: int | None) -> list[int]:

@@ -268,10 +268,25 @@ class TrainRun:
             # Resized vocabularies travel as trainable-token rows inside the adapter, not as whole embeddings.
             self.model.save_pretrained(str(tmp), save_embedding_layers=False)
             if self.tok.added_tokens:
-                self.tok.tokenizer.save_pretrained(str(tmp))
+                self._save_tokenizer(tmp)
             # The exact template training rendered: merge, convert and eval read it from here.
             (tmp / "chat_template.jinja").write_text(self.tok.chat_template, encoding="utf-8")
             for name in sorted(os.listdir(tmp), key=lambda n: n == "adapter_config.json"):
                 os.replace(tmp / name, self.out_dir / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _save_tokenizer(self, folder: Path) -> None:
+        """The grown tokenizer, which merge copies into the merged folder, saying what training read from the base
+        where transformers 5's save_pretrained does not: the BOS training fed (add_bos_token, which it drops) and
+        tokenizer.model (which it does not write; a SentencePiece vocabulary cannot be converted without it)."""
+        from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+        from convert.vocab.special import state_add_bos
+
+        tokenizer = self.tok.tokenizer
+        tokenizer.save_pretrained(str(folder))
+        bos_id = llama_cpp_bos_id(tokenizer)
+        state_add_bos(folder, None if bos_id is None else tokenizer.convert_ids_to_tokens(bos_id))
+        spm_model = Path(tokenizer.name_or_path) / "tokenizer.model"
+        if spm_model.is_file() and not (folder / "tokenizer.model").exists():
+            shutil.copyfile(spm_model, folder / "tokenizer.model")
