@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgeft.data.io import iter_lines, parse_json_line
+from edgeft.data.io import read_json_lines
 from edgeft.errors import EdgeftError
 
 
@@ -93,12 +93,7 @@ def read_choices(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise EdgeftError(f"--choices {path}: file not found")
     items = []
-    for number, line, problem in iter_lines(path):  # the shared JSONL reading: a bad byte is FILE:LINE too
-        if problem is None and not line.strip():
-            continue
-        item, problem = (None, problem) if problem is not None else parse_json_line(line)
-        if problem is not None:
-            raise EdgeftError(f"{path}:{number}: {problem}")
+    for number, item in read_json_lines(path):
         item = item if isinstance(item, dict) else {}  # a list or a number: the shape message below
         choices, answer = item.get("choices"), item.get("answer")
         if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \

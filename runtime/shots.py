@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.data.io import iter_lines, parse_json_line
+from edgeft.data.io import read_json_lines
 from edgeft.errors import EdgeftError
 from runtime.examples import Example, read_conversations
 from runtime.retrieval import BM25Index, is_near_duplicate
@@ -142,12 +142,7 @@ def read_context(path: str | Path) -> list[Passage]:
     if not path.is_file():
         raise EdgeftError(f"--context {path}: file not found; pass a JSONL file of {{\"text\": ...}} passages")
     passages = []
-    for number, line, problem in iter_lines(path):  # the shared JSONL reading: a bad byte is FILE:LINE too
-        if problem is None and not line.strip():
-            continue
-        record, problem = (None, problem) if problem is not None else parse_json_line(line)
-        if problem is not None:
-            raise EdgeftError(f"{path}:{number}: {problem}; one {{\"text\": ...}} per line")
+    for number, record in read_json_lines(path, advice="; one {\"text\": ...} per line"):
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise EdgeftError(f"{path}:{number}: expected {{\"text\": \"a non-empty passage\"}}")

@@ -127,6 +127,21 @@ def parse_json_line(raw: str):
         return None, f"invalid JSON for us ({str(exc).split(';')[0]})"
 
 
+def read_json_lines(path: str | Path, *, advice: str = "") -> list[tuple[int, object]]:
+    """(line number, parsed JSON) for every non-blank line of a JSONL file whose lines are not conversations
+    (passages, multiple-choice questions); the first line that is not UTF-8 or not JSON raises
+    `FILE:LINE: what{advice}`. The caller checks each value's shape."""
+    values = []
+    for number, line, problem in iter_lines(path):
+        if problem is None and not line.strip():
+            continue
+        value, problem = (None, problem) if problem is not None else parse_json_line(line)
+        if problem is not None:
+            raise EdgeftError(f"{path}:{number}: {problem}{advice}")
+        values.append((number, value))
+    return values
+
+
 def parse_line(number: int, raw: str) -> Record:
     """Parse and validate one JSONL line."""
     obj, problem = parse_json_line(raw)
