@@ -207,3 +207,30 @@ def refuse_own_input(output: str | os.PathLike, inputs: dict[str, object], *, op
         if around and out in source.parents:
             raise EdgeftError(f"{option} {output}: holds the {what} {value}, which replacing the output would delete; "
                               "write the output somewhere else")
+
+
+def refuse_foreign_folder(folder: str | os.PathLike, *, what: str, markers: tuple[str, ...] = (),
+                          outputs: tuple[str, ...] = (), vouch=None,
+                          advice: str = "choose another -o or empty it yourself") -> None:
+    """The one rule for "may this command write into, or replace, that folder" (`what`: what the command's own
+    folders are, "an edgeft data split"): yes when it is missing, empty (but for temporary files a killed write
+    left), holds one of `markers` (the stamp the command writes into its folders), or holds nothing but `outputs`
+    (names or fnmatch patterns of the files the command writes; `vouch`, when given, returns why an output file
+    present is not the command's, or None). Anything else is someone's: one line naming a file that is not ours."""
+    import fnmatch
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise EdgeftError(f"{folder}: is a file, not a folder; {advice}")
+    if not folder.is_dir() or any((folder / marker).is_file() for marker in markers):
+        return
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") and f".{TEMP_TAG}" in entry.name:
+            continue
+        name = ascii(entry.name)[1:-1]
+        if not (entry.is_file() and any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in outputs)):
+            raise EdgeftError(f"{folder}: exists and is not {what}: it holds {name}, which this command does not "
+                              f"write (it never replaces someone's files); {advice}")
+        problem = vouch(entry) if vouch is not None else None
+        if problem:
+            raise EdgeftError(f"{folder}: exists and is not {what}: its {name} {problem}; {advice}")

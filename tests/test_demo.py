@@ -119,7 +119,8 @@ def test_data_check_passes(task):
 def test_cli_demo_data(tmp_path):
     result = CliRunner().invoke(main, ["demo", "data", "-o", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in (tmp_path / "d").iterdir()} == {"train.jsonl", "eval.jsonl", "shop.sqlite", "schema.sql"}
+    assert {p.name for p in (tmp_path / "d").iterdir()} == {"train.jsonl", "eval.jsonl", "shop.sqlite", "schema.sql",
+                                                             "task.json"}
 
 
 # ---- base LM -------------------------------------------------------------------------------------------------

@@ -168,3 +168,107 @@ def test_a_lora_adapter_gguf_as_the_model_and_a_model_as_an_adapter_are_named(tm
                          ([gguf, "--adapter", f"sql={gguf}"], "a model GGUF, not a LoRA adapter")]:
         one_line_error(invoke("eval", *args, "--data", evals, "-o", tmp_path / "out", "--ctx", "256"), needle)
         assert not (tmp_path / "out").exists()
+
+
+# ---- --overwrite replaces only a folder of the command's own files (it deleted any folder, its files and all) ----
+
+def _folder(path, files: dict):
+    """`files`: name -> text ("/" : a sub-folder)."""
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).mkdir() if text == "/" else (path / name).write_text(text)
+    return path
+
+
+# (what the output folder holds, the refusal's needle or None when --overwrite may replace it)
+SPLIT_FOLDERS = [
+    ({}, None),
+    ({"train.jsonl": "old\n", "eval.jsonl": "old\n", "split.json": "{}"}, None),
+    ({".train.jsonl.99999999-abcd.edgeft-tmp": ""}, None),  # a killed write's temporary
+    ({"train.jsonl": "old\n", "notes.txt": "mine"}, "holds notes.txt, which this command does not write"),
+    ({".env": "SECRET=1"}, "holds .env"),
+    ({"eval.jsonl": "/"}, "holds eval.jsonl"),  # a folder of that name is not the file a split writes
+]
+
+
+@pytest.mark.parametrize("files, needle", SPLIT_FOLDERS)
+def test_split_overwrite_replaces_only_a_split(tmp_path, files, needle):
+    from edgeft.data.split import SPLIT_FILES
+
+    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket"]
+    train = tmp_path / "all.jsonl"
+    train.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{a} {b} {a}?"},
+                                                      {"role": "assistant", "content": f"{b} {a} {b}."}]}) + "\n"
+                             for a, b in zip(words, reversed(words))))
+    out = _folder(tmp_path / "out", files)
+    before = tree_state(out)
+    result = invoke("data", "split", train, "-o", out, "--overwrite", "--eval-frac", "0.25")
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == sorted(SPLIT_FILES)  # the table is what a split writes
+    else:
+        one_line_error(result, f"{out}: exists and is not an edgeft data split", needle, "choose another -o")
+        assert tree_state(out) == before
+
+
+IMPORT_FOLDERS = [
+    ({}, None),
+    ({"config.json": "{}", "model-00001-of-00002.safetensors": "x", "model.safetensors.index.json": "{}",
+      "tokenizer.model": "x", "README.md": "old card"}, None),
+    ({"config.json": "{}", "my-notes.md": "mine"}, "holds my-notes.md, which this command does not write"),
+    ({"train.jsonl": "{}"}, "holds train.jsonl"),
+    ({"config.json": "{}", "checkpoints": "/"}, "holds checkpoints"),
+]
+
+
+@pytest.mark.parametrize("files, needle", IMPORT_FOLDERS)
+def test_import_overwrite_replaces_only_an_import(tmp_path, files, needle):
+    import fnmatch
+
+    from convert.importer import IMPORT_FILES
+    from tests.convert_helpers import converted
+
+    out = _folder(tmp_path / "hf", files)
+    before = tree_state(out)
+    result = invoke("import", converted("qwen2", "f32"), "-o", out, "--overwrite")
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        written = [p.name for p in out.iterdir()]
+        assert "config.json" in written and "model-00001-of-00002.safetensors" not in written
+        assert all(any(fnmatch.fnmatchcase(name, pattern) for pattern in IMPORT_FILES) for name in written), written
+    else:
+        one_line_error(result, f"{out}: exists and is not a folder edgeft import wrote", needle, "choose another -o")
+        assert tree_state(out) == before
+
+
+# `edgeft demo data -o FOLDER` wrote over a user's own train.jsonl (exit 0). A folder is the demo's when it is
+# empty, holds the stamp, or (caches from before the stamp) holds only task files with an earlier generator's bytes.
+DEMO_DATA_FOLDERS = [
+    ({}, None),
+    ({"task.json": "{}", "train.jsonl": "an earlier run's\n"}, None),
+    ({"train.jsonl": "UNSTAMPED\n", "shop.sqlite": "UNSTAMPED\n"}, None),  # bytes an earlier generator wrote
+    ({"train.jsonl": '{"messages": []}\n'}, "its train.jsonl is not the demo's (no task.json"),
+    ({"train.jsonl": "UNSTAMPED\n", "eval.jsonl": "mine\n"}, "its eval.jsonl is not the demo's"),
+    ({"notes.txt": "mine"}, "holds notes.txt, which this command does not write"),
+]
+
+
+@pytest.mark.parametrize("files, needle", DEMO_DATA_FOLDERS)
+def test_demo_data_writes_only_into_its_own_folder(tmp_path, monkeypatch, files, needle):
+    import hashlib
+
+    import edgeft.demo as demo
+
+    earlier = (hashlib.sha256(b"UNSTAMPED\n").hexdigest(),)
+    monkeypatch.setattr(demo, "UNSTAMPED_SHA256", dict.fromkeys(demo.TASK_FILES, earlier))
+    out = _folder(tmp_path / "data", files)
+    before = tree_state(out)
+    result = invoke("demo", "data", "-o", out)
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert {p.name for p in out.iterdir()} == {*demo.TASK_FILES, demo.TASK_STAMP}
+        assert (out / "train.jsonl").read_bytes().startswith(b'{"messages"')
+    else:
+        one_line_error(result, f"{out}: exists and is not the demo's data folder", needle, "pass another folder (-o)")
+        assert tree_state(out) == before
+

@@ -95,12 +95,14 @@ def test_overwrite_never_deletes_the_input(parent):
 
 
 def test_overwrite_replaces_the_folder(parent):
+    """An earlier import's folder (only files an import writes, a stale shard among them) is replaced whole."""
     target = parent / "hf"
     target.mkdir()
-    (target / "stale.txt").write_text("old")
+    (target / "model-00001-of-00002.safetensors").write_text("old")
+    (target / "config.json").write_text("{}")
     result = _run(converted("qwen2", "f32"), "-o", target, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
+    assert not (target / "model-00001-of-00002.safetensors").exists() and (target / "model.safetensors").exists()
     assert [p.name for p in parent.iterdir()] == ["hf"]
 
 

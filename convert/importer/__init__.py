@@ -23,15 +23,20 @@ from convert.gguf_reader import GGUFFile
 from convert.importer.metadata import GGUFMetadata, model_card
 from convert.importer.safetensors_out import DTYPES, write_safetensors
 from convert.importer.tokenizer import read_vocab, tokenizer_files
+from convert.safetensors_file import INDEX_NAME
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, refuse_own_input
+from edgeft.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
 
 __all__ = ["import_gguf"]
 
 TORCH_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+# What an import writes (the weights, shards with their index, _write_files, the tokenizer's files): --overwrite
+# replaces a folder that holds nothing else.
+IMPORT_FILES = ("model.safetensors", "model-*-of-*.safetensors", INDEX_NAME, "config.json", "generation_config.json",
+                "README.md", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
 
 
-def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool) -> None:
+def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool, markers: tuple[str, ...]) -> None:
     if not gguf_path.is_file():
         raise EdgeftError(f"{gguf_path}: no such GGUF file; check the path")
     refuse_own_input(out_dir, {"input GGUF": gguf_path})  # --overwrite of the folder holding it would delete it
@@ -39,6 +44,8 @@ def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool) -> None:
         raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
     if out_dir.exists() and not overwrite:
         raise EdgeftError(f"{out_dir}: output folder already exists; pass --overwrite or choose another -o")
+    refuse_foreign_folder(out_dir, what="a folder edgeft import wrote", markers=markers, outputs=IMPORT_FILES,
+                          advice="choose another -o or empty it yourself")
 
 
 def _generation_config(ids: dict[str, int]) -> dict:
@@ -71,15 +78,17 @@ def import_gguf(
     *,
     dtype: str = "f32",
     overwrite: bool = False,
+    markers: tuple[str, ...] = (),
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write the HF folder for `gguf_path` at `out_dir` (safetensors in `dtype`: f32 or bf16) and return its path."""
+    """Write the HF folder for `gguf_path` at `out_dir` (safetensors in `dtype`: f32 or bf16) and return its path.
+    `overwrite` replaces a folder of an earlier import's files, or (`markers`) one the caller stamped as its own."""
     started = time.perf_counter()
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if dtype not in DTYPES:
         raise EdgeftError(f"--dtype {dtype}: not supported; choose one of {', '.join(DTYPES)}")
-    _check_paths(gguf_path, out_dir, overwrite)
+    _check_paths(gguf_path, out_dir, overwrite, markers)
     with GGUFFile(gguf_path) as source:
         meta = GGUFMetadata(source)
         arch, vocab, name = _read_model(meta, gguf_path, dtype)

@@ -14,7 +14,10 @@ from pathlib import Path
 from edgeft.data import dedup
 from edgeft.data.io import scan_jsonl
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, refuse_own_input
+from edgeft.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
+
+# What a split writes: --overwrite replaces a folder that holds nothing else.
+SPLIT_FILES = ("train.jsonl", "eval.jsonl", "split.json")
 
 
 def group_examples(conversations: list[list[dict]], threshold: float = 0.8) -> list[int]:
@@ -57,6 +60,9 @@ def split_dataset(
     if not 0.0 < eval_frac < 1.0:
         raise EdgeftError(f"--eval-frac {eval_frac}: must be between 0 and 1 (e.g. 0.1)")
     refuse_own_input(out_dir, {"input file": path})  # replacing the folder must not delete the input
+    if overwrite:
+        refuse_foreign_folder(out_dir, what="an edgeft data split", outputs=SPLIT_FILES,
+                              advice="choose another -o or empty it yourself")
     records = scan_jsonl(path)
     bad = next((r for r in records if r.problems), None)
     if bad is not None:

@@ -12,18 +12,48 @@ from pathlib import Path
 DEMO_BASE_STAMPS = ("source.json", "pretrain.json")
 
 
-def refuse_foreign_folder(out_dir: Path) -> None:
-    """A demo base replaces `out_dir` whole: only when it is missing, empty or an earlier demo base (either kind),
-    never someone's own model folder."""
-    from edgeft.errors import EdgeftError
+def refuse_foreign_folder(out_dir: Path, *, what: str = "an edgeft demo base", stamps=DEMO_BASE_STAMPS,
+                          outputs: tuple[str, ...] = (), vouch=None) -> None:
+    """The demo writes into, or replaces, `out_dir` only when it is missing, empty or the demo's own (one of
+    `stamps`: by default an earlier demo base of either kind), never someone's own model or data folder."""
+    from edgeft.fsutil import refuse_foreign_folder as refuse
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgeftError(f"{out_dir}: is a file; pass a folder for the demo base (-o)")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if not any((out_dir / stamp).is_file() for stamp in DEMO_BASE_STAMPS):
-        raise EdgeftError(f"{out_dir}: exists and is not an edgeft demo base; pass another folder (-o) or remove it")
+    refuse(out_dir, what=what, markers=stamps, outputs=outputs, vouch=vouch,
+           advice="pass another folder (-o) or remove it")
+
+
+# The stamp that makes a folder the demo data's (written first, so a killed run leaves a folder it may finish).
+TASK_STAMP = "task.json"
+TASK_FILES = ("train.jsonl", "eval.jsonl", "shop.sqlite", "schema.sql")
+# Caches from before the stamp are recognised by their bytes: the sha256 of each file every earlier generator
+# (commits 9718c93, 52bab52, 67cb17e) wrote. Complete: every generator since writes the stamp.
+UNSTAMPED_SHA256 = {
+    "train.jsonl": ("7168c38161ba2dd51f485d9e3c9ad73f41de32dff1671fc1d911acf9e811f6cb",
+                    "ac1f38ecc75ab305269dedbebf1b45f441a54aff9eeb71f14263558114ef5956",
+                    "04239d3ccf08b5f8a063278595c8038de8d15f98bfbe9d482aeb56f66cdc8642"),
+    "eval.jsonl": ("d41f40e1bfa6e97ffef70f796c12c1013c1f96e5d9678d96cfcaab401dd23bfe",
+                   "cea9e1c139c040475dcc806a3641a56ad3afbddefe33bd787ae8e98873f224d9",
+                   "00afd712094b5178b1c1c29b3e6b8a92f7b06fda8b8b6743453d66e3d0cc6687"),
+    "shop.sqlite": ("865aebfeb44097f7dae6a73c039c35631bfd82e90fdb3e9d4c971c721853f4a5",),
+    "schema.sql": ("1ef6eef86fcb6592e7bec29e74d9ff1012a2eb108e64aef07a66bca27c9eb9cd",),
+}
+
+
+def _unstamped_problem(path: Path) -> str | None:
+    """Why a task file in a folder without the stamp is not one the demo wrote (None: it is, byte for byte)."""
+    import hashlib
+
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest in UNSTAMPED_SHA256[path.name]:
+        return None
+    return f"is not the demo's (no {TASK_STAMP}, and its bytes are not what any demo generator wrote)"
+
+
+def refuse_foreign_task_folder(out_dir: Path) -> None:
+    """The demo data is written only into a missing or empty folder, one with the stamp, or an older cache."""
+    refuse_foreign_folder(out_dir, what="the demo's data folder", stamps=(TASK_STAMP,), outputs=TASK_FILES,
+                          vouch=_unstamped_problem)
 
 
 def build_demo(out_dir: Path = Path(".cache/demo"), *, log=print) -> dict[str, Path]:

@@ -17,7 +17,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from edgeft.demo import refuse_foreign_folder
+from edgeft.demo import DEMO_BASE_STAMPS, refuse_foreign_folder
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
 from edgeft.identity import file_sha256
@@ -81,7 +81,7 @@ def import_demo_base(out_dir: Path, *, force: bool = False, log=print) -> Path:
         return out_dir
     refuse_foreign_folder(out_dir)
     # f32: training and merging happen at full precision; the file is 4-bit, so nothing is gained above f32.
-    import_gguf(gguf_path, out_dir, dtype="f32", overwrite=True, log=log)
+    import_gguf(gguf_path, out_dir, dtype="f32", overwrite=True, markers=DEMO_BASE_STAMPS, log=log)
     with atomic_file(out_dir / STAMP) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     log(f"demo base: {record['name']} ({record['license']}) from {record['source']} -> {out_dir}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from edgeft.demo import TASK_STAMP, refuse_foreign_task_folder
 from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, FIRST, LAST, NOUNS
 from edgeft.fsutil import atomic_file
 
@@ -373,10 +374,15 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 def write_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN, n_eval: int = N_EVAL,
                n_general: int = N_GENERAL) -> dict[str, Path]:
     """Write train.jsonl (the SQL conversations plus `n_general` generic chats, shuffled), eval.jsonl (SQL only),
-    shop.sqlite and schema.sql into `out_dir`; returns their paths."""
+    shop.sqlite and schema.sql into `out_dir`, after its stamp task.json; returns their paths. A folder that holds
+    anything else is refused, before anything is written."""
     from edgeft.demo.base_lm import general_chats
 
     out_dir = Path(out_dir)
+    refuse_foreign_task_folder(out_dir)
+    with atomic_file(out_dir / TASK_STAMP) as tmp:
+        tmp.write_text(json.dumps({"tool": "edgeft demo data", "seed": seed, "n_train": n_train, "n_eval": n_eval,
+                                   "n_general": n_general}, indent=1) + "\n", encoding="utf-8")
     train, evaluation = generate(n_train, n_eval, seed)
     # Replayed generic chats (docstring questions, small talk): a fine-tune on SQL alone drifts towards answering
     # everything with a query; with these 200 the forgetting probe measured x0.97 of the base's perplexity.
