@@ -18,6 +18,7 @@ from edgeft.errors import EdgeftError
 
 PathLike = str | os.PathLike
 _SETTING = re.compile(r"<(\w+)>")
+DEFAULT_CONTEXT_K = 3  # passages per question for the retrieved-context rung
 
 
 class SettingError(EdgeftError):
@@ -51,7 +52,7 @@ class EvalSettings:
     shots: int = 0  # K for the fixed and the retrieved K-shot rungs
     shots_from: PathLike | None = None  # the training JSONL the shots come from
     context: PathLike | None = None  # passages JSONL for the retrieved-context rung
-    context_k: int = 3
+    context_k: int | None = None  # passages per question for `context` (None: DEFAULT_CONTEXT_K)
     requests_per_day: float | None = None  # traffic for the prompt tax
     latency_samples: int = 16
     probe: PathLike | None = None  # forgetting-probe text (default: the text shipped with edgeft)
@@ -70,8 +71,14 @@ class EvalSettings:
     bench_gen: int = 32
     bench_repeat: int = 5
 
-    def check(self) -> None:
-        """Numbers that make no sense, refused before any file is read."""
+    @property
+    def passages(self) -> int:
+        """Passages per question for the retrieved-context rung."""
+        return DEFAULT_CONTEXT_K if self.context_k is None else self.context_k
+
+    def check(self, *, prompted_model: bool = False) -> None:
+        """Numbers that make no sense, and settings nothing would read, refused before any file is read.
+        `prompted_model`: the model itself answers prompted with `system` (the fleet eval's base)."""
         at_least = [("max_tokens", 1), ("n_ctx", 1), ("threads", 1), ("shots", 0)]  # limit: see read_examples
         if self.baseline is not None:  # passages per question and timed requests matter only for the base's ladder
             at_least += [("context_k", 1), ("latency_samples", 1)]
@@ -87,6 +94,12 @@ class EvalSettings:
             if given and self.baseline is None:
                 raise SettingError(f"<{name}> needs <baseline>: the shots and the retrieved passages are rungs of the "
                                    "base's ladder", name, "baseline")
+        if self.system is not None and self.baseline is None and not prompted_model:
+            raise SettingError("<system> needs <baseline>: it is the prompted base's system prompt, and the model "
+                               "answers with each example's own turns", "system", "baseline")
+        if self.context_k is not None and self.context is None:
+            raise SettingError(f"<context_k> {self.context_k} needs <context>: it is the number of passages per "
+                               "question retrieved from it", "context_k", "context")
         if self.rubric is not None and not str(self.metric).startswith("judge:"):  # it was ignored, exit 0
             raise SettingError(f"<rubric> is read by the judge metric only, not <metric> {self.metric}: pass "
                                "<metric> judge:JUDGE.gguf or drop <rubric>", "rubric", "metric")
@@ -99,7 +112,7 @@ class EvalSettings:
         return {"max_tokens": self.max_tokens, "n_ctx": self.n_ctx, "threads": self.threads, "system": self.system,
                 "shots": self.shots, "shots_from": str(self.shots_from) if self.shots_from else None,
                 "decoding": "greedy", "context": str(self.context) if self.context else None,
-                "context_k": self.context_k if self.context else None, "requests_per_day": self.requests_per_day}
+                "context_k": self.passages if self.context else None, "requests_per_day": self.requests_per_day}
 
 
 def check_requests_per_day(value) -> None:

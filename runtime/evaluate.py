@@ -83,7 +83,7 @@ def prepare(model, data, out_dir: Path, settings: EvalSettings) -> EvalRun:
     examples = examples_mod.read_examples(data, limit=settings.limit)
     rungs = [] if baseline is None else ladder.build_rungs(
         examples, system=settings.system, shots=settings.shots, shots_from=settings.shots_from,
-        context=settings.context, context_k=settings.context_k)
+        context=settings.context, context_k=settings.passages)
     scorer = parse_metric(settings.metric, rubric_path=str(settings.rubric) if settings.rubric else None,
                           threads=settings.threads)
     refuse_unscoreable(scorer, examples, data, settings.metric)

@@ -80,7 +80,7 @@ def run_fleet_eval(base: str | os.PathLike, adapters: dict[str, str | os.PathLik
     settings = replace(settings or EvalSettings(), **options)
     if not adapters:
         raise SettingError("<adapters>: give at least one NAME=ADAPTER.gguf to evaluate over the base", "adapters")
-    settings.check()
+    settings.check(prompted_model=True)  # the base answers with --system
     out_dir = Path(out_dir)
     refuse_foreign_out_dir(out_dir)
     examples = read_examples(data, limit=settings.limit)

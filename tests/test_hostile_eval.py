@@ -130,6 +130,11 @@ LADDER_SETTINGS = [
     (True, ["--requests-per-day", "nan"], "--requests-per-day nan: must be"),
     (True, ["--requests-per-day", "inf"], "--requests-per-day inf: must be"),
     (True, ["--recipe", "{folder}/rpd.yaml"], "rpd.yaml: eval.requests_per_day 'lots': must be a number"),
+    # Found in the next sweep: read by nothing, exit 0.
+    (False, ["--system", "Answer in SQL."], "--system needs --baseline"),
+    (False, ["--context-k", "5"], "--context-k 5 needs --context"),
+    (True, ["--context-k", "5"], "--context-k 5 needs --context"),
+    (True, ["--context-k", "0", "--context", "{eval}"], "--context-k 0: must be at least 1"),
 ]
 
 

@@ -68,6 +68,7 @@ BAD_EVAL = [
     ("eval:\n  probe: 5\n", ["eval.probe=5 must be text"]),
     ("eval:\n  requests_per_day: -5\n", ["eval.requests_per_day -5: must be a number of requests a day above 0"]),
     ("eval:\n  requests_per_day: lots\n", ["eval.requests_per_day 'lots': must be"]),
+    ("eval:\n  context_k: 5\n", ["eval.context_k 5 needs context"]),  # was read by nothing
 ]
 
 
@@ -173,6 +174,26 @@ def test_verify_a_manifest_naming_a_file_no_folder_can_hold(tmp_path, name, show
     line = error_line(result, "differ from manifest.json; do not ship this folder")
     problem = next(text for text in result.output.splitlines() if "not a name a file can have" in text)
     assert problem.startswith(shown) and len(problem) < 300 and len(line) < 300
+
+
+# One file listed twice (it passed: each entry was hashed against the same file).
+LISTED_TWICE = [("a.txt", "a.txt"), ("a.txt", "./a.txt"), ("sub/../a.txt", "a.txt")]
+
+
+@pytest.mark.parametrize("first, second", LISTED_TWICE)
+def test_verify_a_manifest_listing_a_file_twice(tmp_path, first, second):
+    import hashlib
+
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello\n")
+    entry = {"size": 6, "sha256": hashlib.sha256(b"hello\n").hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps({"files": [{"path": first, **entry}, {"path": second, **entry}]}))
+    before = tree_state(folder)
+    result = invoke("release", "verify", folder)
+    error_line(result, "differ from manifest.json; do not ship this folder")
+    assert f"{second}: listed more than once in the manifest" in result.output
+    assert tree_state(folder) == before
 
 
 def test_verify_refuses_paths_outside_the_release(inputs, tmp_path):

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from runtime.eval_settings import DEFAULT_CONTEXT_K
+
 GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did not pass
 
 
@@ -28,7 +30,8 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help="Training JSONL the shots come from (fixed: K chosen to cover it; retrieved: BM25 per question).")
 @click.option("--context", type=click.Path(dir_okay=False, path_type=str), default=None,
               help='Passages JSONL {"text": ...}: adds the retrieved-context rung (BM25, into the system prompt).')
-@click.option("--context-k", type=int, default=3, show_default=True, help="Passages per question for --context.")
+@click.option("--context-k", type=int, default=None,
+              help=f"Passages per question for --context (default {DEFAULT_CONTEXT_K}).")
 @click.option("--requests-per-day", type=float, default=None,
               help="Traffic for the prompt tax per day (default: the recipe's eval.requests_per_day).")
 @click.option("--latency-samples", type=int, default=16, show_default=True,
@@ -146,9 +149,9 @@ def _print_report(report: dict) -> None:
 
 
 # Options of the single-model eval, with the value that means "not given": the fleet eval refuses them.
-SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "shots_from": None, "context": None, "probe": None,
-                     "choices": None, "reference": None, "hf": None, "min_gain": None, "require_earned": False,
-                     "max_ppl_ratio": None, "max_kld": None, "min_speed_ratio": None}
+SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "shots_from": None, "context": None, "context_k": None,
+                     "probe": None, "choices": None, "reference": None, "hf": None, "min_gain": None,
+                     "require_earned": False, "max_ppl_ratio": None, "max_kld": None, "min_speed_ratio": None}
 FLEET_OPTIONS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads", "limit")
 
 

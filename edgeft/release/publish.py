@@ -181,11 +181,15 @@ def verify_release(folder: Path) -> list[str]:
     folder = Path(folder)
     manifest = _read_manifest(folder)
     problems = []
-    listed = set()
+    listed, seen = set(), set()
     for entry in manifest["files"]:
         name = str(entry["path"])
         listed.add(entry["path"])
         shown = _shown(name)
+        if os.path.normpath(name) in seen:  # "a" and "./a" too: one file hashed twice, once with a stale entry
+            problems.append(f"{shown}: listed more than once in the manifest")
+            continue
+        seen.add(os.path.normpath(name))
         path = folder / name
         try:
             if folder.resolve() not in path.resolve().parents:

@@ -90,7 +90,7 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     the train settings, the eval keys, the gate names and thresholds, the metric name, the quant and the name."""
     from convert.quant import parse_file_type
     from edgeft.train.recipe import resolve_recipe
-    from runtime.eval_settings import check_requests_per_day
+    from runtime.eval_settings import EvalSettings, check_requests_per_day
     from runtime.gates import resolve_gates
     from runtime.metrics import split_metric_spec
 
@@ -122,6 +122,10 @@ def check_release_recipe(recipe: dict, source: str) -> None:
                               f"{' of at least 0' if key == 'shots' else ' of at least 1'}")
     try:
         check_requests_per_day(ev.get("requests_per_day"))
+        # What needs what (eval.context_k without eval.context...), as the eval stage will judge it: with a baseline.
+        EvalSettings(baseline="the release's base", system=ev.get("system"), shots=ev.get("shots", 0),
+                     shots_from="the release's data" if ev.get("shots") else None, context=ev.get("context"),
+                     context_k=ev.get("context_k")).check()
     except EdgeftError as exc:
         raise EdgeftError(f"{source}: eval.{exc}") from None
     if recipe.get("quant") is not None:

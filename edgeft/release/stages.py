@@ -168,7 +168,7 @@ def stage_eval(s: Settings) -> None:
              shots_from=s.data if ev.get("shots") else None, probe=expand(ev.get("probe"), s),
              reference=s.path("f16"), hf=s.path("merged"), gates=gates,
              max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads(),
-             context=expand(ev.get("context"), s), context_k=int(ev.get("context_k", 3)),
+             context=expand(ev.get("context"), s), context_k=ev.get("context_k"),
              requests_per_day=ev.get("requests_per_day"))
 
 
