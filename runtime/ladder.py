@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from runtime.eval_settings import DEFAULT_CONTEXT_K
 from runtime.examples import Example, baseline_prompt
 from runtime.stats import mean_interval, paired_difference
 
@@ -99,7 +100,7 @@ def _with_context(system: str | None, retriever, k: int) -> Rung:
 
 def build_rungs(examples: Sequence[Example], *, system: str | None, shots: int = 0,
                 shots_from: str | Path | None = None, context: str | Path | None = None,
-                context_k: int = 3) -> list[Rung]:
+                context_k: int = DEFAULT_CONTEXT_K) -> list[Rung]:
     """The ladder for these eval examples; every input is checked here, before any model loads."""
     from runtime import shots as shots_mod
 
