@@ -93,7 +93,9 @@ def _apply_pair_(weight, delta, magnitude) -> None:
         weight.mul_((magnitude / torch.linalg.norm(weight, dim=1)).unsqueeze(1))
 
 
-def _source_rows(job: TensorJob, base: SafetensorsFile, adapter: Adapter, start: int, stop: int):
+def _source_rows(job: TensorJob, base: SafetensorsFile, adapter: Adapter, start: int, stop: int, new_row):
+    """Rows [start, stop) the merge starts from; rows past the base's vocabulary (grown for trained token rows, see
+    `edgeft.merge_plan._grow_for_token_rows`) start as `new_row`."""
     import torch
 
     # An untied lm_head starts from whatever its tied embedding started from (the saved, possibly resized, copy).
@@ -101,8 +103,31 @@ def _source_rows(job: TensorJob, base: SafetensorsFile, adapter: Adapter, start:
     if replacement is not None:
         # a copy: the merge works in place and the adapter's arrays must stay as loaded
         return torch.from_numpy(np.array(replacement[start:stop] if replacement.ndim else replacement, copy=True))
-    return torch.from_numpy(base.read_rows(job.source, start, stop) if base.shape(job.source) else
-                            base.read(job.source))
+    if not base.shape(job.source):
+        return torch.from_numpy(base.read(job.source))
+    base_rows = base.shape(job.source)[0]
+    rows = base.read_rows(job.source, start, min(stop, base_rows)) if start < base_rows else None
+    if stop > base_rows:
+        grown = np.broadcast_to(new_row, (stop - max(start, base_rows), *new_row.shape))
+        rows = grown.copy() if rows is None else np.concatenate([rows, grown])
+    return torch.from_numpy(rows)
+
+
+def _new_row(job: TensorJob, base: SafetensorsFile, adapter: Adapter, token_rows) -> np.ndarray | None:
+    """What a row the merge adds to the base's vocabulary starts as: transformers' resize_token_embeddings
+    (mean_resizing, which training used) starts it at the mean row, plus noise of 1e-9 times the rows' covariance.
+    Every row `edgeft train` adds is trained and saved, so this is only what a row the adapter did not save keeps."""
+    shape = base.shape(job.source)
+    if job.name in adapter.full or job.source in adapter.full or not shape or job.out_shape[0] <= shape[0]:
+        return None
+    saved = set(token_rows[0].tolist()) if token_rows is not None else set()
+    if all(index in saved for index in range(shape[0], job.out_shape[0])):
+        return np.zeros(shape[1:], dtype=np.float32)
+    total = np.zeros(shape[1:], dtype=np.float64)
+    step = _rows_per_chunk(math.prod(shape[1:]))
+    for start in range(0, shape[0], step):
+        total += base.read_rows(job.source, start, min(shape[0], start + step)).sum(axis=0, dtype=np.float64)
+    return (total / shape[0]).astype(np.float32)
 
 
 def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: SafetensorsStreamWriter,
@@ -113,7 +138,8 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
     pair = adapter.pairs.get(job.name)
     bias_pair = next((p for p in adapter.pairs.values() if p.bias is not None and f"{p.module}.bias" == job.name), None)
     token_rows = adapter.token_rows.get(job.name)
-    touched = (pair or bias_pair or token_rows is not None or job.name in adapter.full or job.source != job.name)
+    touched = (pair or bias_pair or token_rows is not None or job.name in adapter.full or job.source != job.name
+               or job.out_shape != base.shape(job.source))
     if not touched and job.out_dtype == base.dtype(job.source):
         rows = job.out_shape[0] if job.out_shape else 1
         step = _rows_per_chunk(math.prod(job.out_shape[1:]) if job.out_shape else 1)
@@ -133,9 +159,10 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
     # tensor at once; that is one linear weight (never an embedding), small next to a shard.
     step = rows if compare_nf4 else (_rows_per_chunk(cols) if job.out_shape else 1)
     diff_sq = merged_sq = 0.0
+    new_row = _new_row(job, base, adapter, token_rows)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        chunk = _source_rows(job, base, adapter, start, stop)
+        chunk = _source_rows(job, base, adapter, start, stop, new_row)
         if token_rows is not None:
             indices, values = token_rows
             inside = (indices >= start) & (indices < stop)
@@ -166,6 +193,16 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
 
 def _tokenizer_source(base_dir: Path, adapter_dir: Path) -> Path:
     return adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_dir
+
+
+def _adapter_tokenizer_size(base_dir: Path, adapter_dir: Path, adapter: Adapter) -> int | None:
+    """The length of the tokenizer saved with the adapter, which training resized the vocabulary to (None when the
+    adapter has none, or no trainable token rows that could need it)."""
+    if not adapter.token_rows or _tokenizer_source(base_dir, adapter_dir) == base_dir:
+        return None
+    from edgeft.data.masking import load_tokenizer
+
+    return len(load_tokenizer(adapter_dir))
 
 
 def _refuse_bos_drift(base_dir: Path, adapter_dir: Path) -> None:
@@ -240,7 +277,8 @@ def merge_adapter(base_dir, adapter_dir, out_dir, *, dtype: str = "auto", overwr
     adapter = load_adapter(adapter_dir)
     if not base_dir.is_dir():
         raise EdgeftError(f"{base_dir}: base model folder not found; pass a local HF folder with --base")
-    shards, config_changes = plan_merge(base_dir, adapter, out_dtype)
+    shards, config_changes = plan_merge(base_dir, adapter, out_dtype,
+                                        _adapter_tokenizer_size(base_dir, adapter_dir, adapter))
     check_adapter_base(adapter_dir, adapter.base_model, base_dir)  # same shapes can still be another model
     _refuse_bos_drift(base_dir, adapter_dir)
     nf4 = NF4Comparison() if nf4_report and adapter.pairs else None

@@ -129,13 +129,32 @@ def _check_pairs(adapter: Adapter, shapes: dict, out_shapes: dict, file_order: l
                               "train with lora_bias=False")
 
 
-def _check_token_rows(adapter: Adapter, out_shapes: dict) -> None:
+def _grow_for_token_rows(adapter: Adapter, out_shapes: dict, tokenizer_size: int | None,
+                         config_changes: dict) -> None:
+    """`edgeft train` resizes embed_tokens and lm_head to its tokenizer's length for the tokens it adds and saves
+    only their trained rows (trainable tokens, save_embedding_layers=False). A base with no spare rows (config
+    vocab_size == its tokenizer's length, as Llama 2's) has no row for them, so the merged model grows both vocabulary
+    tensors to the adapter tokenizer's length, as training did; the trained rows then fill the new rows."""
+    vocabulary = [name for name in out_shapes if name == HEAD or name.endswith("embed_tokens.weight")]
+    if not tokenizer_size or not adapter.token_rows or any(name in adapter.full for name in vocabulary):
+        return  # a saved whole embedding decides the shape itself (see _output_shapes)
+    rows = {out_shapes[name][0] for name in vocabulary if len(out_shapes[name]) == 2}
+    highest = max((int(indices.max()) for indices, _ in adapter.token_rows.values() if indices.size), default=-1)
+    if len(rows) != 1 or not min(rows) <= highest < tokenizer_size:
+        return  # the rows exist already, or an index no tokenizer of this adapter has (_check_token_rows says so)
+    for name in vocabulary:
+        out_shapes[name] = (tokenizer_size, *out_shapes[name][1:])
+    config_changes["vocab_size"] = tokenizer_size
+
+
+def _check_token_rows(adapter: Adapter, out_shapes: dict, tokenizer_size: int | None) -> None:
     for name, (indices, rows) in adapter.token_rows.items():
         if name not in out_shapes or rows.shape[1:] != tuple(out_shapes[name][1:]):
             raise _mismatch(adapter, f"trainable token rows for {name} do not fit the base")
         if indices.size and indices.max() >= out_shapes[name][0]:
+            tokenizer = f" and the adapter tokenizer's {tokenizer_size} tokens" if tokenizer_size else ""
             raise _mismatch(adapter, f"trainable token index {int(indices.max())} is beyond {name}'s "
-                                     f"{out_shapes[name][0]} rows")
+                                     f"{out_shapes[name][0]} rows{tokenizer}")
 
 
 def _lay_out_jobs(headers: dict[str, SafetensorsFile], weight_map: dict[str, str], out_shapes: dict,
@@ -153,9 +172,12 @@ def _lay_out_jobs(headers: dict[str, SafetensorsFile], weight_map: dict[str, str
     return shards
 
 
-def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple[dict[str, list[TensorJob]], dict]:
+def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None,
+               tokenizer_size: int | None = None) -> tuple[dict[str, list[TensorJob]], dict]:
     """Check the adapter against the base (shapes, names) and lay out every output tensor per shard.
 
+    tokenizer_size: the length of the tokenizer saved with the adapter (None: it has none), which trainable token
+    rows past the base's vocabulary grow embed_tokens and lm_head to.
     Returns (shard file -> jobs in write order, config changes).
     """
     config = read_config(base_dir)
@@ -173,8 +195,9 @@ def plan_merge(base_dir: Path, adapter: Adapter, out_dtype: str | None) -> tuple
     out_shapes = _output_shapes(adapter, shapes, config, config_changes)
     if untie_from:
         out_shapes[HEAD] = out_shapes[untie_from]
+    _grow_for_token_rows(adapter, out_shapes, tokenizer_size, config_changes)
     _check_pairs(adapter, shapes, out_shapes, [name for shard in sorted(headers) for name in headers[shard].names()])
-    _check_token_rows(adapter, out_shapes)
+    _check_token_rows(adapter, out_shapes, tokenizer_size)
     shards = _lay_out_jobs(headers, weight_map, out_shapes, out_dtype, untie_from)
     if out_dtype:
         config_changes["torch_dtype" if "torch_dtype" in config else "dtype"] = CONFIG_DTYPE_NAMES[out_dtype]

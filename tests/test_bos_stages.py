@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from edgeft.errors import EdgeftError
-from tests.factory import build_model, build_tokenizer
+from tests.factory import build_model
 from tests.train_helpers import TINY_RECIPE, toy_data, write_jsonl
 
 pytest.importorskip("torch")
@@ -39,12 +39,10 @@ class Base:
     bos: str | None = "<|begin_of_text|>"  # the BOS llama.cpp should put before a prompt
 
     def build(self, folder: Path) -> Path:
-        from transformers import AutoTokenizer
-
         base = folder / "base"
-        size = len(AutoTokenizer.from_pretrained(str(build_tokenizer(self.tokenizer))))
-        # Two spare embedding rows for the ChatML tokens training adds: merge grows no vocabulary from token rows.
-        shutil.copytree(build_model("llama", tokenizer=self.tokenizer, vocab_size=size + 2), base)
+        # No spare embedding rows (vocab_size == the tokenizer's length): the ChatML tokens training adds grow the
+        # vocabulary, in training and in merge.
+        shutil.copytree(build_model("llama", tokenizer=self.tokenizer), base)
         config = json.loads((base / "tokenizer_config.json").read_text())
         config.pop("add_bos_token", None)
         if self.add_bos is not None:
@@ -142,6 +140,8 @@ def test_bos_decision_and_fed_ids_agree_at_every_stage(case, tmp_path):
     assert saves_tokenizer == (not spec.keep_template)  # ChatML tokens added: the adapter carries its tokenizer
     if saves_tokenizer:
         decisions["adapter"] = bos_llama_cpp_adds(adapter)
+        vocab_sizes = [json.loads((folder / "config.json").read_text())["vocab_size"] for folder in (base, merged)]
+        assert vocab_sizes[1] == vocab_sizes[0] + 2  # the two ChatML tokens grew the vocabulary
     assert decisions == dict.fromkeys(decisions, expected)
 
     trained = _trained_ids(base, data)

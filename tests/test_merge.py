@@ -36,8 +36,12 @@ def default_targets(arch: str) -> dict:
 
 
 def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: int | None = None,
-                 prompt_ids: list[int] = PROMPT_IDS, **lora_kwargs) -> tuple[Path, np.ndarray, np.ndarray]:
-    """Save a peft LoRA adapter with random non-zero weights; return (dir, peft logits, base logits) in f32."""
+                 prompt_ids: list[int] = PROMPT_IDS, save_embedding_layers: bool | str = "auto",
+                 **lora_kwargs) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Save a peft LoRA adapter with random non-zero weights; return (dir, peft logits, base logits) in f32.
+
+    save_embedding_layers: peft's; "auto" saves a resized embedding whole, False (what `edgeft train` passes) only
+    the trainable token rows."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -56,7 +60,7 @@ def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, resize_vocab: 
             if any(part in name for part in ("lora_", "trainable_tokens", "modules_to_save")):
                 param.add_(torch.randn_like(param) * 0.05)
     peft_model.eval()
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(out_dir, save_embedding_layers=save_embedding_layers)
     with torch.no_grad():
         adapted_logits = peft_model(ids).logits[0].numpy()
     return out_dir, adapted_logits, base_logits
@@ -153,17 +157,44 @@ def test_added_tokens_resize_embeddings(tmp_path):
     assert np.abs(got - adapted).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("arch, tie", [("llama", False), ("qwen2", True), ("gemma2", True)])
-def test_added_tokens_trained_as_token_rows(arch, tie, tmp_path):
+def save_grown_tokenizer(base: Path, adapter: Path, added: int) -> None:
+    """What `edgeft train` saves with the adapter when it adds tokens: the base's tokenizer plus `added` special
+    tokens (ids from the base's vocab_size on, as the fixtures have no spare rows), with the base's BOS decision."""
+    from transformers import AutoTokenizer
+
+    from convert.vocab.special import bos_llama_cpp_adds, state_add_bos
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_tokens([f"<|new_{i}|>" for i in range(added)], special_tokens=True)
+    tokenizer.save_pretrained(str(adapter))
+    state_add_bos(adapter, bos_llama_cpp_adds(base))
+    if (base / "tokenizer.model").is_file():  # save_pretrained does not write it; training copies it
+        shutil.copyfile(base / "tokenizer.model", adapter / "tokenizer.model")
+
+
+# True: peft saves the resized embeddings whole. False: only the trained rows, as `edgeft train` saves them
+# (save_embedding_layers=False), so merge grows the fixtures' vocabulary (no spare rows) to the adapter's tokenizer.
+@pytest.mark.parametrize("whole", [True, False], ids=["whole embeddings", "rows only"])
+@pytest.mark.parametrize("arch, tie", [("llama", False), ("llama", True), ("qwen2", True), ("gemma2", True)])
+def test_added_tokens_trained_as_token_rows(arch, tie, whole, tmp_path):
     # What `edgeft train` does when the template needs new tokens: resize, then train only the new rows through
     # peft's trainable tokens (on lm_head too when it is a separate tensor).
+    from gguf import GGUFReader
+
+    from convert import convert_model
+    from edgeft.data.masking import load_tokenizer
+
     base = build_model(arch, tie=tie)
     vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    assert vocab == len(load_tokenizer(base))  # no spare rows for the new tokens
     new_ids = [vocab, vocab + 1, vocab + 2]
     indices = {"embed_tokens": new_ids} if tie or arch == "gemma2" else {"embed_tokens": new_ids, "lm_head": new_ids}
     prompt = PROMPT_IDS[:10] + new_ids + PROMPT_IDS[10:]
     adapter, adapted, _ = make_adapter(base, tmp_path / "adapter", resize_vocab=vocab + 3, prompt_ids=prompt,
-                                       target_modules=["q_proj"], trainable_token_indices=indices)
+                                       target_modules=["q_proj"], trainable_token_indices=indices,
+                                       save_embedding_layers="auto" if whole else False)
+    if not whole:
+        save_grown_tokenizer(base, adapter, 3)
     merged = merge_adapter(base, adapter, tmp_path / "merged")
     config = json.loads((merged / "config.json").read_text())
     assert config["vocab_size"] == vocab + 3
@@ -171,6 +202,55 @@ def test_added_tokens_trained_as_token_rows(arch, tie, tmp_path):
     got = hf_logits(merged, prompt)
     assert got.shape == adapted.shape
     assert np.abs(got - adapted).max() <= TOLERANCE
+    if not whole:
+        gguf = convert_model(merged, tmp_path / "merged.gguf", outtype="f32")
+        embedding = next(t for t in GGUFReader(gguf).tensors if t.name == "token_embd.weight")
+        assert [int(n) for n in embedding.shape] == [64, vocab + 3]
+
+
+def test_added_token_rows_not_saved_start_at_the_mean_row(tmp_path):
+    """A row the adapter's tokenizer has but the adapter saved no trained row for starts where transformers'
+    resize_token_embeddings started it: the mean row (peft's reference adds noise of 1e-9 times the covariance)."""
+    from safetensors import safe_open
+
+    base = build_model("llama")
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    trained = {"embed_tokens": [vocab, vocab + 1], "lm_head": [vocab, vocab + 1]}
+    prompt = PROMPT_IDS[:10] + [vocab, vocab + 1] + PROMPT_IDS[10:]
+    adapter, adapted, _ = make_adapter(base, tmp_path / "adapter", resize_vocab=vocab + 3, prompt_ids=prompt,
+                                       target_modules=["q_proj"], trainable_token_indices=trained,
+                                       save_embedding_layers=False)
+    save_grown_tokenizer(base, adapter, 3)
+    merged = merge_adapter(base, adapter, tmp_path / "merged")
+    got = hf_logits(merged, prompt)
+    assert got.shape == adapted.shape
+    # the unsaved row's own logit differs from peft's by that noise (1.2e-4 measured), every other one as usual
+    assert np.abs(got[:, :vocab + 2] - adapted[:, :vocab + 2]).max() <= TOLERANCE
+    assert np.abs(got[:, vocab + 2] - adapted[:, vocab + 2]).max() <= 1e-3
+    with safe_open(base / "model.safetensors", "np") as before, safe_open(merged / "model.safetensors", "np") as after:
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert np.allclose(after.get_tensor(name)[vocab + 2], before.get_tensor(name).mean(axis=0), atol=1e-6)
+
+
+def test_token_rows_beyond_the_adapter_tokenizer_are_another_base(tmp_path):
+    """Rows past the base's vocabulary are grown only up to the adapter tokenizer's length, so an index past that
+    too is still refused as an adapter for another base."""
+    base = build_model("llama")
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    new_ids = [vocab, vocab + 1, vocab + 2]
+    adapter, _, _ = make_adapter(base, tmp_path / "adapter", resize_vocab=vocab + 3, target_modules=["q_proj"],
+                                 trainable_token_indices={"embed_tokens": new_ids, "lm_head": new_ids},
+                                 save_embedding_layers=False)
+    for added, tokenizer_words in ((None, ""), (2, f" and the adapter tokenizer's {vocab + 2} tokens")):
+        if added:
+            save_grown_tokenizer(base, adapter, added)
+        with pytest.raises(EdgeftError) as refused:
+            merge_adapter(base, adapter, tmp_path / "merged")
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith(f"{adapter}: trainable token index {vocab + 2} is beyond lm_head.weight's "
+                                  f"{vocab} rows{tokenizer_words}; this adapter was trained on another base")
+        assert not (tmp_path / "merged").exists() and not _leftovers(tmp_path)
 
 
 def test_sharded_bf16_base_keeps_layout_and_side_files(tmp_path):
