@@ -77,3 +77,24 @@ def test_chatml_tokens_added_and_trained(templateless_base, tmp_path):
     model = PeftModel.from_pretrained(model, str(out)).merge_and_unload()
     embed_rows = model.get_input_embeddings().weight[new_ids]
     assert any(torch.allclose(embed_rows, v) for v in rows.values())
+
+
+def test_added_tokens_never_shrink_a_padded_vocabulary(templateless_base, tmp_path):
+    """A base with spare rows (config vocab_size above the tokenizer's length) keeps every row: the ChatML tokens
+    land in spare rows, and nothing the merged model can emit was cut away in training."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeft.train.model import load_tokenizer, load_training_model
+
+    padded = tmp_path / "padded"
+    shutil.copytree(templateless_base, padded)
+    rows = len(AutoTokenizer.from_pretrained(str(padded))) + 5
+    model = AutoModelForCausalLM.from_pretrained(str(padded), dtype=torch.float32)
+    model.resize_token_embeddings(rows)
+    model.save_pretrained(str(padded))
+    recipe = resolve_recipe(dict(TINY_RECIPE, method="lora"), max_steps=1)
+    tok = load_tokenizer(padded, recipe)
+    trained = load_training_model(padded, recipe, tok)
+    assert trained.get_input_embeddings().weight.shape[0] == rows
+    assert trained.get_output_embeddings().weight.shape[0] == rows
+    assert max(tok.tokenizer.convert_tokens_to_ids(CHATML)) < rows

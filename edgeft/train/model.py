@@ -127,7 +127,10 @@ def _trainable_token_indices(model, tok: TrainingTokenizer) -> dict[str, list[in
     so the adapter carries exactly those rows to merge and GGUF."""
     if not tok.added_tokens:
         return None
-    model.resize_token_embeddings(len(tok.tokenizer))
+    # Grow only: a base with more rows than its tokenizer (padded for speed, as Qwen's are) keeps them all, since
+    # merge keeps every base row and the merged model could otherwise emit ids training cut away.
+    if len(tok.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok.tokenizer))
     new_ids = tok.tokenizer.convert_tokens_to_ids(tok.added_tokens)
     token_indices = {_module_leaf_name(model, model.get_input_embeddings()): new_ids}
     output = model.get_output_embeddings()
