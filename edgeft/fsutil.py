@@ -209,28 +209,64 @@ def refuse_own_input(output: str | os.PathLike, inputs: dict[str, object], *, op
                               "write the output somewhere else")
 
 
-def refuse_foreign_folder(folder: str | os.PathLike, *, what: str, markers: tuple[str, ...] = (),
-                          outputs: tuple[str, ...] = (), vouch=None,
+def is_killed_write(entry: Path) -> bool:
+    """A temporary file or folder some write left (a live run's, or a killed one's not yet cleared)."""
+    return entry.name.startswith(".") and f".{TEMP_TAG}" in entry.name
+
+
+def is_empty_folder(folder: str | os.PathLike) -> bool:
+    """Missing, or empty but for temporary files a killed write left."""
+    folder = Path(folder)
+    return not folder.is_dir() or all(is_killed_write(entry) for entry in folder.iterdir())
+
+
+def _marker_names(marker: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (marker,) if isinstance(marker, str) else marker
+
+
+def is_marked(folder: str | os.PathLike, markers: tuple[str | tuple[str, ...], ...], vouch_marker=None) -> bool:
+    """Whether `folder` holds one of `markers`: a file name, or a tuple of names that together are one (what an
+    older version wrote first, before it had a stamp); `vouch_marker`, when given, returns why a marker file present
+    is not the command's (another tool's file of the same name), or None."""
+    folder = Path(folder)
+    for names in map(_marker_names, markers):
+        if all((folder / name).is_file() for name in names) and not (
+                vouch_marker is not None and any(vouch_marker(folder / name) for name in names)):
+            return True
+    return False
+
+
+def refuse_foreign_folder(folder: str | os.PathLike, *, what: str, markers: tuple[str | tuple[str, ...], ...] = (),
+                          outputs: tuple[str, ...] = (), vouch=None, vouch_marker=None,
                           advice: str = "choose another -o or empty it yourself") -> None:
     """The one rule for "may this command write into, or replace, that folder" (`what`: what the command's own
     folders are, "an edgeft data split"): yes when it is missing, empty (but for temporary files a killed write
-    left), holds one of `markers` (the stamp the command writes into its folders), or holds nothing but `outputs`
-    (names or fnmatch patterns of the files the command writes; `vouch`, when given, returns why an output file
-    present is not the command's, or None). Anything else is someone's: one line naming a file that is not ours."""
+    left), holds one of `markers` (the stamp the command writes into its folders; see `is_marked`), or holds nothing
+    but `outputs` (names or fnmatch patterns of the files the command writes; `vouch`, when given, returns why an
+    output file present is not the command's, or None). Anything else is someone's: one line naming a file that is
+    not ours."""
     import fnmatch
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise EdgeftError(f"{folder}: is a file, not a folder; {advice}")
-    if not folder.is_dir() or any((folder / marker).is_file() for marker in markers):
+    if not folder.is_dir() or is_marked(folder, markers, vouch_marker):
         return
+    # Without outputs of its own, what a folder lacks is the command's stamp (the older multi-file ones aside).
+    stamps = " or ".join(marker for marker in markers if isinstance(marker, str))
+    marker_names = {name for marker in markers for name in _marker_names(marker)}
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") and f".{TEMP_TAG}" in entry.name:
+        if is_killed_write(entry):
             continue
         name = ascii(entry.name)[1:-1]
+        problem = vouch_marker(entry) if vouch_marker and entry.name in marker_names and entry.is_file() else None
+        if problem:
+            raise EdgeftError(f"{folder}: exists and is not {what}: its {name} {problem}; {advice}")
         if not (entry.is_file() and any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in outputs)):
-            raise EdgeftError(f"{folder}: exists and is not {what}: it holds {name}, which this command does not "
-                              f"write (it never replaces someone's files); {advice}")
+            held = (f"it holds {name}, which this command does not write" if outputs or not stamps
+                    else f"it holds {name} and no {stamps}")
+            raise EdgeftError(f"{folder}: exists and is not {what}: {held} (it never replaces someone's files); "
+                              f"{advice}")
         problem = vouch(entry) if vouch is not None else None
         if problem:
             raise EdgeftError(f"{folder}: exists and is not {what}: its {name} {problem}; {advice}")

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Mapping
 
 from edgeft.errors import EdgeftError
+from edgeft.fsutil import refuse_foreign_folder
 
 PathLike = str | os.PathLike
 _SETTING = re.compile(r"<(\w+)>")
+REPORT_MARKER = "report.json"  # every eval writes it: an earlier eval's folder may be replaced
 DEFAULT_CONTEXT_K = 3  # passages per question for the retrieved-context rung
 
 
@@ -126,16 +128,13 @@ def check_requests_per_day(value) -> None:
 
 
 def refuse_foreign_out_dir(out_dir: Path) -> None:
-    """The report folder is replaced whole: only an earlier eval's folder (it has report.json) or an empty one
-    may be, never an arbitrary folder."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise SettingError(f"<out_dir> {out_dir}: exists and is not a folder; choose another output folder",
-                           "out_dir")
-    if any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
-        raise SettingError(f"<out_dir> {out_dir}: folder is not empty and holds no earlier report.json; choose "
-                           "another <out_dir>", "out_dir")
+    """The report folder is replaced whole: only a missing or empty one or an earlier eval's (its report.json), by
+    the rule every command shares; never an arbitrary folder."""
+    try:
+        refuse_foreign_folder(out_dir, what="an edgeft eval report folder", markers=(REPORT_MARKER,),
+                              advice="choose another <out_dir> or empty it yourself")
+    except EdgeftError as exc:  # the line names the setting, so a CLI shows its own flag
+        raise SettingError(str(exc), "out_dir") from None
 
 
 def refuse_long_prompts(data: PathLike, too_long: list[tuple[int, int]], total: int, *, n_ctx: int,

@@ -272,3 +272,57 @@ def test_demo_data_writes_only_into_its_own_folder(tmp_path, monkeypatch, files,
         one_line_error(result, f"{out}: exists and is not the demo's data folder", needle, "pass another folder (-o)")
         assert tree_state(out) == before
 
+
+
+# `edgeft train` and `edgeft eval -o` decide by the same rule: a folder is theirs when missing, empty (a killed
+# write's temporaries aside) or stamped (run.json written by edgeft train, or an older run's recipe.yaml +
+# inputs.json; report.json). Neither goes by output names: an adapter from elsewhere holds only names a run writes.
+TRAIN_FOLDERS = [
+    ({}, None),
+    ({".run.json.99999999-abcd.edgeft-tmp": "{"}, None),
+    ({"run.json": '{"tool": "edgeft train"}', "metrics.jsonl": "", "notes.txt": "an earlier run's"}, None),
+    ({"recipe.yaml": "r: 4\n", "inputs.json": "{}", "loss.png": "x"}, None),  # a run from before run.json
+    ({"precious.txt": "mine"}, "holds precious.txt and no run.json"),
+    ({"run.json": '{"tool": "something else"}'}, "its run.json is not the marker edgeft train writes"),
+    ({"inputs.json": "{}"}, "holds inputs.json and no run.json"),
+    ({"adapter_config.json": "{}", "adapter_model.safetensors": "x"}, "holds adapter_config.json and no run.json"),
+]
+
+
+@pytest.mark.parametrize("files, needle", TRAIN_FOLDERS)
+def test_train_overwrite_replaces_only_a_run(tmp_path, no_model_load, files, needle):
+    base = build_model("qwen2")
+    train, _ = toy_data(tmp_path / "data")
+    out = _folder(tmp_path / "run", files)
+    before = tree_state(out)
+    result = invoke("train", "--base", base, "--data", train, "-o", out, "--method", "lora", "--overwrite")
+    if needle is None:  # accepted: it went on as far as loading the model, which no_model_load stops
+        assert isinstance(result.exception, AssertionError) and "was loaded" in str(result.exception), result.output
+    else:
+        one_line_error(result, f"{out}: exists and is not empty and is not an edgeft training run", needle,
+                       "choose another -o")
+        assert tree_state(out) == before
+
+
+EVAL_FOLDERS = [
+    ({}, None),
+    ({".report.json.99999999-abcd.edgeft-tmp": "{"}, None),
+    ({"report.json": "{}", "notes.txt": "an earlier eval's"}, None),  # replaced whole, as before
+    ({"precious.txt": "mine"}, "holds precious.txt and no report.json"),
+    ({"report.md": "# mine"}, "holds report.md and no report.json"),
+]
+
+
+@pytest.mark.parametrize("files, needle", EVAL_FOLDERS)
+def test_eval_replaces_only_an_eval_folder(tmp_path, gguf, files, needle):
+    _, evals = toy_data(tmp_path / "data")
+    out = _folder(tmp_path / "eval", files)
+    before = tree_state(out)
+    result = invoke("eval", gguf, "--data", evals, "-o", out, "--ctx", "256", "--max-tokens", "2", "--no-speed")
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "report.json").read_text())["n"] == 4 and not (out / "notes.txt").exists()
+    else:
+        one_line_error(result, f"{out}: exists and is not an edgeft eval report folder", needle,
+                       "choose another -o or empty it yourself")
+        assert tree_state(out) == before

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
+from edgeft.fsutil import is_empty_folder
 from edgeft.train import checkpoint as ckpt
 from tests.factory import build_model
 from tests.train_helpers import ROOT, edgeft_env, toy_data, write_recipe
@@ -111,4 +112,4 @@ def test_what_counts_as_a_run_folder(tmp_path):
     killed_while_marking = tmp_path / "marking"  # a kill while run.json itself was being written
     killed_while_marking.mkdir()
     (killed_while_marking / ".run.json.12345-0a1b2c3d.edgeft-tmp").write_text("{")
-    assert ckpt.is_empty_folder(killed_while_marking) and not ckpt.is_empty_folder(foreign)
+    assert is_empty_folder(killed_while_marking) and not is_empty_folder(foreign)

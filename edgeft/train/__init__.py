@@ -23,7 +23,7 @@ from pathlib import Path
 
 from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError, environment_error
-from edgeft.fsutil import atomic_file, check_writable, refuse_own_input
+from edgeft.fsutil import atomic_file, check_writable, is_empty_folder, refuse_own_input
 from edgeft.identity import check_resume_inputs, training_inputs
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.model import bitsandbytes_problem, check_base
@@ -54,7 +54,7 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
     world = World()
-    fresh = not resume and (overwrite or ckpt.is_empty_folder(out_dir))
+    fresh = not resume and (overwrite or is_empty_folder(out_dir))
     try:
         if world.is_main and overwrite and not resume and out_dir.exists():
             shutil.rmtree(out_dir)
@@ -115,20 +115,17 @@ RUN_FOLDER_ADVICE = {
 
 def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
     """Train only into a new or empty folder, a run's own folder with --resume, or over a run's folder with
-    --overwrite; never into, or over, a folder that holds something else."""
+    --overwrite; never into, or over, a folder that holds something else (the rule every command shares)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")
+    ckpt.refuse_foreign_run_folder(out_dir)
     checkpoint = ckpt.latest_checkpoint(out_dir)
     if resume and checkpoint is not None:
         return
-    if ckpt.is_empty_folder(out_dir):
+    if is_empty_folder(out_dir):
         if resume:
             raise EdgeftError(f"{out_dir}: no checkpoint to resume from; run without --resume to start training")
         return
-    if not ckpt.is_run_folder(out_dir):
-        raise EdgeftError(f"{out_dir}: output folder is not empty and is not an edgeft training run (no "
-                          f"{ckpt.RUN_MARKER}): edgeft will neither train into it nor replace it; choose another -o "
-                          "or empty it yourself")
     if resume or not overwrite:
         advice = RUN_FOLDER_ADVICE[ckpt.run_folder_state(out_dir)].format(checkpoint=checkpoint and checkpoint.name)
         raise EdgeftError(f"{out_dir}: {'--resume finds no checkpoint: ' if resume else ''}output folder {advice}")

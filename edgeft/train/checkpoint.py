@@ -9,7 +9,9 @@ the previous checkpoint as the latest):
 
 The marker is what makes a folder a training run's: a run killed before its first checkpoint leaves recipe.yaml,
 inputs.json and metrics.jsonl (and maybe checkpoints/best/) with nothing to resume from, and the next `edgeft train`
-must say what that folder is instead of training into it; --overwrite replaces only a folder that is a run's.
+must say what that folder is instead of training into it; --overwrite replaces only a folder that is a run's. Which
+folders train may write into or replace is decided by the rule every command shares (`refuse_foreign_run_folder`,
+edgeft.fsutil.refuse_foreign_folder); what it then tells the user about a run's folder is `run_folder_state`.
 
 The data position is the global step: the batch plan is a pure function of (seed, epoch), see edgeft/train/batches.py.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError
-from edgeft.fsutil import TEMP_TAG, atomic_dir, atomic_file
+from edgeft.fsutil import atomic_dir, atomic_file, is_marked, refuse_foreign_folder
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -45,25 +47,36 @@ def mark_run_folder(out_dir: Path) -> None:
                        encoding="utf-8")
 
 
-def is_empty_folder(out_dir: Path) -> bool:
-    """Missing, or empty but for temporary files a killed write left (a kill while the marker was written)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return True
-    return all(entry.name.startswith(".") and f".{TEMP_TAG}" in entry.name for entry in out_dir.iterdir())
+def _not_our_marker(path: Path) -> str | None:
+    """Why a run.json present is not this command's (another tool's file of that name), or None."""
+    if path.name != RUN_MARKER:
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict) and marker.get("tool") == RUN_TOOL:
+        return None
+    return f"is not the marker {RUN_TOOL} writes (no \"tool\": \"{RUN_TOOL}\" in it)"
+
+
+# A run's folder: its marker, or an older run's first two files together.
+RUN_MARKERS = (RUN_MARKER, LEGACY_RUN_FILES)
+
+
+def refuse_foreign_run_folder(out_dir: Path) -> None:
+    """Train into (or replace) only a missing or empty folder or a run's own, by the rule every command shares.
+    By the marker alone, not by output names: an adapter folder from elsewhere holds only names a run writes too
+    (adapter_config.json, README.md...), and it is someone's. The line reads "exists and is not empty and is not an
+    edgeft training run": an empty folder is train's too."""
+    refuse_foreign_folder(out_dir, what="empty and is not an edgeft training run", markers=RUN_MARKERS,
+                          vouch_marker=_not_our_marker)
 
 
 def is_run_folder(out_dir: Path) -> bool:
     """True for a folder `edgeft train` wrote (its marker, or an older run's first two files): the only kind
     --overwrite may replace."""
-    out_dir = Path(out_dir)
-    try:
-        marker = json.loads((out_dir / RUN_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        marker = None
-    if isinstance(marker, dict) and marker.get("tool") == RUN_TOOL:
-        return True
-    return all((out_dir / name).is_file() for name in LEGACY_RUN_FILES)
+    return is_marked(out_dir, RUN_MARKERS, _not_our_marker)
 
 
 def run_folder_state(out_dir: Path) -> str:
