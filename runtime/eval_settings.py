@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -21,6 +21,9 @@ PathLike = str | os.PathLike
 _SETTING = re.compile(r"<(\w+)>")
 REPORT_MARKER = "report.json"  # every eval writes it: an earlier eval's folder may be replaced
 DEFAULT_CONTEXT_K = 3  # passages per question for the retrieved-context rung
+# What the fleet eval (runtime.fleet_eval) reads; every other setting belongs to the single-model eval's ladder,
+# probe, KLD, speed and gates, and a fleet given one would ignore it and exit 0.
+FLEET_SETTINGS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads", "limit")
 
 
 class SettingError(EdgeftError):
@@ -78,9 +81,11 @@ class EvalSettings:
         """Passages per question for the retrieved-context rung."""
         return DEFAULT_CONTEXT_K if self.context_k is None else self.context_k
 
-    def check(self, *, prompted_model: bool = False) -> None:
+    def check(self, *, fleet: bool = False) -> None:
         """Numbers that make no sense, and settings nothing would read, refused before any file is read.
-        `prompted_model`: the model itself answers prompted with `system` (the fleet eval's base)."""
+        `fleet`: the fleet eval's settings (FLEET_SETTINGS only; its base itself answers prompted with `system`)."""
+        if fleet:
+            self._refuse_unread_by_fleet()
         at_least = [("max_tokens", 1), ("n_ctx", 1), ("threads", 1), ("shots", 0)]  # limit: see read_examples
         if self.baseline is not None:  # passages per question and timed requests matter only for the base's ladder
             at_least += [("context_k", 1), ("latency_samples", 1)]
@@ -96,7 +101,7 @@ class EvalSettings:
             if given and self.baseline is None:
                 raise SettingError(f"<{name}> needs <baseline>: the shots and the retrieved passages are rungs of the "
                                    "base's ladder", name, "baseline")
-        if self.system is not None and self.baseline is None and not prompted_model:
+        if self.system is not None and self.baseline is None and not fleet:
             raise SettingError("<system> needs <baseline>: it is the prompted base's system prompt, and the model "
                                "answers with each example's own turns", "system", "baseline")
         if self.context_k is not None and self.context is None:
@@ -108,6 +113,15 @@ class EvalSettings:
         if self.shots_from is not None and self.shots == 0:
             raise SettingError("<shots_from> needs <shots> K (1 or more): with K=0 no shot is drawn from it",
                                "shots_from", "shots")
+
+    def _refuse_unread_by_fleet(self) -> None:
+        unread = [item.name for item in fields(self) if item.name not in FLEET_SETTINGS
+                  and getattr(self, item.name) != (item.default if item.default is not MISSING
+                                                   else item.default_factory())]
+        if unread:
+            raise SettingError(f"{', '.join(f'<{name}>' for name in unread)}: not with <adapters> (the fleet eval "
+                               "scores adapters against the zero-shot base); evaluate one model for the ladder, "
+                               "probe, KLD, speed and gates", *unread, "adapters")
 
     def report_section(self) -> dict:
         """The `settings` section of report.json."""

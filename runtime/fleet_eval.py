@@ -73,14 +73,14 @@ def _write(out_dir: Path, report: dict, examples, answers: dict, scores: dict) -
 def run_fleet_eval(base: str | os.PathLike, adapters: dict[str, str | os.PathLike], data: str | os.PathLike,
                    out_dir: str | os.PathLike, settings: EvalSettings | None = None, **options) -> dict:
     """Answer every example of `data` with the base and with each adapter (one base load), score with the metric.
-    Of the settings, the fleet uses metric, rubric, system, max_tokens, n_ctx, threads and limit.
+    Of the settings, the fleet reads runtime.eval_settings.FLEET_SETTINGS and refuses any other.
 
     Example: `run_fleet_eval("base.gguf", {"sql": "sql.gguf", "faq": "faq.gguf"}, "eval.jsonl", "out/fleet")`.
     """
     settings = replace(settings or EvalSettings(), **options)
     if not adapters:
         raise SettingError("<adapters>: give at least one NAME=ADAPTER.gguf to evaluate over the base", "adapters")
-    settings.check(prompted_model=True)  # the base answers with --system
+    settings.check(fleet=True)
     out_dir = Path(out_dir)
     refuse_foreign_out_dir(out_dir)
     examples = read_examples(data, limit=settings.limit)

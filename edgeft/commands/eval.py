@@ -80,7 +80,7 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
 
     try:
         if adapters:
-            return _fleet(model, adapters, data, out_dir, options)
+            return _fleet(model, adapters, data, out_dir, recipe, options)
         from runtime.evaluate import run_eval
 
         report = run_eval(model, data, out_dir, _settings(recipe, options))
@@ -96,14 +96,16 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
 def _flags() -> dict[str, str]:
     """Setting name -> the flag that sets it (the option's first spelling: -o, not --output)."""
     flags = {param.name: param.opts[0] for param in eval_command.params if isinstance(param, click.Option)}
-    return {**flags, "speed": "the speed test (leave out --no-speed)"}
+    gates = ", ".join([flags[name] for name in GATE_OPTIONS] + ["--require-earned", "--recipe eval.gates"])
+    return {**flags, "speed": "the speed test (leave out --no-speed)", "gates": f"the gates ({gates})"}
 
 
 GATE_OPTIONS = ("min_gain", "max_ppl_ratio", "max_kld", "min_speed_ratio")
 
 
-def _settings(recipe, options: dict):
-    """The command's options as EvalSettings: gates from the flags over the recipe's, its traffic as the default."""
+def _settings(recipe, options: dict, *, resolve_hf: bool = True):
+    """The command's options as EvalSettings: gates from the flags over the recipe's, its traffic as the default.
+    `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
     from edgeft.errors import EdgeftError
     from runtime.eval_settings import EvalSettings, SettingError, check_requests_per_day
     from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
@@ -121,7 +123,7 @@ def _settings(recipe, options: dict):
     except EdgeftError as exc:
         raise EdgeftError(f"--recipe {exc}") from None
     gates = resolve_gates(from_flags, from_recipe)
-    if options["hf"] is not None:
+    if options["hf"] is not None and resolve_hf:
         from edgeft.modelref import resolve_model
 
         options["hf"] = str(resolve_model(options["hf"]))
@@ -148,26 +150,13 @@ def _print_report(report: dict) -> None:
         click.echo(f"HF parity: {report['parity']['first']}", err=True)
 
 
-# Options of the single-model eval, with the value that means "not given": the fleet eval refuses them.
-SINGLE_MODEL_ONLY = {"baseline": None, "shots": 0, "shots_from": None, "context": None, "context_k": None,
-                     "probe": None, "choices": None, "reference": None, "hf": None, "min_gain": None,
-                     "require_earned": False, "max_ppl_ratio": None, "max_kld": None, "min_speed_ratio": None}
-FLEET_OPTIONS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads", "limit")
-
-
-def _fleet(model, adapters, data, out_dir, options: dict) -> None:
-    """--adapter: every adapter and the base scored over one load of MODEL (runtime.fleet_eval)."""
+def _fleet(model, adapters, data, out_dir, recipe, options: dict) -> None:
+    """--adapter: every adapter and the base scored over one load of MODEL (runtime.fleet_eval); the settings it
+    does not read are refused there (EvalSettings.check), so every option goes in as given."""
     from edgeft.commands.serve import parse_adapters
-    from edgeft.errors import EdgeftError
-    from runtime.eval_settings import EvalSettings
     from runtime.fleet_eval import run_fleet_eval
 
-    flags = _flags()
-    given = [flags[name] for name, unset in SINGLE_MODEL_ONLY.items() if options[name] != unset]
-    if given:
-        raise EdgeftError(f"{', '.join(given)}: not with --adapter (the fleet eval scores adapters against the "
-                          "zero-shot base); run `edgeft eval` on one model for the ladder, probe and gates")
-    settings = EvalSettings(**{name: options[name] for name in FLEET_OPTIONS})
+    settings = _settings(recipe, options, resolve_hf=False)
     report = run_fleet_eval(model, parse_adapters(adapters), data, out_dir, settings)
     for row in report["models"]:
         diff = row["difference_vs_base"]
