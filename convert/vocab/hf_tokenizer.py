@@ -16,16 +16,22 @@ Then the BOS: llama.cpp puts one before a chat when the GGUF says add_bos_token 
 first; `chat_ids` feeds the same ids on the HF side (training's mask, the data check, imatrix, chat parity), from
 the rule the converter writes into the GGUF (`convert.vocab.special`).
 
-No transformers import here: this works on the tokenizer object (its `backend_tokenizer`, a `tokenizers` pipeline).
+`load_hf_tokenizer` is the one loader of a folder's HF tokenizer: training, the data tools, imatrix, merge, the
+release's chat parity and `edgeft eval --hf` all take it from here, so each loads the same tokenizer the same way
+(offline, fast only, aligned). transformers is imported inside it only: convert/ and runtime/ stay importable on a
+laptop install without it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgeft.errors import EdgeftError
 
 SPACE = "▁"
+# What AutoTokenizer can build a tokenizer from; a folder holding none of them is not a tokenizer folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def _metaspace_in(pre_tokenizer) -> bool:
@@ -83,7 +89,6 @@ def match_llama_cpp(tokenizer, model_dir: str | Path) -> str | None:
             f"(add_dummy_prefix={prefix}), so training tokenizes as the GGUF will")
 
 
-__all__ = ["match_llama_cpp"]
 
 
 def llama_cpp_bos_id(tokenizer) -> int | None:
@@ -116,3 +121,37 @@ def chat_ids(tokenizer, text: str) -> list[int]:
 
     ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
     return bos_first(ids, llama_cpp_bos_id(tokenizer))
+
+
+def load_hf_tokenizer(model_dir: str | Path):
+    """A fast (offset-capable) HF tokenizer from the local folder `model_dir`, never a hub download, splitting text
+    as llama.cpp will with the converted vocabulary (`match_llama_cpp`); EdgeftError (one line) when transformers is
+    missing, the folder holds no tokenizer or one that does not load, only a slow one, or one llama.cpp cannot match."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - the train extra is missing
+        raise EdgeftError("reading a tokenizer needs transformers: pip install 'edgeft[train]'") from exc
+    path = Path(model_dir)
+    if not path.is_dir():
+        what = "is a file, not a model folder" if path.exists() else "no such model folder"
+        raise EdgeftError(f"{model_dir}: {what}; pass the folder holding tokenizer.json")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise EdgeftError(f"{model_dir}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); pass the "
+                          "model folder that holds tokenizer.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        # Its messages span several lines (a numbered list of what it tried): the first says what failed.
+        problem = (str(exc).strip().splitlines() or [""])[0].rstrip(" :")
+        raise EdgeftError(f"{model_dir}: cannot load a tokenizer ({type(exc).__name__}: {problem}); pass a model "
+                          "folder whose tokenizer.json loads") from exc
+    # Training's label mask needs offsets, and a slow tokenizer is not aligned here: one rule for every caller.
+    if not getattr(tokenizer, "is_fast", True):
+        raise EdgeftError(f"{model_dir}: only a slow tokenizer is available; edgeft needs tokenizer.json")
+    note = match_llama_cpp(tokenizer, path)
+    if note:
+        logging.getLogger("edgeft.tokenizer").info(note)
+    return tokenizer
+
+
+__all__ = ["TOKENIZER_FILES", "chat_ids", "llama_cpp_bos_id", "load_hf_tokenizer", "match_llama_cpp"]

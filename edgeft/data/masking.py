@@ -18,11 +18,12 @@ is the classic way a fine-tune fails without anyone noticing.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+# The one loader of a folder's HF tokenizer (offline, fast, split as llama.cpp splits), shared with runtime/.
+from convert.vocab.hf_tokenizer import load_hf_tokenizer as load_tokenizer
 from edgeft.data.templates import TemplateRenderError, render_chat, special_tokens_of, template_for
 from edgeft.errors import EdgeftError
 
@@ -40,41 +41,6 @@ class TrainedSpan:
     start: int
     content_end: int  # end of the assistant content; [content_end, end) is the end-of-turn marker
     end: int
-
-
-# What AutoTokenizer can build a tokenizer from; a folder holding none of them is not a tokenizer folder.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-def load_tokenizer(model_dir: str | Path):
-    """A fast (offset-capable) HF tokenizer from a model folder, splitting text as llama.cpp will split it with the
-    converted vocabulary (`convert.vocab.hf_tokenizer.match_llama_cpp`); EdgeftError when there is none, or when
-    the two cannot agree. Training, masking, the data tools and the release's parity check all load it here."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:  # pragma: no cover - the train extra is missing
-        raise EdgeftError("reading a tokenizer needs transformers: pip install 'edgeft[train]'") from exc
-    path = Path(model_dir)
-    if not path.exists():
-        raise EdgeftError(f"{model_dir}: no such model folder; pass the folder holding tokenizer.json")
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise EdgeftError(f"{model_dir}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); pass the "
-                          "model folder that holds tokenizer.json")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # transformers raises many types for a broken folder
-        # Its messages span several lines (a numbered list of what it tried): the first says what failed.
-        problem = (str(exc).strip().splitlines() or [""])[0].rstrip(" :")
-        raise EdgeftError(f"{model_dir}: cannot load a tokenizer ({type(exc).__name__}: {problem}); pass a model "
-                          "folder whose tokenizer.json loads") from exc
-    if not getattr(tokenizer, "is_fast", True):
-        raise EdgeftError(f"{model_dir}: only a slow tokenizer is available; the label mask needs tokenizer.json")
-    from convert.vocab.hf_tokenizer import match_llama_cpp
-
-    note = match_llama_cpp(tokenizer, path)
-    if note:
-        logging.getLogger("edgeft.tokenizer").info(note)
-    return tokenizer
 
 
 def _describe(messages: Sequence[Mapping[str, Any]]) -> str:

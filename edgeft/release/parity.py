@@ -5,9 +5,9 @@ Three facts, each a one-line failure naming what differs:
    adapter's chat_template.jinja);
 2. the GGUF embeds that same template;
 3. conversations with and without a system turn, multi-turn, with the generation prompt, and some of the eval
-   data render to the same text and the same ids through transformers on the merged folder (loaded with the
-   tokenizer training used, `edgeft.data.masking.load_tokenizer`) and through the GGUF in llama-cpp-python, BOS
-   as llama.cpp feeds it (`runtime.chat_parity`, the comparison `edgeft eval --hf` makes too).
+   data render to the same text and the same ids through transformers on the merged folder (loaded as training
+   loads it, `convert.vocab.hf_tokenizer.load_hf_tokenizer`) and through the GGUF in llama-cpp-python, BOS as
+   llama.cpp feeds it (`runtime.chat_parity`, the comparison `edgeft eval --hf` makes too).
 """
 
 from __future__ import annotations
