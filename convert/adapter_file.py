@@ -133,7 +133,9 @@ def lora_scale(config: dict, module: str, rank: int) -> float:
     return alpha / rank
 
 
-# The adapter_config.json settings this reader computes with, and the JSON types peft writes for them (null: unset).
+# The adapter_config.json settings this reader computes with: the JSON types peft writes for them (null: unset) and,
+# for numbers, the values that mean something. r 0, a negative r or a lora_alpha <= 0 / NaN converted: the rank is
+# taken from the tensors and a negative alpha only flips the delta's sign.
 CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "r": (int,),
     "lora_alpha": (int, float),
@@ -145,8 +147,36 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "trainable_token_indices": (list, dict),
     "base_model_name_or_path": (str,),
 }
+CONFIG_RANGES: dict[str, tuple[object, str]] = {  # setting -> (holds(value), what it must be)
+    "r": (lambda value: value >= 1, "a rank of 1 or more"),
+    "lora_alpha": (lambda value: math.isfinite(value) and value > 0, "a finite number above 0"),
+}
+# Each value of a per-module pattern is the setting it overrides, and follows that setting's rules.
+PATTERN_OF = {"alpha_pattern": "lora_alpha", "rank_pattern": "r"}
 CONFIG_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", bool: "true/false", list: "a list",
                      str: "a string"}
+
+
+def _config_value_problem(key: str, value) -> str | None:
+    """What is wrong with one adapter_config.json value under CONFIG_TYPES / CONFIG_RANGES (None: nothing)."""
+    types = CONFIG_TYPES[key]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        return " or ".join(CONFIG_TYPE_NAMES[t] for t in types)
+    holds, wanted = CONFIG_RANGES.get(key, (None, ""))
+    return None if holds is None or holds(value) else wanted
+
+
+def _refuse_bad_config_values(config: dict, config_path: Path) -> None:
+    checks = [(key, key, config.get(key)) for key in CONFIG_TYPES]
+    for pattern, setting in PATTERN_OF.items():
+        if isinstance(config.get(pattern), dict):
+            checks += [(f"{pattern}[{json.dumps(module)}]", setting, value)
+                       for module, value in config[pattern].items()]
+    for shown, key, value in checks:
+        wanted = None if value is None and shown == key else _config_value_problem(key, value)
+        if wanted:
+            raise EdgeftError(f"{config_path}: {shown} is {json.dumps(value)[:60]}, not {wanted}; "
+                              "re-save the adapter with peft")
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
@@ -163,12 +193,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise EdgeftError(f"{config_path}: is a JSON {type(config).__name__}, not an object of peft settings; "
                           "re-save the adapter with peft")
-    for key, types in CONFIG_TYPES.items():
-        value = config.get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
-            wanted = " or ".join(CONFIG_TYPE_NAMES[t] for t in types)
-            raise EdgeftError(f"{config_path}: {key} is {json.dumps(value)[:60]}, not {wanted}; "
-                              "re-save the adapter with peft")
+    _refuse_bad_config_values(config, config_path)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise EdgeftError(f"{config_path}: adapter type {peft_type or 'unknown'!r} is not supported; "
@@ -199,6 +224,18 @@ def _token_indices(config: dict, module: str) -> list[int]:
         raise EdgeftError(f"adapter_config.json: trainable token rows saved for {module} but no "
                           "trainable_token_indices for it; re-save the adapter with peft")
     return list(spec)
+
+
+def _refuse_rank_mismatch(config: dict, module: str, rank: int, weights_path: Path) -> None:
+    """The tensors' rank is what gets converted; a config r (or its rank_pattern entry) that says otherwise means
+    the config and the weights are not one adapter's."""
+    rank_pattern = config.get("rank_pattern") or {}
+    configured = _pattern_value(rank_pattern, module, config.get("r"))
+    if configured is not None and configured != rank:
+        said = "its rank_pattern entry" if _pattern_value(rank_pattern, module, None) is not None else "r"
+        raise EdgeftError(f"{weights_path}: {module} has rank {rank} (lora_A rows) but adapter_config.json gives "
+                          f"{said} {configured}; the config and the weights are not the same adapter's, re-save "
+                          "the adapter with peft")
 
 
 def load_adapter(adapter_dir: str | Path) -> Adapter:
@@ -242,6 +279,7 @@ def load_adapter(adapter_dir: str | Path) -> Adapter:
         if "A" not in entry or "B" not in entry:
             raise EdgeftError(f"{weights_path}: {module} has only one of lora_A/lora_B; the adapter file is incomplete")
         rank = int(entry["A"].shape[0])
+        _refuse_rank_mismatch(config, module, rank, weights_path)
         pair = LoraPair(module=module, kind=str(entry["kind"]), A=entry["A"], B=entry["B"],
                         scale=lora_scale(config, module, rank), magnitude=entry.get("magnitude"),
                         bias=entry.get("bias"), fan_in_fan_out=bool(config.get("fan_in_fan_out")))

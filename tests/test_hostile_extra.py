@@ -96,6 +96,16 @@ BAD_ADAPTER_CONFIGS = [
     ({"alpha_pattern": [1]}, "alpha_pattern is [1], not an object"),
     ({"target_parameters": 5}, "target_parameters is 5, not a list"),
     ({"r": True}, "r is true, not an integer"),
+    # nonsense values converted: the rank is taken from the tensors, a negative alpha only flips the delta
+    ({"r": 0}, "r is 0, not a rank of 1 or more"),
+    ({"r": -8}, "r is -8, not a rank of 1 or more"),
+    ({"lora_alpha": 0}, "lora_alpha is 0, not a finite number above 0"),
+    ({"lora_alpha": -16}, "lora_alpha is -16, not a finite number above 0"),
+    ({"lora_alpha": float("nan")}, "lora_alpha is NaN, not a finite number above 0"),
+    ({"lora_alpha": float("inf")}, "lora_alpha is Infinity, not a finite number above 0"),
+    ({"alpha_pattern": {"q_proj": -1}}, 'alpha_pattern["q_proj"] is -1, not a finite number above 0'),
+    ({"alpha_pattern": {"q_proj": "big"}}, 'alpha_pattern["q_proj"] is "big", not an integer or a number'),
+    ({"rank_pattern": {"q_proj": 0}}, 'rank_pattern["q_proj"] is 0, not a rank of 1 or more'),
 ]
 
 
@@ -112,6 +122,34 @@ def test_convert_lora_refuses_a_config_of_the_wrong_shape(tmp_path, change, need
     out = tmp_path / "adapter.gguf"
     one_line_error(invoke("convert-lora", adapter, "-o", out, "--base", model), "adapter_config.json: ", needle)
     assert not out.exists()
+
+
+# config r vs the tensors' rank (8): a disagreement rank_pattern does not explain is refused, one it does converts.
+RANK_CONFIGS = [
+    ({"r": 4}, "has rank 8 (lora_A rows) but adapter_config.json gives r 4"),
+    ({"rank_pattern": {"q_proj": 4}}, "has rank 8 (lora_A rows) but adapter_config.json gives its rank_pattern "
+                                      "entry 4"),
+    ({"r": 4, "rank_pattern": {".*": 8}}, None),
+]
+
+
+@pytest.mark.parametrize("change, needle", RANK_CONFIGS)
+def test_convert_lora_checks_the_config_rank_against_the_tensors(tmp_path, change, needle):
+    pytest.importorskip("peft")
+    from tests.test_merge import make_adapter
+
+    model = build_model("llama")
+    adapter, _, _ = make_adapter(model, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    out = tmp_path / "adapter.gguf"
+    result = invoke("convert-lora", adapter, "-o", out, "--base", model)
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert out.exists()
+    else:
+        one_line_error(result, "adapter_model.safetensors: ", needle, "not the same adapter's")
+        assert not out.exists()
 
 
 def test_import_refuses_a_gguf_version_it_does_not_know(tmp_path, gguf):
