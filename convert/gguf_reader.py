@@ -22,6 +22,13 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from edgeft.errors import EdgeftError
 
 GGUF_MAGIC_BYTES = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF", the first four bytes of every GGUF file
+# A file without the magic, by its name: what it most likely is, and what to do with it.
+NOT_GGUF_SUFFIXES = {
+    ".safetensors": "a safetensors checkpoint: convert its Hugging Face folder with `edgeft convert`",
+    ".bin": "a PyTorch checkpoint: convert its Hugging Face folder with `edgeft convert`",
+    ".pt": "a PyTorch checkpoint: convert its Hugging Face folder with `edgeft convert`",
+    ".pth": "a PyTorch checkpoint: convert its Hugging Face folder with `edgeft convert`",
+}
 # Value type -> struct format of one element; STRING and ARRAY have variable length and are walked instead.
 SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -62,20 +69,33 @@ class TensorEntry:
         return tuple(reversed(self.ggml_shape))
 
 
+def refuse_not_gguf(path: Path) -> None:
+    """The one line for a path that is no GGUF at all (missing, a folder, empty, other bytes), shown by every
+    reader of GGUFs (runtime.check_gguf before llama.cpp, the quantizer, import, convert-lora's base)."""
+    if not path.exists():
+        raise EdgeftError(f"{path}: no such file; pass the path of a .gguf file (see `edgeft convert`)")
+    if path.is_dir():
+        raise EdgeftError(f"{path}: is a folder, not a GGUF file; a Hugging Face model folder converts with "
+                          f"`edgeft convert {path}`")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == GGUF_MAGIC_BYTES:
+        return
+    if not magic:
+        raise EdgeftError(f"{path}: not a GGUF file (the file is empty); check the path")
+    advice = NOT_GGUF_SUFFIXES.get(path.suffix.lower(), "pass a .gguf made by edgeft or llama.cpp")
+    raise EdgeftError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r}); {advice}")
+
+
 class GGUFFile:
     """Memory-mapped GGUF: `.kv` (key -> KVEntry), `.value(key)`, `.array(key)`, `.kv_bytes(key)`, `.tensors`,
     `.data(t)`, `.dequantize(t)`. Usable as a context manager (closes the mapping)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        refuse_not_gguf(self.path)
         with open(self.path, "rb") as handle:
-            try:
-                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as exc:  # empty file
-                raise EdgeftError(f"{self.path}: empty file, not a GGUF; check the path") from exc
-        if self._map[:4] != GGUF_MAGIC_BYTES:
-            self._map.close()
-            raise EdgeftError(f"{self.path}: not a GGUF file (bad magic); pass a .gguf made by edgeft or llama.cpp")
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             self._read_header()
         except (struct.error, UnicodeDecodeError, ValueError, KeyError) as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gguf import GGUFType, Keys
 
-from convert.gguf_reader import GGUF_MAGIC_BYTES, GGUFFile
+from convert.gguf_reader import GGUFFile
 from edgeft.errors import EdgeftError
 
 
@@ -21,22 +21,7 @@ def check_gguf(path: str | os.PathLike, *, adapter: bool = False) -> Path:
     """Fail with one line if `path` is missing, not a GGUF, shorter than its own tensor table says, or a model where
     a LoRA adapter is expected (`adapter`) or the other way round."""
     path = Path(path)
-    if not path.exists():
-        raise EdgeftError(f"{path}: no such file; pass the path of a .gguf model (see `edgeft convert`)")
-    if path.is_dir():
-        raise EdgeftError(f"{path}: is a folder, not a GGUF file; convert it first with `edgeft convert {path}`")
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != GGUF_MAGIC_BYTES:
-        if not size:
-            hint = "the file is empty"
-        elif path.suffix in {".safetensors", ".bin", ".pt", ".pth"}:
-            hint = "a Hugging Face checkpoint: convert its folder with `edgeft convert`"
-        else:
-            hint = "pass a .gguf model file"
-        raise EdgeftError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r}); {hint}")
-    # The header walk (shared with the quantizer) names a cut or damaged file in one line.
+    # The header walk (shared with the quantizer) names a missing, foreign, cut or damaged file in one line.
     with GGUFFile(path) as gguf_file:
         is_adapter = gguf_file.value(Keys.General.TYPE) == GGUFType.ADAPTER
     if is_adapter and not adapter:  # llama.cpp's own refusal blamed the build or the architecture
