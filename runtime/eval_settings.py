@@ -16,10 +16,11 @@ from typing import Mapping
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_foreign_folder
+from runtime.report import EVAL_FILES
 
 PathLike = str | os.PathLike
 _SETTING = re.compile(r"<(\w+)>")
-REPORT_MARKER = "report.json"  # every eval writes it: an earlier eval's folder may be replaced
+REPORT_MARKER = EVAL_FILES["report"]  # every eval writes it: an earlier eval's folder may be replaced
 DEFAULT_CONTEXT_K = 3  # passages per question for the retrieved-context rung
 # What the fleet eval (runtime.fleet_eval) reads; every other setting belongs to the single-model eval's ladder,
 # probe, KLD, speed and gates, and a fleet given one would ignore it and exit 0.

@@ -22,9 +22,7 @@ from runtime.generate import prompt_tokens, render_chat
 from runtime.load import check_context, check_gguf, open_gguf
 from runtime.measurements import MEASUREMENTS, EvalRun
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
-from runtime.report import EvalReport
-
-OUTPUTS = ("report.json", "report.md", "review.md", "eval.png", "predictions.jsonl")
+from runtime.report import EVAL_FILES, EvalReport
 
 # What each gate reads must be measured: the settings it needs (a gate asked for without them is refused up
 # front rather than silently failing as "not measured").
@@ -143,5 +141,5 @@ def run_eval(model: str | os.PathLike, data: str | os.PathLike, out_dir: str | o
     result = report.as_dict()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         write_all(result, run.result.rows, tmp)
-    result["outputs"] = {name: str(out_dir / name) for name in OUTPUTS}
+    result["outputs"] = {name: str(out_dir / name) for name in EVAL_FILES.values()}
     return result

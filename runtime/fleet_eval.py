@@ -17,6 +17,7 @@ from edgeft.fsutil import atomic_dir
 from runtime.eval_settings import EvalSettings, SettingError, refuse_foreign_out_dir, refuse_long_prompts
 from runtime.examples import baseline_prompt, read_examples
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
+from runtime.report import EVAL_FILES, FLEET_FILES
 from runtime.serve.engine import Delta, Done, Engine, Sampling
 from runtime.stats import mean_interval, paired_difference
 
@@ -59,9 +60,9 @@ def _models_section(base, adapters, base_name: str, scores: dict) -> list[dict]:
 
 def _write(out_dir: Path, report: dict, examples, answers: dict, scores: dict) -> None:
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        (tmp / "report.md").write_text(_markdown(report))
-        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        (tmp / EVAL_FILES["report"]).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        (tmp / EVAL_FILES["markdown"]).write_text(_markdown(report))
+        with open(tmp / EVAL_FILES["predictions"], "w", encoding="utf-8") as handle:
             for index, example in enumerate(examples):
                 row = {"line": example.line, "question": example.question, "gold": example.gold}
                 for name in answers:
@@ -104,7 +105,7 @@ def run_fleet_eval(base: str | os.PathLike, adapters: dict[str, str | os.PathLik
                            "system": settings.system, "decoding": "greedy"},
               "models": _models_section(base, adapters, engine.base_name, scores)}
     _write(out_dir, report, examples, answers, scores)
-    report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "predictions.jsonl")}
+    report["outputs"] = {EVAL_FILES[role]: str(out_dir / EVAL_FILES[role]) for role in FLEET_FILES}
     return report
 
 

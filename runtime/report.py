@@ -9,6 +9,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REVIEW_SAMPLES = 50
+# The files an eval writes into its -o folder, by what they hold: the one spelling of their names. report["outputs"]
+# maps each name to its path; the fleet eval (runtime.fleet_eval) writes no review and no plot.
+EVAL_FILES = {"report": "report.json", "markdown": "report.md", "review": "review.md", "plot": "eval.png",
+              "predictions": "predictions.jsonl"}
+FLEET_FILES = ("report", "markdown", "predictions")
 
 
 @dataclass
@@ -254,11 +259,10 @@ def plot(report: dict, path: Path) -> None:
 
 def write_all(report: dict, rows: list[dict], out_dir: Path) -> dict[str, Path]:
     """Write the five files into `out_dir` (already a temporary folder; the caller renames it into place)."""
-    paths = {name: out_dir / name for name in ("report.json", "report.md", "review.md", "eval.png",
-                                                "predictions.jsonl")}
-    write_json(report, paths["report.json"])
-    paths["report.md"].write_text(render_markdown(report), encoding="utf-8")
-    paths["review.md"].write_text(render_review(rows, has_baseline=bool(report.get("baseline"))), encoding="utf-8")
-    plot(report, paths["eval.png"])
-    write_predictions(rows, paths["predictions.jsonl"])
-    return paths
+    paths = {role: out_dir / name for role, name in EVAL_FILES.items()}
+    write_json(report, paths["report"])
+    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    paths["review"].write_text(render_review(rows, has_baseline=bool(report.get("baseline"))), encoding="utf-8")
+    plot(report, paths["plot"])
+    write_predictions(rows, paths["predictions"])
+    return {EVAL_FILES[role]: path for role, path in paths.items()}

@@ -172,6 +172,12 @@ def test_report_files(tmp_path):
               "difference": paired_difference([r["model_score"] for r in rows], [0.0] * 60),
               "gates": [{"gate": "min_gain", "passed": False, "text": "min_gain: 50 >= 60 — FAIL"}]}
     paths = write_all(report, rows, tmp_path)
+    from runtime.eval_settings import REPORT_MARKER
+    from runtime.report import EVAL_FILES, FLEET_FILES
+
+    # one table names the files: what write_all writes, the folder marker, the fleet's subset
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(EVAL_FILES.values()) == sorted(paths)
+    assert REPORT_MARKER == EVAL_FILES["report"] and set(FLEET_FILES) <= set(EVAL_FILES)
     assert json.loads(paths["report.json"].read_text())["n"] == 60
     markdown = paths["report.md"].read_text()
     assert "Gates failed: min_gain" in markdown and "Difference (fine-tune − baseline)" in markdown

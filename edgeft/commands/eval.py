@@ -7,6 +7,7 @@ import sys
 import click
 
 from runtime.eval_settings import DEFAULT_CONTEXT_K
+from runtime.report import EVAL_FILES
 
 GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did not pass
 
@@ -16,7 +17,7 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Eval conversations, JSONL; the last assistant turn of each is the gold answer.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Folder for report.json, report.md, review.md, eval.png, predictions.jsonl.")
+              help=f"Folder for {', '.join(EVAL_FILES.values())}.")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Base GGUF to beat: it runs the whole ladder (zero-shot, fixed and retrieved --shots, --context).")
 @click.option("--metric", default="exact", show_default=True,
@@ -88,7 +89,7 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
         raise EdgeftError(exc.named(_flags())) from None
     _print_report(report)
     if not report["passed"]:
-        click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs']['report.md']})",
+        click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs'][EVAL_FILES['markdown']]})",
                    err=True)
         sys.exit(GATE_FAILED_EXIT)
 
@@ -143,7 +144,7 @@ def _print_report(report: dict) -> None:
 
         for text in ladder_lines(report["ladder"]):
             click.echo(text)
-    click.echo(f"report: {report['outputs']['report.md']}")
+    click.echo(f"report: {report['outputs'][EVAL_FILES['markdown']]}")
     for row in report["gates"]:
         click.echo(f"gate {row['text']}", err=not row["passed"])
     if (report.get("parity") or {}).get("first"):  # the one line that names the conversation and the token
@@ -163,4 +164,4 @@ def _fleet(model, adapters, data, out_dir, recipe, options: dict) -> None:
         versus = "" if diff is None else f", vs base {diff['mean'] * 100:+.1f} [{diff['low'] * 100:+.1f}, " \
                                          f"{diff['high'] * 100:+.1f}] points"
         click.echo(f"{row['model']}: {report['metric']} {row['score']['mean'] * 100:.1f}%{versus}")
-    click.echo(f"report: {report['outputs']['report.md']}")
+    click.echo(f"report: {report['outputs'][EVAL_FILES['markdown']]}")

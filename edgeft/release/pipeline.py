@@ -19,6 +19,7 @@ from typing import Callable
 from edgeft.errors import EdgeftError
 from edgeft.release import stages
 from edgeft.release.settings import DEMO_DIR, Settings
+from runtime.report import EVAL_FILES
 
 # Inputs that are not a stage's output: the training data, the eval data, the base model's files, and the
 # recipe's context corpus (which only the recipe names, so make learns it from recipe-inputs.mk).
@@ -47,7 +48,7 @@ STAGES = [
     Stage("base_imatrix", stages.stage_base_imatrix, ("settings", BASE, DATA), "base_imatrix"),
     Stage("base_gguf", stages.stage_base_gguf, (BASE, "base_imatrix"), "base_gguf"),
     Stage("lora", stages.stage_lora, ("train",), "lora", optional=True),
-    Stage("eval", stages.stage_eval, ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), "eval", "report.json"),
+    Stage("eval", stages.stage_eval, ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), "eval", EVAL_FILES["report"]),
     Stage("bench", stages.stage_bench, ("model", "base_gguf"), "bench"),
     Stage("publish", stages.stage_publish, ("eval", "bench", "model", "lora"), "publish"),
 ]

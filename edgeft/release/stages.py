@@ -17,6 +17,7 @@ from pathlib import Path
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
 from edgeft.release.settings import BENCH_SETTINGS, Settings, expand
+from runtime.report import EVAL_FILES
 
 def free_cores() -> int:
     """Cores not already busy (1-minute load average), at least 1. On a shared 2-core box two torch threads
@@ -42,7 +43,7 @@ def stage_settings(s: Settings) -> None:
     recipe-inputs.mk, the inputs that only the recipe names (the eval's context corpus), which release.mk includes."""
     s.out.mkdir(parents=True, exist_ok=True)
     _write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
-    report = s.path("eval") / "report.json"
+    report = s.path("eval") / EVAL_FILES["report"]
     rules = "".join(f"{report}: {path}\n" for path in context_files(s))
     _write_if_changed(s.path("make_inputs"), "# written by the settings stage from the release recipe\n" + rules)
 
@@ -196,7 +197,7 @@ def stage_publish(s: Settings) -> None:
     from edgeft.release.publish import publish_release, refuse_failed_gates
     from edgeft.release.metrics import metrics_from_outputs
 
-    report = json.loads((s.path("eval") / "report.json").read_text())
+    report = json.loads((s.path("eval") / EVAL_FILES["report"]).read_text())
     # A failed gate is final: refuse before the chat-parity check and the rest spend minutes on it.
     refuse_failed_gates(report.get("gates", []), s.release_root / s.name, report_dir=s.path("eval"))
     bench = json.loads(s.path("bench").read_text())
