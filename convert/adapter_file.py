@@ -172,6 +172,12 @@ def _refuse_bad_config_values(config: dict, config_path: Path) -> None:
         if isinstance(config.get(pattern), dict):
             checks += [(f"{pattern}[{json.dumps(module)}]", setting, value)
                        for module, value in config[pattern].items()]
+            for module in config[pattern]:  # peft matches the keys as regular expressions (_pattern_value)
+                try:
+                    re.compile(module)
+                except re.error as exc:
+                    raise EdgeftError(f"{config_path}: {pattern} key {json.dumps(module)[:60]} is not a regular "
+                                      f"expression ({exc}); re-save the adapter with peft") from None
     for shown, key, value in checks:
         wanted = None if value is None and shown == key else _config_value_problem(key, value)
         if wanted:

@@ -106,6 +106,8 @@ BAD_ADAPTER_CONFIGS = [
     ({"alpha_pattern": {"q_proj": -1}}, 'alpha_pattern["q_proj"] is -1, not a finite number above 0'),
     ({"alpha_pattern": {"q_proj": "big"}}, 'alpha_pattern["q_proj"] is "big", not an integer or a number'),
     ({"rank_pattern": {"q_proj": 0}}, 'rank_pattern["q_proj"] is 0, not a rank of 1 or more'),
+    ({"rank_pattern": {"(q_proj": 8}}, 'rank_pattern key "(q_proj" is not a regular expression'),
+    ({"alpha_pattern": {"[": 16}}, 'alpha_pattern key "[" is not a regular expression'),
 ]
 
 
