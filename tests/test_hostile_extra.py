@@ -111,8 +111,19 @@ BAD_ADAPTER_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("change, needle", BAD_ADAPTER_CONFIGS)
-def test_convert_lora_refuses_a_config_of_the_wrong_shape(tmp_path, change, needle):
+# config r vs the tensors' rank (8): a disagreement rank_pattern does not explain is refused, one it does converts.
+RANK_CONFIGS = [
+    ({"r": 4}, "adapter_model.safetensors: ",
+     ("has rank 8 (lora_A rows) but adapter_config.json gives r 4", "not the same adapter's")),
+    ({"rank_pattern": {"q_proj": 4}}, "adapter_model.safetensors: ",
+     ("has rank 8 (lora_A rows) but adapter_config.json gives its rank_pattern entry 4", "not the same adapter's")),
+    ({"r": 4, "rank_pattern": {".*": 8}}, None, None),
+]
+
+
+@pytest.mark.parametrize("change, where, needles", [(change, "adapter_config.json: ", (needle,))
+                                                    for change, needle in BAD_ADAPTER_CONFIGS] + RANK_CONFIGS)
+def test_convert_lora_checks_adapter_config(tmp_path, change, where, needles):
     pytest.importorskip("peft")
     from tests.test_merge import make_adapter
 
@@ -122,35 +133,12 @@ def test_convert_lora_refuses_a_config_of_the_wrong_shape(tmp_path, change, need
     config = json.loads(config_path.read_text())
     config_path.write_text(change if isinstance(change, str) else json.dumps({**config, **change}))
     out = tmp_path / "adapter.gguf"
-    one_line_error(invoke("convert-lora", adapter, "-o", out, "--base", model), "adapter_config.json: ", needle)
-    assert not out.exists()
-
-
-# config r vs the tensors' rank (8): a disagreement rank_pattern does not explain is refused, one it does converts.
-RANK_CONFIGS = [
-    ({"r": 4}, "has rank 8 (lora_A rows) but adapter_config.json gives r 4"),
-    ({"rank_pattern": {"q_proj": 4}}, "has rank 8 (lora_A rows) but adapter_config.json gives its rank_pattern "
-                                      "entry 4"),
-    ({"r": 4, "rank_pattern": {".*": 8}}, None),
-]
-
-
-@pytest.mark.parametrize("change, needle", RANK_CONFIGS)
-def test_convert_lora_checks_the_config_rank_against_the_tensors(tmp_path, change, needle):
-    pytest.importorskip("peft")
-    from tests.test_merge import make_adapter
-
-    model = build_model("llama")
-    adapter, _, _ = make_adapter(model, tmp_path / "adapter")
-    config_path = adapter / "adapter_config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
-    out = tmp_path / "adapter.gguf"
     result = invoke("convert-lora", adapter, "-o", out, "--base", model)
-    if needle is None:
+    if needles is None:
         assert result.exit_code == 0, result.output
         assert out.exists()
     else:
-        one_line_error(result, "adapter_model.safetensors: ", needle, "not the same adapter's")
+        one_line_error(result, where, *needles)
         assert not out.exists()
 
 
