@@ -14,24 +14,13 @@ import pytest
 import convert.output_space
 from convert.output_space import MARGIN_BYTES, human_size
 from tests.convert_helpers import assert_refused
-from tests.factory import build_model
 from tests.hostile import disk_full_after, invoke, one_line_error, tree_state
+# The fixture model and its F32 GGUF, defined once (pytest finds fixtures imported into a test module).
+from tests.test_hostile_outputs import gguf, model  # noqa: F401
 
 Usage = namedtuple("Usage", "total used free")
 # Files an import writes besides the ones whose room it checks (a few kB; MARGIN_BYTES covers them).
 UNCOUNTED = ("config.json", "generation_config.json", "README.md")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model("llama")
-
-
-@pytest.fixture(scope="module")
-def gguf(tmp_path_factory, model):
-    from convert import convert_model
-
-    return convert_model(model, tmp_path_factory.mktemp("disk-full") / "model-f32.gguf", outtype="f32")
 
 
 def _command(writer: str, model: Path, gguf: Path, out_dir: Path) -> tuple[list, Path]:
