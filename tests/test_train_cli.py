@@ -43,17 +43,6 @@ def test_invalid_data_shows_the_check_line(tmp_path, no_model_load):
     assert not (tmp_path / "out").exists()
 
 
-def test_out_dir_not_empty_without_overwrite(tmp_path, no_model_load):
-    base = build_model("qwen2")
-    train, _ = toy_data(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    line = _run(["--base", base, "--data", train, "-o", out])
-    assert "not empty and is not an edgeft training run" in line  # so not even --overwrite replaces it
-    assert (out / "precious.txt").read_text() == "keep me"
-
-
 def test_resume_without_checkpoint(tmp_path, no_model_load):
     base = build_model("qwen2")
     train, _ = toy_data(tmp_path)

@@ -86,6 +86,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_named_and_replaced_only_on_
 
 
 def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tmp_path, no_model_load):
+    """Without a flag, with --overwrite and with --resume: refused, the folder as it was (the CLI's one case)."""
     base = build_model("qwen2")
     data, _ = toy_data(tmp_path)
     out = tmp_path / "mine"
@@ -93,7 +94,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tmp_path, no_model_
     (out / "precious.txt").write_text("keep me")
     for flags in ([], ["--overwrite"], ["--resume"]):
         line = _one_line_error(["--base", base, "--data", data, "-o", out, *flags])
-        assert "not an edgeft training run" in line and "choose another -o" in line, flags
+        assert "not empty and is not an edgeft training run" in line and "choose another -o" in line, flags
     assert _tree(out) == ["precious.txt"] and (out / "precious.txt").read_text() == "keep me"
 
 
