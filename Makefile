@@ -5,7 +5,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EDGEFT := $(VENV)/bin/edgeft
 # The install stamp is what every other target depends on: a fresh clone installs, a second run does not.
 STAMP  := $(VENV)/.installed
 
@@ -13,10 +12,11 @@ STAMP  := $(VENV)/.installed
 BASE   ?=
 DATA   ?=
 EVAL   ?=
-QUANT  ?= Q4_K_M
+QUANT  ?=
 NAME   ?=
 RECIPE ?=
 OUT    ?= out
+RELEASE_DIR ?= release
 
 # Without a CUDA driver we install the CPU torch wheel first: a bare `torch` requirement would pull a multi-GB
 # CUDA build. On a CUDA machine pip picks the matching CUDA build itself.
@@ -33,7 +33,7 @@ LLAMA_AMX        ?=
 LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) edgeft/native_build.py $(if $(LLAMA_AMX),--amx))
 WHEEL_CACHE      ?= $(HOME)/.cache/edgeft/wheels
 
-.PHONY: help install install-llama test bench clean gpu-check
+.PHONY: help install install-llama test bench clean gpu-check release release-check
 
 help: ## show this help
 	@echo "edgeft — fine-tune, convert, quantize and validate a GGUF"
@@ -45,10 +45,11 @@ help: ## show this help
 	@echo "  BASE=    base model: local HF folder or hub id (default: the built-in demo base)"
 	@echo "  DATA=    training conversations, JSONL (default: the demo's)"
 	@echo "  EVAL=    held-out conversations, JSONL (default: the demo's)"
-	@echo "  QUANT=   quant type to ship, llama.cpp names (default: $(QUANT))"
-	@echo "  NAME=    release name (default: edgeft-demo, or the base folder's name)"
+	@echo "  QUANT=   quant type to ship, llama.cpp names (default: the recipe's quant:, else Q4_K_M)"
+	@echo "  NAME=    release name (default: the recipe's name:, else edgeft-demo or the base folder's name)"
 	@echo "  RECIPE=  training/eval recipe YAML"
 	@echo "  OUT=     work folder for intermediate outputs (default: $(OUT))"
+	@echo "  RELEASE_DIR= where release/NAME/ is published (default: $(RELEASE_DIR))"
 
 install: $(STAMP) ## create .venv and install edgeft with the train and dev extras
 
@@ -94,5 +95,16 @@ gpu-check: $(STAMP) ## QLoRA on CUDA for 40 steps: tokens/s, peak GPU memory, lo
 clean: ## remove work outputs (keeps .venv and the fixture cache)
 	rm -rf $(OUT) .pytest_cache
 
-# `make release`: the pipeline as file targets (data check -> train -> merge -> GGUF -> eval -> release/NAME/).
-include release.mk
+# `make release` is `edgeft release`, which writes the stage table (edgeft/release/graph.py) as a makefile with this
+# release's paths, OUT/NAME/stages.mk, and runs make on it: a second run does nothing, touching DATA reruns from
+# training on. Only what was given here is passed on; the rest comes from the recipe, then the defaults. The `+`
+# runs it under `make -n` too, so that shows which stages would run.
+RELEASE_ARGS = $(if $(BASE),--base $(BASE)) $(if $(DATA),--data $(DATA)) $(if $(EVAL),--eval $(EVAL)) \
+	$(if $(QUANT),--quant $(QUANT)) $(if $(NAME),--name $(NAME)) $(if $(RECIPE),--recipe $(RECIPE)) \
+	--out $(OUT) --release-dir $(RELEASE_DIR)
+
+release: | $(STAMP) ## fine-tune, quantize, evaluate and publish release/NAME/ if the gates pass (no BASE: the demo)
+	+$(PY) -m edgeft release $(RELEASE_ARGS)
+
+release-check: release ## re-hash the published release against its manifest.json
+	$(PY) -m edgeft release $(RELEASE_ARGS) verify

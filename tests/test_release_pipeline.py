@@ -7,7 +7,8 @@ import json
 import os
 import re
 import shutil
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ from edgeft.release import settings as release_settings
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
 from edgeft.release.publish import verify_release
+from tests.hostile import ROOT
+from tests.test_release_make import make_release, would_run
 
 FIXTURE_RECIPE = """\
 name: fixture-release
+quant: Q5_K_M
 train: {method: lora, r: 4, max_steps: 2, effective_batch: 8, micro_batch: 8, max_len: 512, eval_every: 2,
         save_every: 1, early_stop: null}
 eval: {metric: exact, system: "Schema and instructions for the prompted base.", shots: 1, max_tokens: 4,
@@ -77,29 +81,13 @@ def test_settings_file_rewritten_only_on_change(tmp_path):
     assert path.stat().st_mtime > 1 and json.loads(path.read_text())["quant"] == "Q8_0"
 
 
-def test_staleness(tmp_path):
-    s = release_settings.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
-    s.out.mkdir(parents=True)
-    for path in (s.data, s.eval, s.path("settings")):
-        path.write_text("x")
-    check = pipeline.STAGE_BY_NAME["check"]
-    assert pipeline._stale(check, s)  # no output yet
-    s.path("check").write_text("{}")
-    old = time.time() - 100
-    for path in (s.data, s.eval, s.path("settings")):
-        os.utime(path, (old, old))
-    assert not pipeline._stale(check, s)
-    s.data.touch()
-    assert pipeline._stale(check, s)
-
-
 def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monkeypatch):
     """A training run killed after a checkpoint leaves only adapter.partial/; the rerun resumes it, then renames."""
     import edgeft.train.checkpoint
     import edgeft.train
 
     s = release_settings.resolve_settings(base="m", data="t", eval_path="e", out=tmp_path)
-    partial = s.path("adapter").with_name("adapter.partial")
+    partial = s.path("train").with_name("adapter.partial")
     (partial / "checkpoint-25").mkdir(parents=True)
     calls = []
 
@@ -114,7 +102,7 @@ def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monke
                         lambda d: (Path(d) / "checkpoint-25") if (Path(d) / "checkpoint-25").is_dir() else None)
     stages.stage_train(s)
     assert calls[-1]["resume"] and not calls[-1]["overwrite"]
-    assert (s.path("adapter") / "adapter_config.json").is_file() and not partial.exists()
+    assert (s.path("train") / "adapter_config.json").is_file() and not partial.exists()
     stages.stage_train(s)  # a fresh run (no partial) starts over
     assert not calls[-1]["resume"] and calls[-1]["overwrite"]
 
@@ -137,15 +125,17 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
         FIXTURE_RECIPE.replace("train: {", f"train: {{chat_template: {tmp_path / 'template.jinja'}, "))
     args = ["release", "--base", str(base), "--data", str(data), "--eval", str(eval_path), "--recipe",
             str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--release-dir", str(tmp_path / "rel")]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    variables = [f"BASE={base}", f"DATA={data}", f"EVAL={eval_path}", f"RECIPE={tmp_path / 'recipe.yaml'}",
+                 f"OUT={tmp_path / 'out'}", f"RELEASE_DIR={tmp_path / 'rel'}"]
+    made = make_release(tmp_path, *variables)  # as a user runs it: the recipe's quant and name, not make's defaults
+    assert made.returncode == 0, made.stdout + made.stderr
     folder = tmp_path / "rel" / "fixture-release"
     assert verify_release(folder) == []
     names = {p.name for p in folder.iterdir()}
-    assert names == {"fixture-release-Q4_K_M.gguf", "fixture-release-adapter.gguf", "manifest.json", "README.md",
+    assert names == {"fixture-release-Q5_K_M.gguf", "fixture-release-adapter.gguf", "manifest.json", "README.md",
                      "Modelfile"}
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["verdict"] == "pass" and manifest["quant"] == "Q4_K_M"
+    assert manifest["verdict"] == "pass" and manifest["quant"] == "Q5_K_M"
     # The Modelfile and the card run the fine-tune with the prompt it was measured with, not the base's long one.
     from edgeft.demo.sql_task import SYSTEM_PROMPT
 
@@ -160,14 +150,15 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
 
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(folder / "fixture-release-Q4_K_M.gguf"), verbose=False, n_ctx=256)
+    llm = Llama(model_path=str(folder / "fixture-release-Q5_K_M.gguf"), verbose=False, n_ctx=256)
     assert llm.n_vocab() > 0 and llm.metadata.get("general.license") == "apache-2.0"
     assert llm.metadata["tokenizer.chat_template"] == TRAINED_TEMPLATE
     llm.close()
 
-    # Second run: every stage is up to date.
-    again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and again.output.count("up to date") == len(pipeline.STAGES)
+    # Second run: every stage is up to date, and `edgeft release` is the same run as `make release`.
+    again = subprocess.run([sys.executable, "-m", "edgeft", *args], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert would_run(again.stdout) == [] and "done in" not in again.stdout
 
     # A failing gate: publishing refuses, names the gate, and leaves the report in OUT.
     s = release_settings.resolve_settings(base=base, data=data, eval_path=eval_path, recipe_path=tmp_path / "recipe.yaml",

@@ -1,64 +1,36 @@
-"""The release as a graph of stages: the one table of which stage reads what and writes what.
+"""The release run by make: the stage table (edgeft.release.graph) written as a makefile with this release's paths.
 
-`run_pipeline` (what `edgeft release` runs) reruns a stage only when its output is missing or older than one of
-its inputs; `release.mk` gives each stage a make target with the same prerequisites, and tests/test_release_mk.py
-checks the two against each other through `make_rules`, so neither can drift.
+Make is the one scheduler: a stage runs when its output is missing or older than one of its inputs, so a second
+run does nothing and touching the training data reruns from training on. Each rule calls one stage
+(`edgeft release ... stage NAME`, `run_stage`); the settings stage rewrites settings.json only when a setting
+changed, before make runs, and the first stages read it, so changing BASE, QUANT or the recipe reruns them all.
 
 Example:
-    run_pipeline(resolve_settings(recipe_path="edgeft/demo/recipe.yaml"))
+    run_release(resolve_settings(recipe_path="edgeft/demo/recipe.yaml"))
 """
 
 from __future__ import annotations
 
-import importlib.util
+import shlex
+import shutil
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edgeft.errors import EdgeftError
 from edgeft.release import stages
+from edgeft.release.graph import BASE, CONTEXT, DATA, EVAL, STAGE_BY_NAME, STAGES, Stage
 from edgeft.release.settings import DEMO_DIR, Settings
-from runtime.report import EVAL_FILES
 
-# Inputs that are not a stage's output: the training data, the eval data, the base model's files, and the
-# recipe's context corpus (which only the recipe names, so make learns it from recipe-inputs.mk).
-DATA, EVAL, BASE, CONTEXT = "<data>", "<eval>", "<base>", "<context>"  # not stage names: "eval" is one
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[Settings], None]
-    inputs: tuple[str, ...]  # names of other stages (their outputs), or DATA / EVAL / BASE / CONTEXT
-    output: str  # LAYOUT key; for folders, `marker` is the file inside that marks completion
-    marker: str | None = None
-    optional: bool = False  # skipped (with a note) when its module is not installed
-    always: bool = False    # run every time (it rewrites its output only when the content changes)
+MAKEFILE = "stages.mk"  # under OUT/NAME, rewritten only when the release's settings change
+# What the demo's data is generated from: editing one regenerates the data, and the rest follows.
+DEMO_SOURCES = ("sql_task.py", "vocabulary.py", "schema.sql", "base_lm.py")
 
 
-STAGES = [
-    Stage("settings", stages.stage_settings, (), "settings", always=True),
-    Stage("check", stages.stage_check, ("settings", DATA, EVAL), "check"),
-    Stage("train", stages.stage_train, ("check", DATA, EVAL, BASE), "adapter", "adapter_config.json"),
-    Stage("merge", stages.stage_merge, ("train",), "merged", "config.json"),
-    Stage("imatrix", stages.stage_imatrix, ("merge", DATA), "imatrix"),
-    Stage("f16", stages.stage_f16, ("merge",), "f16"),
-    Stage("model", stages.stage_model, ("merge", "imatrix"), "model"),
-    Stage("base_imatrix", stages.stage_base_imatrix, ("settings", BASE, DATA), "base_imatrix"),
-    Stage("base_gguf", stages.stage_base_gguf, (BASE, "base_imatrix"), "base_gguf"),
-    Stage("lora", stages.stage_lora, ("train",), "lora", optional=True),
-    Stage("eval", stages.stage_eval, ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), "eval", EVAL_FILES["report"]),
-    Stage("bench", stages.stage_bench, ("model", "base_gguf"), "bench"),
-    Stage("publish", stages.stage_publish, ("eval", "bench", "model", "lora"), "publish"),
-]
-STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
-
-
-def stage_output(stage: Stage, s: Settings) -> Path:
-    if stage.name == "publish":
-        return s.release_root / s.name / "manifest.json"
-    out = s.path(stage.output)
+def target(stage: Stage, s: Settings) -> Path:
+    """The file whose presence and time say that `stage` is done."""
+    out = s.path(stage.name)
     return out / stage.marker if stage.marker else out
 
 
@@ -67,81 +39,72 @@ def _base_files(s: Settings) -> list[Path]:
 
 
 def stage_inputs(stage: Stage, s: Settings) -> list[Path]:
-    """The files `stage` reads; an optional stage's output counts only where that stage ran (publish and lora)."""
     sources = {DATA: lambda: [s.data], EVAL: lambda: [s.eval], BASE: lambda: _base_files(s),
                CONTEXT: lambda: stages.context_files(s)}
     paths: list[Path] = []
     for name in stage.inputs:
-        if name in sources:
-            paths += sources[name]()
-        else:
-            paths.append(stage_output(STAGE_BY_NAME[name], s))
+        paths += sources[name]() if name in sources else [target(STAGE_BY_NAME[name], s)]
     return paths
 
 
-def make_rules() -> dict[str, tuple[str, list[str]]]:
-    """Per stage, the make target and prerequisites release.mk must declare, in release.mk's variables: the work
-    folder $(W), $(QUANT), the base's files $(R_BASE_FILES)...; the context corpus comes from recipe-inputs.mk."""
-    symbolic = Settings(base=Path("$(R_BASE)"), data=Path("$(R_DATA)"), eval=Path("$(R_EVAL)"), quant="$(QUANT)",
-                        name="$(R_NAME)", out=Path("$(W)"), release_root=Path("$(RELEASE_DIR)"))
-    sources = {DATA: ["$(R_DATA)"], EVAL: ["$(R_EVAL)"], BASE: ["$(R_BASE_FILES)"], CONTEXT: []}
-    rules = {}
-    for stage in STAGES:
-        prerequisites = []
-        for name in stage.inputs:
-            prerequisites += sources[name] if name in sources else [str(stage_output(STAGE_BY_NAME[name], symbolic))]
-        rules[stage.name] = (str(stage_output(stage, symbolic)), prerequisites)
-    return rules
+def _word(path: Path | str) -> str:
+    text = str(path)
+    if any(c.isspace() for c in text) or any(c in text for c in ":#%"):
+        raise EdgeftError(f"{text}: make cannot name a file with spaces or ':#%' in it; rename or move it")
+    return text.replace("$", "$$")
 
 
-def _module_available(stage: Stage) -> bool:
-    return importlib.util.find_spec("convert.lora") is not None if stage.name == "lora" else True
+def _command(*args: str) -> str:
+    return " ".join(shlex.quote(arg) for arg in (sys.executable, "-m", "edgeft", *args)).replace("$", "$$")
+
+
+def _demo_rules() -> list[str]:
+    """The demo's data is generated by make like a stage, so editing its generator regenerates it."""
+    package = Path(__file__).resolve().parent.parent / "demo"
+    data = [_word(DEMO_DIR / "data" / name) for name in ("train.jsonl", "eval.jsonl", "shop.sqlite")]
+    return [f"{' '.join(data)} &: {' '.join(_word(package / name) for name in DEMO_SOURCES)}",
+            f"\t{_command('demo', 'data', '-o', str(DEMO_DIR / 'data'))}"]
+
+
+def makefile(s: Settings) -> str:
+    lines = ["# Written by `edgeft release` from the stage table in edgeft/release/graph.py; do not edit.",
+             f"STAGE = {_command('release', *s.as_args(), 'stage')}", ".DELETE_ON_ERROR:",
+             f".DEFAULT_GOAL := {_word(target(STAGE_BY_NAME['publish'], s))}"]
+    for stage in (stage for stage in STAGES if not stage.always):
+        lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}",
+                  f"\t$(STAGE) {stage.name}"]
+    return "\n".join(lines + (_demo_rules() if s.demo else [])) + "\n"
+
+
+def write_makefile(s: Settings) -> Path:
+    path = s.out / MAKEFILE
+    stages.write_if_changed(path, makefile(s))
+    return path
 
 
 def run_stage(name: str, s: Settings) -> None:
     stage = STAGE_BY_NAME.get(name) or STAGE_BY_NAME.get(name.replace("-", "_"))
     if stage is None:
         raise EdgeftError(f"unknown release stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}")
-    if stage.optional and not _module_available(stage):
-        print(f"{name}: skipped (module not installed)")
-        return
     started = time.time()
-    stage.run(s)
+    getattr(stages, f"stage_{stage.name}")(s)
     if not stage.always:  # make shows only the command lines; the stage times are what a user tunes against
         print(f"{stage.name}: done in {time.time() - started:.0f}s")
 
 
-def _mtime(path: Path) -> float | None:
-    return path.stat().st_mtime_ns if path.exists() else None
+def run_release(s: Settings) -> int:
+    """The stages that always run, then make on this release's makefile; make's exit status (a failed stage has
+    printed its own one line)."""
+    make = shutil.which("make")
+    if make is None:
+        raise EdgeftError("edgeft release runs its stages with GNU make, which is not installed; install make "
+                          "(e.g. apt install make), or run each stage with `edgeft release ... stage NAME`")
+    if s.demo:  # re-imported only when the packaged GGUF or the importer changed: about a minute, once
+        from edgeft.demo.smollm2 import import_demo_base
 
-
-def _stale(stage: Stage, s: Settings) -> bool:
-    output = stage_output(stage, s)
-    if stage.always or not output.exists():
-        return True
-    newest_input = max((p.stat().st_mtime for p in stage_inputs(stage, s) if p.exists()), default=0.0)
-    return newest_input > output.stat().st_mtime
-
-
-def run_pipeline(s: Settings, log=print) -> Path:
-    """Run the stages in order, each only when its output is missing or older than one of its inputs."""
-    if s.demo:
-        from edgeft.demo import build_demo
-
-        build_demo(DEMO_DIR)
+        import_demo_base(s.base)
+    makefile = write_makefile(s)  # after the base: its files are inputs
     for stage in STAGES:
-        if stage.optional and not _module_available(stage):
-            continue
-        if not _stale(stage, s):
-            log(f"{stage.name}: up to date")
-            continue
         if stage.always:
-            before = _mtime(stage_output(stage, s))
-            stage.run(s)
-            log(f"{stage.name}: {'up to date' if _mtime(stage_output(stage, s)) == before else 'written'}")
-            continue
-        started = time.time()
-        log(f"{stage.name}: running")
-        stage.run(s)
-        log(f"{stage.name}: done in {time.time() - started:.0f}s")
-    return s.release_root / s.name
+            run_stage(stage.name, s)
+    return subprocess.call([make, "--no-print-directory", "-f", str(makefile)])

@@ -3,9 +3,8 @@
 Command line > recipe > defaults; no BASE means the built-in demo (its base, data and recipe). Everything in a
 release recipe that can be checked without a model is checked here, before the first stage runs.
 
-Work files live in OUT/NAME/ (LAYOUT): data-check.json, adapter/, merged/, imatrix.gguf, model-F16.gguf,
-model-QUANT.gguf, base-imatrix.gguf, base-QUANT.gguf, adapter.gguf, eval/report.json, bench.json; the release in
-release/NAME/.
+Work files live in OUT/NAME/, each where the stage table (edgeft.release.graph) says its stage writes it; the
+release in RELEASE_DIR/NAME/.
 
 Example:
     settings = resolve_settings(recipe_path="edgeft/demo/recipe.yaml")
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_own_input
+from edgeft.release.graph import RELEASE, STAGE_BY_NAME
 from edgeft.release.publish import check_release_name
 
 DEMO_DIR = Path(".cache/demo")
@@ -41,21 +41,23 @@ class Settings:
     recipe_path: Path | None = None
     demo: bool = False
 
-    def path(self, key: str) -> Path:
-        return self.out / LAYOUT[key].format(quant=self.quant)
+    def path(self, stage: str) -> Path:
+        """The file or folder that `stage` writes."""
+        output = STAGE_BY_NAME[stage].output
+        return self.release_root / self.name if output == RELEASE else self.out / output.format(quant=self.quant)
+
+    def as_args(self) -> list[str]:
+        """The `edgeft release` options that resolve to these settings again (what each make stage is given)."""
+        args = [] if self.demo else ["--base", str(self.base)]
+        args += ["--data", str(self.data), "--eval", str(self.eval), "--quant", self.quant, "--name", self.name,
+                 "--out", str(self.out.parent), "--release-dir", str(self.release_root)]
+        return args + (["--recipe", str(self.recipe_path)] if self.recipe_path else [])
 
     def as_json(self) -> dict:
         return {"base": str(self.base), "data": str(self.data), "eval": str(self.eval), "quant": self.quant,
                 "name": self.name, "out": str(self.out), "release_root": str(self.release_root),
                 "recipe": self.recipe, "demo": self.demo}
 
-
-LAYOUT = {
-    "settings": "settings.json", "check": "data-check.json", "adapter": "adapter", "merged": "merged",
-    "imatrix": "imatrix.gguf", "f16": "model-F16.gguf", "model": "model-{quant}.gguf",
-    "base_imatrix": "base-imatrix.gguf", "base_gguf": "base-{quant}.gguf", "lora": "adapter.gguf",
-    "eval": "eval", "bench": "bench.json", "make_inputs": "recipe-inputs.mk",
-}
 
 
 def load_release_recipe(path: Path | None, demo: bool) -> dict:

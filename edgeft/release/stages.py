@@ -1,7 +1,8 @@
 """The release stages: each reads files and writes files (atomically: a temporary name, renamed when complete), so
 a killed stage leaves nothing that looks finished and training resumes from its last checkpoint.
 
-`edgeft.release.pipeline` says which stage reads what (the one stage table); this module says how each is done.
+`edgeft.release.graph` says which stage reads what and writes where (the one stage table); this module says how each
+is done: stage NAME is `stage_NAME`.
 
 Example:
     stage_merge(resolve_settings(recipe_path="edgeft/demo/recipe.yaml"))
@@ -39,18 +40,15 @@ def _torch_threads() -> int:
 
 
 def stage_settings(s: Settings) -> None:
-    """Rewrite settings.json only when it changes, so make reruns everything after a change of BASE, QUANT...; and
-    recipe-inputs.mk, the inputs that only the recipe names (the eval's context corpus), which release.mk includes."""
-    s.out.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
-    report = s.path("eval") / EVAL_FILES["report"]
-    rules = "".join(f"{report}: {path}\n" for path in context_files(s))
-    _write_if_changed(s.path("make_inputs"), "# written by the settings stage from the release recipe\n" + rules)
+    """Rewrite settings.json only when it changes, so make reruns everything after a change of BASE, QUANT..."""
+    write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def write_if_changed(path: Path, text: str) -> None:
+    """A file make watches: an unchanged rewrite would rerun everything after it."""
     if path.is_file() and path.read_text() == text:
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         tmp.write_text(text)
 
@@ -83,7 +81,7 @@ def stage_train(s: Settings) -> None:
     from edgeft.train import checkpoint
     from edgeft.train import train
 
-    final = s.path("adapter")
+    final = s.path("train")
     # Train in a side folder: train() writes checkpoints as it goes, and a SIGKILLed run resumes from them.
     partial = final.with_name(final.name + ".partial")
     resume = partial.is_dir() and checkpoint.latest_checkpoint(partial) is not None
@@ -98,7 +96,7 @@ def stage_train(s: Settings) -> None:
 def stage_merge(s: Settings) -> None:
     from edgeft.merge import merge_adapter
 
-    merge_adapter(s.base, s.path("adapter"), s.path("merged"), overwrite=True)
+    merge_adapter(s.base, s.path("train"), s.path("merge"), overwrite=True)
 
 
 def _imatrix(model_dir: Path, s: Settings, out: Path) -> None:
@@ -109,7 +107,7 @@ def _imatrix(model_dir: Path, s: Settings, out: Path) -> None:
 
 
 def stage_imatrix(s: Settings) -> None:
-    _imatrix(s.path("merged"), s, s.path("imatrix"))
+    _imatrix(s.path("merge"), s, s.path("imatrix"))
 
 
 def stage_base_imatrix(s: Settings) -> None:
@@ -119,7 +117,7 @@ def stage_base_imatrix(s: Settings) -> None:
 def stage_f16(s: Settings) -> None:
     from convert import convert_model
 
-    convert_model(s.path("merged"), s.path("f16"), outtype="f16")
+    convert_model(s.path("merge"), s.path("f16"), outtype="f16")
 
 
 def stage_model(s: Settings) -> None:
@@ -127,7 +125,7 @@ def stage_model(s: Settings) -> None:
 
     # Always with the imatrix of the training data (what `--imatrix auto` computes): the i-quants llama.cpp refuses
     # without one (QUANT=IQ2_M, IQ3_XXS...) just work, and the K-quants and IQ4_XS gain from it.
-    convert_model(s.path("merged"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
+    convert_model(s.path("merge"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
     try:
         _chat_parity(s)  # fail here, not after eval: a GGUF that chats unlike training is not worth measuring
     except EdgeftError:
@@ -139,7 +137,7 @@ def _chat_parity(s: Settings) -> dict:
     from edgeft.data.io import read_conversations
     from edgeft.release.parity import check_chat_parity
 
-    return check_chat_parity(s.path("model"), s.path("merged"), trained_template=_chat_template(s.path("adapter")),
+    return check_chat_parity(s.path("model"), s.path("merge"), trained_template=_chat_template(s.path("train")),
                              conversations=[c["messages"] for c in read_conversations(s.eval)])
 
 
@@ -153,7 +151,7 @@ def stage_base_gguf(s: Settings) -> None:
 def stage_lora(s: Settings) -> None:
     from convert.lora import convert_lora
 
-    convert_lora(s.path("adapter"), s.path("lora"), base_dir=s.base)
+    convert_lora(s.path("train"), s.path("lora"), base_dir=s.base)
 
 
 def stage_eval(s: Settings) -> None:
@@ -167,14 +165,14 @@ def stage_eval(s: Settings) -> None:
     run_eval(s.path("model"), s.eval, s.path("eval"), baseline=s.path("base_gguf"),
              metric=expand(ev.get("metric", "exact"), s), system=ev.get("system"), shots=int(ev.get("shots", 0)),
              shots_from=s.data if ev.get("shots") else None, probe=expand(ev.get("probe"), s),
-             reference=s.path("f16"), hf=s.path("merged"), gates=gates,
+             reference=s.path("f16"), hf=s.path("merge"), gates=gates,
              max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads(),
              context=expand(ev.get("context"), s), context_k=ev.get("context_k"),
              requests_per_day=ev.get("requests_per_day"))
 
 
 def context_files(s: Settings) -> list[Path]:
-    """The recipe's context corpus (eval.context), an input of the eval stage that make cannot see in release.mk."""
+    """The recipe's context corpus (eval.context), an input of the eval stage."""
     context = expand((s.recipe.get("eval") or {}).get("context"), s)
     return [Path(context)] if context else []
 
@@ -201,17 +199,17 @@ def stage_publish(s: Settings) -> None:
     # A failed gate is final: refuse before the chat-parity check and the rest spend minutes on it.
     refuse_failed_gates(report.get("gates", []), s.release_root / s.name, report_dir=s.path("eval"))
     bench = json.loads(s.path("bench").read_text())
-    metrics = metrics_from_outputs(report, bench, s.path("adapter"), quant=s.quant)
+    metrics = metrics_from_outputs(report, bench, s.path("train"), quant=s.quant)
     metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference
     if s.recipe.get("description"):
         metrics["description"] = s.recipe["description"]
     lora = s.path("lora")
     publish_release(
         s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
-        recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("adapter") / "recipe.yaml")},
+        recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("train") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
         adapter=lora if lora.is_file() else None, system_prompt=_finetune_system_prompt(s),
-        chat_template=_chat_template(s.path("merged")), report_dir=s.path("eval"))
+        chat_template=_chat_template(s.path("merge")), report_dir=s.path("eval"))
     print(f"published {s.release_root / s.name}")
 
 

@@ -1,0 +1,49 @@
+"""The release's stage graph, the one table of it: what each stage writes (under OUT/NAME) and what it reads.
+
+`edgeft release` (and `make release`, which calls it) writes this table as a makefile with the release's own paths
+and lets make run it (edgeft.release.pipeline), so a second run does nothing and touching the training data reruns
+from training on. A stage NAME is the function `stage_NAME` of edgeft.release.stages.
+
+Example:
+    [stage.name for stage in STAGES if "train" in stage.inputs]   # ['merge', 'lora']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.report import EVAL_FILES
+
+# Inputs that are not a stage's output: the training data, the eval data, the base model's files, and the
+# recipe's context corpus (eval.context).
+DATA, EVAL, BASE, CONTEXT = "<data>", "<eval>", "<base>", "<context>"  # not stage names: "eval" is one
+RELEASE = "<release>"  # the published folder RELEASE_DIR/NAME, not a work file
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    output: str  # a file or folder under OUT/NAME ("{quant}": the release's quant), or RELEASE
+    inputs: tuple[str, ...] = ()  # names of other stages (their outputs), or DATA / EVAL / BASE / CONTEXT
+    marker: str | None = None  # for a folder: the file inside it whose presence says the stage finished
+    # Run by `edgeft release` itself before make, every time; it rewrites its output only when the content changes,
+    # so what reads it reruns only after a change (a make rule that always runs would look to `make -n` as a change).
+    always: bool = False
+
+
+STAGES = (
+    Stage("settings", "settings.json", always=True),
+    Stage("check", "data-check.json", ("settings", DATA, EVAL)),
+    Stage("train", "adapter", ("check", DATA, EVAL, BASE), marker="adapter_config.json"),
+    Stage("merge", "merged", ("train",), marker="config.json"),
+    Stage("imatrix", "imatrix.gguf", ("merge", DATA)),
+    Stage("f16", "model-F16.gguf", ("merge",)),
+    Stage("model", "model-{quant}.gguf", ("merge", "imatrix")),
+    Stage("base_imatrix", "base-imatrix.gguf", ("settings", BASE, DATA)),
+    Stage("base_gguf", "base-{quant}.gguf", ("base_imatrix", BASE)),
+    Stage("lora", "adapter.gguf", ("train",)),
+    Stage("eval", "eval", ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),
+    Stage("bench", "bench.json", ("model", "base_gguf")),
+    Stage("publish", RELEASE, ("eval", "bench", "model", "lora"), marker="manifest.json"),
+)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}

@@ -1,0 +1,150 @@
+"""`make release` is `edgeft release`, which writes the stage table (edgeft/release/graph.py) as a makefile with the
+release's paths and lets make run it: what the user did not give make comes from the recipe, a second run does
+nothing, and a changed input reruns exactly the stages after it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeft.release import pipeline
+from edgeft.release.graph import STAGES
+from edgeft.release.settings import resolve_settings
+from tests.hostile import ROOT, invoke, one_line_error
+
+
+def make_release(tmp_path: Path, *variables: str, dry_run: bool = False) -> subprocess.CompletedProcess:
+    """`make [-n] release VARIABLES` in the checkout, as a user types it (this interpreter, no install step)."""
+    stamp = tmp_path / "installed"
+    stamp.touch()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MAKEFLAGS", None)
+    command = ["make", "--no-print-directory", *(["-n"] if dry_run else []), "release", f"PY={sys.executable}",
+               f"STAMP={stamp}", *variables]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+
+
+def would_run(output: str) -> list[str]:
+    return re.findall(r" stage (\w+)$", output, re.M)
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict:
+    base = tmp_path / "base"
+    base.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (base / name).write_text("{}")
+    data, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    data.write_text("{}\n")
+    evals.write_text("{}\n")
+    return {"base": base, "data": data, "eval": evals, "out": tmp_path / "out", "release": tmp_path / "rel"}
+
+
+def _variables(inputs) -> list[str]:
+    return [f"BASE={inputs['base']}", f"DATA={inputs['data']}", f"EVAL={inputs['eval']}", f"OUT={inputs['out']}",
+            f"RELEASE_DIR={inputs['release']}"]
+
+
+def test_the_recipes_quant_and_name_are_what_make_ships(inputs, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nquant: Q5_K_M\n")
+    made = make_release(tmp_path, *_variables(inputs), f"RECIPE={recipe}", dry_run=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert would_run(made.stdout)[-1] == "publish" and "--quant Q5_K_M --name x" in made.stdout
+    rules = (inputs["out"] / "x" / "stages.mk").read_text()
+    assert f"{inputs['release'] / 'x' / 'manifest.json'}: " in rules
+    assert f"{inputs['out'] / 'x' / 'model-Q5_K_M.gguf'}: " in rules and "Q4_K_M" not in rules
+
+
+def test_quant_and_name_given_to_make_win_over_the_recipe(inputs, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nquant: Q5_K_M\n")
+    made = make_release(tmp_path, *_variables(inputs), f"RECIPE={recipe}", "QUANT=q8_0", "NAME=y", dry_run=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "--quant Q8_0 --name y" in made.stdout and not (inputs["out"] / "x").exists()
+    assert f"{inputs['out'] / 'y' / 'model-Q8_0.gguf'}: " in (inputs["out"] / "y" / "stages.mk").read_text()
+
+
+def _finished(inputs, recipe=None):
+    """A release whose every stage ran, in the table's order, after its inputs were written."""
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=recipe)
+    makefile = pipeline.write_makefile(s)
+    start = time.time() - 1000
+    for path in [inputs["data"], inputs["eval"], *inputs["base"].iterdir(), *pipeline.stages.context_files(s)]:
+        os.utime(path, (start, start))
+    for i, stage in enumerate(STAGES, start=1):
+        done = pipeline.target(stage, s)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        if stage.always:
+            pipeline.run_stage(stage.name, s)
+        else:
+            done.write_text("{}")
+        os.utime(done, (start + i, start + i))
+    return makefile
+
+
+def _stages_make_would_run(makefile: Path) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
+    made = subprocess.run(["make", "-n", "-f", str(makefile)], capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return would_run(made.stdout)
+
+
+def test_a_second_run_does_nothing_and_touching_data_reruns_from_training(inputs):
+    makefile = _finished(inputs)
+    assert _stages_make_would_run(makefile) == []
+    (inputs["base"] / "config.json").touch()
+    assert "check" not in _stages_make_would_run(makefile)
+    assert {"train", "base_imatrix", "base_gguf", "publish"} <= set(_stages_make_would_run(makefile))
+    inputs["data"].touch()
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
+
+
+def test_a_changed_setting_reruns_every_stage(inputs):
+    makefile = _finished(inputs)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None)
+    pipeline.stages.stage_settings(s)
+    assert _stages_make_would_run(makefile) == []  # the same settings: settings.json is left as it was
+    s.recipe["eval"]["shots"] = 1
+    pipeline.stages.stage_settings(s)
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
+
+
+def test_the_recipes_context_corpus_is_an_input_of_the_eval(inputs, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "x"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"eval:\n  context: {docs}\n")
+    makefile = _finished(inputs, recipe)
+    assert _stages_make_would_run(makefile) == []
+    docs.touch()
+    assert _stages_make_would_run(makefile) == ["eval", "publish"]
+
+
+def test_the_demo_generates_its_data_through_make():
+    rules = pipeline.makefile(resolve_settings())
+    assert re.search(r"^\.cache/demo/data/train\.jsonl .*&: .*/edgeft/demo/sql_task\.py", rules, re.M)
+
+
+def test_a_path_make_cannot_name_is_refused_in_one_line(inputs, tmp_path):
+    spaced = tmp_path / "my base"
+    inputs["base"].rename(spaced)
+    one_line_error(invoke("release", "--base", spaced, "--data", inputs["data"], "--eval", inputs["eval"],
+                          "--out", inputs["out"], "--release-dir", inputs["release"], "--name", "x"),
+                   "my base", "make cannot name a file with spaces")
+    assert not inputs["out"].exists()
+
+
+def test_a_failed_stage_stops_the_release_with_make_s_status(inputs):
+    inputs["data"].write_text("not json\n")
+    result = invoke("release", "--base", inputs["base"], "--data", inputs["data"], "--eval", inputs["eval"],
+                    "--out", inputs["out"], "--release-dir", inputs["release"])
+    assert result.exit_code == 2 and not inputs["release"].exists()
