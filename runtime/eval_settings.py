@@ -1,8 +1,12 @@
 """EvalSettings: every choice an eval makes besides the model, the data and the output folder, in one object that
 `edgeft eval`, the release pipeline and tests build and pass to `run_eval` / `run_fleet_eval`.
 
+`EvalSettings.from_mapping` builds one from a mapping of field names (a recipe's `eval:` section, a command's given
+options): the fields are the whole vocabulary, their annotations the types, their defaults the only defaults.
+
 Errors about a setting are `SettingError`s: the library names the setting (`n_ctx 0: must be at least 1`), and a
-CLI shows its own flag instead (`--ctx 0: ...`) through `SettingError.named`, so the library knows no flags.
+caller shows the user's own word for it through `SettingError.named`: a flag (`--ctx 0: ...`) or a recipe key
+(`recipe_key`: `eval.n_ctx 0: ...`), so the library knows neither.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_foreign_folder
@@ -29,18 +33,63 @@ FLEET_SETTINGS = ("metric", "rubric", "system", "max_tokens", "n_ctx", "threads"
 
 class SettingError(EdgeftError):
     """A user error about settings. `text` marks each setting it names as `<name>` (one of `settings`); the
-    message shows the name itself, `named(flags)` shows the caller's word for it."""
+    message shows the name itself, `named(names)` shows the caller's word for it (a mapping or a function)."""
 
     def __init__(self, text: str, *settings: str):
         self.text, self.settings = text, settings
         super().__init__(self.named({}))
 
-    def named(self, names: Mapping[str, str]) -> str:
+    def named(self, names: Mapping[str, str] | Callable[[str], str]) -> str:
         def name(match: re.Match) -> str:
             setting = match[1]
-            return names.get(setting, setting) if setting in self.settings else match[0]
+            if setting not in self.settings:
+                return match[0]
+            return names(setting) if callable(names) else names.get(setting, setting)
 
         return _SETTING.sub(name, self.text)
+
+
+RECIPE_SECTION = "eval"
+
+
+def recipe_key(setting: str) -> str:
+    """A setting as a recipe names it: its key in the recipe's `eval:` section."""
+    return f"{RECIPE_SECTION}.{setting}"
+
+
+# What a value of each field annotation must be, and how the user is told.
+_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "text (a string)"),
+    "PathLike": (lambda v: isinstance(v, (str, os.PathLike)), "a path"),
+    "Mapping[str, float]": (lambda v: isinstance(v, Mapping), "a mapping like {min_gain: 5}"),
+}
+
+
+# The least value of each count that must make sense on its own (context_k and latency_samples: see check).
+AT_LEAST = {"max_tokens": 1, "n_ctx": 1, "threads": 1, "shots": 0}
+
+
+def _typed(name: str, annotation: str, value):
+    kind = annotation.removesuffix(" | None")
+    if value is None and kind != annotation:
+        return None
+    accepts, what = _KINDS[kind]
+    if not accepts(value):
+        raise SettingError(f"<{name}> {value!r}: must be {what}", name)
+    _check_value(name, value)
+    return float(value) if kind == "float" else dict(value) if kind.startswith("Mapping") else value
+
+
+def _check_value(name: str, value, least: int | None = None) -> None:
+    """One setting's value on its own: a count below its least, or traffic that is not a positive number."""
+    least = AT_LEAST.get(name) if least is None else least
+    if least is not None and value is not None and value < least:
+        raise SettingError(f"<{name}> {value}: must be {'0 or more' if least == 0 else f'at least {least}'}", name)
+    if name == "requests_per_day":
+        check_requests_per_day(value)
 
 
 @dataclass(frozen=True)
@@ -77,6 +126,33 @@ class EvalSettings:
     bench_gen: int = 32
     bench_repeat: int = 5
 
+    @classmethod
+    def from_mapping(cls, mapping: Mapping, *, where: str = "", base: EvalSettings | None = None,
+                     keys: tuple[str, ...] | None = None) -> EvalSettings:
+        """`mapping`'s settings over `base` (default: the defaults). Its keys are field names (`keys`: the ones a
+        caller lets its user set), its values of the field's type, its gates known names with numbers (None:
+        that gate off); anything else is a SettingError, with `where` (the file it came from) in front.
+
+        Example: `EvalSettings.from_mapping({"metric": "exact", "shots": 3}, where="recipe.yaml: eval")`."""
+        from runtime.gates import check_thresholds
+
+        known = keys or tuple(item.name for item in fields(cls))
+        try:
+            unknown = sorted(map(str, set(mapping) - set(known)))
+            if unknown:
+                raise SettingError(f"{', '.join(f'<{key}>' for key in unknown)}: unknown setting; known: "
+                                   f"{', '.join(known)}", *unknown)
+            values = {item.name: _typed(item.name, item.type, mapping[item.name]) for item in fields(cls)
+                      if item.name in mapping}
+            if values.get("gates"):
+                values["gates"] = check_thresholds(values["gates"])
+        except SettingError as exc:
+            if where:
+                exc.text = f"{where}: {exc.text}"
+                exc.args = (exc.named({}),)
+            raise
+        return replace(base or cls(), **values)
+
     @property
     def passages(self) -> int:
         """Passages per question for the retrieved-context rung."""
@@ -87,15 +163,15 @@ class EvalSettings:
         `fleet`: the fleet eval's settings (FLEET_SETTINGS only; its base itself answers prompted with `system`)."""
         if fleet:
             self._refuse_unread_by_fleet()
-        at_least = [("max_tokens", 1), ("n_ctx", 1), ("threads", 1), ("shots", 0)]  # limit: see read_examples
+        at_least = dict(AT_LEAST)  # limit: see read_examples
         if self.baseline is not None:  # passages per question and timed requests matter only for the base's ladder
-            at_least += [("context_k", 1), ("latency_samples", 1)]
-        for name, least in at_least:
-            value = getattr(self, name)
-            if value is not None and value < least:
-                rule = "0 or more" if least == 0 else f"at least {least}"
-                raise SettingError(f"<{name}> {value}: must be {rule}", name)
+            at_least.update(context_k=1, latency_samples=1)
+        for name, least in at_least.items():
+            _check_value(name, getattr(self, name), least)
         check_requests_per_day(self.requests_per_day)
+        from runtime.metrics import split_metric_spec
+
+        split_metric_spec(self.metric)  # its name and argument; parse_metric opens its files later
         # The ladder's inputs without the base that climbs it were ignored, and the eval looked like it had run them.
         for name, given in (("context", self.context is not None), ("shots", self.shots > 0),
                             ("shots_from", self.shots_from is not None)):

@@ -16,21 +16,13 @@ from pathlib import Path
 from edgeft.fsutil import atomic_dir, refuse_own_input
 from runtime import examples as examples_mod
 from runtime import ladder
-from runtime.eval_settings import EvalSettings, SettingError, refuse_foreign_out_dir, refuse_long_prompts
-from runtime.gates import check_gates, resolve_gates
+from runtime.eval_settings import EvalSettings, refuse_foreign_out_dir, refuse_long_prompts
+from runtime.gates import check_gates, gates_on
 from runtime.generate import prompt_tokens, render_chat
 from runtime.load import check_context, check_gguf, open_gguf
 from runtime.measurements import MEASUREMENTS, EvalRun
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 from runtime.report import EVAL_FILES, EvalReport
-
-# What each gate reads must be measured: the settings it needs (a gate asked for without them is refused up
-# front rather than silently failing as "not measured").
-GATE_NEEDS: dict[str, tuple[str, ...]] = {
-    "min_gain": ("baseline",), "earned": ("baseline",), "max_ppl_ratio": ("baseline",), "max_kld": ("reference",),
-    "min_speed_ratio": ("baseline", "speed"), "max_hf_mismatches": ("hf",),
-}
-
 
 def _refuse_prompts_that_do_not_fit(path: Path, prompts: list[list[dict]], lines: list[int], data, *, n_ctx: int,
                                     label: str) -> None:
@@ -60,18 +52,6 @@ def _check_models(model, out_dir: Path, data, settings: EvalSettings) -> tuple[P
     return model, baseline, check_gguf(settings.reference) if settings.reference else None
 
 
-def _check_gates(settings: EvalSettings) -> dict[str, float]:
-    gates = resolve_gates(dict(settings.gates))
-    if settings.hf is not None:
-        gates.setdefault("max_hf_mismatches", 0)  # hf is asked for to be checked, not only to be read about
-    for name in gates:
-        needs = GATE_NEEDS[name]
-        if not all(getattr(settings, need) for need in needs):
-            raise SettingError(f"gate {name} needs {' with '.join(f'<{need}>' for need in needs)}; add it or drop "
-                               "the gate", *needs)
-    return gates
-
-
 def prepare(model, data, out_dir: Path, settings: EvalSettings) -> EvalRun:
     """Every check and every read that can fail, before the first model generates."""
     from runtime.perplexity import read_choices, read_probe
@@ -85,7 +65,7 @@ def prepare(model, data, out_dir: Path, settings: EvalSettings) -> EvalRun:
     scorer = parse_metric(settings.metric, rubric_path=str(settings.rubric) if settings.rubric else None,
                           threads=settings.threads)
     refuse_unscoreable(scorer, examples, data, settings.metric)
-    gates = _check_gates(settings)
+    gates = gates_on(settings.gates, settings)
     probe_name, probe_text = read_probe(settings.probe)
     choices = read_choices(settings.choices) if settings.choices else None
     refuse_foreign_out_dir(out_dir)

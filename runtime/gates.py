@@ -1,7 +1,8 @@
 """Release gates: thresholds a fine-tune must meet, from CLI flags or the recipe's `eval.gates` section.
 
-Each gate is a row of data: the report field it reads, the comparison, the measurement it needs (so a gate asked
-for without its measurement is refused up front rather than silently passing).
+Each gate is one row of data: the report field it reads, the comparison, the settings (EvalSettings fields) whose
+measurement it needs (a gate asked for without them is refused up front rather than failing as "not measured"),
+its default threshold and when it is on without being asked for.
 """
 
 from __future__ import annotations
@@ -9,19 +10,26 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
+
+# When a gate is on: only when a threshold is asked for; in every release (at its default, unless the recipe sets
+# it to null); whenever the settings it needs are given (at its default, unless asked for with another threshold).
+ASKED, RELEASE, WITH_NEEDS = "asked", "release", "with its needs"
 
 
 @dataclass(frozen=True)
 class Gate:
     name: str
     description: str
-    needs: str  # the eval option that produces the value
+    needs: tuple[str, ...]  # the EvalSettings fields whose measurement it reads
     value: Callable[[dict], float | None]  # reads the report
     passes: Callable[[float, float], bool]
     symbol: str
+    default: float | None = None  # the threshold when it is on without one (and for a flag without a number)
+    on: str = ASKED
 
 
 def _gain(report: dict):
@@ -57,20 +65,55 @@ def _speed(report: dict):
 GATES: dict[str, Gate] = {gate.name: gate for gate in (
     # The baseline is the ladder's strongest rung (runtime/ladder.py), so a fine-tune is never judged against the
     # weakest prompt that happened to be tried.
-    Gate("min_gain", "fine-tune beats the strongest prompted rung by at least N points", "--baseline", _gain,
+    Gate("min_gain", "fine-tune beats the strongest prompted rung by at least N points", ("baseline",), _gain,
          operator.ge, ">="),
+    # On in every release: weights ship only when fine-tuning beat the strongest rung of the prompted base's ladder.
     Gate("earned", "the 95% interval of the gain over the strongest rung lies above N points (the verdict)",
-         "--baseline", _gain_low, operator.gt, ">"),
-    Gate("max_ppl_ratio", "probe perplexity fine-tune/base at most P", "--baseline (probe)", _ppl_ratio,
-         operator.le, "<="),
-    Gate("max_kld", "mean KL-divergence vs the reference at most K", "--reference", _kld, operator.le, "<="),
-    Gate("min_speed_ratio", "generation tok/s at least R times the base's", "--baseline with --speed", _speed,
+         ("baseline",), _gain_low, operator.gt, ">", default=0.0, on=RELEASE),
+    Gate("max_ppl_ratio", "probe perplexity fine-tune/base at most P", ("baseline",), _ppl_ratio, operator.le, "<="),
+    Gate("max_kld", "mean KL-divergence vs the reference at most K", ("reference",), _kld, operator.le, "<="),
+    Gate("min_speed_ratio", "generation tok/s at least R times the base's", ("baseline", "speed"), _speed,
          operator.ge, ">="),
-    # Added with threshold 0 whenever --hf is given: a GGUF that renders or tokenizes the eval differently from its
-    # HF folder is a converter or template bug, and a parity table in report.md alone is too easy to miss.
+    # On whenever hf is given: a GGUF that renders or tokenizes the eval differently from its HF folder is a
+    # converter or template bug, and a parity table in report.md alone is too easy to miss.
     Gate("max_hf_mismatches", "eval conversations rendered or tokenized differently by HF and the GGUF, at most N",
-         "--hf", _hf_mismatches, operator.le, "<="),
+         ("hf",), _hf_mismatches, operator.le, "<=", default=0.0, on=WITH_NEEDS),
 )}
+
+
+def check_thresholds(asked: Mapping) -> dict[str, float | None]:
+    """Known gate names with a number each (None: that gate off); SettingError otherwise."""
+    checked: dict[str, float | None] = {}
+    for name, threshold in asked.items():
+        if name not in GATES:
+            raise SettingError(f"<gates>: unknown gate {name!r}; known gates: {', '.join(GATES)}", "gates")
+        if threshold is None:
+            checked[name] = None
+            continue
+        try:
+            checked[name] = float(threshold)
+        except (TypeError, ValueError):
+            raise SettingError(f"<gates>: gate {name}: threshold {threshold!r} is not a number", "gates") from None
+    return checked
+
+
+def release_gates(asked: Mapping[str, float | None]) -> dict[str, float | None]:
+    """A release's gates: the ones on in every release at their default, under the ones asked for."""
+    return {**{gate.name: gate.default for gate in GATES.values() if gate.on == RELEASE}, **asked}
+
+
+def gates_on(asked: Mapping[str, float | None], settings) -> dict[str, float]:
+    """The gates an eval with `settings` checks: those asked for with a number, and those on with their needs;
+    SettingError for one whose needs are not given."""
+    gates = {gate.name: gate.default for gate in GATES.values()
+             if gate.on == WITH_NEEDS and all(getattr(settings, need) is not None for need in gate.needs)}
+    gates.update({name: threshold for name, threshold in check_thresholds(asked).items() if threshold is not None})
+    for name in gates:
+        needs = GATES[name].needs
+        if not all(getattr(settings, need) for need in needs):
+            raise SettingError(f"gate {name} needs {' with '.join(f'<{need}>' for need in needs)}; add it or drop "
+                               "the gate", *needs)
+    return gates
 
 
 def recipe_eval(path: str | Path | None) -> dict:
@@ -90,26 +133,11 @@ def recipe_eval(path: str | Path | None) -> dict:
     return section or {}
 
 
-def gates_from_recipe(path: str | Path | None) -> dict[str, float]:
-    """The `eval: gates:` mapping of a recipe YAML (empty when absent)."""
-    gates = recipe_eval(path).get("gates") or {}
-    if not isinstance(gates, dict):
-        raise EdgeftError(f"{path}: eval.gates must be a mapping like {{min_gain: 5}}")
-    return gates
-
-
-def resolve_gates(from_flags: dict[str, float | None], from_recipe: dict | None = None) -> dict[str, float]:
-    """CLI > recipe. Unknown names are refused with the list of known ones."""
-    merged: dict[str, float] = {}
-    for source in (from_recipe or {}, {k: v for k, v in from_flags.items() if v is not None}):
-        for name, threshold in source.items():
-            if name not in GATES:
-                raise EdgeftError(f"unknown gate {name!r}; known gates: {', '.join(GATES)}")
-            try:
-                merged[name] = float(threshold)
-            except (TypeError, ValueError) as exc:
-                raise EdgeftError(f"gate {name}: threshold {threshold!r} is not a number") from exc
-    return merged
+def resolve_gates(from_flags: Mapping[str, float | None], from_recipe: Mapping | None = None) -> dict[str, float]:
+    """CLI > recipe; a flag not given (None) does not count. Unknown names are refused with the known ones."""
+    merged = {**check_thresholds(from_recipe or {}),
+              **check_thresholds({name: value for name, value in from_flags.items() if value is not None})}
+    return {name: threshold for name, threshold in merged.items() if threshold is not None}
 
 
 def check_gates(gates: dict[str, float], report: dict) -> list[dict]:
@@ -120,7 +148,7 @@ def check_gates(gates: dict[str, float], report: dict) -> list[dict]:
         value = gate.value(report)
         if value is None:
             rows.append({"gate": name, "threshold": threshold, "value": None, "passed": False,
-                         "text": f"{name}: not measured (needs {gate.needs})"})
+                         "text": f"{name}: not measured (needs {' with '.join(gate.needs)})"})
             continue
         passed = bool(gate.passes(value, threshold))
         rows.append({"gate": name, "threshold": threshold, "value": value, "passed": passed,

@@ -1,10 +1,10 @@
 """Metrics: how one generated answer is scored against the gold (last assistant turn).
 
 Each metric is a small class with `score(prediction, gold, prompt) -> Verdict`; `METRICS` maps the names users
-type (`--metric exact`, `--metric sql-exec:shop.sqlite`) to them. A metric never raises on a bad *prediction*:
+type (`exact`, `sql-exec:shop.sqlite`) to them. A metric never raises on a bad *prediction*:
 invalid JSON, SQL that does not run, or a judge that rambles all count as wrong (with a note), because one odd
 answer must not sink a whole evaluation. Bad *inputs the user controls* (a missing database, gold that is not
-JSON) are EdgeftErrors, since every score would be meaningless. `gold_problem(gold)` says, before any generation,
+JSON) are errors naming the setting (SettingError: `metric`, `rubric`), since every score would be meaningless. `gold_problem(gold)` says, before any generation,
 why a gold answer cannot be scored by the metric (empty, not JSON, SQL that does not run): such an example would
 score 0 for every model, or 1 for a model that answers nothing, and an eval full of them would "pass".
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 # The words an SQLite statement can begin with (sqlite.org/lang.html); any other first word is a syntax error.
@@ -103,8 +103,8 @@ class JsonMatch:
         try:
             expected = _parse_json(gold)
         except ValueError as exc:
-            raise EdgeftError(f"json-match: a gold answer is not JSON ({exc}): {gold[:80]!r}; fix the eval file "
-                              "or use --metric exact") from exc
+            raise SettingError(f"json-match: a gold answer is not JSON ({exc}): {gold[:80]!r}; fix the eval file "
+                               "or use <metric> exact", "metric") from exc
         try:
             got = _parse_json(prediction)
         except ValueError as exc:
@@ -123,7 +123,7 @@ class Regex:
         try:
             self.pattern = re.compile(pattern, re.DOTALL)
         except re.error as exc:
-            raise EdgeftError(f"--metric regex:{pattern}: invalid regular expression ({exc})") from exc
+            raise SettingError(f"<metric> regex:{pattern}: invalid regular expression ({exc})", "metric") from exc
 
     def gold_problem(self, gold: str) -> str | None:
         if self.pattern.groups == 0:
@@ -166,11 +166,11 @@ class SqlExec:
     def __init__(self, db_path: str):
         self.path = Path(db_path)
         if not self.path.is_file():
-            raise EdgeftError(f"--metric sql-exec:{db_path}: SQLite file not found; pass the database the gold "
-                              "queries run against")
+            raise SettingError(f"<metric> sql-exec:{db_path}: SQLite file not found; pass the database the gold "
+                               "queries run against", "metric")
         with open(self.path, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
-                raise EdgeftError(f"--metric sql-exec:{db_path}: not an SQLite database file")
+                raise SettingError(f"<metric> sql-exec:{db_path}: not an SQLite database file", "metric")
 
     def _run(self, sql: str):
         # mode=ro: a predicted DROP/DELETE must not damage the user's database or later comparisons.
@@ -295,39 +295,39 @@ def unscoreable(metric, examples) -> list[tuple[int, str]]:
 
 
 def refuse_unscoreable(metric, examples, data, spec: str) -> None:
-    """EdgeftError at the first example `metric` cannot score, with how many there are (before any generation)."""
+    """SettingError at the first example `metric` cannot score, with how many there are (before any generation)."""
     bad = unscoreable(metric, examples)
     if bad:
         line, why = bad[0]
-        raise EdgeftError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored with "
-                          f"--metric {spec}: fix or remove them")
+        raise SettingError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored "
+                           f"with <metric> {spec}: fix or remove them", "metric")
 
 
 def split_metric_spec(spec: str) -> tuple[str, str]:
-    """`"sql-exec:db.sqlite"` -> ("sql-exec", "db.sqlite") without opening anything; EdgeftError naming the known
+    """`"sql-exec:db.sqlite"` -> ("sql-exec", "db.sqlite") without opening anything; SettingError naming the known
     metrics otherwise (a release recipe is checked with this before training)."""
     name, _, argument = spec.partition(":")
     name = name.strip().lower()
     if name not in METRICS:
         known = ", ".join(f"{n}:{NEEDS_ARGUMENT[n]}" if n in NEEDS_ARGUMENT else n for n in METRICS)
-        raise EdgeftError(f"--metric {spec}: unknown metric; choose one of {known}")
+        raise SettingError(f"<metric> {spec}: unknown metric; choose one of {known}", "metric")
     if name in NEEDS_ARGUMENT and not argument:
-        raise EdgeftError(f"--metric {spec}: needs an argument, e.g. {name}:{NEEDS_ARGUMENT[name]}")
+        raise SettingError(f"<metric> {spec}: needs an argument, e.g. {name}:{NEEDS_ARGUMENT[name]}", "metric")
     return name, argument
 
 
 def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | None = None):
-    """`"sql-exec:db.sqlite"` -> a metric object; EdgeftError naming the known metrics otherwise."""
+    """`"sql-exec:db.sqlite"` -> a metric object; SettingError naming the known metrics otherwise."""
     name, argument = split_metric_spec(spec)
     rubric = None
     if rubric_path:
         try:
             rubric = Path(rubric_path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise EdgeftError(f"--rubric {rubric_path}: cannot read ({exc.strerror})") from exc
+            raise SettingError(f"<rubric> {rubric_path}: cannot read ({exc.strerror})", "rubric") from exc
         except UnicodeDecodeError as exc:
-            raise EdgeftError(f"--rubric {rubric_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
-                              f"{exc.start}); pass a plain-text rubric") from None
+            raise SettingError(f"<rubric> {rubric_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                               f"byte {exc.start}); pass a plain-text rubric", "rubric") from None
     metric = METRICS[name](argument or None, rubric=rubric, threads=threads)
     metric.spec = spec
     return metric

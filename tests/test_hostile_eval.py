@@ -272,3 +272,29 @@ def test_fleet_eval_library_refuses_a_setting_it_does_not_read(tmp_path):
         run_fleet_eval("base.gguf", {"a": "a.gguf"}, "eval.jsonl", tmp_path / "out",
                        EvalSettings(latency_samples=3, requests_per_day=10.0))
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_settings_from_a_mapping_have_the_dataclass_s_names_types_and_defaults():
+    from runtime.eval_settings import EvalSettings, SettingError, recipe_key
+
+    assert EvalSettings.from_mapping({}) == EvalSettings()  # the dataclass's defaults are the only ones
+    given = EvalSettings.from_mapping({"shots": 3, "requests_per_day": 100, "gates": {"min_gain": 5, "earned": None}})
+    assert given.shots == 3 and given.requests_per_day == 100.0 and given.gates == {"min_gain": 5.0, "earned": None}
+    for mapping, line in [({"shot": 3}, "r.yaml: eval.shot: unknown setting; known: baseline, metric"),
+                          ({"max_tokens": "64"}, "r.yaml: eval.max_tokens '64': must be a whole number"),
+                          ({"max_tokens": 0}, "r.yaml: eval.max_tokens 0: must be at least 1"),
+                          ({"requests_per_day": -5}, "r.yaml: eval.requests_per_day -5: must be a number of requests"),
+                          ({"gates": {"min_gian": 1}}, "r.yaml: eval.gates: unknown gate 'min_gian'; known gates"),
+                          ({"gates": {"min_gain": "lots"}}, "r.yaml: eval.gates: gate min_gain: threshold 'lots'")]:
+        with pytest.raises(SettingError) as refused:
+            EvalSettings.from_mapping(mapping, where="r.yaml")
+        assert refused.value.named(recipe_key).startswith(line), refused.value.named(recipe_key)
+
+
+def test_a_recipe_setting_is_named_as_the_recipe_key_and_a_flag_as_the_flag(setup, tmp_path):
+    (tmp_path / "r.yaml").write_text("eval:\n  requests_per_day: -5\n")
+    result, out, untouched = _eval(setup, tmp_path, None, "--recipe", tmp_path / "r.yaml")
+    one_line_error(result, f"--recipe {tmp_path / 'r.yaml'}: eval.requests_per_day -5: must be a number")
+    result, out, untouched = _eval(setup, tmp_path, None, "--metric", "exactly")
+    one_line_error(result, "--metric exactly: unknown metric")
+    assert not out.exists() and untouched()

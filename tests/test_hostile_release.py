@@ -58,17 +58,21 @@ BAD_TRAIN = [
 BAD_EVAL = [
     ("eval:\n  gates:\n    min_gian: 5\n", ["unknown gate 'min_gian'", "known gates: min_gain"]),
     ("eval:\n  gates:\n    min_gain: lots\n", ["threshold 'lots' is not a number"]),
-    ("eval:\n  gates: [min_gain]\n", ["eval.gates must be a mapping"]),
-    ("eval:\n  metrc: exact\n", ["eval: unknown keys ['metrc']"]),
-    ("eval:\n  metric: exactly\n", ["unknown metric"]),
-    ("eval:\n  metric: sql-exec\n", ["needs an argument"]),
-    ("eval:\n  shots: -2\n", ["eval.shots=-2 must be a whole number of at least 0"]),
+    ("eval:\n  gates: [min_gain]\n", ["eval.gates ['min_gain']: must be a mapping"]),
+    ("eval:\n  metrc: exact\n", ["eval.metrc: unknown setting; known: metric"]),
+    ("eval:\n  metric: exactly\n", ["eval.metric exactly: unknown metric"]),  # not --metric: a recipe key
+    ("eval:\n  metric: sql-exec\n", ["eval.metric sql-exec: needs an argument"]),
+    ("eval:\n  max_tokens: 0\n", ["eval.max_tokens 0: must be at least 1"]),
+    ("eval:\n  shots: yes\n", ["eval.shots True: must be a whole number"]),
+    ("eval:\n  imatrix_examples: 0\n", ["eval.imatrix_examples 0: must be a whole number of at least 1"]),
+    ("eval:\n  baseline: other.gguf\n", ["eval.baseline: unknown setting"]),  # the release's own base is it
+    ("eval:\n  shots: -2\n", ["eval.shots -2: must be 0 or more"]),
     # Found in the sweep: each of these failed in the eval stage, after training, or printed nonsense figures.
-    ("eval:\n  system: [a, b]\n", ["eval.system=['a', 'b'] must be text"]),
-    ("eval:\n  probe: 5\n", ["eval.probe=5 must be text"]),
+    ("eval:\n  system: [a, b]\n", ["eval.system ['a', 'b']: must be text"]),
+    ("eval:\n  probe: 5\n", ["eval.probe 5: must be a path"]),
     ("eval:\n  requests_per_day: -5\n", ["eval.requests_per_day -5: must be a number of requests a day above 0"]),
     ("eval:\n  requests_per_day: lots\n", ["eval.requests_per_day 'lots': must be"]),
-    ("eval:\n  context_k: 5\n", ["eval.context_k 5 needs context"]),  # was read by nothing
+    ("eval:\n  context_k: 5\n", ["eval.context_k 5 needs eval.context"]),  # was read by nothing
 ]
 
 

@@ -370,10 +370,10 @@ def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monk
     from runtime.gates import check_gates
 
     calls = []
-    monkeypatch.setattr(runtime.evaluate, "run_eval", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(runtime.evaluate, "run_eval", lambda model, data, out_dir, settings: calls.append(settings))
     settings = rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl", out=tmp_path)
     stages.stage_eval(settings)
-    assert calls[-1]["gates"]["earned"] == 0 and calls[-1]["shots"] == 3
+    assert calls[-1].gates["earned"] == 0 and calls[-1].shots == 3
     report = _synthetic_report(False)
     gates = ladder.explain_gates(check_gates({"earned": 0}, report), report["ladder"])
     assert not gates[0]["passed"] and "ship the prompt, not the weights" in gates[0]["text"]

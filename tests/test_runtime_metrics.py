@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeft.errors import EdgeftError
-from runtime.gates import check_gates, gates_from_recipe, resolve_gates
+from runtime.gates import check_gates, recipe_eval, resolve_gates
 from runtime.metrics import Judge, parse_metric, strip_fences
 from runtime.stats import mean_interval, paired_difference
 
@@ -147,7 +147,7 @@ def test_bootstrap_intervals():
 def test_gates_resolution_and_checks(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("eval:\n  gates:\n    min_gain: 5\n    max_ppl_ratio: 1.2\n")
-    gates = resolve_gates({"min_gain": 10.0, "max_kld": None}, gates_from_recipe(recipe))
+    gates = resolve_gates({"min_gain": 10.0, "max_kld": None}, recipe_eval(recipe)["gates"])
     assert gates == {"min_gain": 10.0, "max_ppl_ratio": 1.2}  # CLI beats the recipe; unset flags do not count
     report = {"difference": {"mean": 0.08}, "probe": {"ppl_ratio": 1.1}}
     rows = {row["gate"]: row for row in check_gates(gates, report)}
@@ -157,6 +157,18 @@ def test_gates_resolution_and_checks(tmp_path):
     assert not missing["passed"] and "not measured" in missing["text"]
     with pytest.raises(EdgeftError, match="unknown gate"):
         resolve_gates({"min_bleu": 1})
+
+
+def test_when_each_gate_is_on_comes_from_its_row():
+    from runtime.eval_settings import EvalSettings, SettingError
+    from runtime.gates import GATES, gates_on, release_gates
+
+    assert release_gates({}) == {"earned": GATES["earned"].default} and release_gates({"earned": None}) == {"earned": None}
+    assert gates_on({}, EvalSettings(hf="merged")) == {"max_hf_mismatches": GATES["max_hf_mismatches"].default}
+    assert gates_on({"max_hf_mismatches": 2, "earned": None}, EvalSettings(hf="m")) == {"max_hf_mismatches": 2.0}
+    assert gates_on({}, EvalSettings()) == {}
+    with pytest.raises(SettingError, match="gate min_speed_ratio needs baseline with speed"):
+        gates_on({"min_speed_ratio": 0.9}, EvalSettings(baseline="base.gguf", speed=False))
 
 
 def test_report_files(tmp_path):

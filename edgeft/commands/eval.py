@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from runtime.eval_settings import DEFAULT_CONTEXT_K
+from runtime.eval_settings import DEFAULT_CONTEXT_K, EvalSettings
 from runtime.report import EVAL_FILES
+
+DEFAULTS = EvalSettings()  # the options' defaults, shown in their help; a flag not given is not passed on
 
 GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did not pass
 
@@ -20,13 +22,13 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help=f"Folder for {', '.join(EVAL_FILES.values())}.")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Base GGUF to beat: it runs the whole ladder (zero-shot, fixed and retrieved --shots, --context).")
-@click.option("--metric", default="exact", show_default=True,
-              help="exact | normalized | json-valid | json-match | regex:PAT | sql-exec:DB.sqlite | judge:JUDGE.gguf")
+@click.option("--metric", default=None, help="exact | normalized | json-valid | json-match | regex:PAT | "
+              f"sql-exec:DB.sqlite | judge:JUDGE.gguf (default {DEFAULTS.metric})")
 @click.option("--rubric", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Rubric text file for --metric judge:JUDGE.gguf.")
 @click.option("--system", default=None, help="System prompt for the baseline.")
-@click.option("--shots", type=int, default=0, show_default=True,
-              help="K for the fixed and the retrieved K-shot rungs (0: zero-shot only).")
+@click.option("--shots", type=int, default=None,
+              help=f"K for the fixed and the retrieved K-shot rungs (0: zero-shot only; default {DEFAULTS.shots}).")
 @click.option("--shots-from", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Training JSONL the shots come from (fixed: K chosen to cover it; retrieved: BM25 per question).")
 @click.option("--context", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -35,8 +37,9 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help=f"Passages per question for --context (default {DEFAULT_CONTEXT_K}).")
 @click.option("--requests-per-day", type=float, default=None,
               help="Traffic for the prompt tax per day (default: the recipe's eval.requests_per_day).")
-@click.option("--latency-samples", type=int, default=16, show_default=True,
-              help="Requests per rung timed one at a time from an empty cache (time to first token, total).")
+@click.option("--latency-samples", type=int, default=None,
+              help="Requests per rung timed one at a time from an empty cache (time to first token, total; default "
+                   f"{DEFAULTS.latency_samples}).")
 @click.option("--probe", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="General text for the forgetting probe (default: the text shipped with edgeft).")
 @click.option("--choices", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -53,8 +56,9 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--max-ppl-ratio", type=float, default=None, help="Gate: probe perplexity fine-tune/base at most P.")
 @click.option("--max-kld", type=float, default=None, help="Gate: mean KL-divergence vs --reference at most K.")
 @click.option("--min-speed-ratio", type=float, default=None, help="Gate: tg tok/s at least R x the base's (e.g. 0.95).")
-@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most new tokens per answer.")
-@click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context size for generation.")
+@click.option("--max-tokens", type=int, default=None,
+              help=f"Most new tokens per answer (default {DEFAULTS.max_tokens}).")
+@click.option("--ctx", "n_ctx", type=int, default=None, help=f"Context size for generation (default {DEFAULTS.n_ctx}).")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
@@ -96,39 +100,42 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
 
 def _flags() -> dict[str, str]:
     """Setting name -> the flag that sets it (the option's first spelling: -o, not --output)."""
+    from runtime.gates import GATES
+
     flags = {param.name: param.opts[0] for param in eval_command.params if isinstance(param, click.Option)}
-    gates = ", ".join([flags[name] for name in GATE_OPTIONS] + ["--require-earned", "--recipe eval.gates"])
+    gates = ", ".join([flags[name] for name in GATES if name in flags] + ["--require-earned", "--recipe eval.gates"])
     return {**flags, "speed": "the speed test (leave out --no-speed)", "gates": f"the gates ({gates})"}
 
 
-GATE_OPTIONS = ("min_gain", "max_ppl_ratio", "max_kld", "min_speed_ratio")
+RECIPE_READS = ("gates", "requests_per_day")  # what this command takes from a recipe's eval: section
 
 
 def _settings(recipe, options: dict, *, resolve_hf: bool = True):
-    """The command's options as EvalSettings: gates from the flags over the recipe's, its traffic as the default.
-    `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
+    """The command's options as EvalSettings: the flags given over the recipe's gates and traffic, over the
+    defaults. `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
     from edgeft.errors import EdgeftError
-    from runtime.eval_settings import EvalSettings, SettingError, check_requests_per_day
-    from runtime.gates import gates_from_recipe, recipe_eval, resolve_gates
+    from runtime.eval_settings import SettingError, recipe_key
+    from runtime.gates import GATES, recipe_eval, resolve_gates
 
     options = dict(options)
-    from_flags = {name: options.pop(name) for name in GATE_OPTIONS}
-    from_flags["earned"] = 0.0 if options.pop("require_earned") else None
-    try:
-        from_recipe = gates_from_recipe(recipe)
-        if options["requests_per_day"] is None:
-            options["requests_per_day"] = recipe_eval(recipe).get("requests_per_day")
-            check_requests_per_day(options["requests_per_day"])
-    except SettingError as exc:  # a setting the recipe gave: named as the recipe's key, not as a flag
-        raise EdgeftError(f"--recipe {recipe}: eval.{exc}") from None
-    except EdgeftError as exc:
-        raise EdgeftError(f"--recipe {exc}") from None
-    gates = resolve_gates(from_flags, from_recipe)
-    if options["hf"] is not None and resolve_hf:
+    flag_gates = {name: options.pop(name) for name in GATES if name in options}
+    if options.pop("require_earned"):
+        flag_gates["earned"] = GATES["earned"].default
+    section = recipe_eval(recipe)
+    try:  # a setting the recipe gave is named as the recipe's key, not as a flag
+        from_recipe = EvalSettings.from_mapping({key: section[key] for key in RECIPE_READS if key in section},
+                                                where=f"--recipe {recipe}")
+    except SettingError as exc:
+        raise EdgeftError(exc.named(recipe_key)) from None
+    given = {name: value for name, value in options.items() if value is not None and name != "no_speed"}
+    if options["no_speed"]:
+        given["speed"] = False
+    given["gates"] = resolve_gates(flag_gates, from_recipe.gates)
+    if given.get("hf") is not None and resolve_hf:
         from edgeft.modelref import resolve_model
 
-        options["hf"] = str(resolve_model(options["hf"]))
-    return EvalSettings(gates=gates, speed=not options.pop("no_speed"), **options)
+        given["hf"] = str(resolve_model(given["hf"]))
+    return EvalSettings.from_mapping(given, base=from_recipe)
 
 
 def _print_report(report: dict) -> None:

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeft.errors import EdgeftError
@@ -46,6 +46,36 @@ class Settings:
         output = STAGE_BY_NAME[stage].output
         return self.release_root / self.name if output == RELEASE else self.out / output.format(quant=self.quant)
 
+    @property
+    def recipe_source(self) -> str:
+        return str(self.recipe_path or (DEMO_RECIPE if self.demo else "the default release recipe"))
+
+    def eval_settings(self):
+        """What the eval stage evaluates with: the recipe's eval: section over the settings the release takes from
+        its own files (the base at the same quant climbs the ladder, the F16 GGUF is the KLD reference...), and the
+        gates on in every release. {data_dir} and {base} in the metric, probe and context are expanded."""
+        from dataclasses import fields
+
+        from runtime.eval_settings import EvalSettings
+        from runtime.gates import release_gates
+
+        section = {k: v for k, v in (self.recipe.get("eval") or {}).items() if k != IMATRIX_EXAMPLES[0]}
+        keys = tuple(item.name for item in fields(EvalSettings) if item.name not in RELEASE_SETS)
+        ev = EvalSettings.from_mapping(section, where=self.recipe_source, keys=keys + (IMATRIX_EXAMPLES[0],))
+        return replace(ev, baseline=self.path("base_gguf"), shots_from=self.data if ev.shots else None,
+                       reference=self.path("f16"), hf=self.path("merge"), gates=release_gates(ev.gates),
+                       metric=expand(ev.metric, self), probe=expand(ev.probe, self), context=expand(ev.context, self))
+
+    def imatrix_examples(self) -> int:
+        """Training conversations the imatrix stages run (eval.imatrix_examples)."""
+        from runtime.eval_settings import SettingError
+
+        name, default = IMATRIX_EXAMPLES
+        value = (self.recipe.get("eval") or {}).get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SettingError(f"<{name}> {value!r}: must be a whole number of at least 1", name)
+        return value
+
     def as_args(self) -> list[str]:
         """The `edgeft release` options that resolve to these settings again (what each make stage is given)."""
         args = [] if self.demo else ["--base", str(self.base)]
@@ -75,65 +105,51 @@ def load_release_recipe(path: Path | None, demo: bool) -> dict:
     unknown = set(recipe) - set(RECIPE_KEYS)
     if unknown:
         raise EdgeftError(f"{path}: unknown release recipe keys {sorted(map(str, unknown))}; use name, quant, "
-                          "description, train (edgeft train settings) and eval (metric, system, shots, max_tokens, "
-                          "gates)")
+                          "description, train (edgeft train settings) and eval (the eval's settings and gates)")
     check_release_recipe(recipe, str(path))
     return recipe
 
 
 RECIPE_KEYS = ("name", "quant", "train", "eval", "description")
-# What the eval and imatrix stages read from `eval:` (a key outside this list is a typo found before training).
-EVAL_KEYS = ("metric", "system", "shots", "max_tokens", "gates", "probe", "context", "context_k",
-             "requests_per_day", "imatrix_examples")
+# The eval settings a release takes from its own files (Settings.eval_settings); a recipe's eval: sets the rest.
+RELEASE_SETS = ("baseline", "shots_from", "reference", "hf", "threads")
+# Read by the imatrix stages from the recipe's eval: section, beside the eval's settings.
+IMATRIX_EXAMPLES = ("imatrix_examples", 256)
 
 
 def check_release_recipe(recipe: dict, source: str) -> None:
-    """Everything in a release recipe that can be checked without a model, checked before the first stage runs:
-    the train settings, the eval keys, the gate names and thresholds, the metric name, the quant and the name."""
+    """What in a release recipe can be checked without the release's paths: the train settings, the description,
+    the quant and the name (`check_eval` checks the eval: section once the paths are known)."""
     from convert.quant import parse_file_type
     from edgeft.train.recipe import resolve_recipe
-    from runtime.eval_settings import EvalSettings, check_requests_per_day
-    from runtime.gates import resolve_gates
-    from runtime.metrics import split_metric_spec
 
     for key in ("train", "eval"):
         if recipe.get(key) is not None and not isinstance(recipe[key], dict):
             raise EdgeftError(f"{source}: {key}: must be a mapping of settings, not {recipe[key]!r}")
     resolve_recipe(dict(recipe.get("train") or {}))
-    ev = recipe.get("eval") or {}
-    unknown = sorted(map(str, set(ev) - set(EVAL_KEYS)))
-    if unknown:
-        raise EdgeftError(f"{source}: eval: unknown keys {unknown}; known: {', '.join(EVAL_KEYS)}")
-    if ev.get("gates") is not None and not isinstance(ev["gates"], dict):
-        raise EdgeftError(f"{source}: eval.gates must be a mapping like {{min_gain: 5}}")
-    try:
-        resolve_gates(dict(ev.get("gates") or {}))
-        split_metric_spec(str(ev.get("metric", "exact")))
-    except EdgeftError as exc:
-        raise EdgeftError(f"{source}: eval: {exc}") from None
-    # Text the eval and the card use as it is: a list or a number here failed in the eval stage, after training.
-    texts = {f"eval.{key}": ev[key] for key in ("system", "probe", "context") if ev.get(key) is not None}
-    if recipe.get("description") is not None:
-        texts["description"] = recipe["description"]
-    for key, value in texts.items():
-        if not isinstance(value, str):
-            raise EdgeftError(f"{source}: {key}={value!r} must be text (a string)")
-    for key in ("shots", "max_tokens", "context_k", "imatrix_examples"):
-        if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool) or ev[key] < (key != "shots")):
-            raise EdgeftError(f"{source}: eval.{key}={ev[key]!r} must be a whole number"
-                              f"{' of at least 0' if key == 'shots' else ' of at least 1'}")
-    try:
-        check_requests_per_day(ev.get("requests_per_day"))
-        # What needs what (eval.context_k without eval.context...), as the eval stage will judge it: with a baseline.
-        EvalSettings(baseline="the release's base", system=ev.get("system"), shots=ev.get("shots", 0),
-                     shots_from="the release's data" if ev.get("shots") else None, context=ev.get("context"),
-                     context_k=ev.get("context_k")).check()
-    except EdgeftError as exc:
-        raise EdgeftError(f"{source}: eval.{exc}") from None
+    # Text the card uses as it is: a list or a number here failed in the publish stage, after training.
+    if recipe.get("description") is not None and not isinstance(recipe["description"], str):
+        raise EdgeftError(f"{source}: description={recipe['description']!r} must be text (a string)")
     if recipe.get("quant") is not None:
         parse_file_type(str(recipe["quant"]))
     if recipe.get("name") is not None:
         check_release_name(str(recipe["name"]))
+
+
+def check_eval(settings: Settings) -> None:
+    """The recipe's eval: section as the eval stage will use it (EvalSettings.check, with the release's base as the
+    baseline), and imatrix_examples: a typo or a bad value is one line naming the recipe key, before training."""
+    from runtime.eval_settings import SettingError, recipe_key
+
+    try:
+        evaluation = settings.eval_settings()  # its errors say which file
+    except SettingError as exc:
+        raise EdgeftError(exc.named(recipe_key)) from None
+    try:
+        evaluation.check()
+        settings.imatrix_examples()
+    except SettingError as exc:
+        raise EdgeftError(f"{settings.recipe_source}: {exc.named(recipe_key)}") from None
 
 
 def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=None, recipe_path=None,
@@ -158,9 +174,11 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
     inputs = {"base model folder": base, "training data": data, "eval data": eval_path, "recipe": recipe_path}
     refuse_own_input(Path(out) / name, inputs, option="--out")
     refuse_own_input(Path(release_root) / name, inputs, option="--release-dir")
-    return Settings(base=base, data=Path(data), eval=Path(eval_path), quant=quant, name=name,
-                    out=Path(out) / name, release_root=Path(release_root), recipe=recipe,
-                    recipe_path=Path(recipe_path) if recipe_path else None, demo=demo)
+    settings = Settings(base=base, data=Path(data), eval=Path(eval_path), quant=quant, name=name,
+                        out=Path(out) / name, release_root=Path(release_root), recipe=recipe,
+                        recipe_path=Path(recipe_path) if recipe_path else None, demo=demo)
+    check_eval(settings)
+    return settings
 
 
 def expand(template: str | None, settings: Settings) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
-from edgeft.release.settings import BENCH_SETTINGS, Settings, expand
+from edgeft.release.settings import BENCH_SETTINGS, Settings
 from runtime.report import EVAL_FILES
 
 def free_cores() -> int:
@@ -70,7 +70,7 @@ def stage_check(s: Settings) -> None:
     from runtime.examples import read_examples
     from runtime.metrics import parse_metric, refuse_unscoreable
 
-    spec = expand((s.recipe.get("eval") or {}).get("metric", "exact"), s)
+    spec = s.eval_settings().metric
     refuse_unscoreable(parse_metric(spec), read_examples(s.eval), s.eval, spec)
     with atomic_file(s.path("check")) as tmp:
         tmp.write_text(json.dumps({"errors": report.errors, "warnings": report.warnings,
@@ -102,8 +102,7 @@ def stage_merge(s: Settings) -> None:
 def _imatrix(model_dir: Path, s: Settings, out: Path) -> None:
     from edgeft.imatrix import compute_imatrix
 
-    compute_imatrix(model_dir, s.data, out, max_examples=(s.recipe.get("eval") or {}).get("imatrix_examples", 256),
-                    threads=_torch_threads())
+    compute_imatrix(model_dir, s.data, out, max_examples=s.imatrix_examples(), threads=_torch_threads())
 
 
 def stage_imatrix(s: Settings) -> None:
@@ -156,24 +155,16 @@ def stage_lora(s: Settings) -> None:
 
 def stage_eval(s: Settings) -> None:
     """Writes the report even when a gate fails: the publish stage refuses, the report stays for reading."""
+    from dataclasses import replace
+
     from runtime.evaluate import run_eval
 
-    ev = dict(s.recipe.get("eval") or {})
-    gates = dict(ev.get("gates") or {})
-    # Weights ship only when fine-tuning beat the strongest rung of the prompted base's ladder (issue 17).
-    gates.setdefault("earned", 0)
-    run_eval(s.path("model"), s.eval, s.path("eval"), baseline=s.path("base_gguf"),
-             metric=expand(ev.get("metric", "exact"), s), system=ev.get("system"), shots=int(ev.get("shots", 0)),
-             shots_from=s.data if ev.get("shots") else None, probe=expand(ev.get("probe"), s),
-             reference=s.path("f16"), hf=s.path("merge"), gates=gates,
-             max_tokens=int(ev.get("max_tokens", 256)), threads=_llama_threads(),
-             context=expand(ev.get("context"), s), context_k=ev.get("context_k"),
-             requests_per_day=ev.get("requests_per_day"))
+    run_eval(s.path("model"), s.eval, s.path("eval"), replace(s.eval_settings(), threads=_llama_threads()))
 
 
 def context_files(s: Settings) -> list[Path]:
     """The recipe's context corpus (eval.context), an input of the eval stage."""
-    context = expand((s.recipe.get("eval") or {}).get("context"), s)
+    context = s.eval_settings().context
     return [Path(context)] if context else []
 
 
