@@ -1,13 +1,13 @@
 """The `edgeft` command line: a thin click group.
 
 Each command lives in its own small module and is imported only when it is listed or run, so `edgeft --help`
-never pays for torch. A command whose module does not exist yet is simply absent.
+never pays for torch. A library error about a setting (runtime.eval_settings.SettingError) is shown here with the
+flag the user typed for it: the one place the library's setting names become flags.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -15,6 +15,7 @@ import click
 
 from edgeft import __version__
 from edgeft.errors import EdgeftError, environment_error
+from runtime.eval_settings import SettingError
 
 # name -> "module:attribute". Order here is the order in `edgeft --help`: the flow of the pipeline.
 COMMANDS: dict[str, str] = {
@@ -35,14 +36,6 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _available(target: str) -> bool:
-    module = target.split(":", 1)[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 class _DropOptionalKernelNotice(logging.Filter):
     """bitsandbytes logs, at import, on every AVX512-BF16 CPU, that its optional `kernels` speed-up is not installed
     ("Failed to load CPU gemm_4bit_forward ... pip install kernels"), even for --method lora, which never runs a
@@ -60,11 +53,11 @@ class LazyGroup(click.Group):
     OSError no command caught (a full disk, a read-only or missing path): the environment, worded in one place."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name, target in COMMANDS.items() if _available(target)]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         target = COMMANDS.get(name)
-        if target is None or not _available(target):
+        if target is None:
             return None
         module_name, attr = target.split(":", 1)
         return getattr(importlib.import_module(module_name), attr)
@@ -73,6 +66,8 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeftError as exc:
+            if isinstance(exc, SettingError) and ctx.invoked_subcommand:
+                raise click.ClickException(exc.named(flags(self.get_command(ctx, ctx.invoked_subcommand)))) from None
             raise click.ClickException(str(exc)) from None
         except click.UsageError as exc:  # one line too, not click's usage block; still exit status 2
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
@@ -83,6 +78,15 @@ class LazyGroup(click.Group):
             if exc.errno is None:
                 raise
             raise click.ClickException(str(environment_error(exc))) from None
+
+
+def flags(command: click.Command) -> dict[str, str]:
+    """Setting name -> the flag that sets it (an option's first spelling: -o, not --output), over a group's
+    subcommands too; a command's `setting_words(flags)` adds the settings no one flag sets."""
+    commands = [command, *getattr(command, "commands", {}).values()]
+    names = {param.name: param.opts[0] for cmd in reversed(commands) for param in cmd.params
+             if isinstance(param, click.Option)}
+    return {**names, **getattr(command, "setting_words", lambda _: {})(names)}
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,6 +1,6 @@
 """`run_eval`: does the shipped GGUF beat the well-prompted base, without breaking anything else, as fast?
 
-Order of work: check every input first (a typo in --metric must not cost an hour of generation), then generate
+Order of work: check every input first (a typo in the metric must not cost an hour of generation), then generate
 with each model in turn (one model in memory at a time; the base answers every rung of the ladder in one load, see
 runtime/ladder.py), then score (the judge model loads only now), then the table of measurements
 (runtime/measurements.py: probe, KLD, parity, tensor types, speed), gates, and finally all outputs appear at once

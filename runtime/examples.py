@@ -50,15 +50,16 @@ def parse_eval_line(number: int, raw: str) -> Record:
     return Record(number, raw, [{"role": m["role"], "content": m["content"]} for m in messages], [], obj)
 
 
-def read_conversations(path: str | Path, *, option: str = "--data") -> list[tuple[int, list[dict]]]:
-    """(line number, messages) for each non-empty line; EdgeftError with file:line on the first bad one."""
+def read_conversations(path: str | Path, *, setting: str = "data") -> list[tuple[int, list[dict]]]:
+    """(line number, messages) for each non-empty line; EdgeftError with file:line on the first bad one, and a
+    SettingError naming `setting` (the setting that gave the path) for a missing or empty file."""
     path = Path(path)
     if not path.is_file():
         what = "not a regular file" if path.exists() else "file not found"
-        raise EdgeftError(f"{option} {path}: {what}; pass a JSONL file of {{\"messages\": [...]}} lines")
+        raise SettingError(f"<{setting}> {path}: {what}; pass a JSONL file of {{\"messages\": [...]}} lines", setting)
     conversations = [(record.line, record.messages) for record in read_jsonl(path, parse_eval_line)]
     if not conversations:
-        raise EdgeftError(f"{option} {path}: no conversations in the file")
+        raise SettingError(f"<{setting}> {path}: no conversations in the file", setting)
     return conversations
 
 
@@ -81,17 +82,19 @@ def shot_turns(path: str | Path | None, shots: int) -> list[dict]:
     """User/assistant turns of the first `shots` training conversations (system turns dropped: the baseline's
     own system prompt leads). The first ones, not a random draw, so the baseline prompt is reproducible."""
     if shots < 0:
-        raise EdgeftError(f"--shots {shots}: must be 0 or more")
+        raise SettingError(f"<shots> {shots}: must be 0 or more", "shots")
     if shots == 0:
         return []
     if path is None:
-        raise EdgeftError(f"--shots {shots} needs --shots-from TRAIN.jsonl to draw the examples from")
+        raise SettingError(f"<shots> {shots} needs <shots_from> TRAIN.jsonl to draw the examples from", "shots",
+                           "shots_from")
     turns: list[dict] = []
-    conversations = read_conversations(path, option="--shots-from")
+    conversations = read_conversations(path, setting="shots_from")
     for _number, messages in conversations[:shots]:
         turns.extend(m for m in messages if m["role"] != "system")
     if len(conversations) < shots:
-        raise EdgeftError(f"--shots-from {path}: only {len(conversations)} conversations for --shots {shots}")
+        raise SettingError(f"<shots_from> {path}: only {len(conversations)} conversations for <shots> {shots}",
+                           "shots_from", "shots")
     return turns
 
 

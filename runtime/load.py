@@ -15,6 +15,7 @@ from gguf import GGUFType, Keys
 
 from convert.gguf_reader import GGUFFile
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 
 
 def check_gguf(path: str | os.PathLike, *, adapter: bool = False) -> Path:
@@ -74,13 +75,14 @@ def kv_cache_bytes(path: str | os.PathLike, n_ctx: int) -> int:
 
 def check_context(path: Path, n_ctx: int) -> None:
     """A context llama.cpp cannot allocate is one line now, not the machine swapping until the OOM killer ends
-    the process without a word (a --ctx of a few million tokens does that)."""
+    the process without a word (a context of a few million tokens does that)."""
     if n_ctx < 1:
-        raise EdgeftError(f"--ctx {n_ctx}: must be at least 1")
+        raise SettingError(f"<n_ctx> {n_ctx}: must be at least 1", "n_ctx")
     needed, available = kv_cache_bytes(path, n_ctx), _available_memory()
     if available is not None and needed > available:
-        raise EdgeftError(f"--ctx {n_ctx}: {path.name}'s KV cache for that context needs {needed / 2**30:.1f} GiB, "
-                          f"more than the {available / 2**30:.1f} GiB of memory available; lower --ctx")
+        raise SettingError(f"<n_ctx> {n_ctx}: {path.name}'s KV cache for that context needs {needed / 2**30:.1f} "
+                           f"GiB, more than the {available / 2**30:.1f} GiB of memory available; lower <n_ctx>",
+                           "n_ctx")
 
 
 def open_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, logits_all: bool = False, threads: int | None = None,

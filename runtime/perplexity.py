@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeft.data.io import read_json_lines
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 
 
 def default_probe_text() -> str:
@@ -71,7 +72,7 @@ def perplexity(llm, text: str, *, window: int | None = None, max_tokens: int | N
         if max_tokens and count >= max_tokens:
             break
     if count == 0:
-        raise EdgeftError("probe text is too short to measure perplexity; pass a longer --probe file")
+        raise SettingError("<probe> text is too short to measure perplexity; pass a longer file", "probe")
     return {"ppl": math.exp(total_nll / count), "nll": total_nll / count, "n_tokens": count}
 
 
@@ -83,7 +84,8 @@ def read_probe(path: str | Path | None) -> tuple[str, str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise EdgeftError(f"--probe {path}: cannot read it as UTF-8 text ({exc}); pass a plain-text file") from exc
+        raise SettingError(f"<probe> {path}: cannot read it as UTF-8 text ({exc}); pass a plain-text file",
+                           "probe") from exc
     return str(path), text
 
 
@@ -91,7 +93,7 @@ def read_choices(path: str | Path) -> list[dict]:
     """Multiple-choice JSONL: {"question": str, "choices": [str, ...], "answer": index}."""
     path = Path(path)
     if not path.is_file():
-        raise EdgeftError(f"--choices {path}: file not found")
+        raise SettingError(f"<choices> {path}: file not found", "choices")
     items = []
     for number, item in read_json_lines(path):
         item = item if isinstance(item, dict) else {}  # a list or a number: the shape message below

@@ -26,6 +26,7 @@ import numpy as np
 from edgeft.data.io import read_json_lines
 from edgeft.errors import EdgeftError
 from runtime.examples import Example, read_conversations
+from runtime.eval_settings import SettingError
 from runtime.retrieval import BM25Index, is_near_duplicate
 
 COVERAGE_TARGETS = 1000  # training conversations the fixed choice must stand in for (evenly spaced sample)
@@ -49,16 +50,17 @@ def user_text(messages: Sequence[dict]) -> str:
 def read_pool(path: str | Path | None, *, shots: int = 1) -> list[Shot]:
     """The solved training conversations (a user turn and an assistant turn at least) of `path`."""
     if path is None:
-        raise EdgeftError(f"--shots {shots} needs --shots-from TRAIN.jsonl to draw the examples from")
+        raise SettingError(f"<shots> {shots} needs <shots_from> TRAIN.jsonl to draw the examples from", "shots",
+                           "shots_from")
     pool = []
-    for number, messages in read_conversations(path, option="--shots-from"):
+    for number, messages in read_conversations(path, setting="shots_from"):
         turns = tuple(m for m in messages if m["role"] != "system")
         roles = {m["role"] for m in turns}
         if {"user", "assistant"} <= roles:
             pool.append(Shot(number, turns, user_text(turns)))
     if len(pool) < shots:
-        raise EdgeftError(f"--shots-from {path}: only {len(pool)} solved conversations for --shots {shots}; "
-                          "lower --shots or pass a larger training file")
+        raise SettingError(f"<shots_from> {path}: only {len(pool)} solved conversations for <shots> {shots}; "
+                           "lower <shots> or pass a larger training file", "shots_from", "shots")
     return pool
 
 
@@ -102,8 +104,9 @@ def choose_fixed(pool: Sequence[Shot], k: int, *, avoid: Sequence[str] = ()) -> 
         chosen.append(pick)
         covered = np.maximum(covered, similarity[:, pick])
     if len(chosen) < k:
-        raise EdgeftError(f"--shots {k}: only {len(chosen)} training conversations are not near-duplicates of an "
-                          "eval question; lower --shots or decontaminate the training file (edgeft data check)")
+        raise SettingError(f"<shots> {k}: only {len(chosen)} training conversations are not near-duplicates of an "
+                           "eval question; lower <shots> or decontaminate the training file (edgeft data check)",
+                           "shots")
     return [pool[i] for i in chosen]
 
 
@@ -125,8 +128,8 @@ class RetrievedShots:
 
         found = self.index.ranked(question, k, skip=is_copy)
         if len(found) < k:
-            raise EdgeftError(f"--shots {k}: eval line {example.line} has only {len(found)} training conversations "
-                              "that are not near-duplicates of it; lower --shots")
+            raise SettingError(f"<shots> {k}: eval line {example.line} has only {len(found)} training conversations "
+                               "that are not near-duplicates of it; lower <shots>", "shots")
         return [self.pool[i] for i in reversed(found)]
 
 
@@ -137,10 +140,11 @@ class Passage:
 
 
 def read_context(path: str | Path) -> list[Passage]:
-    """`--context docs.jsonl`: one {"text": "..."} per line (other keys ignored)."""
+    """The context corpus (setting `context`): one {"text": "..."} per line (other keys ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise EdgeftError(f"--context {path}: file not found; pass a JSONL file of {{\"text\": ...}} passages")
+        raise SettingError(f"<context> {path}: file not found; pass a JSONL file of {{\"text\": ...}} passages",
+                           "context")
     passages = []
     for number, record in read_json_lines(path, advice="; one {\"text\": ...} per line"):
         text = record.get("text") if isinstance(record, dict) else None
@@ -148,7 +152,7 @@ def read_context(path: str | Path) -> list[Passage]:
             raise EdgeftError(f"{path}:{number}: expected {{\"text\": \"a non-empty passage\"}}")
         passages.append(Passage(number, text.strip()))
     if not passages:
-        raise EdgeftError(f"--context {path}: the corpus is empty; add passages or drop --context")
+        raise SettingError(f"<context> {path}: the corpus is empty; add passages or drop <context>", "context")
     return passages
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 from runtime.load import check_gguf
 
 
@@ -84,9 +85,10 @@ def measure(model_path: str | os.PathLike, *, n_prompt: int = 512, n_gen: int = 
 
     Example: `measure("model-Q4_K_M.gguf", n_prompt=512, n_gen=128)["tg_tok_s"]`.
     """
-    path = str(check_gguf(model_path))
     if repeat < 1 or n_prompt < 0 or n_gen < 0:
-        raise EdgeftError("bench: --repeat must be >= 1 and -p/-n must not be negative")
+        raise SettingError(f"<repeat> {repeat}, <n_prompt> {n_prompt}, <n_gen> {n_gen}: <repeat> must be at least 1 "
+                           "and the token counts 0 or more", "repeat", "n_prompt", "n_gen")
+    path = str(check_gguf(model_path))
     if not isolate:
         return _measure_here(path, n_prompt, n_gen, threads, repeat)
     package_root = str(Path(__file__).resolve().parent.parent)

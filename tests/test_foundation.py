@@ -27,16 +27,26 @@ def test_cli_help_lists_groups_without_importing_torch():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from edgeft.cli import main, COMMANDS, _available\n"
+        "from edgeft.cli import main, COMMANDS\n"
         "result = CliRunner().invoke(main, ['--help'])\n"
         "assert result.exit_code == 0, result.output\n"
-        "present = [n for n, t in COMMANDS.items() if _available(t)]\n"
-        "missing = [n for n in present if n not in result.output]\n"
+        "missing = [n for n in COMMANDS if n not in result.output]\n"
         "assert not missing, missing\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     _run_to_the_end(code)
+
+
+def test_a_command_whose_module_is_gone_fails_loudly(monkeypatch):
+    from click.testing import CliRunner
+
+    from edgeft import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "gone", "edgeft.commands.gone:gone")
+    for args in (["--help"], ["gone"]):
+        result = CliRunner().invoke(cli.main, args)
+        assert isinstance(result.exception, ModuleNotFoundError) and "edgeft.commands.gone" in str(result.exception)
 
 
 def test_cli_version():

@@ -298,3 +298,4 @@ def test_a_recipe_setting_is_named_as_the_recipe_key_and_a_flag_as_the_flag(setu
     result, out, untouched = _eval(setup, tmp_path, None, "--metric", "exactly")
     one_line_error(result, "--metric exactly: unknown metric")
     assert not out.exists() and untouched()
+    one_line_error(invoke("bench", tmp_path / "none.gguf", "--repeat", "0"), "--repeat 0, -p 512, -n 128: --repeat")

@@ -117,8 +117,11 @@ def test_gold_the_metric_cannot_score_is_refused_before_training(inputs, tmp_pat
         connection.execute("CREATE TABLE boxes (colour TEXT)")
     # The data check prints its report first; the refusal is the one error line.
     error_line(_release(inputs, f"eval:\n  metric: sql-exec:{db}\n", "stage", "check"),
-                   "eval.jsonl:1:", "gold SQL fails", "4 of 4 eval examples cannot be scored")
+                   "eval.jsonl:1:", "gold SQL fails", "4 of 4 eval examples cannot be scored with eval.metric")
     assert not (inputs["out"] / "hostile" / "data-check.json").exists()
+    # A stage's error about a setting names the recipe key the user wrote, not the eval command's flag.
+    error_line(_release(inputs, f"eval:\n  metric: sql-exec:{tmp_path}/missing.sqlite\n", "stage", "check"),
+               "eval.metric sql-exec:", "SQLite file not found")
 
 
 def _publish_earlier_release(inputs, tmp_path):

@@ -333,7 +333,7 @@ def test_parallel_decoding_matches_one_at_a_time(ggufs):
 def test_shot_dataclass_text_joins_turns():
     shot = Shot(3, ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}), "q")
     assert shot.text == "q\na"
-    with pytest.raises(EdgeftError, match="needs --shots-from"):
+    with pytest.raises(EdgeftError, match="needs shots_from"):
         read_pool(None, shots=2)
 
 

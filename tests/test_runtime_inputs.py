@@ -121,7 +121,7 @@ def test_examples_and_baseline_prompt(tmp_path):
     prompt = baseline_prompt(example, system="Be exact.", shots=shots)
     assert [m["content"] for m in prompt] == ["Be exact.", "u1", "a1", "u2", "a2", "q"]
     assert baseline_prompt(example, system=None, shots=[])[0]["content"] == "own"
-    with pytest.raises(EdgeftError, match="--shots-from"):
+    with pytest.raises(EdgeftError, match="^shots 3 needs shots_from"):  # the library names settings plainly
         shot_turns(None, 3)
     with pytest.raises(EdgeftError, match="only 2 conversations"):
         shot_turns(train_path, 5)

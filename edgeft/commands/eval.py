@@ -80,17 +80,11 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
       edgeft eval base.gguf --adapter sql=sql.gguf --adapter faq=faq.gguf --data eval.jsonl -o out/fleet
     """
-    from edgeft.errors import EdgeftError
-    from runtime.eval_settings import SettingError
+    if adapters:
+        return _fleet(model, adapters, data, out_dir, recipe, options)
+    from runtime.evaluate import run_eval
 
-    try:
-        if adapters:
-            return _fleet(model, adapters, data, out_dir, recipe, options)
-        from runtime.evaluate import run_eval
-
-        report = run_eval(model, data, out_dir, _settings(recipe, options))
-    except SettingError as exc:  # the library names its settings; here they are this command's flags
-        raise EdgeftError(exc.named(_flags())) from None
+    report = run_eval(model, data, out_dir, _settings(recipe, options))
     _print_report(report)
     if not report["passed"]:
         click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs'][EVAL_FILES['markdown']]})",
@@ -98,13 +92,15 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
         sys.exit(GATE_FAILED_EXIT)
 
 
-def _flags() -> dict[str, str]:
-    """Setting name -> the flag that sets it (the option's first spelling: -o, not --output)."""
+def _setting_words(flags: dict[str, str]) -> dict[str, str]:
+    """The settings no one flag of this command sets, in its words (edgeft.cli.flags names the rest)."""
     from runtime.gates import GATES
 
-    flags = {param.name: param.opts[0] for param in eval_command.params if isinstance(param, click.Option)}
     gates = ", ".join([flags[name] for name in GATES if name in flags] + ["--require-earned", "--recipe eval.gates"])
-    return {**flags, "speed": "the speed test (leave out --no-speed)", "gates": f"the gates ({gates})"}
+    return {"speed": "the speed test (leave out --no-speed)", "gates": f"the gates ({gates})"}
+
+
+eval_command.setting_words = _setting_words
 
 
 RECIPE_READS = ("gates", "requests_per_day")  # what this command takes from a recipe's eval: section

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgeft.errors import EdgeftError
 from edgeft.release import stages
 from edgeft.release.graph import BASE, CONTEXT, DATA, EVAL, STAGE_BY_NAME, STAGES, Stage
-from edgeft.release.settings import DEMO_DIR, Settings
+from edgeft.release.settings import DEMO_DIR, Settings, release_key
 
 MAKEFILE = "stages.mk"  # under OUT/NAME, rewritten only when the release's settings change
 # What the demo's data is generated from: editing one regenerates the data, and the rest follows.
@@ -86,8 +86,13 @@ def run_stage(name: str, s: Settings) -> None:
     stage = STAGE_BY_NAME.get(name) or STAGE_BY_NAME.get(name.replace("-", "_"))
     if stage is None:
         raise EdgeftError(f"unknown release stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}")
+    from runtime.eval_settings import SettingError
+
     started = time.time()
-    getattr(stages, f"stage_{stage.name}")(s)
+    try:
+        getattr(stages, f"stage_{stage.name}")(s)
+    except SettingError as exc:  # the eval's settings come from the recipe: named as its keys, not as flags
+        raise EdgeftError(exc.named(release_key)) from None
     if not stage.always:  # make shows only the command lines; the stage times are what a user tunes against
         print(f"{stage.name}: done in {time.time() - started:.0f}s")
 

@@ -136,12 +136,22 @@ def check_release_recipe(recipe: dict, source: str) -> None:
         check_release_name(str(recipe["name"]))
 
 
+def release_key(setting: str) -> str:
+    """A setting as a release user gives it: an eval: key of the recipe, or (the release's own) its plain name."""
+    from dataclasses import fields
+
+    from runtime.eval_settings import EvalSettings, recipe_key
+
+    settable = {item.name for item in fields(EvalSettings)} - set(RELEASE_SETS) | {IMATRIX_EXAMPLES[0]}
+    return recipe_key(setting) if setting in settable else setting
+
+
 def check_eval(settings: Settings) -> None:
     """The recipe's eval: section as the eval stage will use it (EvalSettings.check, with the release's base as the
     baseline), and imatrix_examples: a typo or a bad value is one line naming the recipe key, before training."""
     from runtime.eval_settings import SettingError, recipe_key
 
-    try:
+    try:  # every name here is a key of the recipe's eval: section (a typo too)
         evaluation = settings.eval_settings()  # its errors say which file
     except SettingError as exc:
         raise EdgeftError(exc.named(recipe_key)) from None
