@@ -84,7 +84,7 @@ def _signal_name(returncode: int) -> str:
     return {signal.SIGILL: "SIGILL, illegal instruction"}.get(sig, sig.name)
 
 
-def ensure_decodes(path: str | os.PathLike, child: str = CHILD) -> None:
+def ensure_decodes(path: str | os.PathLike) -> None:
     """Raise one clear line if llama.cpp would crash decoding `path` on this machine; otherwise return quietly."""
     path = Path(path)
     types = tensor_types(path)
@@ -93,7 +93,7 @@ def ensure_decodes(path: str | os.PathLike, child: str = CHILD) -> None:
         _passed.add(key)
         return
     try:
-        proc = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise EdgeftError(f"{path}: llama.cpp did not finish decoding 25 tokens in {PROBE_TIMEOUT_S} s in a probe "

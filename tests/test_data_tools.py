@@ -161,16 +161,18 @@ def test_cli_check_with_tokenizer_reports_lengths(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["bpe-llama3", "spm-mistral", "spm-gemma"])
-def test_fast_token_lengths_equal_the_ids_training_feeds(kind):
+def test_fast_token_lengths_equal_the_ids_training_feeds(kind, monkeypatch):
     """Batched counts equal the per-text ids training feeds (`chat_ids`: no added specials, then the BOS llama.cpp
     adds when the text does not start with it: "<s>[INST]..." keeps its one BOS)."""
     from convert.vocab.hf_tokenizer import chat_ids
+    from edgeft.data import check
     from edgeft.data.check import token_lengths
     from edgeft.data.masking import load_tokenizer
 
     tokenizer = load_tokenizer(build_tokenizer(kind))
     texts = [" lone leading space", "<s>[INST] Hi [/INST]Yo</s>", "<start_of_turn>user\nx<end_of_turn>\n", "é\n\n  a"]
-    assert token_lengths(tokenizer, texts, chunk=3) == [len(chat_ids(tokenizer, t)) for t in texts]
+    monkeypatch.setattr(check, "TOKENIZE_BATCH", 3)  # two batches, the second one short
+    assert token_lengths(tokenizer, texts) == [len(chat_ids(tokenizer, t)) for t in texts]
 
 
 def test_cli_sample_and_split(tmp_path):

@@ -122,7 +122,8 @@ def test_probe_passes_a_real_file_and_remembers_it(tmp_path, monkeypatch):
     assert "Q8_0" in cache
     # A second call is answered by the cache: a child that would crash is never started.
     monkeypatch.setattr(native_probe, "_passed", set())
-    native_probe.ensure_decodes(gguf, child="import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    monkeypatch.setattr(native_probe, "CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    native_probe.ensure_decodes(gguf)
 
 
 def test_a_native_crash_becomes_one_line(tmp_path, monkeypatch):
@@ -134,8 +135,7 @@ def test_a_native_crash_becomes_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(native_probe, "_passed", set())
     gguf = converted("llama", "q8_0")
     # What a faulting AMX tile load does to the child: SIGILL.
-    monkeypatch.setattr(native_probe.ensure_decodes, "__defaults__",
-                        ("import os, signal; os.kill(os.getpid(), signal.SIGILL)",))
+    monkeypatch.setattr(native_probe, "CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
     from runtime.load import open_gguf
 
     with pytest.raises(EdgeftError) as caught:

@@ -164,7 +164,10 @@ def _check_contamination(report: CheckReport, valid: list[Record], turns: list[l
         )
 
 
-def token_lengths(tokenizer, texts: list[str], chunk: int = 4096) -> list[int]:
+TOKENIZE_BATCH = 4096  # texts per batch encode: the progress bar moves, and memory stays bounded
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     """Token counts of rendered chats `texts` as training feeds them (`tokenizer(text, add_special_tokens=False)`,
     then the BOS llama.cpp adds, `convert.vocab.special.bos_first`), batched and fast.
 
@@ -177,8 +180,8 @@ def token_lengths(tokenizer, texts: list[str], chunk: int = 4096) -> list[int]:
     bos = llama_cpp_bos_id(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     lengths: list[int] = []
-    for lo in tqdm(range(0, len(texts), chunk), desc="tokenize", unit="chunk", disable=None, leave=False):
-        batch = texts[lo : lo + chunk]
+    for lo in tqdm(range(0, len(texts), TOKENIZE_BATCH), desc="tokenize", unit="chunk", disable=None, leave=False):
+        batch = texts[lo : lo + TOKENIZE_BATCH]
         if backend is not None:
             encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
             lengths += [len(bos_first(encoding.ids, bos)) for encoding in encode(batch, add_special_tokens=False)]
