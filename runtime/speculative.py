@@ -23,7 +23,7 @@ decode steps and ~10% less time, and the ladder's steps drop by a third for abou
 Where the answer can differ from the one-token loop: the logits of a drafted position are computed in a batch of
 another shape than a one-token step, and the sequence's cells land elsewhere in the shared KV buffer; llama.cpp's
 CPU kernels then sum in another order. With F32 weights that changes nothing we can see (tests/test_speculative.py).
-With a quantized 135M model it is not only the last bits: measured on SmolLM2-135M Q4_1 (2026-12), moving one
+With a quantized 135M model it is not only the last bits: measured on SmolLM2-135M Q4_1, moving one
 prompt's cells 300 instead of 280 cells into the buffer moved two top logits by 0.36 and swapped them, so 1 to 4
 of 60 ladder answers differ between decoding with and without drafts, as the ladder decoded side by side already
 differed from one prompt at a time. Each result is deterministic for the same inputs and order. Recurrent and hybrid models cannot drop the rejected part of a draft

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGEFT_CACHE", ROOT / ".cache")) / "fixtures"
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
-# Wave 2, dense: phi4mini is Phi3ForCausalLM as Phi-4-mini configures it (partial rotary, LongRoPE, o200k BPE, tied).
+# Dense, each with its own quirk: phi4mini is Phi3ForCausalLM as Phi-4-mini configures it (partial rotary, LongRoPE, o200k BPE, tied).
 ARCHS += ("smollm3", "granite", "olmo2", "gemma3", "phi4mini")
 TOKENIZER_KINDS = ("bpe-llama3", "bpe-qwen2", "spm-llama2", "spm-mistral", "spm-phi3", "spm-gemma", "bpe-granite",
                    "bpe-o200k")
@@ -454,7 +454,7 @@ CONFIG_CLASSES = {
 ALWAYS_TIED = ("gemma2", "gemma3", "smollm3", "phi4mini")
 
 
-# ---- wave 2, MoE and hybrid: Qwen3-MoE (Qwen3's tokenizer), Mixtral (Mistral's), LFM2 (its own byte-level BPE).
+# ---- MoE and hybrid: Qwen3-MoE (Qwen3's tokenizer), Mixtral (Mistral's), LFM2 (its own byte-level BPE).
 ARCHS += ("qwen3moe", "mixtral", "lfm2")
 MOE_ARCHS = ("qwen3moe", "mixtral")
 ALWAYS_TIED += ("lfm2",)

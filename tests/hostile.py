@@ -1,5 +1,5 @@
 """Helpers of the hostile-input tests (tests/test_hostile_*.py): run a command as a user would, then check that it
-failed the way issue 14 asks: a non-zero exit, exactly one line saying what, where and what to do, no traceback,
+failed the way the house asks for bad input: a non-zero exit, exactly one line saying what, where and what to do, no traceback,
 and every input and earlier output byte for byte as it was."""
 
 from __future__ import annotations

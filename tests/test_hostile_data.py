@@ -1,4 +1,4 @@
-"""Issue 14, data: an empty file is an error, not "0 examples, 0 errors"; deep nesting, giant numbers, lone
+"""Hostile input, data: an empty file is an error, not "0 examples, 0 errors"; deep nesting, giant numbers, lone
 surrogates and bad bytes are FILE:LINE findings (exact line, column and byte offset), never a traceback, in
 `data check`, in training's own check and in eval's reader; the input file is never modified."""
 

@@ -1,4 +1,4 @@
-"""Issue 14, eval and chat: what cannot be scored is refused before any generation (one line, nothing written), and a
+"""Hostile input, eval and chat: what cannot be scored is refused before any generation (one line, nothing written), and a
 check that fails is a failed gate on the console and in the report, never a line in report.md alone."""
 
 from __future__ import annotations

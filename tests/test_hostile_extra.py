@@ -1,4 +1,4 @@
-"""Issue 14, hostile cases found beyond the issue's list (each one mishandled before this change): outputs that
+"""Hostile input found beyond the first list of cases (each one mishandled before this change): outputs that
 would replace or overwrite their own input in eval, data split, data sample and imatrix; an eval --recipe that is
 a list or invalid YAML; a device as eval data. Then the sweep of the newer commands: an adapter_config.json of the
 wrong shape (convert-lora), a GGUF whose header claims an unknown version (import), and `demo tiny-base` into a

@@ -1,4 +1,4 @@
-"""Issue 14, outputs: no command writes over or inside its own input; a full disk, a read-only or forbidden folder
+"""Hostile input, outputs: no command writes over or inside its own input; a full disk, a read-only or forbidden folder
 and a path that cannot be created are one line naming the output, with nothing half-written and the earlier output
 untouched; a SIGKILLed merge or convert leaves a recognisable temporary that the next run of that stage removes.
 

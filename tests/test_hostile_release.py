@@ -1,4 +1,4 @@
-"""Issue 14, release: a recipe that is not a mapping, invalid YAML, a typo in a gate, a train setting or an eval key,
+"""Hostile input, release: a recipe that is not a mapping, invalid YAML, a typo in a gate, a train setting or an eval key,
 an unknown quant and gold answers the metric cannot score are refused in one line before any stage runs; a failed
 gate says that an earlier release of the same name is still there and is not this model; `release verify` on a
 folder that is not a release is one line."""

@@ -1,4 +1,4 @@
-"""Issue 14, training and adapters: `train --resume` refuses another base, other data or a changed recipe, an output
+"""Hostile input, training and adapters: `train --resume` refuses another base, other data or a changed recipe, an output
 folder that cannot be written is refused before the model loads, and an adapter never meets another base of the
 same shape (merge, convert-lora) without a word. All refusals come before any model is loaded: loading is patched
 to fail the test if it is reached."""

@@ -1,4 +1,4 @@
-"""Issue 17, the baseline ladder: retrieval against a brute-force BM25, the eval question's own copies never retrieved,
+"""The baseline ladder: retrieval against a brute-force BM25, the eval question's own copies never retrieved,
 fixed shots that cover the data, the gate against the strongest rung, the verdict and its exit code, bad input."""
 
 from __future__ import annotations

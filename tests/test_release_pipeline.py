@@ -44,7 +44,7 @@ def test_demo_defaults():
     s = release_settings.resolve_settings()
     assert s.demo and s.name == "edgeft-demo" and s.quant == "Q4_K_M"
     assert s.base == release_settings.DEMO_DIR / "base" and s.data == release_settings.DEMO_DIR / "data" / "train.jsonl"
-    assert s.recipe["eval"]["gates"]["min_gain"] == 15  # issue 16: 15 points over the strongest rung
+    assert s.recipe["eval"]["gates"]["min_gain"] == 15  # the demo's claim: 15 points over the strongest rung
     assert s.path("model") == Path("out/edgeft-demo/model-Q4_K_M.gguf")
 
 

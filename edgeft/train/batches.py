@@ -19,7 +19,7 @@ LENGTH_GROUP_WINDOW = 50
 
 
 def tokenize_conversations(path: str | Path, tokenizer, chat_template: str, max_len: int) -> list[dict]:
-    """Each conversation -> {"input_ids", "labels"} via the dataset issue's mask builder (loss on assistant tokens)."""
+    """Each conversation -> {"input_ids", "labels"} via edgeft.data.masking's mask builder (loss on assistant tokens)."""
     from edgeft.data.io import read_conversations
     from edgeft.data.masking import build_example
 

@@ -2,7 +2,7 @@
 bf16, ~1 GB) converted to F16 and Q8_0, each in a fresh child process; wall seconds (whole process, imports
 included) and the child's peak RSS.
 
-Targets from the issue, relative to llama.cpp's convert_hf_to_gguf.py on a 2-core machine (13.3 s and 1.17 GB peak
+Targets, relative to llama.cpp's convert_hf_to_gguf.py on a 2-core machine (13.3 s and 1.17 GB peak
 RSS for F16, 17.0 s for Q8_0): ours ≤ 0.8× its time and ≤ 0.5× its peak memory.
 """
 

@@ -1,4 +1,4 @@
-"""Ladder benchmark (issue 17): wall time of the whole baseline ladder against the fixed k-shot rung alone, on the
+"""Ladder benchmark: wall time of the whole baseline ladder against the fixed k-shot rung alone, on the
 whole demo eval with the demo recipe's system prompt, shots, max_tokens and the eval's default timing samples
 (target: <= 2x); the score, prompt tokens and cost per request of every rung; what the speculative decoder
 (runtime.speculative) got right; and the floor no decoder of these prompts can go under.
@@ -20,15 +20,13 @@ earlier prompt of the rung shares (measured by the decoder) and time their cold 
 run). At the measured prompt rate (ms per token in a 128-token batch) that is a time no decoder of these prompts
 goes under, answers aside; "floor / fixed rung alone" is the best ratio the prompts allow.
 
-Why the ratio stays above 2, measured 2026-12-01 on 2 cores (load 1.0), one thread, all 200 demo eval questions,
-the release's base (SmolLM2-135M-Instruct Q4_K_M with imatrix), 16 timed requests per rung: ladder 159.7 s, fixed
-rung alone 68.0 s, 2.35x; the floor is 142.4 s, 2.09x, so no decoder of these prompts meets 2x. Scores: 0.0%,
-16.5%, 53.0%, as the release's eval.
-  - The retrieved 3-shot rung's shots differ per question: after ordering the questions by what they retrieve,
-    14,525 of its prompt tokens are still new (73 per question) at 2.6 ms a token, 38 s before one answer token.
-  - The timing pass times every rung's cold requests one token per decode step, as llama.cpp serves them: 16 for the
-    zero-shot rung take 16.4 s (the base rambles to max_tokens in prose), 16 for the retrieved rung 11.9 s.
-  - Drafts make the fixed rung alone 1.3x faster (87.0 s without them), so they cannot close the gap either.
+Why the ratio stays above 2 on the demo: its floor row is above 2x already, so no decoder of these prompts meets it.
+  - The retrieved k-shot rung's shots differ per question: after ordering the questions by what they retrieve, most
+    of its prompt tokens are still new, and they are evaluated before its first answer token.
+  - The timing pass times every rung's cold requests one token per decode step, as llama.cpp serves them (the
+    zero-shot base rambles to max_tokens in prose).
+  - Drafts speed up the fixed rung alone too (the rows with and without them show how much), so they cannot close
+    the gap either.
 
 `run(cache_dir)` returns rows for the runner (`make bench`)."""
 

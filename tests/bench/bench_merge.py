@@ -1,7 +1,7 @@
 """Merge benchmark: a LoRA adapter (r=16, all linear layers) merged into a generated checkpoint with
 Qwen2.5-0.5B's shapes (bf16, ~1 GB) saved in 4 shards, in a fresh child process.
 
-Target from issue 9: peak RSS minus the RSS of a process that has only imported torch ≤ 2× the largest shard +
+Target: peak RSS minus the RSS of a process that has only imported torch ≤ 2× the largest shard +
 the adapter (loading the whole model would need the full ~1 GB at least once). Also reported: wall time, and the
 NF4 comparison the merge logs (how far a merge into the NF4-dequantized base would have landed).
 """

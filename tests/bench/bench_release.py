@@ -75,7 +75,7 @@ def run(cache_dir: Path) -> list[dict]:
 
 
 def _imatrix_kld_rows(cache_dir: Path) -> list[dict]:
-    """Issue 4 on a real (if small) LM: the demo base at Q4_K_M with an imatrix from the training data must sit closer
+    """The imatrix on a real (if small) LM: the demo base at Q4_K_M with an imatrix from the training data must sit closer
     to its F16 than without one, measured on held-out text (the eval conversations and the general probe)."""
     from convert import convert_model
     from edgeft.imatrix import compute_imatrix

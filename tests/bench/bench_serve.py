@@ -1,6 +1,6 @@
 """Serve benchmark: `edgeft serve` memory with many adapters over one base, and what an adapter switch costs.
 
-Target from issue 20: the resident memory of a server with 8 adapters loaded (each used once, so its tensors and
+Target: the resident memory of a server with 8 adapters loaded (each used once, so its tensors and
 the compute buffers are really in memory) ≤ the resident memory of the same server with the base alone + the
 adapters' file sizes × 1.5, and still after rounds of switching through all of them (glibc's malloc would let it
 creep up; see runtime/serve's _keep_malloc_threshold_fixed). Each server is a fresh child process on 127.0.0.1;

@@ -1,4 +1,4 @@
-"""Wave 2 dense architectures against llama.cpp's own quantizer (see test_quant_reference): Q8_0 and Q4_K_M of the
+"""The dense architectures with their own quirks against llama.cpp's own quantizer (see test_quant_reference): Q8_0 and Q4_K_M of the
 F32 fixture GGUF, ours vs `llama_model_quantize`, the same tensor types and the same bytes — at K-quant width
 (hidden 256) and at an odd width (hidden 64, where the K-quants fall back per tensor)."""
 

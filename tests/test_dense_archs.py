@@ -1,4 +1,4 @@
-"""Wave 2 dense architectures beyond conversion parity: `edgeft train` gives an adapter for each (LoRA and QLoRA),
+"""The dense architectures with their own quirks (SmolLM3, Granite, OLMo 2, Gemma 3, Phi-4-mini) beyond conversion parity: `edgeft train` gives an adapter for each (LoRA and QLoRA),
 and the variants llama.cpp cannot run are refused in one line naming the config field."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Wave 2 MoE and hybrid architectures beyond conversion parity: `edgeft train` gives an adapter for each (LoRA on
+"""The MoE and hybrid architectures (Qwen3-MoE, Mixtral, LFM2) beyond conversion parity: `edgeft train` gives an adapter for each (LoRA on
 attention and the router for the MoE, the experts frozen), LoRA on the stacked experts is refused in one line, and
 config variants llama.cpp runs differently are refused in one line naming the field."""
 
