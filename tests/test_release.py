@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from edgeft.errors import EdgeftError
-from edgeft.release.publish import base_license, publish_release, verify_release
+from edgeft.release.publish import base_license, publish_release
+from edgeft.release.verify import verify_release
 from edgeft.release.card import render_modelfile
 from edgeft.release.metrics import metrics_from_outputs
 
@@ -64,8 +65,9 @@ def test_manifest_hashes_every_file(tmp_path, inputs):
     folder = _publish(tmp_path, inputs)
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = {entry["path"] for entry in manifest["files"]}
-    assert listed == {p.name for p in folder.iterdir()} - {"manifest.json"}
-    assert {"demo-Q4_K_M.gguf", "demo-adapter.gguf", "README.md", "Modelfile"} <= listed
+    # The card is not listed: it records the manifest's own sha256 instead (tests/test_release_verify.py).
+    assert listed == {p.name for p in folder.iterdir()} - {"manifest.json", "README.md"}
+    assert {"demo-Q4_K_M.gguf", "demo-adapter.gguf", "Modelfile"} <= listed
     for entry in manifest["files"]:  # independent re-hash, not through our own helper
         data = (folder / entry["path"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)

@@ -32,7 +32,7 @@ def release(ctx: click.Context, recipe_path, base, data, eval_path, quant, name,
       edgeft release                                   # the demo
       edgeft release --recipe recipe.yaml --base path/to/hf-model --data train.jsonl --eval eval.jsonl
       edgeft release --base M --data T --eval E stage train     # one stage (what make calls)
-      edgeft release verify release/edgeft-demo                 # re-hash every file against manifest.json
+      edgeft release verify release/edgeft-demo                 # files, card and figures against manifest.json
     """
     from edgeft.release.settings import resolve_settings
 
@@ -71,22 +71,28 @@ def release_stage(settings, stage_name: str) -> None:
 
 @release.command("verify")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
+@click.option("--digest", help="manifest.json's sha256 as the publisher announced it (the card and NAME.sha256 "
+                               "beside the folder record it too)")
 @click.pass_obj
-def release_verify(settings, folder: Path | None) -> None:
-    """Re-hash every file of a published release against its manifest.json; exit 1 on any difference. Without
-    FOLDER, the release the options name (what `make release-check` verifies).
+def release_verify(settings, folder: Path | None, digest: str | None) -> None:
+    """Check a published release: every file against manifest.json, the manifest against its recorded sha256, the
+    card against the manifest's figures, the verdict against the gates; exit 1 on any difference. Without FOLDER,
+    the release the options name (what `make release-check` verifies).
 
     \b
     Example:
       edgeft release verify release/edgeft-demo
+      edgeft release verify release/edgeft-demo --digest 9f2c...   # the digest the publisher announced
     """
     folder = folder or settings().path("publish")
     from edgeft.errors import EdgeftError
-    from edgeft.release.publish import verify_release
+    from edgeft.release.verify import checked_against, verify_release
 
-    problems = verify_release(folder)
+    problems = verify_release(folder, digest)
     for problem in problems:
         click.echo(problem)
     if problems:
-        raise EdgeftError(f"{folder}: {len(problems)} file(s) differ from manifest.json; do not ship this folder")
-    click.echo(f"{folder}: every file matches manifest.json")
+        raise EdgeftError(f"{folder}: {len(problems)} problem(s) above: files, card or figures differ from "
+                          "manifest.json; do not ship this folder")
+    click.echo(f"{folder}: every file matches manifest.json, the card shows its figures; "
+               f"{checked_against(folder, digest)}")

@@ -5,6 +5,7 @@
     stages.py     how each stage is done (data check, train, merge, imatrix, convert, eval, bench, publish)
     parity.py     the chat-template and token parity check of the GGUF that ships
     metrics.py    the manifest's metrics, gathered from the eval report, the bench and the training run
-    publish.py    release/NAME/ assembled atomically: files, manifest.json with sha256s, verify
+    publish.py    release/NAME/ assembled atomically: files, manifest.json with sha256s, the digest beside it
+    verify.py     a published folder checked: files, the manifest's own digest, the card, the gates and verdict
     card.py       the model card (README.md) and the Ollama Modelfile
 """

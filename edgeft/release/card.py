@@ -7,6 +7,12 @@ and Ollama.
 
 from __future__ import annotations
 
+import re
+
+# The card's line that binds it to manifest.json; `edgeft release verify` reads it back with DIGEST_PATTERN.
+DIGEST_LINE = "manifest.json sha256: `{}`"
+DIGEST_PATTERN = re.compile(r"^manifest\.json sha256: `([0-9a-f]{64})`$", re.M)
+
 # Ollama needs its own (Go) template: one per chat-template family, found by the markers the Jinja template emits.
 # Stop strings are the family's end-of-turn markers, so generation ends where training taught it to.
 OLLAMA_TEMPLATES = [
@@ -169,11 +175,37 @@ def _provenance_section(manifest: dict) -> list[str]:
     lines += [f"- Data: " + ", ".join(f"{role} `{_file_name(d['path'])}` (sha256 {d['sha256'][:12]}…)"
                                      for role, d in manifest.get("data", {}).items()),
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items() if v),
-              "- Every file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
+              "- Every other file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
     return lines
 
 
-def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | None = None) -> str:
+def _check_section(digest: str | None) -> list[str]:
+    if digest is None:
+        return []
+    return [
+        "", "## Check it", DIGEST_LINE.format(digest), "",
+        "`manifest.json` holds the sha256 of every other file, the figures and gates this card shows, the verdict and "
+        "the recipe; this card is rendered from it. In the release folder:",
+        "```sh", f"edgeft release verify . --digest {digest}", "sha256sum manifest.json   # or by hand: the line above",
+        "```",
+        "`release verify` re-hashes every file against the manifest, checks that this card shows the manifest's "
+        "figures, gates and verdict, that each gate's pass or fail follows from its value and threshold, and that the "
+        "manifest's sha256 is the one given. This line travels with the files, so it catches accidents and hand "
+        "edits; against a deliberate forgery, take the digest from where the publisher announced it (release notes, "
+        "a signed tag or commit; `make release` writes it beside the folder as NAME.sha256), not from this card.",
+    ]
+
+
+def recorded_digest(card: str) -> str | None:
+    """The manifest sha256 a card records (None when it records none)."""
+    found = DIGEST_PATTERN.search(card)
+    return found.group(1) if found else None
+
+
+def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | None = None,
+                      digest: str | None = None) -> str:
+    """The card, from the manifest alone (so verify can render it again and compare); `digest` is the sha256 of
+    manifest.json as published."""
     m = manifest.get("metrics", {})
     base = manifest["base_model"]
     upstream = (base.get("provenance") or {}).get("upstream")
@@ -195,6 +227,7 @@ def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | No
         *_gates_section(manifest.get("gates", [])),
         *_run_section(manifest["name"], gguf_name, system_prompt),
         *_provenance_section(manifest),
+        *_check_section(digest),
     ]
     return "\n".join(lines)
 

@@ -2,8 +2,9 @@
 
 Publishing is all-or-nothing: the folder is assembled under a temporary name and renamed into place only when every
 gate passed; a failed gate raises EdgeftError naming it and leaves any earlier release untouched. The manifest
-records the sha256 and size of every file, so `verify_release` (and anyone with `sha256sum`) can prove the folder
-is what was evaluated.
+records the sha256 and size of every file but the card; the card (README.md) records the manifest's own sha256 and
+is rendered from it, and a copy of that digest is written beside the folder (NAME.sha256, `sha256sum -c` form), so
+`edgeft.release.verify` can prove the files, the figures and the verdict are what was evaluated.
 
 Example:
     publish_release("edgeft-demo", Path("release"), gguf=Path("out/model-Q4_K_M.gguf"), base_dir=Path("base"),
@@ -26,7 +27,9 @@ from edgeft.identity import file_sha256
 
 VERSIONED_PACKAGES = ["edgeft", "torch", "transformers", "peft", "gguf", "llama-cpp-python"]
 LICENSE_FILES = ["LICENSE", "LICENSE.txt", "LICENSE.md", "license.txt", "COPYING"]
-MANIFEST_VERSION = 1
+# 2: the card is not in the file list; it records the manifest's sha256 instead (1 could be edited unnoticed).
+MANIFEST_VERSION = 2
+CARD = "README.md"
 
 
 def file_entry(path: Path, root: Path | None = None) -> dict:
@@ -118,13 +121,34 @@ def base_entry(base_dir: Path, base_info: dict) -> dict:
     return entry
 
 
+def gguf_file_name(name: str, quant: str) -> str:
+    return f"{name}-{quant}.gguf"
+
+
+def digest_sidecar(folder: Path) -> Path:
+    """Where publishing records the manifest's sha256 beside the release folder, as `sha256sum -c` reads it. It does
+    not travel with the folder: whoever edits an uploaded copy of the folder cannot edit it too."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.sha256"
+
+
+def published_digest(folder: Path) -> str:
+    """The line that tells a publisher what to announce with the release."""
+    digest = file_sha256(Path(folder) / "manifest.json")
+    return (f"manifest.json sha256 {digest} (also in {digest_sidecar(folder)}): announce it with the release; "
+            f"`edgeft release verify FOLDER --digest {digest}` checks a copy against it")
+
+
 def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, base_info: dict, recipe: dict,
-                   data_files: dict[str, Path], metrics: dict, gates: list[dict]) -> dict:
-    """Everything a reader needs to trust and reproduce the release, as one JSON-able dict."""
+                   data_files: dict[str, Path], metrics: dict, gates: list[dict],
+                   system_prompt: str | None = None) -> dict:
+    """Everything a reader needs to trust and reproduce the release (and to render its card), as one JSON-able
+    dict."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
         "quant": quant,
+        "system_prompt": system_prompt,
         "files": files,
         "base_model": base_entry(base_dir, base_info),
         "recipe": recipe,
@@ -159,59 +183,6 @@ def check_release_name(name: str) -> None:
         raise EdgeftError(f"release name {name!r} is not a plain file name; use letters, digits, '.', '_' or '-'")
 
 
-def _read_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise EdgeftError(f"{folder}: no manifest.json, so this is not a published release (or it was cut short); "
-                          "pass a folder made by `make release` / `edgeft release`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EdgeftError(f"{path}: damaged, not JSON ({exc}); do not ship this folder") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, list) or not all(isinstance(e, dict) and {"path", "size", "sha256"} <= set(e)
-                                              for e in files):
-        raise EdgeftError(f"{path}: has no valid file list (files: [{{path, size, sha256}}, ...]); do not ship "
-                          "this folder")
-    return manifest
-
-
-def verify_release(folder: Path) -> list[str]:
-    """Problems found when re-hashing a published folder against its manifest ([] means it is intact)."""
-    folder = Path(folder)
-    manifest = _read_manifest(folder)
-    problems = []
-    listed, seen = set(), set()
-    for entry in manifest["files"]:
-        name = str(entry["path"])
-        listed.add(entry["path"])
-        shown = _shown(name)
-        if os.path.normpath(name) in seen:  # "a" and "./a" too: one file hashed twice, once with a stale entry
-            problems.append(f"{shown}: listed more than once in the manifest")
-            continue
-        seen.add(os.path.normpath(name))
-        path = folder / name
-        try:
-            if folder.resolve() not in path.resolve().parents:
-                problems.append(f"{shown}: points outside the release folder")
-            elif not path.is_file():
-                problems.append(f"{shown}: missing")
-            elif path.stat().st_size != entry["size"]:
-                problems.append(f"{shown}: size {path.stat().st_size} != {entry['size']}")
-            elif file_sha256(path) != entry["sha256"]:
-                problems.append(f"{shown}: sha256 differs from the manifest")
-        except (OSError, ValueError):  # NUL, a lone surrogate, a name too long: no file can be called that
-            problems.append(f"{shown}: not a name a file can have; the manifest is damaged")
-    extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json"}
-    problems.extend(f"{_shown(name)}: not listed in the manifest" for name in sorted(extra))
-    return problems
-
-
-def _shown(name: str) -> str:
-    # A hostile manifest's or folder's name (NUL, undecodable bytes, 5,000 characters) printed readably, one line.
-    return ascii(name)[:200] if len(name) > 200 or not name.isprintable() else name
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     # A hard link costs no disk for a multi-GB GGUF; across file systems fall back to a copy.
     try:
@@ -233,8 +204,9 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
         if path is not None and not Path(path).is_file():
             raise EdgeftError(f"{path}: missing; run the stage that makes it (make release reruns it)")
     base_info = base_license(base_dir)
-    gguf_name = f"{name}-{quant}.gguf"
-    with atomic_dir(Path(release_root) / name, overwrite=True) as tmp:
+    gguf_name = gguf_file_name(name, quant)
+    target = Path(release_root) / name
+    with atomic_dir(target, overwrite=True) as tmp:
         _link_or_copy(Path(gguf), tmp / gguf_name)
         if adapter is not None:
             _link_or_copy(Path(adapter), tmp / f"{name}-adapter.gguf")
@@ -244,15 +216,16 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
         (tmp / "Modelfile").write_text(render_modelfile(
             gguf_name, chat_template=chat_template, system_prompt=system_prompt, stop_tokens=stop_tokens,
             license_id=base_info["license"]))
-        draft = build_manifest(name=name, quant=quant, files=[], base_dir=base_dir, base_info=base_info,
-                               recipe=recipe, data_files=data_files, metrics=metrics, gates=gates)
-        (tmp / "README.md").write_text(render_model_card(draft, gguf_name=gguf_name, system_prompt=system_prompt))
-        draft["files"] = [file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()]
-        (tmp / "manifest.json").write_text(json.dumps(draft, indent=2, sort_keys=False) + "\n")
-    return Path(release_root) / name
-
-
-def write_json(path: Path, data) -> Path:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+        manifest = build_manifest(name=name, quant=quant, base_dir=base_dir, base_info=base_info, recipe=recipe,
+                                  files=[file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()],
+                                  data_files=data_files, metrics=metrics, gates=gates, system_prompt=system_prompt)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        digest = file_sha256(tmp / "manifest.json")
+        (tmp / CARD).write_text(render_model_card(manifest, gguf_name=gguf_name, system_prompt=system_prompt,
+                                                  digest=digest))
+        # An earlier release's digest must not outlive its folder: killed between the rename and the write below,
+        # the new folder has no sidecar (verify says so) rather than one that calls it forged.
+        digest_sidecar(target).unlink(missing_ok=True)
+    with atomic_file(digest_sidecar(target)) as tmp:
+        tmp.write_text(f"{digest}  {name}/manifest.json\n")
+    return target

@@ -183,7 +183,7 @@ def stage_bench(s: Settings) -> None:
 
 
 def stage_publish(s: Settings) -> None:
-    from edgeft.release.publish import publish_release, refuse_failed_gates
+    from edgeft.release.publish import published_digest, publish_release, refuse_failed_gates
     from edgeft.release.metrics import metrics_from_outputs
 
     report = json.loads((s.path("eval") / EVAL_FILES["report"]).read_text())
@@ -195,13 +195,13 @@ def stage_publish(s: Settings) -> None:
     if s.recipe.get("description"):
         metrics["description"] = s.recipe["description"]
     lora = s.path("lora")
-    publish_release(
+    folder = publish_release(
         s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
         recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("train") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
         adapter=lora if lora.is_file() else None, system_prompt=_finetune_system_prompt(s),
         chat_template=_chat_template(s.path("merge")), report_dir=s.path("eval"))
-    print(f"published {s.release_root / s.name}")
+    print(f"published {folder}; {published_digest(folder)}")
 
 
 def _finetune_system_prompt(s: Settings) -> str | None:
