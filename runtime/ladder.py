@@ -33,6 +33,7 @@ import numpy as np
 from runtime.eval_settings import DEFAULT_CONTEXT_K
 from runtime.examples import Example, baseline_prompt
 from runtime.stats import mean_interval, paired_difference
+from runtime.verdict import strongest_section, tied_section, verdict_section
 
 TOKENIZER_CTX = 64  # the Llama object only tokenizes and renders; the decoder makes its own context
 FINETUNE = "fine-tune"
@@ -290,20 +291,6 @@ def _finetune_section(finetune: RungRun, rungs, report: dict, options: dict) -> 
     return {"key": finetune.key, "label": finetune.label, "score": mean_interval(finetune.scores), **cost(finetune)}
 
 
-def _strongest_section(finetune, rungs, report: dict, options: dict) -> str:
-    """The rung with the best score; a tie goes to the higher lower bound, then the shorter prompt, then the lower
-    rung (the cheaper one to ship)."""
-    rows = report["rungs"]
-
-    def strength(indexed):
-        index, row = indexed
-        mean, low = row["score"]["mean"], row["score"]["low"]
-        return (-np.inf if mean != mean else mean, -np.inf if low != low else low,
-                -(row["prompt_tokens"] or 0.0), -index)
-
-    return max(enumerate(rows), key=strength)[1]["key"]
-
-
 def _delta(a, b):
     return None if a is None or b is None else a - b
 
@@ -326,36 +313,13 @@ def _prompt_tax_section(finetune, rungs, report: dict, options: dict) -> dict:
     return tax
 
 
-def _verdict_section(finetune, rungs, report: dict, options: dict) -> dict:
-    best = next(row for row in report["rungs"] if row["key"] == report["strongest"])
-    difference = best["difference"]
-    return {"earned": bool(difference["low"] > 0), "vs": best["key"],
-            "text": verdict_text(best["label"], difference, report["prompt_tax"]["tokens_per_request"])}
-
-
-def verdict_text(label: str, difference: dict, tokens_saved: float | None) -> str:
-    """The seed's terms: earned (the whole 95% interval of the gain is above zero) or ship the prompt."""
-    mean, low, high = (100 * difference[key] for key in ("mean", "low", "high"))
-    interval = f"95% interval {low:+.1f} to {high:+.1f} points"
-    if difference["n"] == 0 or mean != mean:
-        return f"not measured: no eval examples to compare the fine-tune with {label}"
-    if low > 0:
-        fewer = "" if tokens_saved is None else \
-            f", and {abs(tokens_saved):.0f} {'fewer' if tokens_saved >= 0 else 'more'} prompt tokens per request"
-        return f"fine-tuning earned it: {mean:+.1f} points over {label}{fewer} ({interval})"
-    if high < 0:
-        return f"not earned: {label} beats the fine-tune by {-mean:.1f} points — ship the prompt, not the weights " \
-               f"({interval})"
-    return f"not earned: {label} is within the interval — ship the prompt, not the weights " \
-           f"(fine-tune {mean:+.1f} points, {interval})"
-
-
 SECTIONS: tuple[tuple[str, Callable], ...] = (
     ("rungs", _rungs_section),
     ("finetune", _finetune_section),
-    ("strongest", _strongest_section),
+    ("strongest", strongest_section),
+    ("tied", tied_section),
     ("prompt_tax", _prompt_tax_section),
-    ("verdict", _verdict_section),
+    ("verdict", verdict_section),
 )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from runtime.verdict import rung_mark
+
 
 def _pct(value) -> str:
     return "—" if value is None or value != value else f"{value * 100:.1f}"
@@ -42,7 +44,8 @@ def ladder_markdown(ladder: dict) -> list[str]:
              "| rung | score % [95%] | fine-tune − rung, points [95%] | prompt tokens/request "
              "| time to first token ms | total ms/request |", "|---|---|---|---|---|---|"]
     for row in ladder["rungs"]:
-        name = f"**{row['label']}** (strongest)" if row["key"] == ladder["strongest"] else row["label"]
+        mark = rung_mark(ladder, row["key"])
+        name = f"**{row['label']}** ({mark})" if mark else row["label"]
         lines.append(f"| {name} | {_interval(row['score'])} | {_points(row['difference'])} | {_cost_cells(row)} |")
     own = ladder["finetune"]
     lines.append(f"| fine-tune (its own short prompt) | {_interval(own['score'])} | — | {_cost_cells(own)} |")
@@ -63,8 +66,9 @@ def ladder_lines(ladder: dict) -> list[str]:
     """For the terminal: one line per rung and the fine-tune, then the verdict."""
     lines = []
     for row in [*ladder["rungs"], ladder["finetune"]]:
-        mark = " *" if row["key"] == ladder["strongest"] else "  "
-        lines.append(f"{mark}{row['label']:<30} {_interval(row['score']):<22} {_number(row['prompt_tokens'], 0):>6} "
+        mark = rung_mark(ladder, row["key"])
+        label = row["label"] + (f" ({mark})" if mark else "")
+        lines.append(f"  {label:<30} {_interval(row['score']):<22} {_number(row['prompt_tokens'], 0):>6} "
                      f"prompt tokens, {_number(row['ttft_ms'], 1)} ms to first token, {_number(row['total_ms'], 1)} ms "
                      "per request")
     lines.append(f"verdict: {ladder['verdict']['text']}")

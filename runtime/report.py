@@ -78,8 +78,10 @@ def _scores_markdown(report: dict) -> list[str]:
         settings = report["settings"]
         how = f"system prompt: {'yes' if settings.get('system') else 'no'}, {settings.get('shots', 0)} shots"
         if report.get("ladder"):
+            from runtime.verdict import compared_label
+
             ladder = report["ladder"]
-            how = "strongest rung: " + next(r["label"] for r in ladder["rungs"] if r["key"] == ladder["strongest"])
+            how = ("best rungs: " if ladder.get("tied") else "strongest rung: ") + compared_label(ladder)
         lines.append(f"| baseline `{Path(report['baseline']).name}` ({how}) | {_interval(scores['baseline'])} | "
                      f"{scores['baseline']['n']} |")
     if report.get("difference"):

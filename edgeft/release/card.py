@@ -101,7 +101,7 @@ def _ladder_section(ladder: dict | None) -> list[str]:
              "| prompt | score (95% CI) | prompt tokens/request | time to first token, ms | total ms/request |",
              "|---|---|---|---|---|"]
     for row in ladder["rows"]:
-        name = f"**{row['rung']}** (strongest)" if row["strongest"] else row["rung"]
+        name = f"**{row['rung']}** ({row['mark']})" if row.get("mark") else row["rung"]
         low, high = row["ci95"]
         lines.append(f"| {name} | {_pct(row['score'])} ({_pct(low)} to {_pct(high)}) | "
                      f"{_num(row['prompt_tokens'], '.0f')} | {_ms(row['ttft_ms'])} | {_ms(row['total_ms'])} |")

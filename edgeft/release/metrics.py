@@ -24,8 +24,10 @@ def task_metrics(report: dict, quant: str) -> dict:
     setup = ("system prompt" if settings.get("system") else "no system prompt") + (f" + {shots} examples" if shots else "")
     ladder = report.get("ladder")
     if ladder:
-        setup = next(row["label"] for row in ladder["rungs"] if row["key"] == ladder["strongest"]) + \
-            ", the strongest rung of the ladder"
+        from runtime.verdict import compared_label
+
+        setup = compared_label(ladder) + (", the best rungs of the ladder" if ladder.get("tied") else
+                                          ", the strongest rung of the ladder")
     return {
         "metric": (report.get("metric") or "").split(":", 1)[0],
         "n": report.get("n"),
@@ -39,11 +41,11 @@ def task_metrics(report: dict, quant: str) -> dict:
     }
 
 
-def _ladder_row(row: dict, strongest: str | None) -> dict:
+def _ladder_row(row: dict, mark: str | None) -> dict:
     score = row["score"]
-    return {"rung": row["label"], "score": score["mean"], "ci95": [score["low"], score["high"]],
+    return {"rung": row["label"], "score": score["mean"], "ci95": [score["low"], score["high"]], "n": score["n"],
             "prompt_tokens": row["prompt_tokens"], "ttft_ms": row["ttft_ms"], "total_ms": row["total_ms"],
-            "strongest": row["key"] == strongest}
+            "mark": mark}
 
 
 def ladder_metrics(report: dict) -> dict | None:
@@ -51,7 +53,9 @@ def ladder_metrics(report: dict) -> dict | None:
     ladder = report.get("ladder")
     if not ladder:
         return None
-    rows = [_ladder_row(row, ladder["strongest"]) for row in ladder["rungs"]]
+    from runtime.verdict import rung_mark
+
+    rows = [_ladder_row(row, rung_mark(ladder, row["key"])) for row in ladder["rungs"]]
     return {"rows": rows + [_ladder_row(ladder["finetune"], None)], "verdict": ladder["verdict"]["text"],
             "earned": ladder["verdict"]["earned"], "prompt_tax": ladder["prompt_tax"]}
 
