@@ -115,29 +115,45 @@ class JsonMatch:
 
 class Regex:
     """`regex:PAT`. Without a capture group: 1 when PAT occurs in the prediction (format check).
-    With a group: the first group extracted from prediction and gold must be equal (answer extraction)."""
+    With a group: the first group extracted from prediction and gold must be equal (answer extraction).
+
+    Python's `re` cannot be stopped: a pattern with nested repeats ((a|a)*, (\\w+\\s?)*$) backtracks for hours on
+    the wrong answer. The `regex` package (re's syntax, VERSION0) takes a timeout, so each search is bounded and a
+    pattern that needs more is refused in one line naming what it was searching."""
 
     name = "regex"
+    seconds = 1.0  # per search; ordinary patterns take microseconds on an answer
 
     def __init__(self, pattern: str):
+        import regex
+
         try:
-            self.pattern = re.compile(pattern, re.DOTALL)
-        except re.error as exc:
+            self.pattern = regex.compile(pattern, regex.DOTALL | regex.VERSION0)
+        except regex.error as exc:
             raise SettingError(f"<metric> regex:{pattern}: invalid regular expression ({exc})", "metric") from exc
+        self.source = pattern
+
+    def _search(self, text: str, what: str):
+        try:
+            return self.pattern.search(text, timeout=self.seconds)
+        except TimeoutError:
+            raise SettingError(f"<metric> regex:{self.source[:80]}: gave up after {self.seconds:g} s on {what} "
+                               f"({len(text)} characters, {text[:40]!r}...): the pattern backtracks catastrophically; "
+                               "rewrite it without nested repeats such as (a+)+ or (a|a)*", "metric") from None
 
     def gold_problem(self, gold: str) -> str | None:
         if self.pattern.groups == 0:
             return None  # a format check: the gold answer is not used
-        found = self.pattern.search(gold)
+        found = self._search(gold, "a gold answer")
         return _empty(found.group(1) if found and found.group(1) is not None else gold)
 
     def score(self, prediction: str, gold: str, prompt: str = "") -> Verdict:
-        found = self.pattern.search(prediction)
+        found = self._search(prediction, "a model's answer")
         if self.pattern.groups == 0:
             return Verdict(float(found is not None), "" if found else "pattern not found")
         if found is None:
             return Verdict(0.0, "pattern not found")
-        gold_match = self.pattern.search(gold)
+        gold_match = self._search(gold, "a gold answer")
         expected = gold_match.group(1) if gold_match else gold.strip()
         return Verdict(float(found.group(1).strip() == expected.strip()))
 
@@ -289,14 +305,23 @@ METRICS: dict[str, Callable[..., object]] = {
 NEEDS_ARGUMENT = {"regex": "PATTERN", "sql-exec": "DB.sqlite", "judge": "JUDGE.gguf"}
 
 
-def unscoreable(metric, examples) -> list[tuple[int, str]]:
-    """(line, why) for every example whose gold answer `metric` cannot score; see `gold_problem`."""
-    return [(example.line, problem) for example in examples if (problem := metric.gold_problem(example.gold))]
+def unscoreable(metric, examples, data: object = "eval data") -> list[tuple[int, str]]:
+    """(line, why) for every example whose gold answer `metric` cannot score; see `gold_problem`. A metric that
+    cannot go on at all (a pattern that never finishes) raises, with the file and line it stopped at."""
+    bad = []
+    for example in examples:
+        try:
+            problem = metric.gold_problem(example.gold)
+        except SettingError as exc:
+            raise SettingError(f"{data}:{example.line}: {exc.text}", *exc.settings) from None
+        if problem:
+            bad.append((example.line, problem))
+    return bad
 
 
 def refuse_unscoreable(metric, examples, data, spec: str) -> None:
     """SettingError at the first example `metric` cannot score, with how many there are (before any generation)."""
-    bad = unscoreable(metric, examples)
+    bad = unscoreable(metric, examples, data)
     if bad:
         line, why = bad[0]
         raise SettingError(f"{data}:{line}: {why}; {len(bad)} of {len(examples)} eval examples cannot be scored "
@@ -305,7 +330,7 @@ def refuse_unscoreable(metric, examples, data, spec: str) -> None:
 
 def split_metric_spec(spec: str) -> tuple[str, str]:
     """`"sql-exec:db.sqlite"` -> ("sql-exec", "db.sqlite") without opening anything; SettingError naming the known
-    metrics otherwise (a release recipe is checked with this before training)."""
+    metrics, or the regex's error, otherwise (a release recipe is checked with this before training)."""
     name, _, argument = spec.partition(":")
     name = name.strip().lower()
     if name not in METRICS:
@@ -313,6 +338,8 @@ def split_metric_spec(spec: str) -> tuple[str, str]:
         raise SettingError(f"<metric> {spec}: unknown metric; choose one of {known}", "metric")
     if name in NEEDS_ARGUMENT and not argument:
         raise SettingError(f"<metric> {spec}: needs an argument, e.g. {name}:{NEEDS_ARGUMENT[name]}", "metric")
+    if name == "regex":
+        Regex(argument)  # compiling opens nothing; an invalid pattern is found before a release trains
     return name, argument
 
 

@@ -62,6 +62,7 @@ BAD_EVAL = [
     ("eval:\n  metrc: exact\n", ["eval.metrc: unknown setting; known: metric"]),
     ("eval:\n  metric: exactly\n", ["eval.metric exactly: unknown metric"]),  # not --metric: a recipe key
     ("eval:\n  metric: sql-exec\n", ["eval.metric sql-exec: needs an argument"]),
+    ("eval:\n  metric: 'regex:(unclosed'\n", ["eval.metric regex:(unclosed: invalid regular expression"]),
     ("eval:\n  max_tokens: 0\n", ["eval.max_tokens 0: must be at least 1"]),
     ("eval:\n  shots: yes\n", ["eval.shots True: must be a whole number"]),
     ("eval:\n  imatrix_examples: 0\n", ["eval.imatrix_examples 0: must be a whole number of at least 1"]),
@@ -80,6 +81,40 @@ BAD_EVAL = [
 def test_bad_recipe_is_refused_before_any_stage(inputs, text, needles):
     one_line_error(_release(inputs, text), *needles)
     assert _nothing_ran(inputs)
+
+
+# Files only the recipe names: each was read first by the stage that needs it, after training.
+MISSING_FILES = [
+    ("eval:\n  context: '{data_dir}/docs.jsonl'\n", "eval.context", "docs.jsonl: not found"),
+    ("eval:\n  context: '{data_dir}'\n", "eval.context", ": is a folder"),
+    ("eval:\n  probe: '{data_dir}/general.txt'\n", "eval.probe", "general.txt: not found"),
+    ("eval:\n  metric: 'sql-exec:{data_dir}/shop.sqlite'\n", "eval.metric sql-exec:", "shop.sqlite: not found"),
+    ("eval:\n  metric: 'judge:{data_dir}/judge.gguf'\n", "eval.metric judge:", "judge.gguf: not found"),
+    ("train:\n  chat_template: /nonexistent/t.jinja\n", "train.chat_template", "t.jinja: not found"),
+]
+
+
+@pytest.mark.parametrize("text, key, needle", MISSING_FILES, ids=[key for _, key, _ in MISSING_FILES])
+def test_a_file_the_recipe_names_is_checked_before_any_stage(inputs, text, key, needle):
+    one_line_error(_release(inputs, text), f"recipe.yaml: {key}", needle, "found before training")
+    assert _nothing_ran(inputs)
+
+
+def test_a_recipe_file_deleted_after_the_settings_stage_stops_the_check_stage(inputs):
+    """The demo's files are made by the pipeline, so its recipe's files are checked again by the check stage."""
+    from edgeft.errors import EdgeftError
+    from edgeft.release.settings import resolve_settings
+    from edgeft.release.stages import stage_check
+
+    docs = inputs["train"].parent / "docs.jsonl"
+    docs.write_text('{"text": "the orders table"}\n')
+    (inputs["out"].parent / "recipe.yaml").write_text("eval:\n  context: '{data_dir}/docs.jsonl'\n")
+    settings = resolve_settings(base=inputs["base"], data=inputs["train"], eval_path=inputs["eval"],
+                                recipe_path=inputs["out"].parent / "recipe.yaml", out=inputs["out"])
+    docs.unlink()
+    with pytest.raises(EdgeftError, match="eval.context .*docs.jsonl: not found"):
+        stage_check(settings)
+    assert not settings.path("check").exists()
 
 
 @pytest.mark.parametrize("where", ["out-in-base", "release-around-data"])
@@ -121,7 +156,7 @@ def test_gold_the_metric_cannot_score_is_refused_before_training(inputs, tmp_pat
     assert not (inputs["out"] / "hostile" / "data-check.json").exists()
     # A stage's error about a setting names the recipe key the user wrote, not the eval command's flag.
     error_line(_release(inputs, f"eval:\n  metric: sql-exec:{tmp_path}/missing.sqlite\n", "stage", "check"),
-               "eval.metric sql-exec:", "SQLite file not found")
+               "eval.metric sql-exec:", "missing.sqlite: not found")
 
 
 def _publish_earlier_release(inputs, tmp_path):

@@ -209,3 +209,38 @@ def test_speed_ratio_pairs_alternating_rounds():
     # Unpaired results (one process each) fall back to the ratio of medians.
     unpaired = {key: value for key, value in model.items() if key != "paired_rounds"}
     assert speed_ratio(unpaired, base)["tg"] == pytest.approx(3000.0 / 3900.0)
+
+
+# Patterns that backtrack exponentially in Python's re (hours on these inputs), bounded by the regex package's timeout.
+CATASTROPHIC = [(r"regex:^(a|a)*$", "a" * 40 + "b"), (r"regex:^((a|a)*)$", "a" * 40 + "!")]
+
+
+@pytest.mark.parametrize("spec, answer", CATASTROPHIC)
+def test_a_catastrophic_regex_gives_up_in_one_line(monkeypatch, spec, answer):
+    from runtime.metrics import Regex
+
+    monkeypatch.setattr(Regex, "seconds", 0.05)
+    metric = parse_metric(spec)
+    with pytest.raises(EdgeftError, match=r"gave up after 0.05 s on a model's answer \(41 characters, 'aaaa.*"
+                                          r"backtracks catastrophically; rewrite it without nested repeats"):
+        metric.score(answer, "a")
+    assert metric.score("aaa", "aaa").score == 1.0  # the same pattern on an answer it can finish
+
+
+def test_a_catastrophic_regex_on_a_gold_answer_names_its_line(monkeypatch):
+    from runtime.examples import Example
+    from runtime.metrics import Regex, refuse_unscoreable
+
+    monkeypatch.setattr(Regex, "seconds", 0.05)
+    examples = [Example(1, [], "aaa"), Example(2, [], "a" * 40 + "!")]
+    with pytest.raises(EdgeftError, match=r"^eval.jsonl:2: metric regex:\^\(\(a\|a\)\*\)\$: gave up after 0.05 s on "
+                                          "a gold answer"):
+        refuse_unscoreable(parse_metric(r"regex:^((a|a)*)$"), examples, "eval.jsonl", r"regex:^((a|a)*)$")
+
+
+def test_an_invalid_pattern_is_found_without_building_the_metric():
+    from runtime.metrics import split_metric_spec
+
+    with pytest.raises(EdgeftError, match="invalid regular expression"):
+        split_metric_spec("regex:(unclosed")
+    assert split_metric_spec(r"regex:(\d+)") == ("regex", r"(\d+)")

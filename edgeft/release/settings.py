@@ -188,7 +188,35 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
                         out=Path(out) / name, release_root=Path(release_root), recipe=recipe,
                         recipe_path=Path(recipe_path) if recipe_path else None, demo=demo)
     check_eval(settings)
+    if not demo:  # the demo's files are made by its first stage (demo data); the check stage checks them again
+        check_recipe_files(settings)
     return settings
+
+
+def recipe_files(s: Settings) -> dict[str, Path]:
+    """Every file the release recipe names, by the recipe key that names it: what the stages will read after
+    training (the eval's context and probe, the metric's database or judge) or at its start (the chat template)."""
+    from runtime.metrics import split_metric_spec
+
+    ev = s.eval_settings()
+    named = {"eval.context": ev.context, "eval.probe": ev.probe, "eval.rubric": ev.rubric,
+             "train.chat_template": (s.recipe.get("train") or {}).get("chat_template")}
+    metric, argument = split_metric_spec(str(ev.metric))
+    if metric in ("sql-exec", "judge"):
+        named[f"eval.metric {metric}:"] = argument  # shown as the recipe has it: eval.metric sql-exec:PATH
+    return {key: Path(value) for key, value in named.items() if value}
+
+
+def check_recipe_files(s: Settings) -> None:
+    """One line for the first file the recipe names that is not a readable regular file, before any stage (and
+    again by the check stage, before training) rather than when the stage that reads it runs."""
+    source = s.recipe_source
+    for key, path in recipe_files(s).items():
+        if path.is_file():
+            continue
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "not found"
+        raise EdgeftError(f"{source}: {key}{'' if key.endswith(':') else ' '}{path}: {what}; fix the recipe or "
+                          "create the file (found before training)")
 
 
 def expand(template: str | None, settings: Settings) -> str | None:

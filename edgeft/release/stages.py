@@ -55,6 +55,9 @@ def write_if_changed(path: Path, text: str) -> None:
 
 def stage_check(s: Settings) -> None:
     from edgeft.data.check import check_dataset
+    from edgeft.release.settings import check_recipe_files
+
+    check_recipe_files(s)
 
     report = check_dataset(s.data, eval_path=s.eval)
     lines = report.lines()
