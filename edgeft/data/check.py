@@ -150,7 +150,10 @@ def _check_near_duplicates(report: CheckReport, valid: list[Record], turns: list
     for dup in found:
         report.add(
             report.train_path, valid[dup.index].line, "warning", "near-duplicate",
-            f"near-duplicate of {report.train_path}:{valid[dup.original].line} (similarity {dup.similarity:.2f})",
+            f"near-duplicate of {report.train_path}:{valid[dup.match].line} (similarity "
+            f"{dedup.shown_similarity(dup.similarity)})" + ("" if dup.match == dup.original else
+                                                           f", in the group of {report.train_path}:"
+                                                           f"{valid[dup.original].line}"),
         )
 
 

@@ -141,7 +141,8 @@ def jaccard(a: str, b: str) -> float:
 class NearDuplicate:
     index: int  # the later example
     original: int  # the earliest example of its group
-    similarity: float  # exact Jaccard of `index` with the member of the group it matched
+    match: int  # the member of the group `index` is most similar to (links are transitive: not always `original`)
+    similarity: float  # exact Jaccard of `index` with `match`
 
 
 def near_duplicates(texts: Sequence[str], threshold: float = 0.8) -> list[NearDuplicate]:
@@ -176,21 +177,29 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8) -> list[NearDu
             i = parent[i]
         return i
 
-    similarity: dict[int, float] = {}
+    best: dict[int, tuple[float, int]] = {}  # member -> (its highest similarity, the member it is with)
     for i, j in pairs.tolist():
         score = jaccard(texts[i], texts[j])
         if score >= threshold:
             root_i, root_j = find(i), find(j)
             if root_i != root_j:
                 parent[max(root_i, root_j)] = min(root_i, root_j)  # the earliest member stays the root
-            similarity[j] = max(similarity.get(j, 0.0), score)
-            similarity[i] = max(similarity.get(i, 0.0), score)
+            for member, other in ((i, j), (j, i)):
+                if score > best.get(member, (-1.0, 0))[0]:
+                    best[member] = (score, other)
     found = []
-    for index in sorted(similarity):
+    for index in sorted(best):
         root = find(index)
         if root != index:
-            found.append(NearDuplicate(index, root, round(similarity[index], 3)))
+            score, match = best[index]
+            found.append(NearDuplicate(index, root, match, score))
     return found
+
+
+def shown_similarity(similarity: float) -> str:
+    """Two decimals, rounded down: a near-duplicate that is not identical never reads 1.00, and one just at the
+    threshold never reads above it."""
+    return f"{int(similarity * 100 + 1e-9) / 100:.2f}"
 
 
 def group_ids(n: int, duplicates: Sequence[NearDuplicate]) -> list[int]:
