@@ -7,6 +7,7 @@ its default threshold and when it is on without being asked for.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +92,14 @@ def check_thresholds(asked: Mapping) -> dict[str, float | None]:
             checked[name] = None
             continue
         try:
+            if isinstance(threshold, bool):  # YAML's `yes` is not 1 point
+                raise TypeError
             checked[name] = float(threshold)
         except (TypeError, ValueError):
             raise SettingError(f"<gates>: gate {name}: threshold {threshold!r} is not a number", "gates") from None
+        # NaN fails every comparison and -inf passes every one: a gate that cannot decide is no gate.
+        if not math.isfinite(checked[name]):
+            raise SettingError(f"<gates>: gate {name}: threshold {threshold!r} must be a finite number", "gates")
     return checked
 
 

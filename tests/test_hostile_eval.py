@@ -299,3 +299,11 @@ def test_a_recipe_setting_is_named_as_the_recipe_key_and_a_flag_as_the_flag(setu
     one_line_error(result, "--metric exactly: unknown metric")
     assert not out.exists() and untouched()
     one_line_error(invoke("bench", tmp_path / "none.gguf", "--repeat", "0"), "--repeat 0, -p 512, -n 128: --repeat")
+
+
+@pytest.mark.parametrize("threshold", ["nan", "-inf", "inf"])
+def test_a_gate_threshold_that_cannot_decide_is_refused_before_generation(setup, tmp_path, threshold):
+    """NaN failed every gate it was given to, -inf passed every one: both ran the whole eval first."""
+    result, out, untouched = _eval(setup, tmp_path, None, "--baseline", setup["model"], "--min-gain", threshold)
+    one_line_error(result, f"gate min_gain: threshold {float(threshold)!r} must be a finite number")
+    assert not out.exists() and untouched()

@@ -68,6 +68,9 @@ BAD_EVAL = [
     ("eval:\n  imatrix_examples: 0\n", ["eval.imatrix_examples 0: must be a whole number of at least 1"]),
     ("eval:\n  baseline: other.gguf\n", ["eval.baseline: unknown setting"]),  # the release's own base is it
     ("eval:\n  shots: -2\n", ["eval.shots -2: must be 0 or more"]),
+    ("eval:\n  gates:\n    earned: .nan\n", ["gate earned: threshold nan must be a finite number"]),
+    ("eval:\n  gates:\n    min_gain: -.inf\n", ["gate min_gain: threshold -inf must be a finite number"]),
+    ("eval:\n  gates:\n    max_kld: yes\n", ["gate max_kld: threshold True is not a number"]),
     # Found in the sweep: each of these failed in the eval stage, after training, or printed nonsense figures.
     ("eval:\n  system: [a, b]\n", ["eval.system ['a', 'b']: must be text"]),
     ("eval:\n  probe: 5\n", ["eval.probe 5: must be a path"]),
