@@ -120,6 +120,21 @@ def test_a_recipe_file_deleted_after_the_settings_stage_stops_the_check_stage(in
     assert not settings.path("check").exists()
 
 
+# What the eval stage reads besides the models, each refused by the check stage now instead of after training.
+EVAL_INPUTS = [
+    ("eval:\n  shots: 500\n", "only 16 solved conversations for eval.shots 500"),
+    ("eval:\n  context: '{data_dir}/docs.jsonl'\n", "the corpus is empty"),
+    ("eval:\n  probe: '{data_dir}/docs.jsonl'\n", "cannot read it as UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("text, needle", EVAL_INPUTS, ids=["shots", "context", "probe"])
+def test_what_the_eval_stage_reads_is_read_by_the_check_stage(inputs, text, needle):
+    (inputs["train"].parent / "docs.jsonl").write_bytes(b"" if "context" in text else b"\xff\xfe not text")
+    error_line(_release(inputs, text, "stage", "check"), needle)
+    assert not (inputs["out"] / "hostile" / "data-check.json").exists()
+
+
 @pytest.mark.parametrize("where", ["out-in-base", "release-around-data"])
 def test_release_never_writes_inside_or_around_its_inputs(inputs, tmp_path, where):
     """--out inside the base folder: the settings stage wrote OUT/NAME/settings.json into the base model."""

@@ -221,3 +221,21 @@ def check_recipe_files(s: Settings) -> None:
 
 def expand(template: str | None, settings: Settings) -> str | None:
     return None if template is None else template.format(data_dir=settings.data.parent, base=settings.base)
+
+
+
+def check_eval_inputs(s: Settings) -> None:
+    """What the eval stage reads besides the models, read now as it will read it (the check stage, before
+    training): gold answers the metric cannot score, too few training conversations for eval.shots, a context
+    corpus that is empty or not passages, a probe that is not text."""
+    from runtime import ladder
+    from runtime.examples import read_examples
+    from runtime.metrics import parse_metric, refuse_unscoreable
+    from runtime.perplexity import read_probe
+
+    settings = s.eval_settings()
+    examples = read_examples(s.eval)
+    refuse_unscoreable(parse_metric(settings.metric), examples, s.eval, settings.metric)
+    ladder.build_rungs(examples, system=settings.system, shots=settings.shots, shots_from=settings.shots_from,
+                       context=settings.context, context_k=settings.passages)
+    read_probe(settings.probe)

@@ -55,7 +55,7 @@ def write_if_changed(path: Path, text: str) -> None:
 
 def stage_check(s: Settings) -> None:
     from edgeft.data.check import check_dataset
-    from edgeft.release.settings import check_recipe_files
+    from edgeft.release.settings import check_eval_inputs, check_recipe_files
 
     check_recipe_files(s)
 
@@ -69,12 +69,7 @@ def stage_check(s: Settings) -> None:
     if report.errors:
         raise EdgeftError(f"data check found {len(report.errors)} error(s) in {s.data} / {s.eval}: "
                           f"{report.errors[0]}; fix the data (edgeft data check --fix)")
-    # Gold answers the eval's metric cannot score are found now, not after training and quantizing.
-    from runtime.examples import read_examples
-    from runtime.metrics import parse_metric, refuse_unscoreable
-
-    spec = s.eval_settings().metric
-    refuse_unscoreable(parse_metric(spec), read_examples(s.eval), s.eval, spec)
+    check_eval_inputs(s)
     with atomic_file(s.path("check")) as tmp:
         tmp.write_text(json.dumps({"errors": report.errors, "warnings": report.warnings,
                                    "stats": report.stats}, indent=2, default=str))
