@@ -19,7 +19,7 @@ from runtime.examples import baseline_prompt, read_examples
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 from runtime.report import EVAL_FILES, FLEET_FILES
 from runtime.serve.engine import Delta, Done, Engine, Sampling
-from runtime.stats import mean_interval, paired_difference
+from runtime.stats import mean_interval, paired_difference, shown_interval
 
 
 def _answers(engine: Engine, name: str, prompts: list[list[dict]], *, max_tokens: int) -> list[dict]:
@@ -113,11 +113,8 @@ def _markdown(report: dict) -> str:
     lines = [f"# Adapters over {report['base']}", "",
              f"{report['n']} examples from {report['data']}, metric `{report['metric']}`, greedy; the base is "
              "prompted zero-shot with the system prompt, each adapter with the example's own turns.", "",
-             "| model | score | 95% interval | vs base (points) |", "|---|---:|---:|---:|"]
+             "| model | score % [95%] n | vs base, points [95%] n |", "|---|---:|---:|"]
     for row in report["models"]:
-        score, diff = row["score"], row["difference_vs_base"]
-        versus = "—" if diff is None else (f"{diff['mean'] * 100:+.1f} [{diff['low'] * 100:+.1f}, "
-                                          f"{diff['high'] * 100:+.1f}]")
-        lines.append(f"| {row['model']} | {score['mean'] * 100:.1f}% | [{score['low'] * 100:.1f}, "
-                     f"{score['high'] * 100:.1f}] | {versus} |")
+        lines.append(f"| {row['model']} | {shown_interval(row['score'])} | "
+                     f"{shown_interval(row['difference_vs_base'], points=True)} |")
     return "\n".join(lines) + "\n"

@@ -6,19 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from runtime.stats import shown_interval
 from runtime.verdict import rung_mark
-
-
-def _pct(value) -> str:
-    return "—" if value is None or value != value else f"{value * 100:.1f}"
-
-
-def _interval(stats: dict) -> str:
-    return f"{_pct(stats['mean'])} [{_pct(stats['low'])}, {_pct(stats['high'])}]"
-
-
-def _points(stats: dict) -> str:
-    return f"{stats['mean'] * 100:+.1f} [{stats['low'] * 100:+.1f}, {stats['high'] * 100:+.1f}]"
 
 
 def _number(value, digits: int = 0) -> str:
@@ -41,14 +30,15 @@ def _cost_cells(row: dict) -> str:
 
 def ladder_markdown(ladder: dict) -> list[str]:
     lines = ["", "## The baseline ladder (the base GGUF, same quant, decoding and metric)", "",
-             "| rung | score % [95%] | fine-tune − rung, points [95%] | prompt tokens/request "
+             "| rung | score % [95%] n | fine-tune − rung, points [95%] n | prompt tokens/request "
              "| time to first token ms | total ms/request |", "|---|---|---|---|---|---|"]
     for row in ladder["rungs"]:
         mark = rung_mark(ladder, row["key"])
         name = f"**{row['label']}** ({mark})" if mark else row["label"]
-        lines.append(f"| {name} | {_interval(row['score'])} | {_points(row['difference'])} | {_cost_cells(row)} |")
+        lines.append(f"| {name} | {shown_interval(row['score'])} | {shown_interval(row['difference'], points=True)} | "
+                     f"{_cost_cells(row)} |")
     own = ladder["finetune"]
-    lines.append(f"| fine-tune (its own short prompt) | {_interval(own['score'])} | — | {_cost_cells(own)} |")
+    lines.append(f"| fine-tune (its own short prompt) | {shown_interval(own['score'])} | — | {_cost_cells(own)} |")
     lines += ["", f"**Verdict: {ladder['verdict']['text']}.**", "", _tax_sentence(ladder["prompt_tax"])]
     if ladder.get("fixed_shots"):
         lines += ["", f"Fixed shots (chosen once to cover the training data): training lines "
@@ -68,7 +58,7 @@ def ladder_lines(ladder: dict) -> list[str]:
     for row in [*ladder["rungs"], ladder["finetune"]]:
         mark = rung_mark(ladder, row["key"])
         label = row["label"] + (f" ({mark})" if mark else "")
-        lines.append(f"  {label:<30} {_interval(row['score']):<22} {_number(row['prompt_tokens'], 0):>6} "
+        lines.append(f"  {label:<30} {shown_interval(row['score']):<28} {_number(row['prompt_tokens'], 0):>6} "
                      f"prompt tokens, {_number(row['ttft_ms'], 1)} ms to first token, {_number(row['total_ms'], 1)} ms "
                      "per request")
     lines.append(f"verdict: {ladder['verdict']['text']}")

@@ -56,8 +56,10 @@ def _num(value, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _interval(stats: dict) -> str:
-    return f"{_pct(stats['mean'])} [{_pct(stats['low'])}, {_pct(stats['high'])}]"
+def _interval(stats: dict, points: bool = False) -> str:
+    from runtime.stats import shown_interval
+
+    return shown_interval(stats, points=points)
 
 
 def write_json(report: dict, path: Path) -> None:
@@ -72,8 +74,8 @@ def write_predictions(rows: list[dict], path: Path) -> None:
 
 def _scores_markdown(report: dict) -> list[str]:
     scores = report["scores"]
-    lines = ["## Task score (%, 95% bootstrap interval)", "", "| system | score | n |", "|---|---|---|",
-             f"| fine-tune `{Path(report['model']).name}` | {_interval(scores['model'])} | {scores['model']['n']} |"]
+    lines = ["## Task score (%, 95% bootstrap interval, n examples)", "", "| system | score [95%] n |", "|---|---|",
+             f"| fine-tune `{Path(report['model']).name}` | {_interval(scores['model'])} |"]
     if scores.get("baseline"):
         settings = report["settings"]
         how = f"system prompt: {'yes' if settings.get('system') else 'no'}, {settings.get('shots', 0)} shots"
@@ -82,11 +84,10 @@ def _scores_markdown(report: dict) -> list[str]:
 
             ladder = report["ladder"]
             how = ("best rungs: " if ladder.get("tied") else "strongest rung: ") + compared_label(ladder)
-        lines.append(f"| baseline `{Path(report['baseline']).name}` ({how}) | {_interval(scores['baseline'])} | "
-                     f"{scores['baseline']['n']} |")
+        lines.append(f"| baseline `{Path(report['baseline']).name}` ({how}) | {_interval(scores['baseline'])} |")
     if report.get("difference"):
         difference = report["difference"]
-        lines += ["", f"**Difference (fine-tune − baseline): {_interval(difference)} points**, "
+        lines += ["", f"**Difference (fine-tune − baseline): {_interval(difference, points=True)} points**, "
                       f"bootstrap P(not better) = {difference.get('p_not_better', float('nan')):.3f}."]
     return lines
 

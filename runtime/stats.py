@@ -36,3 +36,14 @@ def paired_difference(model_scores: Sequence[float], baseline_scores: Sequence[f
         result["p_not_better"] = float((means <= 0).mean())
     result["confidence"] = confidence
     return result
+
+
+def shown_interval(stats: dict | None, *, points: bool = False) -> str:
+    """An interval as every report prints it, with the sample size beside it: `60.0 [53.0, 67.0] n=40` (percent),
+    or `+5.0 [+1.0, +9.0] n=40` (points, signed). A bootstrap over a handful of examples gives a narrow interval
+    that means little; n says how much to trust it. "—" for what was not measured."""
+    if not stats or stats.get("mean") is None or stats["mean"] != stats["mean"]:
+        return "—"
+    form = "+.1f" if points else ".1f"
+    low, high = (format(100 * stats[key], form) for key in ("low", "high"))
+    return f"{format(100 * stats['mean'], form)} [{low}, {high}] n={stats.get('n', '?')}"

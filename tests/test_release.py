@@ -121,7 +121,7 @@ def test_model_card_reports_figures_and_how_to_run(tmp_path, inputs):
     assert card.startswith("---\nlicense: apache-2.0\n")
     assert "| this fine-tune (Q4_K_M) | 60.0% |" in card
     assert "| prompted base (system prompt + 3 examples) | 2.0% |" in card
-    assert "**+58.0 points** (95% CI +50.0 to +65.0 points)" in card
+    assert "**+58.0 points** (95% CI +50.0 to +65.0 points, n=200)" in card
     assert "41.00 / 40.00" in card and "0.0120" in card and "97.5%" in card
     assert "| finetune | 5000.0 | 900.0 |" in card and "| base | 5100.0 | 910.0 |" in card
     for how in ("llama-cli -m demo-Q4_K_M.gguf", "from llama_cpp import Llama", "ollama create demo -f Modelfile"):

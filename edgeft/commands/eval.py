@@ -135,12 +135,14 @@ def _settings(recipe, options: dict, *, resolve_hf: bool = True):
 
 
 def _print_report(report: dict) -> None:
+    from runtime.stats import shown_interval
+
     scores = report["scores"]
     line = f"{report['metric']}: fine-tune {scores['model']['mean'] * 100:.1f}%"
     if report.get("difference"):
         difference = report["difference"]
-        line += (f", baseline {scores['baseline']['mean'] * 100:.1f}%, difference {difference['mean'] * 100:+.1f} "
-                 f"[{difference['low'] * 100:+.1f}, {difference['high'] * 100:+.1f}] points")
+        line += (f", baseline {scores['baseline']['mean'] * 100:.1f}%, difference "
+                 f"{shown_interval(difference, points=True)} points")
     click.echo(line)
     if report.get("ladder"):
         from runtime.ladder_report import ladder_lines
@@ -159,12 +161,12 @@ def _fleet(model, adapters, data, out_dir, recipe, options: dict) -> None:
     does not read are refused there (EvalSettings.check), so every option goes in as given."""
     from edgeft.commands.serve import parse_adapters
     from runtime.fleet_eval import run_fleet_eval
+    from runtime.stats import shown_interval
 
     settings = _settings(recipe, options, resolve_hf=False)
     report = run_fleet_eval(model, parse_adapters(adapters), data, out_dir, settings)
     for row in report["models"]:
         diff = row["difference_vs_base"]
-        versus = "" if diff is None else f", vs base {diff['mean'] * 100:+.1f} [{diff['low'] * 100:+.1f}, " \
-                                         f"{diff['high'] * 100:+.1f}] points"
+        versus = "" if diff is None else f", vs base {shown_interval(diff, points=True)} points"
         click.echo(f"{row['model']}: {report['metric']} {row['score']['mean'] * 100:.1f}%{versus}")
     click.echo(f"report: {report['outputs'][EVAL_FILES['markdown']]}")

@@ -77,7 +77,7 @@ def _task_section(task: dict) -> list[str]:
     if not task:
         return ["No task metric was recorded."]
     ci = task.get("ci95")
-    ci_text = f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} points)" if ci else ""
+    ci_text = f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} points, n={task.get('n', '?')})" if ci else ""
     delta = task.get("delta")
     return [
         f"| model | {task.get('metric', 'metric')} on {task.get('n', '?')} held-out examples |",
@@ -98,12 +98,12 @@ def _ladder_section(ladder: dict | None) -> list[str]:
     if not ladder:
         return []
     lines = ["", "## The baseline ladder (the base at the same quant, same decoding and metric)",
-             "| prompt | score (95% CI) | prompt tokens/request | time to first token, ms | total ms/request |",
+             "| prompt | score (95% CI, n) | prompt tokens/request | time to first token, ms | total ms/request |",
              "|---|---|---|---|---|"]
     for row in ladder["rows"]:
         name = f"**{row['rung']}** ({row['mark']})" if row.get("mark") else row["rung"]
         low, high = row["ci95"]
-        lines.append(f"| {name} | {_pct(row['score'])} ({_pct(low)} to {_pct(high)}) | "
+        lines.append(f"| {name} | {_pct(row['score'])} ({_pct(low)} to {_pct(high)}, n={row.get('n', '?')}) | "
                      f"{_num(row['prompt_tokens'], '.0f')} | {_ms(row['ttft_ms'])} | {_ms(row['total_ms'])} |")
     tax = ladder.get("prompt_tax") or {}
     lines += ["", f"**Verdict: {ladder['verdict']}.**"]
