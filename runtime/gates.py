@@ -21,6 +21,12 @@ from runtime.eval_settings import SettingError
 ASKED, RELEASE, WITH_NEEDS = "asked", "release", "with its needs"
 
 
+# A 95% bootstrap interval over fewer eval examples is not evidence: all-equal paired differences give it zero width
+# (one example: [+100, +100]), and below about 30 its coverage falls well short of 95%. A gate that claims
+# significance fails below this many examples, saying so; the verdict says the same (runtime/verdict.py).
+MIN_EXAMPLES_FOR_SIGNIFICANCE = 30
+
+
 @dataclass(frozen=True)
 class Gate:
     name: str
@@ -31,6 +37,7 @@ class Gate:
     symbol: str
     default: float | None = None  # the threshold when it is on without one (and for a flag without a number)
     on: str = ASKED
+    min_examples: int = 0  # fewer eval examples than this: the gate fails (it claims significance)
 
 
 def _gain(report: dict):
@@ -70,7 +77,8 @@ GATES: dict[str, Gate] = {gate.name: gate for gate in (
          operator.ge, ">="),
     # On in every release: weights ship only when fine-tuning beat the strongest rung of the prompted base's ladder.
     Gate("earned", "the 95% interval of the gain over the strongest rung lies above N points (the verdict)",
-         ("baseline",), _gain_low, operator.gt, ">", default=0.0, on=RELEASE),
+         ("baseline",), _gain_low, operator.gt, ">", default=0.0, on=RELEASE,
+         min_examples=MIN_EXAMPLES_FOR_SIGNIFICANCE),
     Gate("max_ppl_ratio", "probe perplexity fine-tune/base at most P", ("baseline",), _ppl_ratio, operator.le, "<="),
     Gate("max_kld", "mean KL-divergence vs the reference at most K", ("reference",), _kld, operator.le, "<="),
     Gate("min_speed_ratio", "generation tok/s at least R times the base's", ("baseline", "speed"), _speed,
@@ -146,18 +154,27 @@ def resolve_gates(from_flags: Mapping[str, float | None], from_recipe: Mapping |
     return {name: threshold for name, threshold in merged.items() if threshold is not None}
 
 
+def decide(gate: Gate, value: float | None, threshold: float, n: int | None) -> tuple[bool, str]:
+    """(passed, why) for one gate: the rule check_gates applies and `release verify` applies again to a manifest."""
+    if value is None:
+        return False, f"not measured (needs {' with '.join(gate.needs)})"
+    if (n or 0) < gate.min_examples:
+        return False, (f"{n} eval examples, fewer than the {gate.min_examples} a 95% claim needs (an interval over "
+                       f"so few is not evidence) — FAIL; add held-out examples")
+    passed = bool(gate.passes(value, threshold))
+    return passed, (f"{value:.4g} (need {gate.symbol} {threshold:g}) — {'pass' if passed else 'FAIL'} "
+                    f"({gate.description})")
+
+
 def check_gates(gates: dict[str, float], report: dict) -> list[dict]:
-    """One row per gate: value, threshold, passed, and a sentence for report.md / the terminal."""
+    """One row per gate: value, threshold, the eval's sample size, passed, and a sentence for report.md / the
+    terminal."""
     rows = []
+    n = (report.get("difference") or {}).get("n", report.get("n"))
     for name, threshold in gates.items():
         gate = GATES[name]
         value = gate.value(report)
-        if value is None:
-            rows.append({"gate": name, "threshold": threshold, "value": None, "passed": False,
-                         "text": f"{name}: not measured (needs {' with '.join(gate.needs)})"})
-            continue
-        passed = bool(gate.passes(value, threshold))
-        rows.append({"gate": name, "threshold": threshold, "value": value, "passed": passed,
-                     "text": f"{name}: {value:.4g} (need {gate.symbol} {threshold:g}) — {'pass' if passed else 'FAIL'} "
-                             f"({gate.description})"})
+        passed, why = decide(gate, value, threshold, n)
+        rows.append({"gate": name, "threshold": threshold, "value": value, "n": n, "passed": passed,
+                     "text": f"{name}: {why}"})
     return rows

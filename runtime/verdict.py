@@ -4,7 +4,8 @@ Three things a verdict must not do: call one of several rungs with the same scor
 is then the cheapest of the tied ones, and the report says they tied); tell the user to ship a prompt that does not do
 the task (a rung whose 95% interval reaches 0 has not been shown to score at all); and call a fine-tune that nothing
 separates from zero "within the interval" of a prompt, as if the prompt were the answer. When no system scores
-measurably above zero, the verdict says so and what to try next.
+measurably above zero, the verdict says so and what to try next; over fewer eval examples than a 95% claim needs
+(runtime.gates.MIN_EXAMPLES_FOR_SIGNIFICANCE) it claims nothing.
 
 The functions are sections of runtime.ladder's summary table: each reads the rows computed before it.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from runtime.gates import MIN_EXAMPLES_FOR_SIGNIFICANCE
 
 # What to try when nothing scores: the seed's three reasons a small base fails a task.
 NEXT_STEPS = ("try a stronger base, retrieval (eval.context / --context) if the answers need knowledge the base "
@@ -61,7 +64,8 @@ def rung_mark(ladder: dict, key: str) -> str | None:
 def verdict_section(finetune, rungs, report: dict, options: dict) -> dict:
     best = _row(report, report["strongest"])
     difference = best["difference"]
-    return {"earned": bool(difference["low"] > 0), "vs": best["key"],
+    earned = bool(difference["low"] > 0) and difference["n"] >= MIN_EXAMPLES_FOR_SIGNIFICANCE
+    return {"earned": earned, "vs": best["key"],
             "text": verdict_text(compared_label(report), difference, report["prompt_tax"]["tokens_per_request"],
                                  finetune=report["finetune"]["score"], rung=best["score"])}
 
@@ -73,11 +77,14 @@ def verdict_text(label: str, difference: dict, tokens_saved: float | None, *, fi
     interval = f"95% interval {low:+.1f} to {high:+.1f} points, n={difference['n']}"
     if difference["n"] == 0 or mean != mean:
         return f"not measured: no eval examples to compare the fine-tune with {label}"
+    scores = f"the fine-tune scores {_score(finetune)} and {label} {_score(rung)}"
+    if difference["n"] < MIN_EXAMPLES_FOR_SIGNIFICANCE:
+        return (f"not shown: {difference['n']} eval examples are too few for a 95% claim (at least "
+                f"{MIN_EXAMPLES_FOR_SIGNIFICANCE}); {scores} ({interval}); add held-out examples")
     if low > 0:
         fewer = "" if tokens_saved is None else \
             f", and {abs(tokens_saved):.0f} {'fewer' if tokens_saved >= 0 else 'more'} prompt tokens per request"
         return f"fine-tuning earned it: {mean:+.1f} points over {label}{fewer} ({interval})"
-    scores = f"the fine-tune scores {_score(finetune)} and {label} {_score(rung)}"
     if not _scores_anything(finetune) and not _scores_anything(rung):
         return f"nothing here does the task: {scores}, neither measurably above 0 — ship neither; {NEXT_STEPS}"
     if not _scores_anything(rung):

@@ -196,17 +196,22 @@ def ggufs(tmp_path_factory):
                                                              for t in TABLES])
     # Gold = what the fine-tune itself answers with its own prompt: it scores 100%, a different model ~0%.
     from runtime.generate import chat_reply
+    from runtime.gates import MIN_EXAMPLES_FOR_SIGNIFICANCE
     from runtime.load import open_gguf
 
     llm = open_gguf(paths["ft"], n_ctx=512, threads=1)
     rows = []
-    for question in questions:
+    # Enough examples for a 95% claim (runtime.gates.MIN_EXAMPLES_FOR_SIGNIFICANCE): fewer cannot earn the verdict.
+    # Each is also a training question (retrieval must skip its copies).
+    asked = list(dict.fromkeys(questions + [KINDS["sum"][0].format(t=t, c=c) for t in TABLES for c in CITIES
+                                            if c != "Oslo"]))
+    for question in asked:
         messages = [{"role": "system", "content": "Terse."}, {"role": "user", "content": question}]
         answer = chat_reply(llm, messages, max_tokens=6).text
         if answer.strip():
             rows.append({"messages": messages + [{"role": "assistant", "content": answer}]})
     llm.close()
-    assert len(rows) >= 4
+    assert len(rows) >= MIN_EXAMPLES_FOR_SIGNIFICANCE
     paths["eval"] = _write_jsonl(folder / "eval.jsonl", rows)
     return paths
 

@@ -113,7 +113,7 @@ def _card_problems(folder: Path, manifest: dict, actual: str) -> list[str]:
 def _gate_problems(manifest: dict) -> list[str]:
     """A gate row whose pass/fail does not follow from its value and threshold, and a verdict that does not follow
     from the gates (published releases passed every gate)."""
-    from runtime.gates import GATES
+    from runtime.gates import GATES, decide
 
     gates = manifest.get("gates")
     if not isinstance(gates, list) or not all(isinstance(row, dict) for row in gates):
@@ -128,9 +128,11 @@ def _gate_problems(manifest: dict) -> list[str]:
             continue
         numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                       for x in (value, threshold))
-        follows = numbers and bool(gate.passes(value, threshold))
+        n = row.get("n") if isinstance(row.get("n"), int) else None
+        follows = numbers and decide(gate, value, threshold, n)[0]
         if bool(row.get("passed")) != follows:
-            problems.append(f"manifest.json: gate {name}: value {value!r} {gate.symbol} {threshold!r} is a "
+            over = f" over {n} examples" if gate.min_examples else ""
+            problems.append(f"manifest.json: gate {name}: value {value!r} {gate.symbol} {threshold!r}{over} is a "
                             f"{'pass' if follows else 'FAIL'}, but the row says {'pass' if row.get('passed') else 'FAIL'}")
     if manifest.get("verdict") != "pass":
         problems.append(f"manifest.json: verdict {str(manifest.get('verdict'))[:40]!r}, but a release is published "
