@@ -273,3 +273,11 @@ def test_verify_a_copied_release_still_passes(inputs, tmp_path):
     shutil.copytree(earlier, copy)
     result = invoke("release", "verify", copy)
     assert result.exit_code == 0 and "every file matches" in result.output
+
+
+def test_too_few_eval_examples_for_the_verdict_is_found_before_training(inputs):
+    """The release always gates on `earned`; 4 eval examples failed that gate after training and quantizing."""
+    error_line(_release(inputs, "eval: {metric: exact}\n", "stage", "check"),
+               "eval.jsonl: 4 eval examples; gate earned needs at least 30", "eval.gates.earned: null")
+    assert not (inputs["out"] / "hostile" / "data-check.json").exists()
+    assert _release(inputs, "eval: {gates: {earned: null}}\n", "stage", "check").exit_code == 0

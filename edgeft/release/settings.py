@@ -223,13 +223,14 @@ def expand(template: str | None, settings: Settings) -> str | None:
     return None if template is None else template.format(data_dir=settings.data.parent, base=settings.base)
 
 
-
 def check_eval_inputs(s: Settings) -> None:
     """What the eval stage reads besides the models, read now as it will read it (the check stage, before
     training): gold answers the metric cannot score, too few training conversations for eval.shots, a context
-    corpus that is empty or not passages, a probe that is not text."""
+    corpus that is empty or not passages, a probe that is not text, fewer eval examples than a gate's 95% claim
+    needs."""
     from runtime import ladder
     from runtime.examples import read_examples
+    from runtime.gates import GATES
     from runtime.metrics import parse_metric, refuse_unscoreable
     from runtime.perplexity import read_probe
 
@@ -239,3 +240,8 @@ def check_eval_inputs(s: Settings) -> None:
     ladder.build_rungs(examples, system=settings.system, shots=settings.shots, shots_from=settings.shots_from,
                        context=settings.context, context_k=settings.passages)
     read_probe(settings.probe)
+    for name, threshold in settings.gates.items():
+        least = GATES[name].min_examples if name in GATES and threshold is not None else 0
+        if len(examples) < least:
+            raise EdgeftError(f"{s.eval}: {len(examples)} eval examples; gate {name} needs at least {least} for a 95% "
+                              f"claim: add held-out examples (or set eval.gates.{name}: null to publish without it)")
