@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import unicodedata
@@ -183,6 +184,8 @@ def test_readme_starts_with_the_two_commands():
     assert commands[:2] == ["make release", "make test"]
     first_block = "\n".join(readme[:15])
     assert "make release" in first_block and "make test" in first_block
+    linked = re.findall(r"\]\(([^)#:]+)\)", "\n".join(readme))  # the reference moved to docs/ is still there
+    assert linked and all((ROOT / path).is_file() for path in linked), linked
 
 
 def test_ci_runs_make_test():

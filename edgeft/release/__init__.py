@@ -1,8 +1,9 @@
 """`make release`: from a base, training data and a recipe to release/NAME/ (one GGUF, manifest, model card).
 
-    settings.py   what a release is made of (base, data, eval, quant, name, recipe) and where its work files live
-    pipeline.py   the stage table: which stage reads and writes what; reruns only what is stale
-    stages.py     how each stage is done (data check, train, merge, imatrix, convert, eval, bench, publish)
+    graph.py      the stage table: which stage reads what and writes where
+    settings.py   what a release is made of (base, data, eval, quant, name, recipe, the eval's settings)
+    pipeline.py   the table written as a makefile for this release, run by make; one stage by name
+    stages.py     how each stage is done
     parity.py     the chat-template and token parity check of the GGUF that ships
     metrics.py    the manifest's metrics, gathered from the eval report, the bench and the training run
     publish.py    release/NAME/ assembled atomically: files, manifest.json with sha256s, the digest beside it

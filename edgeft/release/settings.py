@@ -24,7 +24,7 @@ from edgeft.release.publish import check_release_name
 DEMO_DIR = Path(".cache/demo")
 DEMO_RECIPE = Path(__file__).parent.parent / "demo" / "recipe.yaml"
 # When the user brings a model but no recipe: the training defaults, and a fine-tune may not lose to its base.
-GENERIC_RECIPE = {"train": {}, "eval": {"metric": "exact", "shots": 3, "gates": {"min_gain": 0}}}
+GENERIC_RECIPE = {"train": {}, "eval": {"shots": 3, "gates": {"min_gain": 0}}}
 BENCH_SETTINGS = {"n_prompt": 256, "n_gen": 64, "repeat": 3}
 
 
