@@ -20,13 +20,20 @@ import click
               help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
 @click.option("--epochs", type=float, default=None, help="Passes over the training data (default 2).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default 1e-4).")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate (default: by the base's size, see edgeft/train/size.py).")
 @click.option("-r", "--rank", "r", type=int, default=None, help="LoRA rank (default 16; alpha defaults to 2r).")
+@click.option("--validation", default=None,
+              help="Carve a validation split from --data: a fraction (0.1) or a JSONL file; never trained on.")
+@click.option("--metric", default=None,
+              help="Select the checkpoint by this metric on the validation split (exact, json-match, sql-exec:DB...): "
+                   "sets select: metric.")
 @click.option("--seed", type=int, default=None, help="Seed: same seed, same data, same result on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier training run's output folder (never a folder that is not a run's).")
-def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, seed, resume, overwrite):
+def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, validation, metric, seed, resume,
+          overwrite):
     """Fine-tune BASE on chat conversations and save a LoRA adapter.
 
     QLoRA by default: the base is frozen in 4-bit NF4 with double quantization (bitsandbytes; fp32 compute on
@@ -37,6 +44,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
     Example:
       edgeft train --base path/to/hf-model --data train.jsonl --eval eval.jsonl -o out/adapter
       edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --config my-recipe.yaml --resume
+      edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --validation 0.1 --metric exact
       torchrun --nproc_per_node 2 -m edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter
     """
     from edgeft.modelref import is_hub_id, resolve_model
@@ -47,7 +55,8 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
         base = str(resolve_model(base, what="base model"))
 
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
-                       method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed)
+                       method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
+                       validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None)
     if int(os.environ.get("RANK", "0")) == 0:
         import json
 
@@ -55,3 +64,10 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
         for line in format_summary(summary):
             click.echo(line)
         click.echo(f"adapter       {out}")
+
+
+def _fraction_or_path(value: str | None):
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return value

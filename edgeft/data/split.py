@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.data import dedup
@@ -92,3 +93,89 @@ def split_dataset(
         }
         (tmp / "split.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return {**summary, "train_path": str(out_dir / "train.jsonl"), "eval_path": str(out_dir / "eval.jsonl")}
+
+
+# ---- the validation split: carved from the training data, scored by the metric, never trained on ---------------
+
+# Below these the checkpoint scores and the trained model both mean little; said up front, before a model loads.
+MIN_TRAIN_EXAMPLES = 8
+MIN_VALIDATION_EXAMPLES = 2
+MAX_VALIDATION_FRACTION = 0.5
+VALIDATION_FILE, TRAINED_FILE = "validation.jsonl", "train-split.jsonl"
+
+
+@dataclass
+class Carved:
+    """The training data cut in two: what trains and what scores checkpoints; `left_out` are validation examples
+    that hold an eval example's text (line, why): scoring on them would select by the held-out eval after all."""
+
+    train: list
+    validation: list
+    left_out: list[tuple[int, str]]
+    source: str  # "0.1 of train.jsonl" or the validation file
+
+    def write(self, out_dir: Path) -> tuple[Path, Path]:
+        """OUT_DIR/train-split.jsonl and OUT_DIR/validation.jsonl (lines verbatim), the files training reads."""
+        from edgeft.data.io import write_jsonl_lines
+
+        trained = write_jsonl_lines(Path(out_dir) / TRAINED_FILE, [r.raw for r in self.train])
+        return trained, write_jsonl_lines(Path(out_dir) / VALIDATION_FILE, [r.raw for r in self.validation])
+
+
+def _clean_records(path: Path, what: str) -> list:
+    records = scan_jsonl(path)
+    bad = next((r for r in records if r.problems), None)
+    if bad is not None:
+        raise EdgeftError(f"{path}:{bad.line}: {bad.problems[0]}; fix the {what} (edgeft data check {path})")
+    return records
+
+
+def _leaks(records: list, texts_of: list) -> list:
+    """Contamination of `records` (as the training side) by the conversations `texts_of` (as the eval side)."""
+    from edgeft.data import decontam
+
+    turns = [[dedup.normalize_text(m["content"]) for m in r.messages if m["role"] != "system"] for r in records]
+    return decontam.find_contamination(turns, decontam.eval_texts([r.messages for r in texts_of],
+                                                                  dedup.normalize_text))
+
+
+def carve_validation(data: str | Path, validation, *, eval_path: str | Path | None = None, seed: int = 0,
+                     near_dup_threshold: float = 0.8) -> Carved:
+    """Split `data` for metric selection: `validation` is a fraction of it (whole near-duplicate groups, as
+    `split_dataset` cuts) or a JSONL file of its own. Validation examples that hold an eval example's text are left
+    out (the held-out eval stays unseen by selection); a validation file that repeats training examples, or a cut
+    that leaves too little to train on, is an EdgeftError before anything trains."""
+    data = Path(data)
+    records = _clean_records(data, "training data")
+    evals = _clean_records(Path(eval_path), "eval data") if eval_path is not None else []
+    if isinstance(validation, str):
+        chosen, train, source = _clean_records(Path(validation), "validation file"), records, validation
+        repeated = _leaks(train, chosen)
+        if repeated:
+            hit = repeated[0]
+            raise EdgeftError(f"{validation}:{chosen[hit.eval_index].line}: its {hit.what} is in the training data "
+                              f"({data}:{train[hit.train_index].line}, {hit.how}); a validation example must be "
+                              "unseen: remove it from one of the two files")
+    else:
+        groups = group_examples([r.messages for r in records], near_dup_threshold)
+        picked = choose_eval_groups(groups, float(validation), seed)
+        chosen = [r for r, g in zip(records, groups) if g in picked]
+        train = [r for r, g in zip(records, groups) if g not in picked]
+        source = f"{validation} of {data}"
+    leaked = {hit.train_index: hit for hit in _leaks(chosen, evals)} if evals else {}
+    left_out = [(chosen[i].line, f"holds the {hit.what} of {eval_path}:{evals[hit.eval_index].line}")
+                for i, hit in sorted(leaked.items())]
+    kept = [r for i, r in enumerate(chosen) if i not in leaked]
+    _refuse_thin(data, source, len(train), len(kept), len(records))
+    return Carved(train, kept, left_out, source)
+
+
+def _refuse_thin(data: Path, source: str, n_train: int, n_validation: int, n_all: int) -> None:
+    if n_validation < MIN_VALIDATION_EXAMPLES:
+        raise EdgeftError(f"validation: {source} gives {n_validation} validation example(s) (after leaving out "
+                          f"those that repeat the eval set); checkpoints need at least {MIN_VALIDATION_EXAMPLES} to "
+                          "be scored: raise the fraction or pass a larger file")
+    if n_train < max(MIN_TRAIN_EXAMPLES, n_validation):
+        raise EdgeftError(f"validation: {source} leaves {n_train} of {n_all} examples in {data} to train on (at "
+                          f"least {MIN_TRAIN_EXAMPLES}, and no fewer than the {n_validation} validation examples); "
+                          "lower the fraction or add training data")

@@ -39,9 +39,10 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
     # --overwrite replaces the whole folder, so then it must not hold the data or the recipe either.
     refuse_own_input(out_dir, {"base model folder": base, "training data": data, "eval data": eval_path,
                                "recipe": config if not isinstance(config, dict) else None}, around=overwrite)
-    recipe = _resolve(out_dir, config, resume, overrides)
+    recipe, size_note = _resolve(out_dir, config, resume, overrides, base)
     _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
     _check_data(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
+    split = _carve(data, eval_path, recipe)
     if resume:
         check_resume_inputs(out_dir, base, data, eval_path)
     check_writable(out_dir)  # a read-only or full output folder is found now, not after the model loaded
@@ -59,7 +60,8 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
         if world.is_main and overwrite and not resume and out_dir.exists():
             shutil.rmtree(out_dir)
         world.barrier()
-        return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress)
+        return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress,
+                    split=split, size_note=size_note)
     except BaseException as exc:
         error = _failed(exc, out_dir, fresh and world.is_main)
         if error is exc:
@@ -86,13 +88,16 @@ def _failed(exc: BaseException, out_dir: Path, remove_partial: bool) -> BaseExce
     return environment_error(exc, out_dir, note=kept or "nothing was written")
 
 
-def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:
+def _resolve(out_dir: Path, config, resume: bool, overrides: dict, base: Path) -> tuple[Recipe, str | None]:
+    from edgeft.train.size import apply_size_defaults
+
     saved = out_dir / "recipe.yaml"
     if resume and config is None and saved.is_file():
         # A resumed run continues with the recipe it started with (the command line may still override).
         recipe = resolve_recipe(saved, **overrides)
     else:
         recipe = resolve_recipe(config, **overrides)
+    recipe, size_note = apply_size_defaults(recipe, base)
     if resume and saved.is_file():
         started = resolve_recipe(saved)
         for key, value in recipe.to_dict().items():
@@ -100,7 +105,22 @@ def _resolve(out_dir: Path, config, resume: bool, overrides: dict) -> Recipe:
                 raise EdgeftError(f"--resume {out_dir}: {key} was {getattr(started, key)!r} when the run started and "
                                   f"is {value!r} now; resume with the run's own recipe ({saved}) or start again "
                                   "with --overwrite")
-    return recipe
+    return recipe, size_note
+
+
+def _carve(data: Path, eval_path, recipe: Recipe):
+    """The validation split (recipe `validation:`) and, for `select: metric`, its gold checked against the metric:
+    (Carved, Validation or None), or None without a split. The eval set is only compared with, never used."""
+    if recipe.validation is None:
+        return None
+    from edgeft.data.split import carve_validation
+
+    carved = carve_validation(data, recipe.validation, eval_path=eval_path, seed=recipe.seed)
+    if recipe.select != "metric":
+        return carved, None
+    from edgeft.train.select import prepare_validation
+
+    return carved, prepare_validation(carved.validation, recipe.metric, carved.source)
 
 
 # What the next run is told about a folder an earlier run left, by ckpt.run_folder_state.
@@ -156,16 +176,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: Recipe, world, resume: bool,
-         progress: bool) -> Path:
-    from edgeft.train.batches import tokenize_conversations
-    from edgeft.train.loop import TrainRun
+         progress: bool, *, split=None, size_note: str | None = None) -> Path:
     from edgeft.train.model import load_tokenizer, load_training_model, parameter_counts
 
     _seed_everything(recipe.seed)
     tok = load_tokenizer(base, recipe)
-    train_examples = tokenize_conversations(data, tok.tokenizer, tok.chat_template, recipe.max_len)
-    eval_examples = (tokenize_conversations(eval_path, tok.tokenizer, tok.chat_template, recipe.max_len)
-                     if eval_path else [])
+    train_examples, eval_examples = _tokenize(data, eval_path, split, tok, recipe)
     model = load_training_model(base, recipe, tok)
     for p in model.parameters():
         if p.requires_grad:  # every process starts from rank 0's adapter initialisation
@@ -178,8 +194,10 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
             with atomic_file(out_dir / INPUTS_FILE) as tmp:  # what --resume, merge and convert-lora compare with
                 tmp.write_text(json.dumps(training_inputs(base, data, eval_path), indent=1), encoding="utf-8")
             (out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        if split is not None:  # what trains and what scores checkpoints, as files beside the adapter
+            split[0].write(out_dir)
     world.barrier()
-    run = TrainRun(model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)
+    run = _train_run(split, model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)
     if resume:
         run.restore(ckpt.latest_checkpoint(out_dir))
     else:
@@ -187,11 +205,43 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
     run.loop()
     summary = run.finish(*parameter_counts(model))
     if world.is_main:
-        save_recipe(recipe, out_dir / "recipe.yaml", extra={
-            "base": base, "data": data, "eval": eval_path, "processes": world.size,
-            "steps": f"{summary['steps']} of {summary['planned_steps']}"})
+        facts = {"base": base, "data": data, "eval": eval_path, "processes": world.size,
+                 "steps": f"{summary['steps']} of {summary['planned_steps']}"}
+        if size_note:
+            facts["defaults"] = size_note
+        if split is not None:
+            facts["validation"] = f"{len(split[0].validation)} examples ({split[0].source}), " \
+                                  f"{len(split[0].left_out)} left out as eval text"
+        save_recipe(recipe, out_dir / "recipe.yaml", extra=facts)
     world.barrier()
     return out_dir
+
+
+def _tokenize(data: Path, eval_path: Path | None, split, tok, recipe: Recipe) -> tuple[list, list]:
+    """Training and held-out examples, before the model loads. With a validation split the held-out loss is
+    measured on it: the eval set is never looked at in training."""
+    import tempfile
+
+    from edgeft.train.batches import tokenize_conversations
+
+    def tokenize(path):
+        return tokenize_conversations(path, tok.tokenizer, tok.chat_template, recipe.max_len) if path else []
+
+    if split is None:
+        return tokenize(data), tokenize(eval_path)
+    with tempfile.TemporaryDirectory() as folder:
+        trained, validation = split[0].write(Path(folder))
+        return tokenize(trained), tokenize(validation)
+
+
+def _train_run(split, *args):
+    from edgeft.train.loop import TrainRun
+
+    if split is None or split[1] is None:
+        return TrainRun(*args)
+    from edgeft.train.select import MetricRun
+
+    return MetricRun(*args, validation=split[1])
 
 
 def format_summary(summary: dict) -> list[str]:
@@ -210,6 +260,10 @@ def format_summary(summary: dict) -> list[str]:
                   f"best eval     {summary['best_eval_loss']:.4f} at step {summary['best_step']}{kept}"]
     else:
         lines.append("eval loss     - (no held-out data; pass --eval to measure one)")
+    if summary.get("best_val_score") is not None:
+        lines.append(f"best score    {100 * summary['best_val_score']:.1f}% {summary['metric']} on "
+                     f"{summary['validation_n']} validation examples at step {summary['best_step']} (the adapter's "
+                     "weights; review.md, validation.png)")
     if summary.get("last_batch_loss") is not None:
         lines.append(f"batch loss    {summary['last_batch_loss']:.4f} (the last training batch only, not the model)")
     lines += [

@@ -18,6 +18,7 @@ from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
 
 METHODS = ("qlora", "lora")
+SELECT = ("loss", "metric")
 
 
 @dataclasses.dataclass
@@ -31,12 +32,13 @@ class Recipe:
     rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
     dora: bool = False  # weight-decomposed LoRA
     # --- schedule
-    lr: float = 1e-4
+    lr: float | None = None  # None (or `auto`): by the base's size, edgeft/train/size.py
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     epochs: float = 2
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    effective_batch: int = 32  # sequences per optimizer step, over all processes (via gradient accumulation)
+    effective_batch: int | None = None  # sequences per optimizer step, over all processes (gradient accumulation);
+    # None: by the base's size (edgeft/train/size.py)
     micro_batch: int = 4  # sequences per forward pass
     max_len: int = 2048
     max_grad_norm: float | None = 1.0
@@ -50,6 +52,10 @@ class Recipe:
     save_every: int = 50  # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2  # most recent resumable checkpoints kept on disk
     log_every: int = 1
+    # --- selection by the task's score (edgeft/train/select.py)
+    validation: Any = None  # a fraction of the training data (0.1) or a JSONL file: scores checkpoints, never trains
+    select: str = "loss"  # which checkpoint becomes the adapter: loss (held-out loss) | metric (validation score)
+    metric: str | None = None  # what select: metric scores with (runtime.metrics: exact, json-match, sql-exec:DB...)
     # --- chat template: path to a .jinja file; None -> the base's own template, or ChatML when it has none
     chat_template: str | None = None
 
@@ -84,7 +90,9 @@ def _check(recipe: Recipe, source: str) -> Recipe:
 
     if recipe.method not in METHODS:
         raise bad("method", f"is not one of {', '.join(METHODS)}")
-    for key in ("r", "effective_batch", "micro_batch", "max_len", "eval_every", "save_every", "log_every",
+    if isinstance(recipe.lr, str):  # YAML reads 1e-3 (no dot) as text
+        recipe.lr = None if recipe.lr.strip().lower() == "auto" else _number(recipe.lr)
+    for key in ("r", "micro_batch", "max_len", "eval_every", "save_every", "log_every",
                 "keep_checkpoints"):
         if not isinstance(getattr(recipe, key), int) or getattr(recipe, key) < 1:
             raise bad(key, "must be a positive integer")
@@ -94,15 +102,51 @@ def _check(recipe: Recipe, source: str) -> Recipe:
         raise bad("dropout", "must be in [0, 1)")
     if not 0 <= recipe.warmup_ratio < 1:
         raise bad("warmup_ratio", "must be in [0, 1)")
-    if recipe.lr <= 0 or recipe.epochs <= 0:
-        raise bad("lr" if recipe.lr <= 0 else "epochs", "must be > 0")
+    if recipe.effective_batch is not None and (not isinstance(recipe.effective_batch, int) or recipe.effective_batch < 1):
+        raise bad("effective_batch", "must be a positive integer (or leave it out: by the base's size)")
+    if recipe.lr is not None and (not isinstance(recipe.lr, (int, float)) or isinstance(recipe.lr, bool) or recipe.lr <= 0):
+        raise bad("lr", "must be a number > 0, or auto (by the base's size)")
+    if recipe.epochs <= 0:
+        raise bad("epochs", "must be > 0")
     if recipe.keep not in ("best", "last"):
         raise bad("keep", "must be best or last")
     if recipe.early_stop is not None and recipe.early_stop < 1:
         raise bad("early_stop", "must be a positive integer or null")
     if not (recipe.target_modules == "all-linear" or (isinstance(recipe.target_modules, list) and recipe.target_modules)):
         raise bad("target_modules", "must be 'all-linear' or a list of module names like [q_proj, v_proj]")
+    _check_selection(recipe, bad)
     return recipe
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text  # refused below with the rule
+
+
+def _check_selection(recipe: Recipe, bad) -> None:
+    """The validation split and what selects the checkpoint: wrong here is one line before anything trains."""
+    from edgeft.data.split import MAX_VALIDATION_FRACTION
+
+    validation = recipe.validation
+    if validation is not None and not (isinstance(validation, str) and validation.strip()):
+        if isinstance(validation, bool) or not isinstance(validation, (int, float)) \
+                or not 0 < validation <= MAX_VALIDATION_FRACTION:
+            raise bad("validation", f"must be a fraction of the training data in (0, {MAX_VALIDATION_FRACTION}] "
+                                    "(e.g. 0.1) or a JSONL file of conversations")
+    if recipe.select not in SELECT:
+        raise bad("select", f"is not one of {', '.join(SELECT)}")
+    if recipe.select == "metric" and (validation is None or not recipe.metric):
+        raise bad("select", "needs validation: (a fraction like 0.1, or a file) and metric: (e.g. exact) to score "
+                            "checkpoints with; add both")
+    if recipe.metric is not None:
+        from runtime.metrics import split_metric_spec
+
+        try:
+            split_metric_spec(str(recipe.metric))
+        except EdgeftError as exc:
+            raise bad("metric", str(exc).split(": ", 1)[-1]) from None
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
