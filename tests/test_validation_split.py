@@ -62,6 +62,19 @@ def test_validation_never_overlaps_the_eval_set_nor_the_trained_examples(tmp_pat
     assert carve_validation(data, 0.3, eval_path=eval_path, seed=3).validation == carved.validation  # by seed
 
 
+def test_a_fraction_is_taken_of_what_the_metric_can_score(tmp_path):
+    from runtime.metrics import parse_metric
+
+    chats = [varied(i) for i in range(30)]
+    records = [{"messages": [{"role": "user", "content": f"note {i}: {' '.join(WORDS[i:i + 5])}"},
+                             {"role": "assistant", "content": json.dumps({"id": i, "word": WORDS[i]})}]}
+               for i in range(30)]
+    data = write_jsonl(tmp_path / "train.jsonl", chats + records)
+    carved = carve_validation(data, 0.2, gold_problem=parse_metric("json-match").gold_problem)
+    assert len(carved.validation) == 6 and all(r.line > 30 for r in carved.validation)
+    assert len(carved.train) == 54  # every generic chat trains
+
+
 def test_a_validation_file_that_repeats_training_is_refused(tmp_path):
     rows = [varied(i) for i in range(20)]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
@@ -102,9 +115,13 @@ def test_train_refuses_before_loading_a_model(tmp_path, no_model_load):
 
     data = write_jsonl(tmp_path / "train.jsonl", [varied(i) for i in range(20)])
     base = build_model("qwen2")
-    with pytest.raises(EdgeftError, match=r"validation split: .*cannot be scored with --metric json-match"):
+    with pytest.raises(EdgeftError, match=r"gives 0 validation example.*whose gold the metric cannot score"):
         train(base, data, tmp_path / "out", progress=False,
               config=dict(TINY_RECIPE, validation=0.2, select="metric", metric="json-match"))
+    file = write_jsonl(tmp_path / "val.jsonl", [varied(900), varied(901)])
+    with pytest.raises(EdgeftError, match=r"validation split: .*val.jsonl:1: the gold answer is not JSON"):
+        train(base, data, tmp_path / "out", progress=False,
+              config=dict(TINY_RECIPE, validation=str(file), select="metric", metric="json-match"))
     small = write_jsonl(tmp_path / "small.jsonl", [varied(i) for i in range(12)])
     with pytest.raises(EdgeftError, match=r"leaves 6 of 12 examples"):
         train(base, small, tmp_path / "out", progress=False, config=dict(TINY_RECIPE, validation=0.5))

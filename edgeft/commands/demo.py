@@ -86,3 +86,23 @@ def demo_tiny_base(parent_out: Path, out_dir: Path | None, force: bool) -> None:
     from edgeft.demo.base_lm import build_base_model
 
     build_base_model(out_dir or parent_out / "tiny-base", force=force, log=click.echo)
+
+
+@demo.command("events")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="folder for the task files (default: OUT/events)")
+@click.pass_obj
+def demo_events(parent_out: Path, out_dir: Path | None) -> None:
+    """Write the second demo task, messy event notes -> JSON: train.jsonl (400 notes + 100 generic chats) and
+    eval.jsonl (120 notes), scored by json-match. Its release recipe is edgeft/demo/events.yaml.
+
+    \b
+    Example:
+      edgeft demo events -o .cache/demo/events && edgeft demo base -o .cache/demo/base
+      make release BASE=.cache/demo/base DATA=.cache/demo/events/train.jsonl EVAL=.cache/demo/events/eval.jsonl \\
+        RECIPE=edgeft/demo/events.yaml NAME=edgeft-events
+    """
+    from edgeft.demo.event_task import write_event_task
+
+    for role, path in write_event_task(out_dir or parent_out / "events").items():
+        click.echo(f"{role:7s} {path}")

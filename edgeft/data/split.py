@@ -140,11 +140,14 @@ def _leaks(records: list, texts_of: list) -> list:
 
 
 def carve_validation(data: str | Path, validation, *, eval_path: str | Path | None = None, seed: int = 0,
-                     near_dup_threshold: float = 0.8) -> Carved:
+                     near_dup_threshold: float = 0.8, gold_problem=None) -> Carved:
     """Split `data` for metric selection: `validation` is a fraction of it (whole near-duplicate groups, as
     `split_dataset` cuts) or a JSONL file of its own. Validation examples that hold an eval example's text are left
     out (the held-out eval stays unseen by selection); a validation file that repeats training examples, or a cut
-    that leaves too little to train on, is an EdgeftError before anything trains."""
+    that leaves too little to train on, is an EdgeftError before anything trains.
+
+    With `gold_problem` (the metric's: last assistant turn -> why it cannot be scored, or None) a fraction is taken
+    of the examples the metric can score only: the generic chats mixed in against forgetting always train."""
     data = Path(data)
     records = _clean_records(data, "training data")
     evals = _clean_records(Path(eval_path), "eval data") if eval_path is not None else []
@@ -157,11 +160,8 @@ def carve_validation(data: str | Path, validation, *, eval_path: str | Path | No
                               f"({data}:{train[hit.train_index].line}, {hit.how}); a validation example must be "
                               "unseen: remove it from one of the two files")
     else:
-        groups = group_examples([r.messages for r in records], near_dup_threshold)
-        picked = choose_eval_groups(groups, float(validation), seed)
-        chosen = [r for r, g in zip(records, groups) if g in picked]
-        train = [r for r, g in zip(records, groups) if g not in picked]
-        source = f"{validation} of {data}"
+        chosen, train = _cut(records, float(validation), seed, near_dup_threshold, gold_problem)
+        source = f"{validation} of {data}" + (" (of the examples the metric can score)" if gold_problem else "")
     leaked = {hit.train_index: hit for hit in _leaks(chosen, evals)} if evals else {}
     left_out = [(chosen[i].line, f"holds the {hit.what} of {eval_path}:{evals[hit.eval_index].line}")
                 for i, hit in sorted(leaked.items())]
@@ -170,11 +170,22 @@ def carve_validation(data: str | Path, validation, *, eval_path: str | Path | No
     return Carved(train, kept, left_out, source)
 
 
+def _cut(records: list, fraction: float, seed: int, threshold: float, gold_problem) -> tuple[list, list]:
+    """(validation, train): whole near-duplicate groups, chosen among the groups the metric can score in full."""
+    groups = group_examples([r.messages for r in records], threshold)
+    unscoreable = {g for r, g in zip(records, groups) if gold_problem is not None and (
+        r.messages[-1]["role"] != "assistant" or gold_problem(r.messages[-1]["content"]))}
+    eligible = [g for g in groups if g not in unscoreable]
+    picked = choose_eval_groups(eligible, fraction, seed) if eligible else set()
+    return [r for r, g in zip(records, groups) if g in picked], [r for r, g in zip(records, groups) if g not in picked]
+
+
 def _refuse_thin(data: Path, source: str, n_train: int, n_validation: int, n_all: int) -> None:
     if n_validation < MIN_VALIDATION_EXAMPLES:
         raise EdgeftError(f"validation: {source} gives {n_validation} validation example(s) (after leaving out "
-                          f"those that repeat the eval set); checkpoints need at least {MIN_VALIDATION_EXAMPLES} to "
-                          "be scored: raise the fraction or pass a larger file")
+                          "those that repeat the eval set or whose gold the metric cannot score); checkpoints need "
+                          f"at least {MIN_VALIDATION_EXAMPLES} to be scored: raise the fraction, pass a larger file "
+                          "or choose a metric that scores this data")
     if n_train < max(MIN_TRAIN_EXAMPLES, n_validation):
         raise EdgeftError(f"validation: {source} leaves {n_train} of {n_all} examples in {data} to train on (at "
                           f"least {MIN_TRAIN_EXAMPLES}, and no fewer than the {n_validation} validation examples); "

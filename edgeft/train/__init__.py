@@ -114,8 +114,11 @@ def _carve(data: Path, eval_path, recipe: Recipe):
     if recipe.validation is None:
         return None
     from edgeft.data.split import carve_validation
+    from runtime.metrics import parse_metric
 
-    carved = carve_validation(data, recipe.validation, eval_path=eval_path, seed=recipe.seed)
+    scorer = parse_metric(recipe.metric) if recipe.select == "metric" else None
+    carved = carve_validation(data, recipe.validation, eval_path=eval_path, seed=recipe.seed,
+                              gold_problem=scorer.gold_problem if scorer else None)
     if recipe.select != "metric":
         return carved, None
     from edgeft.train.select import prepare_validation

@@ -1,0 +1,56 @@
+"""The second demo task (event notes -> JSON): deterministic, scoreable, and no eval answer seen in training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeft.demo.event_task import EVAL_PATTERNS, FIELDS, N_EVAL, N_TRAIN, TRAIN_PATTERNS, generate, write_event_task
+from edgeft.errors import EdgeftError
+
+RECIPE = Path(__file__).resolve().parent.parent / "edgeft" / "demo" / "events.yaml"
+
+
+def _records(rows):
+    return [json.loads(row["messages"][-1]["content"]) for row in rows]
+
+
+def test_the_task_is_deterministic_and_eval_is_unseen():
+    train, evaluation = generate()
+    assert (train, evaluation) == generate() and (len(train), len(evaluation)) == (N_TRAIN, N_EVAL)
+    for record in _records(train + evaluation):
+        assert tuple(record) == FIELDS and isinstance(record["people"], int)
+    train_records, eval_records = _records(train), _records(evaluation)
+    assert not {json.dumps(r) for r in eval_records} & {json.dumps(r) for r in train_records}
+    pairs = {(r["event"], r["city"]) for r in train_records}
+    assert not {(r["event"], r["city"]) for r in eval_records} & pairs
+    assert not set(EVAL_PATTERNS) & set(TRAIN_PATTERNS)
+    assert {r["time"] is None for r in eval_records} == {True, False}  # both shapes of answer are asked
+
+
+def test_written_files_pass_the_data_check_and_json_match(tmp_path):
+    from edgeft.data.check import check_dataset
+    from edgeft.release.settings import load_release_recipe
+    from runtime.examples import read_examples
+    from runtime.metrics import parse_metric, unscoreable
+
+    paths = write_event_task(tmp_path / "events", n_train=60, n_eval=20, n_general=10)
+    report = check_dataset(paths["train"], eval_path=paths["eval"])
+    assert not report.errors
+    assert not unscoreable(parse_metric("json-match"), read_examples(paths["eval"]))
+    recipe = load_release_recipe(RECIPE, demo=False)
+    assert recipe["eval"]["metric"] == recipe["train"]["metric"] == "json-match"
+    example = json.loads(recipe["eval"]["system"].split("Example: ", 1)[1])
+    assert tuple(example) == FIELDS  # the prompted base is shown the record the fine-tune learns
+    first = RECIPE.read_text().splitlines()[0]
+    assert first.startswith("# edgeft demo events") and "RECIPE=edgeft/demo/events.yaml" in first
+
+
+def test_a_folder_of_something_else_is_refused(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(EdgeftError, match="mine"):
+        write_event_task(tmp_path / "mine")
+    assert not (tmp_path / "mine" / "task.json").exists()
