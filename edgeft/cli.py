@@ -21,6 +21,7 @@ from runtime.eval_settings import SettingError
 COMMANDS: dict[str, str] = {
     "data": "edgeft.commands.data:data",
     "train": "edgeft.commands.train:train",
+    "sweep": "edgeft.commands.sweep:sweep",
     "merge": "edgeft.commands.merge:merge",
     "convert": "edgeft.commands.convert:convert",
     "convert-lora": "edgeft.commands.convert_lora:convert_lora",

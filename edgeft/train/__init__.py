@@ -41,8 +41,7 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
                                "recipe": config if not isinstance(config, dict) else None}, around=overwrite)
     recipe, size_note = _resolve(out_dir, config, resume, overrides, base)
     _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
-    _check_data(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
-    split = _carve(data, eval_path, recipe)
+    split = preflight(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
     if resume:
         check_resume_inputs(out_dir, base, data, eval_path)
     check_writable(out_dir)  # a read-only or full output folder is found now, not after the model loaded
@@ -106,6 +105,13 @@ def _resolve(out_dir: Path, config, resume: bool, overrides: dict, base: Path) -
                                   f"is {value!r} now; resume with the run's own recipe ({saved}) or start again "
                                   "with --overwrite")
     return recipe, size_note
+
+
+def preflight(data: Path, eval_path, recipe: Recipe):
+    """The data check and the validation split: every refusal about the data, before a model loads (train calls
+    it; a sweep calls it for its trials before the first trains). Returns what `_carve` does."""
+    _check_data(Path(data), eval_path, recipe)
+    return _carve(Path(data), eval_path, recipe)
 
 
 def _carve(data: Path, eval_path, recipe: Recipe):
