@@ -55,7 +55,7 @@ def check_grid(grid: Any, source: str) -> dict[str, list]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise EdgeftError(f"{source}: {key}: must be a non-empty list of values, e.g. {key}: [a, b]")
-        if key in ("select", "metric", "validation"):
+        if key in ("select", "metric", "validation", "keep"):
             raise EdgeftError(f"{source}: {key} is how trials are compared, not a setting to sweep; set it once")
     return grid
 
@@ -72,7 +72,8 @@ def plan_trials(base_recipe: dict, grid: dict[str, list], metric: str, source: s
     trials = []
     for values in itertools.product(*(grid[key] for key in keys)):
         settings = dict(zip(keys, values))
-        recipe = {**base_recipe, **settings, "select": "metric", "metric": metric}
+        # Trials are compared by their best-scoring checkpoint, whatever the base recipe keeps.
+        recipe = {**base_recipe, **settings, "select": "metric", "metric": metric, "keep": "best"}
         recipe.setdefault("validation", DEFAULT_VALIDATION)
         try:
             resolve_recipe(recipe)

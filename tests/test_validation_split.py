@@ -100,6 +100,7 @@ def test_a_split_that_leaves_too_little_to_train_on_is_one_line(tmp_path):
     ({"select": "best"}, r"select='best' is not one of loss, metric"),
     ({"validation": 0.1, "metric": "bleu"}, r"metric='bleu' .*unknown metric"),
     ({"lr": "fast"}, r"lr='fast' must be a number > 0, or auto"),
+    ({"validation": 0.1, "select": "metric", "metric": "exact", "keep": "last"}, r"keep='last' contradicts select"),
 ])
 def test_selection_settings_are_checked_with_the_recipe(settings, message):
     from edgeft.train.recipe import resolve_recipe

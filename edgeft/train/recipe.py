@@ -140,6 +140,9 @@ def _check_selection(recipe: Recipe, bad) -> None:
     if recipe.select == "metric" and (validation is None or not recipe.metric):
         raise bad("select", "needs validation: (a fraction like 0.1, or a file) and metric: (e.g. exact) to score "
                             "checkpoints with; add both")
+    if recipe.select == "metric" and recipe.keep == "last":
+        raise bad("keep", "contradicts select: metric, which makes the best-scoring checkpoint the adapter; "
+                          "leave keep out (best) or select by loss")
     if recipe.metric is not None:
         from runtime.metrics import split_metric_spec
 
