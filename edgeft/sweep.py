@@ -112,10 +112,34 @@ def _result(folder: Path) -> dict:
             "effective_batch": recipe["effective_batch"], "lr": recipe["lr"], "recipe": recipe}
 
 
+def _stale(folder: Path, trial: Trial, base: Path, data: Path, eval_path) -> str | None:
+    """Why a trial folder from an earlier sweep is not this trial's (its recipe or what it read changed), or None."""
+    from edgeft.errors import EdgeftError as Refused
+    from edgeft.identity import check_resume_inputs
+    from edgeft.train.recipe import resolve_recipe
+    from edgeft.train.size import apply_size_defaults
+
+    saved = folder / "recipe.yaml"
+    if not saved.is_file():
+        return None
+    planned, _ = apply_size_defaults(resolve_recipe(trial.recipe), base)
+    if planned.to_dict() != resolve_recipe(saved).to_dict():
+        return "its recipe changed"
+    try:
+        check_resume_inputs(folder, base, data, eval_path)
+    except Refused:
+        return "its base or data changed"
+    return None
+
+
 def run_trial(trial: Trial, folder: Path, base, data, eval_path, log) -> dict:
     from edgeft.train import train
 
     state = _trial_state(folder)
+    why = _stale(folder, trial, base, data, eval_path) if state in ("done", "resume") else None
+    if why:
+        log(f"trial {trial.name}: trained again ({why} since it ran)")
+        state = "restart"
     if state != "done":
         log(f"trial {trial.name}: {'resuming' if state == 'resume' else 'training'}")
         train(base, data, folder, eval_path=eval_path, config=dict(trial.recipe), resume=state == "resume",
@@ -203,3 +227,20 @@ def _write_reports(out_dir: Path, record: dict, trials: list[Trial]) -> None:
     write_plot(out_dir / "sweep.png", record)
     with atomic_file(out_dir / MARKER) as tmp:  # last: it says what the other files hold
         tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+
+
+def train_winner(base, data, out_dir: Path, *, grid: dict, metric: str, config: dict, eval_path=None,
+                 sweep_dir: Path, log=print) -> dict:
+    """The release's `sweep:`: run (or finish) the sweep into `sweep_dir`, then reuse the winner's run as the
+    trained adapter in `out_dir` (its files but the resumable checkpoints). Returns the sweep's record."""
+    import shutil
+
+    record = run_sweep(base, data, sweep_dir, grid=grid, metric=metric, config=config, eval_path=eval_path,
+                       grid_source="sweep", log=log)
+    if record["winner"] is None:
+        raise EdgeftError(f"{sweep_dir}: no trial finished, so there is no winner to ship; rerun the release")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(sweep_dir / TRIALS / record["winner"], out_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    log(f"sweep: the winner {record['winner']} is the adapter (table {sweep_dir / 'sweep.md'})")
+    return record

@@ -40,8 +40,13 @@ def test_written_files_pass_the_data_check_and_json_match(tmp_path):
     report = check_dataset(paths["train"], eval_path=paths["eval"])
     assert not report.errors
     assert not unscoreable(parse_metric("json-match"), read_examples(paths["eval"]))
+    from edgeft.release.settings import resolve_settings
+
     recipe = load_release_recipe(RECIPE, demo=False)
-    assert recipe["eval"]["metric"] == recipe["train"]["metric"] == "json-match"
+    settings = resolve_settings(base=tmp_path / "base", data=paths["train"], eval_path=paths["eval"],
+                                recipe_path=RECIPE, out=tmp_path / "out", release_root=tmp_path / "release")
+    assert settings.train_config()["metric"] == recipe["eval"]["metric"] == "json-match"
+    assert settings.train_config()["select"] == "metric" and set(recipe["sweep"]) == {"lr", "epochs"}
     example = json.loads(recipe["eval"]["system"].split("Example: ", 1)[1])
     assert tuple(example) == FIELDS  # the prompted base is shown the record the fine-tune learns
     first = RECIPE.read_text().splitlines()[0]

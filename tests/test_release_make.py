@@ -107,14 +107,22 @@ def test_a_second_run_does_nothing_and_touching_data_reruns_from_training(inputs
     assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
 
 
-def test_a_changed_setting_reruns_every_stage(inputs):
+def test_a_changed_setting_reruns_what_reads_it(inputs):
     makefile = _finished(inputs)
     s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
                          release_root=inputs["release"], recipe_path=None)
     pipeline.stages.stage_settings(s)
+    pipeline.stages.stage_base_settings(s)
     assert _stages_make_would_run(makefile) == []  # the same settings: settings.json is left as it was
-    s.recipe["eval"]["shots"] = 1
+    s.recipe["train"]["lr"] = 3e-4  # a fine-tune's setting: the base's imatrix and GGUF (and its ladder) stay
     pipeline.stages.stage_settings(s)
+    pipeline.stages.stage_base_settings(s)
+    base_side = {"base_imatrix", "base_gguf"}
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES
+                                                              if not stage.always and stage.name not in base_side)
+    s.recipe["eval"]["imatrix_examples"] = 8  # read by the base's imatrix too: everything reruns
+    pipeline.stages.stage_settings(s)
+    pipeline.stages.stage_base_settings(s)
     assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
 
 

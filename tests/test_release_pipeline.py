@@ -160,6 +160,17 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     assert again.returncode == 0, again.stdout + again.stderr
     assert would_run(again.stdout) == [] and "done in" not in again.stdout
 
+    # Only train.lr changed: the fine-tune's stages rerun, the base's imatrix and GGUF do not, and the eval reuses
+    # the base's ladder (OUT/ladder-cache) instead of answering it again.
+    recipe_text = (tmp_path / "recipe.yaml").read_text()
+    (tmp_path / "recipe.yaml").write_text(recipe_text.replace("max_steps: 2,", "max_steps: 2, lr: 0.003,"))
+    changed = subprocess.run([sys.executable, "-m", "edgeft", *args], capture_output=True, text=True, cwd=ROOT)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    ran = would_run(changed.stdout)
+    assert {"train", "merge", "eval", "publish"} <= set(ran) and not {"base_imatrix", "base_gguf"} & set(ran)
+    assert "ladder: reused the base's answers for 3 rung(s)" in changed.stderr
+    (tmp_path / "recipe.yaml").write_text(recipe_text)
+
     # A failing gate: publishing refuses, names the gate, and leaves the report in OUT.
     s = release_settings.resolve_settings(base=base, data=data, eval_path=eval_path, recipe_path=tmp_path / "recipe.yaml",
                             out=tmp_path / "out", release_root=tmp_path / "rel2")

@@ -33,13 +33,14 @@ class Stage:
 
 STAGES = (
     Stage("settings", "settings.json", always=True),
+    Stage("base_settings", "base-settings.json", always=True),
     Stage("check", "data-check.json", ("settings", DATA, EVAL)),
     Stage("train", "adapter", ("check", DATA, EVAL, BASE), marker="adapter_config.json"),
     Stage("merge", "merged", ("train",), marker="config.json"),
     Stage("imatrix", "imatrix.gguf", ("merge", DATA)),
     Stage("f16", "model-F16.gguf", ("merge",)),
     Stage("model", "model-{quant}.gguf", ("merge", "imatrix")),
-    Stage("base_imatrix", "base-imatrix.gguf", ("settings", BASE, DATA)),
+    Stage("base_imatrix", "base-imatrix.gguf", ("base_settings", BASE, DATA)),
     Stage("base_gguf", "base-{quant}.gguf", ("base_imatrix", BASE)),
     Stage("lora", "adapter.gguf", ("train",)),
     Stage("eval", "eval", ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),

@@ -66,6 +66,14 @@ class Settings:
                        reference=self.path("f16"), hf=self.path("merge"), gates=release_gates(ev.gates),
                        metric=expand(ev.metric, self), probe=expand(ev.probe, self), context=expand(ev.context, self))
 
+    def train_config(self) -> dict:
+        """The recipe's train: section as training gets it: selection by the metric (select: metric, or a sweep)
+        scores with the eval's metric unless train: names its own; {data_dir} and {base} expanded."""
+        config = dict(self.recipe.get("train") or {})
+        if config.get("select") == "metric" or self.recipe.get("sweep"):
+            config["metric"] = expand(config.get("metric") or self.eval_settings().metric, self)
+        return config
+
     def imatrix_examples(self) -> int:
         """Training conversations the imatrix stages run (eval.imatrix_examples)."""
         from runtime.eval_settings import SettingError
@@ -105,12 +113,13 @@ def load_release_recipe(path: Path | None, demo: bool) -> dict:
     unknown = set(recipe) - set(RECIPE_KEYS)
     if unknown:
         raise EdgeftError(f"{path}: unknown release recipe keys {sorted(map(str, unknown))}; use name, quant, "
-                          "description, train (edgeft train settings) and eval (the eval's settings and gates)")
+                          "description, train (edgeft train settings), eval (the eval's settings and gates) and "
+                          "sweep (train settings -> lists of values)")
     check_release_recipe(recipe, str(path))
     return recipe
 
 
-RECIPE_KEYS = ("name", "quant", "train", "eval", "description")
+RECIPE_KEYS = ("name", "quant", "train", "eval", "description", "sweep")
 # The eval settings a release takes from its own files (Settings.eval_settings); a recipe's eval: sets the rest.
 RELEASE_SETS = ("baseline", "shots_from", "reference", "hf", "threads")
 # Read by the imatrix stages from the recipe's eval: section, beside the eval's settings.
@@ -126,7 +135,15 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     for key in ("train", "eval"):
         if recipe.get(key) is not None and not isinstance(recipe[key], dict):
             raise EdgeftError(f"{source}: {key}: must be a mapping of settings, not {recipe[key]!r}")
-    resolve_recipe(dict(recipe.get("train") or {}))
+    train, metric = dict(recipe.get("train") or {}), (recipe.get("eval") or {}).get("metric", "exact")
+    if train.get("select") == "metric":  # scored with the eval's metric unless train: names one (train_config)
+        train.setdefault("metric", metric)
+    resolve_recipe(train)
+    if "sweep" in recipe:  # a grid edgeft sweep would refuse, refused before anything trains
+        from edgeft.sweep import check_grid, plan_trials
+
+        plan_trials(train, check_grid(recipe["sweep"], f"{source}: sweep"), train.get("metric") or metric,
+                    f"{source}: sweep")
     # Text the card uses as it is: a list or a number here failed in the publish stage, after training.
     if recipe.get("description") is not None and not isinstance(recipe["description"], str):
         raise EdgeftError(f"{source}: description={recipe['description']!r} must be text (a string)")

@@ -44,6 +44,13 @@ def stage_settings(s: Settings) -> None:
     write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
 
 
+def stage_base_settings(s: Settings) -> None:
+    """What the base's stages read of the settings, apart: a changed training or eval setting leaves the base's
+    imatrix and GGUF (and so the cached ladder of the base) as they are."""
+    body = {"base": str(s.base), "data": str(s.data), "quant": s.quant, "imatrix_examples": s.imatrix_examples()}
+    write_if_changed(s.path("base_settings"), json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
 def write_if_changed(path: Path, text: str) -> None:
     """A file make watches: an unchanged rewrite would rerun everything after it."""
     if path.is_file() and path.read_text() == text:
@@ -84,8 +91,14 @@ def stage_train(s: Settings) -> None:
     partial = final.with_name(final.name + ".partial")
     resume = partial.is_dir() and checkpoint.latest_checkpoint(partial) is not None
     _torch_threads()
-    train(s.base, s.data, partial, eval_path=s.eval, config=dict(s.recipe.get("train") or {}),
-          overwrite=not resume, resume=resume)
+    config = s.train_config()
+    if s.recipe.get("sweep"):  # the winner's run is reused as the adapter; finished trials are skipped
+        from edgeft.sweep import train_winner
+
+        train_winner(s.base, s.data, partial, grid=s.recipe["sweep"], metric=config["metric"], config=config,
+                     eval_path=s.eval, sweep_dir=s.out / "sweep")
+    else:
+        train(s.base, s.data, partial, eval_path=s.eval, config=config, overwrite=not resume, resume=resume)
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -157,7 +170,11 @@ def stage_eval(s: Settings) -> None:
 
     from runtime.evaluate import run_eval
 
-    run_eval(s.path("model"), s.eval, s.path("eval"), replace(s.eval_settings(), threads=_llama_threads()))
+    from runtime.ladder_cache import reusing_base_ladder
+
+    # The base's ladder is the same for every release of this base, eval set and shots: answered once per OUT.
+    with reusing_base_ladder(s.out.parent / "ladder-cache"):
+        run_eval(s.path("model"), s.eval, s.path("eval"), replace(s.eval_settings(), threads=_llama_threads()))
 
 
 def context_files(s: Settings) -> list[Path]:
