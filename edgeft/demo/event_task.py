@@ -19,9 +19,8 @@ import zlib
 from pathlib import Path
 
 from edgeft.demo import TASK_STAMP, refuse_foreign_folder
-from edgeft.demo.sql_task import messy, write_jsonl
+from edgeft.demo.sql_task import messy, stamped_sets, write_jsonl
 from edgeft.demo.vocabulary import CITIES, FIRST
-from edgeft.fsutil import atomic_file
 
 SEED = 4321
 # "A few hundred training examples": what a user brings to a new task; plus some generic chats against forgetting.
@@ -134,14 +133,8 @@ def write_event_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN,
                      n_general: int = N_GENERAL) -> dict[str, Path]:
     """train.jsonl (event notes plus `n_general` generic chats, shuffled) and eval.jsonl (event notes only) into
     `out_dir`, after its stamp task.json; a folder holding anything else is refused before anything is written."""
-    from edgeft.demo.base_lm import general_chats
-
     out_dir = Path(out_dir)
     refuse_foreign_folder(out_dir, what="the event demo's data folder", stamps=(TASK_STAMP,), outputs=TASK_FILES)
-    with atomic_file(out_dir / TASK_STAMP) as tmp:
-        tmp.write_text(json.dumps({"tool": "edgeft demo events", "seed": seed, "n_train": n_train, "n_eval": n_eval,
-                                   "n_general": n_general}, indent=1) + "\n", encoding="utf-8")
-    train, evaluation = generate(n_train, n_eval, seed)
-    train = train + general_chats(n_general, seed)
-    random.Random(seed).shuffle(train)
+    train, evaluation = stamped_sets(out_dir, "edgeft demo events", generate, seed=seed, n_train=n_train,
+                                     n_eval=n_eval, n_general=n_general)
     return {"train": write_jsonl(train, out_dir / "train.jsonl"), "eval": write_jsonl(evaluation, out_dir / "eval.jsonl")}

@@ -371,23 +371,32 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def stamped_sets(out_dir: Path, tool: str, generate_sets, *, seed: int, n_train: int, n_eval: int,
+                 n_general: int) -> tuple[list[dict], list[dict]]:
+    """Write the folder's stamp (first: a killed run leaves a folder the demo may finish), then the task's train and
+    eval conversations, `n_general` generic chats mixed into training and shuffled."""
+    from edgeft.demo.base_lm import general_chats
+
+    with atomic_file(out_dir / TASK_STAMP) as tmp:
+        tmp.write_text(json.dumps({"tool": tool, "seed": seed, "n_train": n_train, "n_eval": n_eval,
+                                   "n_general": n_general}, indent=1) + "\n", encoding="utf-8")
+    train, evaluation = generate_sets(n_train, n_eval, seed)
+    # Replayed generic chats (docstring questions, small talk): a fine-tune on SQL alone drifts towards answering
+    # everything with a query; with these 200 the forgetting probe measured x0.97 of the base's perplexity.
+    train = train + general_chats(n_general, seed)
+    random.Random(seed).shuffle(train)
+    return train, evaluation
+
+
 def write_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN, n_eval: int = N_EVAL,
                n_general: int = N_GENERAL) -> dict[str, Path]:
     """Write train.jsonl (the SQL conversations plus `n_general` generic chats, shuffled), eval.jsonl (SQL only),
     shop.sqlite and schema.sql into `out_dir`, after its stamp task.json; returns their paths. A folder that holds
     anything else is refused, before anything is written."""
-    from edgeft.demo.base_lm import general_chats
-
     out_dir = Path(out_dir)
     refuse_foreign_task_folder(out_dir)
-    with atomic_file(out_dir / TASK_STAMP) as tmp:
-        tmp.write_text(json.dumps({"tool": "edgeft demo data", "seed": seed, "n_train": n_train, "n_eval": n_eval,
-                                   "n_general": n_general}, indent=1) + "\n", encoding="utf-8")
-    train, evaluation = generate(n_train, n_eval, seed)
-    # Replayed generic chats (docstring questions, small talk): a fine-tune on SQL alone drifts towards answering
-    # everything with a query; with these 200 the forgetting probe measured x0.97 of the base's perplexity.
-    train = train + general_chats(n_general, seed)
-    random.Random(seed).shuffle(train)
+    train, evaluation = stamped_sets(out_dir, "edgeft demo data", generate, seed=seed, n_train=n_train,
+                                     n_eval=n_eval, n_general=n_general)
     paths = {
         "train": write_jsonl(train, out_dir / "train.jsonl"),
         "eval": write_jsonl(evaluation, out_dir / "eval.jsonl"),
