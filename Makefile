@@ -48,6 +48,7 @@ help: ## show this help
 	@echo "  QUANT=   quant type to ship, llama.cpp names (default: the recipe's quant:, else Q4_K_M)"
 	@echo "  NAME=    release name (default: the recipe's name:, else edgeft-demo or the base folder's name)"
 	@echo "  RECIPE=  training/eval recipe YAML"
+	@echo "  DEMO=events  the second demo: messy event notes -> JSON (edgeft/demo/events.yaml)"
 	@echo "  OUT=     work folder for intermediate outputs (default: $(OUT))"
 	@echo "  RELEASE_DIR= where release/NAME/ is published (default: $(RELEASE_DIR))"
 
@@ -114,11 +115,27 @@ clean: ## remove work outputs (keeps .venv and the fixture cache)
 # release's paths, OUT/NAME/stages.mk, and runs make on it: a second run does nothing, touching DATA reruns from
 # training on. Only what was given here is passed on; the rest comes from the recipe, then the defaults. The `+`
 # runs it under `make -n` too, so that shows which stages would run.
+# DEMO=events: the second demo, messy event notes -> JSON (edgeft/demo/event_task.py, recipe edgeft/demo/events.yaml)
+# on the demo's base; its data is made from its generator, like the SQL demo's (`+`: under make -n too, as the
+# release's own makefile needs them to exist).
+ifeq ($(DEMO),events)
+EVENTS_DIR := .cache/demo/events
+BASE := .cache/demo/base
+DATA := $(EVENTS_DIR)/train.jsonl
+EVAL := $(EVENTS_DIR)/eval.jsonl
+RECIPE := $(or $(RECIPE),edgeft/demo/events.yaml)
+DEMO_INPUTS := $(DATA) $(BASE)/config.json
+$(EVENTS_DIR)/train.jsonl $(EVENTS_DIR)/eval.jsonl &: edgeft/demo/event_task.py edgeft/demo/sql_task.py \
+		edgeft/demo/vocabulary.py edgeft/demo/base_lm.py | $(STAMP)
+	+$(PY) -m edgeft demo events -o $(EVENTS_DIR)
+$(BASE)/config.json: | $(STAMP)
+	+$(PY) -m edgeft demo base -o $(BASE)
+endif
 RELEASE_ARGS = $(if $(BASE),--base $(BASE)) $(if $(DATA),--data $(DATA)) $(if $(EVAL),--eval $(EVAL)) \
 	$(if $(QUANT),--quant $(QUANT)) $(if $(NAME),--name $(NAME)) $(if $(RECIPE),--recipe $(RECIPE)) \
 	--out $(OUT) --release-dir $(RELEASE_DIR)
 
-release: | $(STAMP) ## fine-tune, quantize, evaluate and publish release/NAME/ if the gates pass (no BASE: the demo)
+release: | $(STAMP) $(DEMO_INPUTS) ## fine-tune, quantize, evaluate and publish release/NAME/ if the gates pass (no BASE: the demo)
 	+$(PY) -m edgeft release $(RELEASE_ARGS)
 
 release-check: release ## re-hash the published release against its manifest.json

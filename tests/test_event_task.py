@@ -50,7 +50,7 @@ def test_written_files_pass_the_data_check_and_json_match(tmp_path):
     example = json.loads(recipe["eval"]["system"].split("Example: ", 1)[1])
     assert tuple(example) == FIELDS  # the prompted base is shown the record the fine-tune learns
     first = RECIPE.read_text().splitlines()[0]
-    assert first.startswith("# edgeft demo events") and "RECIPE=edgeft/demo/events.yaml" in first
+    assert first.startswith("# make release DEMO=events") and "--recipe edgeft/demo/events.yaml" in first
 
 
 def test_a_folder_of_something_else_is_refused(tmp_path):
@@ -59,3 +59,13 @@ def test_a_folder_of_something_else_is_refused(tmp_path):
     with pytest.raises(EdgeftError, match="mine"):
         write_event_task(tmp_path / "mine")
     assert not (tmp_path / "mine" / "task.json").exists()
+
+
+def test_make_release_demo_events_makes_the_data_and_runs_the_events_recipe(tmp_path):
+    from tests.test_release_make import make_release, would_run
+
+    made = make_release(tmp_path, "DEMO=events", f"OUT={tmp_path / 'out'}", f"RELEASE_DIR={tmp_path / 'rel'}",
+                        dry_run=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "--recipe edgeft/demo/events.yaml" in made.stdout and "--name edgeft-events" in made.stdout
+    assert would_run(made.stdout)[-1] == "publish"

@@ -98,9 +98,8 @@ def demo_events(parent_out: Path, out_dir: Path | None) -> None:
 
     \b
     Example:
-      edgeft demo events -o .cache/demo/events && edgeft demo base -o .cache/demo/base
-      make release BASE=.cache/demo/base DATA=.cache/demo/events/train.jsonl EVAL=.cache/demo/events/eval.jsonl \\
-        RECIPE=edgeft/demo/events.yaml NAME=edgeft-events
+      edgeft demo events -o .cache/demo/events
+      make release DEMO=events             # makes the data and the base itself, then releases edgeft-events
     """
     from edgeft.demo.event_task import write_event_task
 
