@@ -35,6 +35,10 @@ def test_a_bad_sweep_is_refused_with_the_recipe(tmp_path, sweep, message):
 
 
 def test_selection_and_the_sweep_score_with_the_eval_metric(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "shop.sqlite") as db:
+        db.execute("CREATE TABLE t (x)")
     settings = _settings(tmp_path, "train: {validation: 0.1, select: metric}\n"
                                    "eval: {metric: 'sql-exec:{data_dir}/shop.sqlite'}\n")
     assert settings.train_config()["metric"] == f"sql-exec:{tmp_path}/shop.sqlite"

@@ -18,8 +18,8 @@ import random
 import zlib
 from pathlib import Path
 
-from edgeft.demo import TASK_STAMP, refuse_foreign_folder
-from edgeft.demo.sql_task import messy, stamped_sets, write_jsonl
+from edgeft.demo import TASK_STAMP, refuse_foreign_folder, stamped_sets
+from edgeft.demo.sql_task import messy, write_jsonl
 from edgeft.demo.vocabulary import CITIES, FIRST
 
 SEED = 4321

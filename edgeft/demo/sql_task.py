@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from edgeft.demo import TASK_STAMP, refuse_foreign_task_folder
+from edgeft.demo import refuse_foreign_task_folder, stamped_sets
 from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, FIRST, LAST, NOUNS
 from edgeft.fsutil import atomic_file
 
@@ -369,23 +369,6 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def stamped_sets(out_dir: Path, tool: str, generate_sets, *, seed: int, n_train: int, n_eval: int,
-                 n_general: int) -> tuple[list[dict], list[dict]]:
-    """Write the folder's stamp (first: a killed run leaves a folder the demo may finish), then the task's train and
-    eval conversations, `n_general` generic chats mixed into training and shuffled."""
-    from edgeft.demo.base_lm import general_chats
-
-    with atomic_file(out_dir / TASK_STAMP) as tmp:
-        tmp.write_text(json.dumps({"tool": tool, "seed": seed, "n_train": n_train, "n_eval": n_eval,
-                                   "n_general": n_general}, indent=1) + "\n", encoding="utf-8")
-    train, evaluation = generate_sets(n_train, n_eval, seed)
-    # Replayed generic chats (docstring questions, small talk): a fine-tune on SQL alone drifts towards answering
-    # everything with a query; with these 200 the forgetting probe measured x0.97 of the base's perplexity.
-    train = train + general_chats(n_general, seed)
-    random.Random(seed).shuffle(train)
-    return train, evaluation
 
 
 def write_task(out_dir: Path, *, seed: int = SEED, n_train: int = N_TRAIN, n_eval: int = N_EVAL,
