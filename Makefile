@@ -97,7 +97,8 @@ FAST_TESTS ?= test_code_shape test_layers test_foundation test_modelref test_dat
 	test_quant_gguf test_convert_tokenizer test_convert_pretokenizers test_convert_sharded test_tokenizer_loader \
 	test_import_units test_import_errors test_runtime_metrics test_runtime_inputs test_runtime_kld test_ladder \
 	test_hostile_eval test_hostile_data test_hostile_outputs test_hostile_release test_disk_full test_native_build \
-	test_train_units test_train_cli test_release test_release_make test_release_pipeline
+	test_train_units test_train_cli test_release test_release_make test_release_pipeline test_release_verify \
+	test_verdict test_min_sample test_interval_sample_size test_near_duplicate_similarity
 
 test-fast: $(STAMP) ## the fast lane (FAST_TESTS, no slow tests): under 3 minutes on 2 cores; `make test` runs all
 	$(PY) -m pytest -q -m "not slow" $(FAST_TESTS:%=tests/%.py)

@@ -143,3 +143,12 @@ def test_a_manifest_from_before_the_digest_is_not_called_intact(folder):
     _edit(folder, lambda m: m.update(manifest_version=1))
     assert verify_release(folder) == ["manifest.json: version 1 records no digest of itself, so its figures and "
                                       "verdict cannot be checked; publish it again with this edgeft (make release)"]
+
+
+def test_line_ends_converted_by_a_windows_checkout_are_not_tampering(folder):
+    for name in ("manifest.json", "README.md"):
+        path = folder / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert verify_release(folder) == []
+    _edit(folder, _metrics)  # a real edit in a CRLF copy is still one
+    assert any("the card records" in p for p in verify_release(folder))

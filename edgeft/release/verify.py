@@ -53,7 +53,7 @@ def verify_release(folder: Path, digest: str | None = None) -> list[str]:
         return problems + [f"manifest.json: version {manifest.get('manifest_version')!r} records no digest of itself, "
                            "so its figures and verdict cannot be checked; publish it again with this edgeft "
                            "(make release)"]
-    actual = file_sha256(folder / "manifest.json")
+    actual = _text_sha256(folder / "manifest.json")
     for where, expected in _recorded_digests(folder, digest).items():
         if expected is None:
             problems.append(f"{where}: records no manifest sha256 (a line `{DIGEST_LINE.format('...')}`)")
@@ -67,7 +67,7 @@ def checked_against(folder: Path, digest: str | None = None) -> str:
     """For the success line: which digests of the manifest were compared, and what is left to the reader."""
     folder = Path(folder)
     outside = [where for where in _recorded_digests(folder, digest) if where != "the card"]
-    actual = file_sha256(folder / "manifest.json")
+    actual = _text_sha256(folder / "manifest.json")
     if outside:
         return f"manifest sha256 {actual} matches {' and '.join(outside)}"
     return (f"manifest sha256 {actual} matches the card; no digest from outside the folder was checked: compare it "
@@ -101,7 +101,7 @@ def _card_problems(folder: Path, manifest: dict, actual: str) -> list[str]:
                                      system_prompt=manifest.get("system_prompt"), digest=actual)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         return [f"manifest.json: cannot render the card from it ({type(exc).__name__}: {exc}); it was edited"]
-    if card.read_bytes() == expected.encode("utf-8"):
+    if _lf(card.read_bytes()) == expected.encode("utf-8"):
         return []
     made_by = (manifest.get("versions") or {}).get("edgeft")
     other = f" (made by edgeft {made_by}, this is {__version__}: verify with that version)" \
@@ -167,6 +167,17 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json", CARD}
     problems.extend(f"{_shown(name)}: not listed in the manifest" for name in sorted(extra))
     return problems
+
+
+def _lf(data: bytes) -> bytes:
+    # A copy checked out by git on Windows (autocrlf) has CRLF line ends in the manifest and the card: the same text.
+    return data.replace(b"\r\n", b"\n")
+
+
+def _text_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(_lf(path.read_bytes())).hexdigest()
 
 
 def _shown(name: str) -> str:
