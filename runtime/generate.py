@@ -152,7 +152,7 @@ def _reusable_prefix(llm, tokens: Sequence[int]) -> int:
     return min(shared, len(tokens) - 1)
 
 
-def greedy_generate(llm, tokens: Sequence[int], *, max_tokens: int = 256, reuse_prefix: bool = True) -> Generation:
+def greedy_generate(llm, tokens: Sequence[int], *, max_tokens: int, reuse_prefix: bool = True) -> Generation:
     """Argmax decoding from `tokens` until an end-of-generation token or `max_tokens`."""
     n_ctx = llm.n_ctx()
     tokens = list(tokens)
@@ -181,6 +181,6 @@ def greedy_generate(llm, tokens: Sequence[int], *, max_tokens: int = 256, reuse_
                       tokens=generated)
 
 
-def chat_reply(llm, messages: Sequence[Message], *, max_tokens: int = 256, path: str = "model") -> Generation:
+def chat_reply(llm, messages: Sequence[Message], *, max_tokens: int, path: str = "model") -> Generation:
     """Render `messages` with the embedded template and answer greedily."""
     return greedy_generate(llm, prompt_tokens(llm, render_chat(llm, messages, path=path)), max_tokens=max_tokens)

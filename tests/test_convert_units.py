@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.arch.llama import unpermute_rotary
+from convert.arch.rewrites import rotary_pairs
 from convert.safetensors_file import SafetensorsReader, bf16_to_float32
 from convert.vocab.pretokenizer import LLAMA3_SPLIT, QWEN2_SPLIT, detect_pretokenizer
 from edgeft.errors import EdgeftError
@@ -44,11 +44,11 @@ def test_reader_reads_bf16_shards_lazily_and_by_rows():
     np.testing.assert_array_equal(reader.read_rows(name, 5, 17), expected[name][5:17].float().numpy())
 
 
-def test_unpermute_rotary_interleaves_halves_per_head():
+def test_rotary_rewrite_interleaves_halves_per_head():
     head_dim, n_head = 8, 2
     # HF stores each head's rows as [x0 x1 x2 x3 | y0 y1 y2 y3]; llama.cpp wants [x0 y0 x1 y1 x2 y2 x3 y3].
     rows = np.arange(n_head * head_dim)[:, None].astype(np.float32)
-    got = unpermute_rotary(rows, n_head)[:, 0].astype(int).tolist()
+    got = rotary_pairs(n_head).to_gguf(rows)[:, 0].astype(int).tolist()
     assert got == [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
 
 

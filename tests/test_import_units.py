@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.arch.llama import llama3_rope_factors, llama3_rope_parameters, permute_rotary, unpermute_rotary
+from convert.arch.llama import llama3_rope_factors, llama3_rope_parameters
+from convert.arch.rewrites import PLUS_ONE, SQUEEZED_CONV, rotary_pairs
 from convert.importer import import_gguf
 from convert.importer.safetensors_out import float32_to_bf16, write_safetensors
 from convert.safetensors_file import SafetensorsReader
@@ -19,9 +20,24 @@ from tests.factory import build_model
 @pytest.mark.parametrize("shape,heads", [((4 * 16, 64), 4), ((2 * 8, 24), 2), ((6 * 10,), 6)])
 def test_rotary_permutation_is_inverted(shape, heads):
     weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    assert np.array_equal(permute_rotary(unpermute_rotary(weight, heads), heads), weight)
-    assert np.array_equal(unpermute_rotary(permute_rotary(weight, heads), heads), weight)
-    assert not np.array_equal(permute_rotary(weight, heads), weight)
+    rewrite = rotary_pairs(heads)
+    assert np.array_equal(rewrite.to_hf(rewrite.to_gguf(weight)), weight)
+    assert np.array_equal(rewrite.to_gguf(rewrite.to_hf(weight)), weight)
+    assert not np.array_equal(rewrite.to_hf(weight), weight)
+
+
+@pytest.mark.parametrize("rewrite, shape", [(rotary_pairs(4), (4 * 16, 64)), (PLUS_ONE, (64,)),
+                                            (PLUS_ONE, (3, 64)), (SQUEEZED_CONV, (96, 1, 3))],
+                         ids=["rotary", "plus-one", "plus-one-2d", "squeezed-conv"])
+def test_every_rewrite_goes_both_ways_with_its_shapes(rewrite, shape):
+    # Halves and small integers: 1 + w and back is exact for them (in general only to float32's rounding of 1 + w).
+    weight = np.random.default_rng(0).integers(-8, 8, shape).astype(np.float32) / 2
+    gguf = rewrite.to_gguf(weight)
+    assert gguf.shape == rewrite.gguf_shape(shape) and rewrite.hf_shape(gguf.shape) == shape
+    assert np.array_equal(rewrite.to_hf(gguf), weight)
+    if rewrite.rowwise and len(shape) > 1:  # what lets the converter stream a tensor in chunks of rows
+        chunks = [rewrite.to_gguf(weight[start:start + 2]) for start in range(0, shape[0], 2)]
+        assert np.array_equal(np.concatenate(chunks), gguf)
 
 
 @pytest.mark.parametrize("rope,theta,dim", [
@@ -191,3 +207,22 @@ def test_quantized_gguf_imports_as_its_dequantized_values(outtype, tmp_path):
         original = originals[tensor.name]
         want = quants.dequantize(original.data, original.tensor_type).reshape(tensor.data.shape)
         assert np.array_equal(tensor.data, want.astype(np.float32)), f"{outtype}: {tensor.name}"
+
+
+def test_no_architecture_module_imports_one_that_imports_it():
+    """Which class a GGUF comes back as is data (import_variants), so llama.py need not import mixtral.py, which
+    builds on it: the modules of convert/arch import one way."""
+    from tests.test_layers import ROOT, imported_modules, module_name
+
+    graph = {}
+    for path in (ROOT / "convert" / "arch").glob("*.py"):
+        module = module_name(path)
+        found = imported_modules(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+        graph[module] = {name for _, name in found if name.startswith("convert.arch.")}
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(name == goal or (name not in seen and not seen.add(name) and reaches(name, goal, seen))
+                   for name in graph.get(start, ()))
+
+    circles = sorted(module for module in graph if reaches(module, module, set()))
+    assert not circles, circles

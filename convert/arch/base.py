@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from convert.arch.rewrites import Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, TensorTable, gguf_names
 from edgeft.errors import EdgeftError
 
@@ -225,17 +226,24 @@ class Architecture:
                 continue
         return name
 
+    def rewrite(self, hf_name: str) -> Rewrite | None:
+        """The invertible rewrite of this tensor into llama.cpp's layout (convert.arch.rewrites). Default: none."""
+        return None
+
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of the tensor transform_tensor returns for an HF tensor of `shape`. Default: unchanged."""
-        return shape
+        """Shape of the tensor transform_tensor returns for an HF tensor of `shape`."""
+        rewrite = self.rewrite(hf_name)
+        return rewrite.gguf_shape(shape) if rewrite else shape
 
     def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        """Per-tensor rewrite into llama.cpp's layout. Default: unchanged."""
-        return array
+        """Per-tensor rewrite into llama.cpp's layout."""
+        rewrite = self.rewrite(hf_name)
+        return rewrite.to_gguf(array) if rewrite else array
 
     def transform_is_rowwise(self, hf_name: str) -> bool:
         """True when transform_tensor can be applied to row chunks independently (lets us stream big tensors)."""
-        return type(self).transform_tensor is Architecture.transform_tensor
+        rewrite = self.rewrite(hf_name)
+        return rewrite is None or rewrite.rowwise
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """Tensors llama.cpp needs that the checkpoint does not hold (e.g. rope frequency factors)."""
@@ -334,18 +342,26 @@ class Architecture:
         name = self.hf_tensor_name(gguf_name)
         return [] if name is None else [(name, None)]
 
+    # GGUF keys whose presence (a count above 0) makes a GGUF of this arch another HF class: (key, HF class name).
+    import_variants: tuple[tuple[str, str], ...] = ()
+
     @classmethod
     def import_class(cls, meta) -> type["Architecture"]:
-        """The class a GGUF of this arch comes back as (llama's with experts: Mixtral). Default: this one."""
+        """The class a GGUF of this arch comes back as: the first of `import_variants` it has, else this one."""
+        for key, hf_class in cls.import_variants:
+            if int(meta.get(key, 0) or 0) > 0:
+                return REGISTRY[hf_class]
         return cls
 
     def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The inverse of gguf_shape: the HF tensor's shape for a GGUF tensor of `shape`. Default: unchanged."""
-        return shape
+        """The inverse of gguf_shape: the HF tensor's shape for a GGUF tensor of `shape`."""
+        rewrite = self.rewrite(hf_name)
+        return rewrite.hf_shape(shape) if rewrite else shape
 
     def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        """The inverse of transform_tensor: llama.cpp's layout back to the HF checkpoint's. Default: unchanged."""
-        return array
+        """The inverse of transform_tensor: llama.cpp's layout back to the HF checkpoint's."""
+        rewrite = self.rewrite(hf_name)
+        return rewrite.to_hf(array) if rewrite else array
 
     def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         """The inverse of extra_tensors: fold generated tensors back into self.config."""

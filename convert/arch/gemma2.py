@@ -8,9 +8,8 @@ asks for anything else the GGUF would load and be subtly wrong, so we refuse.
 
 from __future__ import annotations
 
-import numpy as np
-
 from convert.arch.base import Architecture, register
+from convert.arch.rewrites import PLUS_ONE, Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, POST_NORMS, T, without
 from edgeft.errors import EdgeftError
 
@@ -55,13 +54,8 @@ class Gemma2(Architecture):
             if self.config.get(key) is not None:
                 add(float(self.config[key]))
 
-    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        if hf_name.endswith("norm.weight"):
-            return array + np.float32(1.0)
-        return array
-
-    def transform_is_rowwise(self, hf_name: str) -> bool:
-        return True  # +1 is elementwise
+    def rewrite(self, hf_name: str) -> Rewrite | None:
+        return PLUS_ONE if hf_name.endswith("norm.weight") else None
 
     # ---- the way back (edgeft import) ----
     model_type = "gemma2"
@@ -90,9 +84,3 @@ class Gemma2(Architecture):
         config["attn_logit_softcapping"] = meta.get(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, None)
         config["final_logit_softcapping"] = meta.get(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, None)
         return config
-
-    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        # Exact only to float32 rounding of (1 + w): the GGUF holds fl(1 + w), so w's low bits are gone for good.
-        if hf_name.endswith("norm.weight"):
-            return array - np.float32(1.0)
-        return array

@@ -63,7 +63,7 @@ class Gemma3(Gemma2):
         return hf_name == "model.embed_tokens.weight" and int(self.get("vocab_size")) > self.n_tokens
 
     def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (self.n_tokens, *shape[1:]) if self._cut(hf_name) else shape
+        return (self.n_tokens, *shape[1:]) if self._cut(hf_name) else super().gguf_shape(hf_name, shape)
 
     def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
         return super().transform_tensor(hf_name, array[: self.n_tokens] if self._cut(hf_name) else array)

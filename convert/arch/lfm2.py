@@ -10,9 +10,8 @@ The MLP width is HF's own rule (block_auto_adjust_ff_dim), computed as transform
 
 from __future__ import annotations
 
-import numpy as np
-
 from convert.arch.base import Architecture, register
+from convert.arch.rewrites import SQUEEZED_CONV, Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, QKV, T
 from edgeft.errors import EdgeftError
 
@@ -86,16 +85,8 @@ class Lfm2(Architecture):
         writer.add_shortconv_l_cache(int(self.get("conv_L_cache")))
         self.write_rope_scaling(writer)
 
-    def gguf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (shape[0], shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
-
-    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        if hf_name.endswith("conv.conv.weight"):
-            return array.reshape(array.shape[0], array.shape[-1])  # (hidden, 1, L) -> (hidden, L)
-        return array
-
-    def transform_is_rowwise(self, hf_name: str) -> bool:
-        return True  # the squeeze keeps rows whole
+    def rewrite(self, hf_name: str) -> Rewrite | None:
+        return SQUEEZED_CONV if hf_name.endswith("conv.conv.weight") else None
 
     # ---- the way back (edgeft import) ----
     @classmethod
@@ -122,9 +113,3 @@ class Lfm2(Architecture):
         }
         config["rope_parameters"].update(cls.rope_scaling_from_gguf(meta))
         return config
-
-    def hf_shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (shape[0], 1, shape[-1]) if hf_name.endswith("conv.conv.weight") else shape
-
-    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        return array.reshape(self.hf_shape(hf_name, array.shape))

@@ -11,30 +11,15 @@ import math
 from typing import Iterator
 
 import numpy as np
-from gguf import TENSOR_NAMES
+from gguf import TENSOR_NAMES, Keys
 
 from convert.arch.base import Architecture, register
+from convert.arch.rewrites import Rewrite, rotary_pairs
 from convert.arch.tensors import DENSE_MLP, LLAMA_FAMILY, T, biases, gguf_name
 
 # Llama's attention_bias / mlp_bias configs switch these biases on; llama.cpp loads them when present.
 ATTENTION_BIASES = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT)
 ROPE_FREQS = gguf_name(T.ROPE_FREQS)
-
-
-def unpermute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotate_half row order -> interleaved pairs, per head (rows are heads*head_dim, any trailing shape)."""
-    rows = weight.shape[0]
-    return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weight.shape))
-
-
-def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """The inverse of unpermute_rotary: interleaved pairs -> HF rotate_half row order, per head."""
-    rows = weight.shape[0]
-    return (weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weight.shape))
 
 
 def llama3_rope_factors(rope: dict, theta: float, dim: int) -> np.ndarray:
@@ -104,12 +89,9 @@ class Llama(Architecture):
             return self.n_head_kv
         return None
 
-    def transform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+    def rewrite(self, hf_name: str) -> Rewrite | None:
         heads = self._rotary_heads(hf_name)
-        return unpermute_rotary(array, heads) if heads else array
-
-    def transform_is_rowwise(self, hf_name: str) -> bool:
-        return self._rotary_heads(hf_name) is None
+        return rotary_pairs(heads) if heads else None
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.rope_type == "llama3":
@@ -118,16 +100,7 @@ class Llama(Architecture):
     # ---- the way back (edgeft import) ----
     model_type = "llama"
     extra_tensor_names = (ROPE_FREQS,)
-
-    @classmethod
-    def import_class(cls, meta) -> type:
-        from gguf import Keys
-
-        if int(meta.get(Keys.LLM.EXPERT_COUNT, 0) or 0) > 0:  # llama.cpp runs Mixtral as llama with experts
-            from convert.arch.mixtral import Mixtral
-
-            return Mixtral
-        return cls
+    import_variants = ((Keys.LLM.EXPERT_COUNT, "MixtralForCausalLM"),)  # llama.cpp runs Mixtral as llama + experts
 
     @classmethod
     def config_from_gguf(cls, meta) -> dict:
@@ -135,10 +108,6 @@ class Llama(Architecture):
         config["attention_bias"] = _all_or_none(meta, ATTENTION_BIASES)
         config["mlp_bias"] = _all_or_none(meta, DENSE_MLP)
         return config
-
-    def untransform_tensor(self, hf_name: str, array: np.ndarray) -> np.ndarray:
-        heads = self._rotary_heads(hf_name)
-        return permute_rotary(array, heads) if heads else array
 
     def read_extra_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         factors = tensors.pop(ROPE_FREQS, None)

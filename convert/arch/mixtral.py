@@ -36,10 +36,6 @@ class Mixtral(Llama):
     model_type = "mixtral"
 
     @classmethod
-    def import_class(cls, meta) -> type:
-        return cls
-
-    @classmethod
     def config_from_gguf(cls, meta) -> dict:
         config = super().config_from_gguf(meta)
         config.update(**expert_counts_from_gguf(meta, "num_local_experts"), sliding_window=None)
