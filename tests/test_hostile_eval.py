@@ -299,6 +299,7 @@ def test_a_recipe_setting_is_named_as_the_recipe_key_and_a_flag_as_the_flag(setu
     one_line_error(result, "--metric exactly: unknown metric")
     assert not out.exists() and untouched()
     one_line_error(invoke("bench", tmp_path / "none.gguf", "--repeat", "0"), "--repeat 0, -p 512, -n 128: --repeat")
+    one_line_error(invoke("serve", tmp_path / "none.gguf", "--port", "70000"), "--port 70000: must be from 0 to 65535")
 
 
 @pytest.mark.parametrize("threshold", ["nan", "-inf", "inf"])

@@ -156,3 +156,11 @@ def test_a_failed_stage_stops_the_release_with_make_s_status(inputs):
     result = invoke("release", "--base", inputs["base"], "--data", inputs["data"], "--eval", inputs["eval"],
                     "--out", inputs["out"], "--release-dir", inputs["release"])
     assert result.exit_code == 2 and not inputs["release"].exists()
+
+
+def test_without_make_the_release_says_so_in_one_line(inputs, monkeypatch):
+    monkeypatch.setattr(pipeline.shutil, "which", lambda name: None)
+    one_line_error(invoke("release", "--base", inputs["base"], "--data", inputs["data"], "--eval", inputs["eval"],
+                          "--out", inputs["out"], "--release-dir", inputs["release"]),
+                   "runs its stages with GNU make, which is not installed")
+    assert not inputs["release"].exists()

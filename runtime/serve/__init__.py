@@ -17,6 +17,7 @@ import sys
 import threading
 
 from edgeft.errors import EdgeftError
+from runtime.eval_settings import SettingError
 from runtime.serve.protocol import Limits
 
 log = logging.getLogger("edgeft.serve")
@@ -50,7 +51,7 @@ def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None
     from runtime.serve.engine import Engine
 
     if not 0 <= port <= 65535:
-        raise EdgeftError(f"--port {port}: must be from 0 to 65535")
+        raise SettingError(f"<port> {port}: must be from 0 to 65535", "port")
     if not is_loopback(host) and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
