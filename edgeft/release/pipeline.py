@@ -112,4 +112,5 @@ def run_release(s: Settings) -> int:
     for stage in STAGES:
         if stage.always:
             run_stage(stage.name, s)
-    return subprocess.call([make, "--no-print-directory", "-f", str(makefile)])
+    # The file descriptors stay open: under `make -j release` they are the jobserver the stages' make shares.
+    return subprocess.call([make, "--no-print-directory", "-f", str(makefile)], close_fds=False)
