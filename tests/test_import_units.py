@@ -147,11 +147,13 @@ def test_bf16_checkpoint_comes_back_bit_for_bit(tmp_path):
         assert np.array_equal(ours.read(name), theirs.read(name)), name
 
 
-def test_shards_and_index_load(tmp_path):
+def test_shards_and_index_load(tmp_path, monkeypatch):
+    from convert.importer import safetensors_out
+
+    monkeypatch.setattr(safetensors_out, "MAX_SHARD_BYTES", 1200)  # 5 tensors of 512 bytes: three shards
     rng = np.random.default_rng(2)
     tensors = {f"layer.{i}.weight": rng.standard_normal((16, 8)).astype(np.float32) for i in range(5)}
-    files = write_safetensors(tmp_path, [(n, t.shape, lambda t=t: t) for n, t in tensors.items()],
-                              max_shard_bytes=1200)
+    files = write_safetensors(tmp_path, [(n, t.shape, lambda t=t: t) for n, t in tensors.items()])
     assert len(files) == 3 and (tmp_path / "model.safetensors.index.json").exists()
     reader = SafetensorsReader(tmp_path)
     for name, values in tensors.items():

@@ -1,7 +1,7 @@
 """Streaming safetensors writer: the header is known from the shapes alone, so each tensor is produced, written and
 dropped in turn (peak memory: one tensor). float32 as is; bf16 by the converter's own BF16 quantizer (gguf.quants,
 ggml_compute_fp32_to_bf16's rounding) and stored as raw uint16 bits (numpy has no bf16), the inverse of
-convert.safetensors_file.bf16_to_float32. Shards past `max_shard_bytes`, with the model.safetensors.index.json
+convert.safetensors_file.bf16_to_float32. Shards past MAX_SHARD_BYTES, with the model.safetensors.index.json
 transformers reads. Every byte but the tensor data is laid out before the first write, so an output the disk cannot
 hold is refused before it starts (convert.output_space)."""
 
@@ -40,7 +40,7 @@ def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
-                      *, dtype: str = "f32", max_shard_bytes: int = MAX_SHARD_BYTES,
+                      *, dtype: str = "f32",
                       on_written: Callable[[str], None] = lambda name: None,
                       output: Path | None = None, reserve: int = 0) -> list[Path]:
     """Write (name, shape, produce) tensors, in order, as model.safetensors or shards; return the files written.
@@ -48,7 +48,7 @@ def write_safetensors(out_dir: Path, tensors: Iterable[tuple[str, tuple[int, ...
     The disk must hold every file plus `reserve` bytes (what the caller writes beside them), or nothing is written;
     `output` is what messages call the folder (the user's -o, when `out_dir` is its temporary stand-in)."""
     tag, itemsize = DTYPES[dtype]
-    files, index = _layout(list(tensors), tag, itemsize, max_shard_bytes)
+    files, index = _layout(list(tensors), tag, itemsize, MAX_SHARD_BYTES)
     planned = sum(8 + len(blob) + data for _, blob, _, data in files) + len(index or b"")
     with room_for(output or out_dir, planned + reserve, out_dir):
         for file_name, blob, shard, _ in files:
