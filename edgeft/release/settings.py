@@ -97,7 +97,6 @@ class Settings:
                 "recipe": self.recipe, "demo": self.demo}
 
 
-
 def load_release_recipe(path: Path | None, demo: bool) -> dict:
     from edgeft.data.io import read_yaml
 
