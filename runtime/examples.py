@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.data.io import Record, lone_surrogate, parse_json_line, read_jsonl
+from edgeft.data.messages import ROLES, MessageError, normalize_message
 from edgeft.errors import EdgeftError
 from runtime.eval_settings import SettingError
-
-ROLES = {"system", "user", "assistant"}
 
 
 @dataclass
@@ -40,14 +39,21 @@ def parse_eval_line(number: int, raw: str) -> Record:
     messages = obj.get("messages") if isinstance(obj, dict) else None
     if not isinstance(messages, list) or not messages:
         return Record(number, raw, None, ['expected {"messages": [{"role": ..., "content": ...}, ...]}'])
+    if obj.get("tools") is not None:  # a prompt rendered without them would be another prompt than trained
+        return Record(number, raw, None, ["tools: eval renders prompts without tool definitions; evaluate tool "
+                                          "calling with `edgeft serve` and your client, or drop the tools"])
+    normalized = []
     for turn, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES \
-                or not isinstance(message.get("content"), str):
-            return Record(number, raw, None, [f"message {turn} needs a role in {sorted(ROLES)} and string content"])
+        try:  # the one message schema (edgeft.data.messages): its role table, tool calls kept for the template
+            message = normalize_message(message, turn)
+        except MessageError as exc:
+            return Record(number, raw, None, [f"message {turn} needs a role in {list(ROLES)} and string content "
+                                              f"({str(exc).removeprefix(f'message {turn}').lstrip(' :')})"])
         if (surrogate := lone_surrogate(message["content"])) is not None:
             return Record(number, raw, None, [f"message {turn} holds a lone surrogate {surrogate}, which is not "
                                               "text; fix or drop the example"])
-    return Record(number, raw, [{"role": m["role"], "content": m["content"]} for m in messages], [], obj)
+        normalized.append(message)
+    return Record(number, raw, normalized, [], obj)
 
 
 def read_conversations(path: str | Path, *, setting: str = "data") -> list[tuple[int, list[dict]]]:
@@ -70,6 +76,9 @@ def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example
     for number, messages in read_conversations(path):
         if messages[-1]["role"] != "assistant":
             raise EdgeftError(f"{path}:{number}: the last message must be the assistant's gold answer")
+        if messages[-1].get("tool_calls"):
+            raise EdgeftError(f"{path}:{number}: the gold answer is a tool call, and eval scores an answer's text "
+                              "against the gold's; end the example with the assistant's text answer")
         if not any(m["role"] == "user" for m in messages[:-1]):
             raise EdgeftError(f"{path}:{number}: no user turn before the gold answer")
         examples.append(Example(number, messages[:-1], messages[-1]["content"]))

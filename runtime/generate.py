@@ -10,95 +10,20 @@ which llama.cpp knows as `llama_vocab_is_eog`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
 from edgeft.errors import EdgeftError
-
-Message = dict  # {"role": str, "content": str}
-
-
-def _vocab(llm):
-    import llama_cpp
-
-    return llama_cpp.llama_model_get_vocab(llm.model)
-
-
-def token_text(llm, token: int) -> str:
-    import llama_cpp
-
-    if token < 0:
-        return ""
-    return llama_cpp.llama_vocab_get_text(_vocab(llm), token).decode("utf-8", errors="replace")
+# The prompt side (template, control tokens, BOS) has its own module; these names stay importable from here.
+from runtime.chat_prompt import (Message, _vocab, embedded_template, merge_system, prompt_tokens,  # noqa: F401
+                                 render_chat, token_text)
 
 
 def is_end_of_generation(llm, token: int) -> bool:
     import llama_cpp
 
     return bool(llama_cpp.llama_vocab_is_eog(_vocab(llm), token))
-
-
-def embedded_template(llm, path: str = "model") -> str:
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise EdgeftError(
-            f"{path}: the GGUF has no embedded chat template (tokenizer.chat_template); reconvert it with "
-            "`edgeft convert`, which embeds the tokenizer's template"
-        )
-    return template
-
-
-def merge_system(messages: Sequence[Message]) -> list[Message]:
-    """Fold a system turn into the first user turn, for templates (Gemma, Mistral v1) that reject the role."""
-    system = [m["content"] for m in messages if m["role"] == "system"]
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    if system and rest and rest[0]["role"] == "user":
-        rest[0]["content"] = "\n\n".join(system) + "\n\n" + rest[0]["content"]
-    return rest
-
-
-@lru_cache(maxsize=16)
-def _formatter(template: str, eos: str, bos: str, add_generation_prompt: bool):
-    """One compiled template per (template, special tokens): compiling costs ~2 ms, as much as prefilling 50 tokens
-    of a small model, and an eval's ladder renders thousands of prompts."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                               add_generation_prompt=add_generation_prompt)
-
-
-def render_chat(llm, messages: Sequence[Message], *, add_generation_prompt: bool = True, path: str = "model",
-                template: str | None = None) -> str:
-    """The prompt text the GGUF's template (or `template`) produces for `messages` (ending with the assistant
-    header)."""
-    bos = token_text(llm, llm.token_bos())
-    eos = token_text(llm, llm.token_eos())
-    formatter = _formatter(template or embedded_template(llm, path), eos, bos, add_generation_prompt)
-    try:
-        return formatter(messages=list(messages)).prompt
-    except Exception as first:  # templates signal unsupported roles/orders via raise_exception -> ValueError
-        if any(m["role"] == "system" for m in messages):
-            try:
-                return formatter(messages=merge_system(messages)).prompt
-            except Exception:
-                pass
-        raise EdgeftError(f"{path}: its chat template refused the conversation ({first}); check the roles "
-                          "alternate user/assistant") from first
-
-
-def prompt_tokens(llm, text: str) -> list[int]:
-    """Tokenize rendered chat text: special tokens parsed, BOS added only when the model wants one and the
-    template did not already write it first (Llama-3 templates start with {{ bos_token }}). The rule is
-    `convert.vocab.special.bos_first`, which training applies to the same text too."""
-    import llama_cpp
-
-    from convert.vocab.special import bos_first
-
-    tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-    bos = llm.token_bos()
-    return bos_first(tokens, bos if llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0 else None)
 
 
 def detokenize(llm, tokens: Sequence[int], *, special: bool = False) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # edgeft.data.normalize: the text form near-duplicates are judged on, which data check (edgeft.data.dedup) and the
 # ladder's retrieval (runtime.retrieval) must share, or a pair data check calls a near-duplicate could be a shot.
-LEAVES = ("edgeft.errors", "edgeft.fsutil", "edgeft.data.io", "edgeft.data.normalize")
+# edgeft.data.messages: the one message schema (roles, tool calls) that serve, eval, chat and data check share.
+LEAVES = ("edgeft.errors", "edgeft.fsutil", "edgeft.data.io", "edgeft.data.messages", "edgeft.data.normalize")
 # Importing a leaf runs the __init__ of every package above it, so those must stay leaves too.
 LEAF_PACKAGES = ("edgeft", "edgeft.data")
 

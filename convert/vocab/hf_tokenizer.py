@@ -114,13 +114,118 @@ def llama_cpp_bos_id(tokenizer) -> int | None:
     return bos_id
 
 
+# Tokens llama.cpp makes CONTROL by their text whatever type the GGUF gives them ("control-looking token ... its
+# type will be overridden", llama_vocab::impl::load: the end-of-turn, end-of-message, fill-in-the-middle and
+# end-of-generation names), so training must not parse them from message text either.
+LLAMA_CPP_CONTROL_NAMES = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
+    "[EOT]", "[EOS]", "[PAD]", "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|eom_id|>", "<eos>", "<turn|>",
+    "<|tool_response>", "[e~[", "<|return|>", "<|call|>", "<|calls|>", "<|flush|>", "<|file_sep|>",
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "▁<PRE>", "<｜fim▁begin｜>", "<|code_prefix|>",
+    "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "▁<SUF>", "<｜fim▁hole｜>",
+    "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>", "▁<MID>",
+    "<｜fim▁end｜>", "<|code_middle|>", "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"))
+
+
+def _converted_types(tokenizer) -> list[int] | None:
+    """Token types the converter gives the folder's vocabulary (which added tokens become CONTROL in the GGUF);
+    None when the tokenizer comes from no folder the converter reads."""
+    from convert.vocab import load_vocab
+
+    name = getattr(tokenizer, "name_or_path", None)
+    if not name or not Path(name).is_dir():
+        return None
+    try:
+        return list(load_vocab(name).types)
+    except EdgeftError:
+        return None
+
+
+def hf_specials(tokenizer) -> list:
+    """The tokenizer's added tokens as `convert.vocab.chat_spans.Special`s, read once per tokenizer. A control token
+    is one llama.cpp, which serves the model, treats as control: CONTROL (or UNKNOWN) as the converter writes it, or
+    one of the names llama.cpp promotes. Not the tokenizer's own `special` flag: transformers marks bos/eos/unk
+    special where the files do not (Phi-3's `</s>`), and Gemma's user-defined `<start_of_turn>` special too, which
+    llama.cpp matches in any text."""
+    cached = getattr(tokenizer, "_edgeft_specials", None)
+    if cached is not None:
+        return cached
+    from convert.vocab import CONTROL, UNKNOWN
+    from convert.vocab.chat_spans import Special
+
+    types = _converted_types(tokenizer)
+    found = []
+    for token, added in sorted(getattr(tokenizer, "added_tokens_decoder", {}).items()):
+        control = types[token] in (CONTROL, UNKNOWN) if types is not None and token < len(types) else added.special
+        control = control or added.content in LLAMA_CPP_CONTROL_NAMES
+        found.append((Special(added.content, control, bool(added.lstrip), bool(added.rstrip), emit=True), int(token)))
+    tokenizer._edgeft_specials = [special for special, _ in found]
+    tokenizer._edgeft_special_ids = {special.text: token for special, token in reversed(found)}
+    return tokenizer._edgeft_specials
+
+
+def _text_backend(tokenizer):
+    """A copy of the tokenizer's backend that reads every control token's text as text (encode_special_tokens on,
+    and each control token marked special: the files may call one plain that the GGUF calls CONTROL, such as Phi-3's
+    `</s>`, and the backend would match it in any text). Made once per tokenizer."""
+    cached = getattr(tokenizer, "_edgeft_text_backend", None)
+    if cached is not None:
+        return cached
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    current = backend.get_added_tokens_decoder()
+    backend.add_special_tokens([AddedToken(added.content, special=True, lstrip=added.lstrip, rstrip=added.rstrip,
+                                           normalized=added.normalized, single_word=added.single_word)
+                                for added in current.values()
+                                if any(s.control and s.text == added.content for s in hf_specials(tokenizer))])
+    backend.encode_special_tokens = True
+    tokenizer._edgeft_text_backend = backend
+    return backend
+
+
+def _encode_as_text(tokenizer, text: str):
+    """`text` encoded with no control token parsed (added tokens that are not control tokens still are, as with
+    llama.cpp's parse_special=false): (ids, offsets)."""
+    encoding = _text_backend(tokenizer).encode(text, add_special_tokens=False)
+    return list(encoding.ids), [tuple(pair) for pair in encoding.offsets]
+
+
+def chat_encoding(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(ids, character offsets) of rendered chat `text` without the BOS: the special tokens the template wrote,
+    parsed; a control token's text that came from a message, tokenized as text (`convert.vocab.chat_spans`; `text`
+    is then the renderer's ChatText, and a plain str is the caller's own markup)."""
+    from convert.vocab.chat_spans import ChatText, Special, forged, original_offset, require_spans, split_controls
+
+    table = hf_specials(tokenizer) if isinstance(text, ChatText) else []
+    controls = [special.text for special in table if special.control]
+    if isinstance(text, ChatText):
+        require_spans(text, controls, "the conversation")
+    if not isinstance(text, ChatText) or forged(text, controls) is None:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [int(i) for i in encoded["input_ids"]], [tuple(pair) for pair in encoded["offset_mapping"]]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for piece, ranges in split_controls(text, text.content_spans, table):
+        if isinstance(piece, Special):
+            ids.append(tokenizer._edgeft_special_ids[piece.text])
+            offsets.append(ranges[0])
+            continue
+        piece_ids, piece_offsets = _encode_as_text(tokenizer, piece)
+        ids += piece_ids
+        offsets += [(original_offset(ranges, lo), original_offset(ranges, hi - 1) + 1 if hi > lo
+                     else original_offset(ranges, lo)) for lo, hi in piece_offsets]
+    return ids, offsets
+
+
 def chat_ids(tokenizer, text: str) -> list[int]:
     """The ids training feeds for rendered chat `text`, which are those llama.cpp feeds: the special tokens the
-    template wrote, parsed, and the BOS the GGUF adds in front (`convert.vocab.special.bos_first`)."""
+    template wrote, parsed (message text never yields one, `chat_encoding`), and the BOS the GGUF adds in front
+    (`convert.vocab.special.bos_first`)."""
     from convert.vocab.special import bos_first
 
-    ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-    return bos_first(ids, llama_cpp_bos_id(tokenizer))
+    return bos_first(chat_encoding(tokenizer, text)[0], llama_cpp_bos_id(tokenizer))
 
 
 def load_hf_tokenizer(model_dir: str | Path):
@@ -154,4 +259,4 @@ def load_hf_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-__all__ = ["TOKENIZER_FILES", "chat_ids", "llama_cpp_bos_id", "load_hf_tokenizer", "match_llama_cpp"]
+__all__ = ["TOKENIZER_FILES", "chat_encoding", "chat_ids", "hf_specials", "llama_cpp_bos_id", "load_hf_tokenizer", "match_llama_cpp"]

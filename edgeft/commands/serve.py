@@ -55,8 +55,9 @@ def serve(base, adapters, base_name, host, port, api_key, n_ctx, threads, max_to
       curl localhost:8080/v1/chat/completions -d '{"model": "sql", "messages": [{"role": "user", "content": "hi"}]}'
     """
     from runtime.serve import serve as run_server
-    from runtime.serve.protocol import Limits
+    from runtime.serve.protocol import Limits, check_api_key
 
+    check_api_key(api_key)  # before the model loads: a key no client can send is a mistake, not a setting
     limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body, max_queue=max_queue)
     run_server(base, parse_adapters(adapters), host=host, port=port, api_key=api_key, base_name=base_name,
                n_ctx=n_ctx, threads=threads, limits=limits, shutdown_timeout=shutdown_timeout)

@@ -3,7 +3,7 @@
 Errors (the example must not be trained): unreadable JSON, schema and role-order problems, a non-JSON answer under
 `fmt="json"`, an exact duplicate after its first occurrence, a training example that holds an eval example, a
 conversation the model's chat template refuses. Warnings (read them): near-duplicates, examples longer than
-`max_len` tokens. `fix()` writes the file back without the examples that have errors.
+`max_len` tokens, a message holding a control token's text (trained as text, never as the token). `fix()` writes the file back without the examples that have errors.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ class CheckReport:
         return not self.errors
 
 
-def _turn_key(messages: list[dict]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+def _turn_key(record: Record) -> str:
+    # Every field a template renders: two examples that differ only in a tool call's arguments are not duplicates.
+    return json.dumps([record.messages, (record.data or {}).get("tools")], ensure_ascii=False, sort_keys=True)
 
 
 def _check_schema(report: CheckReport, path: str, records: list[Record]) -> None:
@@ -120,7 +121,7 @@ def _check_exact_duplicates(report: CheckReport, valid: list[Record]) -> set[int
     first_seen: dict[str, int] = {}
     duplicates = set()
     for record in valid:
-        key = _turn_key(record.messages)
+        key = _turn_key(record)
         if key in first_seen:
             duplicates.add(record.line)
             report.add(
@@ -132,8 +133,13 @@ def _check_exact_duplicates(report: CheckReport, valid: list[Record]) -> set[int
     return duplicates
 
 
+def _turn_text(message: dict) -> str:
+    calls = message.get("tool_calls")
+    return message["content"] + (" " + json.dumps(calls, ensure_ascii=False, sort_keys=True) if calls else "")
+
+
 def _normalised_turns(messages: list[dict]) -> list[str]:
-    return [dedup.normalize_text(m["content"]) for m in messages if m["role"] != "system"]
+    return [dedup.normalize_text(_turn_text(m)) for m in messages if m["role"] != "system"]
 
 
 def _check_near_duplicates(report: CheckReport, valid: list[Record], turns: list[list[str]], threshold: float) -> None:
@@ -170,6 +176,39 @@ def _check_contamination(report: CheckReport, valid: list[Record], turns: list[l
 TOKENIZE_BATCH = 4096  # texts per batch encode: the progress bar moves, and memory stays bounded
 
 
+# Turn markers of the common chat formats, looked for when no tokenizer says which tokens are control tokens.
+TURN_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|end_header_id|>", "<|begin_of_text|>", "<start_of_turn>",
+                "<|user|>", "<|assistant|>", "<|system|>")
+
+
+def _control_warning(report: CheckReport, line: int, control: str, known: bool) -> None:
+    report.add(report.train_path, line, "warning", "control-token",
+               f"a message holds the text of the {'chat marker' if known else 'control token'} {control!r}; it is "
+               "trained (and served) as plain text, never as the token: if it was meant to end or start a turn, "
+               "split the conversation into messages instead")
+
+
+def _check_control_text(report: CheckReport, valid: list[Record]) -> None:
+    """Without --tokenizer: the common formats' turn markers in any message (with it, the model's own tokens)."""
+    from convert.vocab.hf_tokenizer import LLAMA_CPP_CONTROL_NAMES
+
+    markers = sorted(set(TURN_MARKERS) | {name for name in LLAMA_CPP_CONTROL_NAMES if name.startswith("<|")})
+    for record in valid:
+        texts = [_turn_text(m) for m in record.messages]
+        found = next((marker for marker in markers if any(marker in text for text in texts)), None)
+        if found is not None:
+            _control_warning(report, record.line, found, known=True)
+
+
+def _forged_control(text, controls: list[str]) -> str | None:
+    """The control token's text a message of the rendered chat `text` holds (refused, EdgeftError, when the
+    template's rendering cannot tell markup from message text)."""
+    from convert.vocab.chat_spans import forged, require_spans
+
+    require_spans(text, controls, "the conversation")
+    return forged(text, controls)
+
+
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     """Token counts of rendered chats `texts` as training feeds them (`tokenizer(text, add_special_tokens=False)`,
     then the BOS llama.cpp adds, `convert.vocab.special.bos_first`), batched and fast.
@@ -177,9 +216,14 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     The Rust backend's batch encode spreads over the cores; `encode_batch_fast` skips the character offsets we do
     not need here, and calling the backend directly skips transformers' per-example Python conversion.
     """
-    from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+    from convert.vocab.chat_spans import ChatText
+    from convert.vocab.hf_tokenizer import chat_ids, hf_specials, llama_cpp_bos_id
     from convert.vocab.special import bos_first
 
+    controls = [special.text for special in hf_specials(tokenizer) if special.control]
+    # A chat whose messages hold a control token's text is tokenized piecewise (chat_ids): rare, so one by one.
+    piecewise = {i: len(chat_ids(tokenizer, text)) for i, text in enumerate(texts)
+                 if isinstance(text, ChatText) and _forged_control(text, controls) is not None}
     bos = llama_cpp_bos_id(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     lengths: list[int] = []
@@ -190,12 +234,13 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
             lengths += [len(bos_first(encoding.ids, bos)) for encoding in encode(batch, add_special_tokens=False)]
         else:
             lengths += [len(bos_first(ids, bos)) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
-    return lengths
+    return [piecewise.get(i, length) for i, length in enumerate(lengths)]
 
 
 def _check_tokens(
     report: CheckReport, valid: list[Record], tokenizer_dir: str, max_len: int | None, chat_template: str | None
 ) -> None:
+    from convert.vocab.hf_tokenizer import hf_specials
     from edgeft.data.masking import assistant_spans, load_tokenizer
     from edgeft.data.templates import CHATML_TEMPLATE, special_tokens_of, template_for
 
@@ -205,16 +250,21 @@ def _check_tokens(
     if template == CHATML_TEMPLATE and not chat_template:
         report.stats["chat_template"] = "ChatML (the model folder has no chat template)"
     specials = special_tokens_of(tokenizer)
+    controls = [special.text for special in hf_specials(tokenizer) if special.control]
     rendered, rendered_records = [], []
     for record in tqdm(valid, desc="render + locate trained spans", unit="ex", disable=None, leave=False):
         # The same span search training uses: a template that refuses the conversation or rewrites an answer
         # (so its label mask would be empty or wrong) is caught here, before any GPU time is spent.
         where = f"{report.train_path}:{record.line}"
         try:
-            text, _ = assistant_spans(record.messages, template, specials, where=where)
+            text, _ = assistant_spans(record.messages, template, specials, where=where,
+                                      tools=(record.data or {}).get("tools"))
+            forged = _forged_control(text, controls)
         except EdgeftError as exc:
             report.add(report.train_path, record.line, "error", "template", str(exc).removeprefix(f"{where}: "))
             continue
+        if forged is not None:
+            _control_warning(report, record.line, forged, known=False)
         rendered.append(text)
         rendered_records.append(record)
     if not rendered:
@@ -279,6 +329,8 @@ def check_dataset(
         _check_contamination(report, valid, all_turns, eval_valid)
     if tokenizer_dir is not None:
         _check_tokens(report, valid, str(tokenizer_dir), max_len, chat_template)
+    else:
+        _check_control_text(report, valid)
     return report
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from edgeft.data.messages import ROLES, MessageError, normalize_message, normalize_tools  # noqa: F401 (ROLES)
 from edgeft.errors import EdgeftError
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -38,44 +37,60 @@ def validate_messages(obj: Any) -> list[str]:
     if not isinstance(messages, list) or not messages:
         return ['"messages" must be a non-empty list of {"role", "content"} objects']
     problems: list[str] = []
+    try:
+        normalize_tools(obj.get("tools"))
+    except MessageError as exc:
+        problems.append(str(exc))
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            problems.append(f"message {i} is not an object")
+        try:
+            message = normalize_message(message, i)
+        except MessageError as exc:
+            problems.append(str(exc))
             continue
-        role = message.get("role")
-        if role not in ROLES:
-            problems.append(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
-        content = message.get("content")
-        if not isinstance(content, str):
-            problems.append(f"message {i} ({role}): content must be a string")
-        elif not content.strip():
+        role, content = message["role"], message["content"]
+        if not content.strip() and not message.get("tool_calls"):
             problems.append(f"message {i} ({role}): empty content")
         elif (surrogate := lone_surrogate(content)) is not None:
             problems.append(f"message {i} ({role}): content holds a lone surrogate {surrogate}, which is not text "
                             "(a UTF-16 escape cut in half); fix or drop the example")
     if problems:
         return problems
+    messages = normalized_messages(messages)
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         return ["no assistant turn (nothing to train on)"]
     if roles[-1] != "assistant":
         problems.append(f"does not end with an assistant turn (ends with {roles[-1]})")
-    problems.extend(_order_problems(roles))
+    problems.extend(_order_problems(messages))
     return problems
 
 
-def _order_problems(roles: list[str]) -> list[str]:
-    # Accepted shape: optional system first, then user/assistant strictly alternating from a user turn.
+def normalized_messages(messages: list) -> list[dict]:
+    """The messages of a line that passed `validate_messages`, in the one schema (roles, tool calls) every stage
+    renders (`edgeft.data.messages`)."""
+    return [normalize_message(message, i) for i, message in enumerate(messages)]
+
+
+def _order_problems(messages: list[dict]) -> list[str]:
+    # Accepted shape: optional system first, then user/assistant strictly alternating from a user turn; an
+    # assistant turn that calls tools is followed by one or more tool results, then the assistant again.
     # Templates such as Mistral's and Gemma's raise on anything else, and a model trained on other orders
     # sees a distribution it will never be served.
-    body = roles[1:] if roles[0] == "system" else roles
-    for i, role in enumerate(body):
-        index = i + (len(roles) - len(body))
+    roles = [m["role"] for m in messages]
+    start = 1 if roles[0] == "system" else 0
+    expected = ("user",)
+    for index in range(start, len(roles)):
+        role = roles[index]
         if role == "system":
             return [f"roles out of order: system message at position {index} (only the first may be system)"]
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            return [f"roles out of order: {role} at position {index} where {expected} was expected"]
+        if role not in expected:
+            return [f"roles out of order: {role} at position {index} where {' or '.join(expected)} was expected"]
+        if role == "user":
+            expected = ("assistant",)
+        elif role == "tool":
+            expected = ("tool", "assistant")
+        else:
+            expected = ("tool",) if messages[index].get("tool_calls") else ("user",)
     return []
 
 
@@ -148,7 +163,7 @@ def parse_line(number: int, raw: str) -> Record:
     if problem is not None:
         return Record(number, raw, None, [problem])
     problems = validate_messages(obj)
-    messages = obj["messages"] if not problems else None
+    messages = normalized_messages(obj["messages"]) if not problems else None
     return Record(number, raw, messages, problems, obj if isinstance(obj, dict) else None)
 
 
@@ -191,7 +206,7 @@ def read_conversations(path: str | Path) -> list[dict]:
     records = read_jsonl(path, advice=f"; run `edgeft data check {path}` for the full list")
     if not records:
         raise _empty(path)
-    return [record.data for record in records]
+    return [{**record.data, "messages": record.messages} for record in records]
 
 
 def write_jsonl_lines(path: str | Path, lines: Iterable[str]) -> Path:

@@ -55,13 +55,17 @@ def assistant_spans(
     special_tokens: Mapping[str, str] | None = None,
     *,
     where: str | None = None,
+    tools: list | None = None,
 ) -> tuple[str, list[TrainedSpan]]:
-    """Render `messages` and find each assistant turn's trained character span in the rendered text."""
+    """Render `messages` (with the function definitions `tools`) and find each assistant turn's trained character
+    span in the rendered text. A turn that calls tools is trained whole: the call is the template's rendering of
+    `tool_calls`, not the content."""
     where = where or _describe(messages)
 
     def render(msgs, add_generation_prompt=False) -> str:
         try:
-            return render_chat(template, msgs, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens)
+            return render_chat(template, msgs, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens,
+                               tools=tools)
         except TemplateRenderError as exc:
             raise EdgeftError(f"{where}: {exc}") from exc
 
@@ -70,7 +74,7 @@ def assistant_spans(
     cursor = 0
     for index, message in enumerate(messages):
         content = message.get("content", "")
-        if message.get("role") == "user":
+        if message.get("role") in ("user", "tool"):
             # Step over user turns so the fallback search can never land inside a user's words. (Not system
             # turns: templates move them, e.g. Mistral v0.3 writes the system prompt into the *last* user turn.)
             start, end = _find_content(full, content, cursor, len(full))
@@ -79,6 +83,10 @@ def assistant_spans(
             continue
         bounds = _turn_bounds(render, messages, index, full, cursor)
         turn_start, turn_end = bounds if bounds else (cursor, len(full))
+        if message.get("tool_calls"):
+            spans.append(_tool_call_span(full, bounds, special_tokens, where, index))
+            cursor = spans[-1].end
+            continue
         start, content_end = _find_content(full, content, turn_start, turn_end)
         if start < 0:
             raise EdgeftError(
@@ -104,6 +112,21 @@ def _turn_bounds(render, messages, index: int, full: str, cursor: int) -> tuple[
         return len(before), len(through)
     # The template renders earlier turns differently once later ones exist: the caller searches instead.
     return None
+
+
+def _tool_call_span(full: str, bounds, special_tokens, where: str, index: int) -> TrainedSpan:
+    """The whole of a turn that calls tools, up to and with its end-of-turn marker: everything the model writes
+    after the generation prompt (its text, then the calls as the template renders them)."""
+    if bounds is None:
+        raise EdgeftError(f"{where}: assistant turn {index} calls tools, and the chat template renders the "
+                          "conversation before it differently once it goes on, so the call cannot be located; use a "
+                          "template whose turns render the same in every prefix")
+    turn_start, turn_end = bounds
+    body = full[turn_start:turn_end].rstrip()
+    for token in _end_strings(special_tokens):
+        if body.endswith(token):
+            return TrainedSpan(turn_start, turn_start + len(body) - len(token), turn_start + len(body))
+    return TrainedSpan(turn_start, turn_start + len(body), turn_start + len(body))
 
 
 def _find_content(full: str, content: str, lo: int, hi: int) -> tuple[int, int]:
@@ -192,6 +215,7 @@ def mask_example(
     chat_template: str | None = None,
     *,
     where: str | None = None,
+    tools: list | None = None,
 ) -> MaskedExample:
     """Render, tokenize with offsets and label one conversation (no truncation); see `build_example`."""
     if chat_template is None:
@@ -200,25 +224,28 @@ def mask_example(
         tokenizer = load_tokenizer(tokenizer)
     where = where or _describe(messages)
     template = chat_template
-    text, spans = assistant_spans(messages, template, special_tokens_of(tokenizer), where=where)
+    text, spans = assistant_spans(messages, template, special_tokens_of(tokenizer), where=where, tools=tools)
     # Labels come from character offsets, which only fast (tokenizers-backed) tokenizers report.
     if not getattr(tokenizer, "is_fast", True):
         raise EdgeftError(f"{where}: the tokenizer gives no character offsets; use a fast tokenizer")
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
-    trained = label_tokens(offsets, spans)
-    from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+    from convert.vocab.hf_tokenizer import chat_encoding, llama_cpp_bos_id
     from convert.vocab.special import bos_first
 
-    # Train on the ids llama.cpp will feed for this text: the BOS the GGUF adds (add_bos_token) when the template
-    # did not write it first. It is prompt, never trained, and has no characters of the text.
+    # The ids llama.cpp is fed for this text: control tokens from the template's markup only, never from a
+    # message's text (chat_encoding), then the BOS the GGUF adds (add_bos_token) when the template did not write it
+    # first. The BOS is prompt, never trained, and has no characters of the text.
+    try:
+        encoded_ids, offsets = chat_encoding(tokenizer, text)
+    except EdgeftError as exc:
+        raise EdgeftError(f"{where}: {str(exc).removeprefix('the conversation: ')}") from exc
+    trained = label_tokens(offsets, spans)
     bos = llama_cpp_bos_id(tokenizer)
-    input_ids = bos_first(list(encoded["input_ids"]), bos)
+    input_ids = bos_first(encoded_ids, bos)
     if len(input_ids) > len(offsets):
-        if bos in encoded["input_ids"]:
+        if bos in encoded_ids:
             raise EdgeftError(
                 f"{where}: double BOS: llama.cpp puts BOS first (the tokenizer adds it, add_bos_token) and the "
-                f"template writes another at token {list(encoded['input_ids']).index(bos) + 1}; write "
+                f"template writes another at token {encoded_ids.index(bos) + 1}; write "
                 "{{ bos_token }} first in the template, nothing before it"
             )
         offsets, trained = [(0, 0)] + offsets, [False] + trained
@@ -235,6 +262,7 @@ def build_example(
     max_len: int | None = None,
     *,
     where: str | None = None,
+    tools: list | None = None,
 ) -> dict[str, list[int]]:
     """`{"input_ids", "labels"}` for one conversation, labels -100 except assistant content + end-of-turn tokens.
 
@@ -243,7 +271,7 @@ def build_example(
     Raises EdgeftError when nothing would be trained (no assistant tokens, or all of them past `max_len`).
     """
     where = where or _describe(messages)
-    example = mask_example(messages, tokenizer, chat_template, where=where)
+    example = mask_example(messages, tokenizer, chat_template, where=where, tools=tools)
     input_ids, labels = example.input_ids, example.labels
     if max_len is not None and len(input_ids) > max_len:
         input_ids, labels = input_ids[:max_len], labels[:max_len]

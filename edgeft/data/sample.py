@@ -39,7 +39,8 @@ def _fence(text: str) -> str:
 def _render_with_tokenizer(record: Record, tokenizer, chat_template, where: str) -> tuple[str, str]:
     from edgeft.data.masking import IGNORE_INDEX, mask_example
 
-    example = mask_example(record.messages, tokenizer, chat_template, where=where)
+    example = mask_example(record.messages, tokenizer, chat_template, where=where,
+                           tools=(record.data or {}).get("tools"))
     trained = sum(1 for label in example.labels if label != IGNORE_INDEX)
     return mark(example.text, example.trained_ranges()), f"{len(example.input_ids)} tokens, {trained} trained"
 
@@ -48,7 +49,7 @@ def _render_plain(record: Record, where: str) -> tuple[str, str]:
     from edgeft.data.masking import assistant_spans
     from edgeft.data.templates import CHATML_TEMPLATE
 
-    text, spans = assistant_spans(record.messages, CHATML_TEMPLATE, where=where)
+    text, spans = assistant_spans(record.messages, CHATML_TEMPLATE, where=where, tools=(record.data or {}).get("tools"))
     trained = sum(span.end - span.start for span in spans)
     return mark(text, [(s.start, s.end) for s in spans]), f"{len(text)} characters, {trained} trained"
 

@@ -79,21 +79,31 @@ def render_chat(
     *,
     add_generation_prompt: bool = False,
     special_tokens: Mapping[str, str | None] | None = None,
+    tools: list | None = None,
     **extra: Any,
-) -> str:
-    """Render `messages` with `template` exactly as HF's apply_chat_template(tokenize=False) would."""
+):
+    """Render `messages` (and `tools`, the function definitions) with `template` exactly as HF's
+    apply_chat_template(tokenize=False, tools=...) would: a `convert.vocab.chat_spans.ChatText`, which knows the
+    characters that came from the messages, so tokenizing it never turns their text into control tokens."""
     import jinja2.exceptions
+
+    from convert.vocab.chat_spans import render_with_spans
 
     compiled = compile_template(template)
     variables = {name: "" for name in SPECIAL_TOKEN_NAMES}
     variables.update({k: v for k, v in (special_tokens or {}).items() if v is not None})
     variables.update(extra)
+
+    def render(msgs, tool_list):
+        return compiled.render(messages=msgs, tools=tool_list, documents=None,
+                               add_generation_prompt=add_generation_prompt, **variables)
+
     try:
-        return compiled.render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt, **variables
-        )
+        return render_with_spans(render, messages, tools)
     except jinja2.exceptions.TemplateError as exc:
         raise TemplateRenderError(f"chat template rejects this conversation: {exc}") from exc
+    except EdgeftError as exc:  # it renders, but drops a tool call: as good as a refusal
+        raise TemplateRenderError(str(exc)) from exc
 
 
 def special_tokens_of(tokenizer_or_dir: Any) -> dict[str, str]:

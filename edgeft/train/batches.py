@@ -27,7 +27,8 @@ def tokenize_conversations(path: str | Path, tokenizer, chat_template: str, max_
     for index, conversation in enumerate(read_conversations(path)):
         messages = conversation["messages"] if isinstance(conversation, dict) else conversation
         try:
-            example = build_example(messages, tokenizer, chat_template=chat_template, max_len=max_len)
+            example = build_example(messages, tokenizer, chat_template=chat_template, max_len=max_len,
+                                    tools=conversation.get("tools") if isinstance(conversation, dict) else None)
         except EdgeftError as exc:
             raise EdgeftError(f"{path}: conversation {index + 1}: {exc}") from None
         examples.append({"input_ids": list(example["input_ids"]), "labels": list(example["labels"])})

@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from runtime.serve.engine import Delta, Done
-from runtime.serve.protocol import (ApiError, Limits, Request, chunk_object, completion_object, new_id,
-                                    parse_json, parse_request, sse, usage)
+from runtime.serve.protocol import (ApiError, Limits, Request, check_api_key, chunk_object, completion_object,
+                                    new_id, parse_json, parse_request, sse, usage)
 from runtime.serve.worker import Busy, Failed, Job, Worker
 
 
@@ -73,7 +73,7 @@ def _generation(request: Request):
     """The job the worker runs: tokenize with the model's template, then decode under the request's adapter."""
     def run(engine, cancelled):
         if request.kind == "chat":
-            tokens = engine.chat_tokens(request.model, request.messages)
+            tokens = engine.chat_tokens(request.model, request.messages, request.tools)
         else:
             tokens = engine.text_tokens(request.prompt)
         yield from engine.generate(request.model, tokens, request.sampling, cancelled)
@@ -159,6 +159,7 @@ async def on_http_error(http: HttpRequest, exc: HTTPException):
 
 
 def build_app(engine, *, api_key: str | None = None, limits: Limits | None = None) -> Starlette:
+    check_api_key(api_key)  # here, not in the middleware: Starlette builds that on the first request
     api = Api(engine, limits or Limits())
     app = Starlette(routes=[Route("/health", api.health), Route("/v1/models", api.models),
                             Route("/v1/chat/completions", api.chat, methods=["POST"]),

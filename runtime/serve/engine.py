@@ -172,8 +172,9 @@ class Engine:
 
     # ---- prompts --------------------------------------------------------------------------------------------
 
-    def chat_tokens(self, name: str, messages: Sequence[dict]) -> list[int]:
-        text = render_chat(self.llm, messages, path=str(self.base_path), template=self.chat_template(name))
+    def chat_tokens(self, name: str, messages: Sequence[dict], tools: list | None = None) -> list[int]:
+        text = render_chat(self.llm, messages, path=str(self.base_path), template=self.chat_template(name),
+                           tools=tools)
         return prompt_tokens(self.llm, text)
 
     def text_tokens(self, text: str) -> list[int]:

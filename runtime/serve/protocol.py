@@ -12,6 +12,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from edgeft.data.io import parse_json_line
+from edgeft.data.messages import MessageError, normalize_message, normalize_tools
+from edgeft.errors import EdgeftError
 from runtime.serve.engine import Sampling
 
 
@@ -25,6 +28,21 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def check_api_key(key: str | None, option: str = "--api-key") -> str | None:
+    """The key a server requires, refused when no client could send it: empty lets an empty bearer in, and
+    whitespace or characters outside printable ASCII do not survive an Authorization header, locking everyone out."""
+    if key is None:
+        return None
+    if not key.strip():
+        raise EdgeftError(f"{option} is {'empty' if not key else 'blank'}: no client could send it as a bearer "
+                          "token; pass a real key, or leave the option (and EDGEFT_API_KEY) out to serve without one")
+    bad = next((c for c in key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise EdgeftError(f"{option}: the key holds {bad!r} at character {key.index(bad) + 1}; an Authorization "
+                          "header carries printable ASCII without spaces only, so use letters, digits and -._~+/=")
+    return key
 
 
 @dataclass
@@ -41,15 +59,22 @@ class Request:
     stream: bool
     sampling: Sampling
     messages: list[dict] = field(default_factory=list)
+    tools: list[dict] | None = None
     prompt: str = ""
     include_usage: bool = False
 
 
 def parse_json(body: bytes) -> dict:
+    """The body as a JSON object; 400 for anything else, including what the parser itself cannot take (nesting
+    deeper than its recursion limit, an integer longer than Python converts), which would otherwise be a 500."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})",
+                       code="invalid_json") from None
+    document, problem = parse_json_line(text)
+    if problem is not None:
+        raise ApiError(400, f"the request body is {problem}", code="invalid_json")
     if not isinstance(document, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return document
@@ -84,47 +109,89 @@ def parse_request(document: dict, kind: str, known_models: list[str], limits: Li
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise ApiError(400, "stop must be a string or a list of at most 4 non-empty strings", param="stop")
     seed = document.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "seed must be an integer", param="seed")
+    if seed is not None:  # numpy's generator takes 0 to 2**128-1; OpenAI's seed is any int64
+        seed = _number(document, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True) % (1 << 64)
+    _refuse_unsupported(document)
+    # top_p 0 keeps the one most likely token (engine._choose), as OpenAI's does: it is not "unset".
     sampling = Sampling(max_tokens=max_tokens,
                         temperature=float(_number(document, "temperature", 1.0, 0, 2)),
-                        top_p=float(_number(document, "top_p", 1.0, 0, 1)) or 1.0,
+                        top_p=float(_number(document, "top_p", 1.0, 0, 1)),
                         seed=seed, stop=tuple(stop))
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
     options = document.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", param="stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "stream_options must be an object whose include_usage is true or false",
+                       param="stream_options")
     request = Request(model=model, kind=kind, stream=stream, sampling=sampling,
                       include_usage=bool(options.get("include_usage")))
     if kind == "chat":
         request.messages = _messages(document.get("messages"))
+        request.tools = _tools(document)
     else:
         request.prompt = _prompt(document.get("prompt"))
     return request
 
 
 def _messages(messages) -> list[dict]:
+    """The conversation in the one message schema (edgeft.data.messages): roles from its table, tool calls kept
+    for the template to render; any message it refuses is a 400 naming the message and the allowed roles."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
     checked = []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ApiError(400, f"messages[{index}] must be an object with a role", param="messages")
-        content = message.get("content")
-        if isinstance(content, list):  # the content-parts form: only text parts can be rendered by a template
+        if isinstance(message, dict) and isinstance(message.get("content"), list):
+            # the content-parts form: only text parts can be rendered by a template
+            parts = message["content"]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+                       for p in parts):
                 raise ApiError(400, f"messages[{index}].content: only text parts are supported", param="messages")
-            content = "".join(part["text"] for part in content)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{index}].content must be a string", param="messages")
-        role = "system" if message["role"] == "developer" else message["role"]
-        checked.append({"role": role, "content": content})
+            message = {**message, "content": "".join(part["text"] for part in parts)}
+        try:
+            checked.append(normalize_message(message, index, content_optional=True))
+        except MessageError as exc:
+            raise ApiError(400, f"messages[{index}]: {str(exc).removeprefix(f'message {index}').lstrip(' :')}",
+                           param="messages") from None
     return checked
+
+
+def _tools(document: dict) -> list[dict] | None:
+    try:
+        tools = normalize_tools(document.get("tools"))
+    except MessageError as exc:
+        raise ApiError(400, str(exc), param="tools") from None
+    if document.get("functions") is not None:  # the legacy form of tools
+        if tools is not None:
+            raise ApiError(400, "send tools or functions, not both", param="functions")
+        functions = document["functions"]
+        if not isinstance(functions, list):
+            raise ApiError(400, "functions must be a list of function definitions", param="functions")
+        try:
+            tools = normalize_tools([{"type": "function", "function": f} for f in functions])
+        except MessageError as exc:
+            raise ApiError(400, str(exc).replace("tools[", "functions["), param="functions") from None
+    for name in ("tool_choice", "function_call"):
+        choice = document.get(name)
+        # The template offers the tools; nothing here can force a call, forbid one or pick the function.
+        if choice is not None and choice != "auto":
+            raise ApiError(400, f"{name} {json.dumps(choice)[:60]} is not supported: the model decides whether to "
+                           "call a tool (\"auto\"); leave it out", param=name)
+    return tools
+
+
+# Fields that would change the answer and that this server cannot honour, with the value that means "off".
+UNSUPPORTED = {"logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},), "frequency_penalty": (0,),
+               "presence_penalty": (0,), "best_of": (1,), "echo": (False,), "suffix": ("",),
+               "response_format": ({"type": "text"},), "parallel_tool_calls": (True,)}
+
+
+def _refuse_unsupported(document: dict) -> None:
+    for name, off in UNSUPPORTED.items():
+        value = document.get(name)
+        if value is not None and not any(type(value) is type(o) and value == o for o in off):
+            raise ApiError(400, f"{name} {json.dumps(value)[:60]} is not supported by this server; leave it out "
+                           f"(or send {json.dumps(off[0])})", param=name)
 
 
 def _prompt(prompt) -> str:

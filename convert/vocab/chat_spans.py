@@ -1,0 +1,232 @@
+"""Which characters of a rendered chat came from the messages, so that only the template's own markup yields
+control tokens.
+
+Tokenizing a rendered chat with special tokens parsed turns `<|im_end|>` typed by a client into the real control
+token: the client forges turns. The rule here: a control token is one whose text lies wholly in the template's
+markup; text that came from a message (its content, a tool call, a tool definition) is tokenized as text.
+
+`render_with_spans` finds that text by rendering twice: as it is, and with every string of the messages wrapped in
+two marker characters found nowhere in the input. When the marked rendering, markers removed, is the same text, the
+markers give the exact spans. (Whitespace at a string's ends stays outside its markers, so a template's `| trim`
+renders the same.) A template that inspects the text it renders (Qwen3 splitting `</think>` off an answer) may not
+reproduce it; then the spans are unknown and `require_spans` refuses a message holding a control token's text.
+
+`split_controls` then cuts the text at the control tokens of the markup with llama.cpp's own partition rule
+(`llama_vocab::impl::tokenizer_st_partition`: specials longest first, each claiming every occurrence left in the
+raw fragments, lstrip/rstrip eating the whitespace beside it). The pieces between are tokenized as text (llama.cpp's
+parse_special=false, Hugging Face's encode_special_tokens), which still matches non-special added tokens as both
+do. For a conversation whose messages hold no control token's text nothing changes: both sides tokenize the whole
+text as before (`forged` is false), so the ids a fine-tune was trained on stay the ids it is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from edgeft.errors import EdgeftError
+
+# Fields whose strings a template compares or picks a branch on rather than renders: wrapping them would change
+# the branch, so they are checked instead (a control token's text there is refused, `require_spans`).
+STRUCTURAL_KEYS = ("role", "type")
+WHITESPACE = " \t\n\v\f\r"  # C's isspace, what llama.cpp strips beside an lstrip/rstrip token
+
+
+class ChatText(str):
+    """Rendered chat text that knows which character spans came from the messages (`content_spans`; None when the
+    template's rendering could not be marked) and the strings it was rendered from (`sources`)."""
+
+    content_spans: tuple[tuple[int, int], ...] | None
+    sources: tuple[str, ...]
+
+    def __new__(cls, text: str, spans, sources=()):
+        self = super().__new__(cls, text)
+        self.content_spans = None if spans is None else tuple(spans)
+        self.sources = tuple(sources)
+        return self
+
+
+@dataclass(frozen=True)
+class Special:
+    text: str
+    control: bool  # never produced by message text (CONTROL/UNKNOWN in the GGUF the converter writes)
+    lstrip: bool = False
+    rstrip: bool = False
+    # Split out as its own token even inside message text (an added token that is not a control token, which
+    # llama.cpp always matches); False when the tokenizer that gets the text pieces matches it by itself.
+    emit: bool = False
+
+
+def _strings(value: Any, key: str | None = None) -> Iterable[tuple[str, bool]]:
+    """(string, wrapped) for every string in messages/tools: wrapped unless it sits under a structural key or is
+    a dict key."""
+    if isinstance(value, str):
+        yield value, key not in STRUCTURAL_KEYS
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield str(name), False
+            yield from _strings(item, name)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item, key)
+
+
+def _wrap(value: Any, marks: tuple[str, str], key: str | None = None) -> Any:
+    if isinstance(value, str):
+        core = value.strip()
+        if not core or key in STRUCTURAL_KEYS:
+            return value
+        start = len(value) - len(value.lstrip())
+        return value[:start] + marks[0] + core + marks[1] + value[start + len(core):]
+    if isinstance(value, dict):
+        return {name: _wrap(item, marks, name) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_wrap(item, marks, key) for item in value]
+    return value
+
+
+def _marks(*texts: str) -> tuple[str, str]:
+    """Two private-use characters that occur in none of `texts`."""
+    seen = set().union(*map(set, texts))
+    free = (chr(c) for c in range(0xE000, 0xF900) if chr(c) not in seen)
+    return next(free), next(free)
+
+
+def _spans(marked: str, text: str, marks: tuple[str, str]) -> list[tuple[int, int]] | None:
+    spans, plain, start = [], [], None
+    for char in marked:
+        if char == marks[0]:
+            if start is not None:
+                return None
+            start = len(plain)
+        elif char == marks[1]:
+            if start is None:
+                return None
+            spans.append((start, len(plain)))
+            start = None
+        else:
+            plain.append(char)
+    if start is not None or "".join(plain) != text:
+        return None
+    return [span for span in spans if span[1] > span[0]]
+
+
+def render_with_spans(render: Callable[[list, list | None], str], messages: Sequence[dict],
+                      tools: list | None = None) -> ChatText:
+    """`render(messages, tools)` as ChatText: the same text, with the spans that came from the messages."""
+    text = render(list(messages), tools)
+    missing = unrendered(messages, tools, text)
+    if missing is not None:
+        raise EdgeftError(f"the chat template does not render {missing}, so the model would never see it; use a "
+                          "model whose template supports tool calls (Qwen2.5's, Llama 3.1's, Mistral's) or leave "
+                          "the tool calls out of the conversation")
+    sources = tuple(s for s, wrapped in _strings([list(messages), tools]) if wrapped)
+    marks = _marks(text, *(s for s, _ in _strings([list(messages), tools])))
+    try:
+        marked = render(_wrap(list(messages), marks), _wrap(tools, marks))
+    except Exception:  # noqa: BLE001 - a template that branches on the text may refuse it marked: spans unknown
+        return ChatText(text, None, sources)
+    return ChatText(text, _spans(marked, text, marks), sources)
+
+
+def unrendered(messages: Sequence[dict], tools: list | None, text: str) -> str | None:
+    """The first tool call, tool result or tool definition that `text` does not contain: what a template without
+    tool support drops without a word."""
+    for index, message in enumerate(messages):
+        for call in message.get("tool_calls") or ():
+            name = call.get("function", {}).get("name", "")
+            if name.strip() and name.strip() not in text:
+                return f"the tool call {name!r} of message {index}"
+        content = message.get("content")
+        if message.get("role") == "tool" and isinstance(content, str) and content.strip() not in text:
+            return f"the tool result in message {index}"
+    for tool in tools or ():
+        name = tool.get("function", {}).get("name", "")
+        if name.strip() and name.strip() not in text:
+            return f"the tool definition {name!r}"
+    return None
+
+
+def _in_spans(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    return any(start < hi and end > lo for lo, hi in spans)
+
+
+def forged(text: ChatText, controls: Iterable[str]) -> str | None:
+    """The first control token's text that the messages put into `text` (None: every control token in it is the
+    template's). With unknown spans, any message string holding one counts (`require_spans` refuses those)."""
+    for control in controls:
+        if not control:
+            continue
+        if text.content_spans is None:
+            if any(control in source for source in text.sources):
+                return control
+            continue
+        at = text.find(control)
+        while at >= 0:
+            if _in_spans(at, at + len(control), text.content_spans):
+                return control
+            at = text.find(control, at + 1)
+    return None
+
+
+def require_spans(text: ChatText, controls: Iterable[str], where: str) -> None:
+    """Refuse what cannot be tokenized safely: a message holding a control token's text when the template's
+    rendering could not be marked, so the token's place (markup or message) is unknown."""
+    if text.content_spans is not None:
+        return
+    control = forged(text, controls)
+    if control is not None:
+        raise EdgeftError(f"{where}: a message holds the control token {control!r} and the chat template rewrites "
+                          "message text, so edgeft cannot keep it as text; remove it from the message")
+
+
+def split_controls(text: str, spans: Sequence[tuple[int, int]],
+                   specials: Sequence[Special]) -> list[tuple[str | Special, list[tuple[int, int]]]]:
+    """`text` cut at the control tokens of its markup (outside `spans`), in llama.cpp's partition order: a list of
+    (text piece, the ranges of `text` it joins) to tokenize as text and (Special, its range) for a control token."""
+    fragments = [(0, len(text))]
+    claimed: list[tuple[int, int, Special]] = []
+    for special in sorted(specials, key=lambda s: len(s.text.encode("utf-8")), reverse=True):
+        if not special.text:
+            continue
+        kept = []
+        for lo, hi in fragments:
+            search = lo
+            while (at := text.find(special.text, search, hi)) >= 0:
+                end = at + len(special.text)
+                if special.control and _in_spans(at, end, spans):
+                    search = at + 1  # the message's text: not a token here
+                    continue
+                split = special.control or special.emit
+                left = at
+                while split and special.lstrip and left > lo and text[left - 1] in WHITESPACE:
+                    left -= 1
+                if left > lo:
+                    kept.append((lo, left))
+                claimed.append((at, end, special))
+                lo = end
+                while split and special.rstrip and lo < hi and text[lo] in WHITESPACE:
+                    lo += 1
+                search = lo
+            if lo < hi:
+                kept.append((lo, hi))
+        fragments = kept
+    items = sorted([(lo, hi, None) for lo, hi in fragments] + claimed, key=lambda item: item[0])
+    pieces: list[tuple[str | Special, list[tuple[int, int]]]] = []
+    for lo, hi, special in items:
+        if special is not None and (special.control or special.emit):
+            pieces.append((special, [(lo, hi)]))
+        elif pieces and isinstance(pieces[-1][0], str):
+            pieces[-1] = (pieces[-1][0] + text[lo:hi], pieces[-1][1] + [(lo, hi)])
+        else:
+            pieces.append((text[lo:hi], [(lo, hi)]))
+    return pieces
+
+
+def original_offset(ranges: Sequence[tuple[int, int]], index: int) -> int:
+    """Where character `index` of a text piece (the concatenation of `ranges` of the text) lies in the text."""
+    for lo, hi in ranges:
+        if index < hi - lo:
+            return lo + index
+        index -= hi - lo
+    return ranges[-1][1] + index if ranges else index
