@@ -1,10 +1,9 @@
-"""Chat rendering with the GGUF's own template, and greedy generation that stops at end-of-generation tokens.
+"""Greedy generation that stops at end-of-generation tokens (the prompt side, template and control tokens, is
+runtime.chat_prompt; its names stay importable from here).
 
-We render with llama-cpp-python's `Jinja2ChatFormatter` (a sandboxed Jinja environment mirroring transformers'
-chat-template rules), so the prompt a fine-tune sees here is the one `llama-server`-style apps will build from the
-same embedded template. Decoding is our own short argmax loop rather than `Llama.generate`: greedy is then exact
-(no sampler chain in between) and we stop on *any* end-of-generation token (EOS, EOT, <|im_end|>, <end_of_turn>…),
-which llama.cpp knows as `llama_vocab_is_eog`.
+Decoding is our own short argmax loop rather than `Llama.generate`: greedy is then exact (no sampler chain in
+between) and we stop on *any* end-of-generation token (EOS, EOT, <|im_end|>, <end_of_turn>…), which llama.cpp
+knows as `llama_vocab_is_eog`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import EdgeftError
-# The prompt side (template, control tokens, BOS) has its own module; these names stay importable from here.
 from runtime.chat_prompt import (Message, _vocab, embedded_template, merge_system, prompt_tokens,  # noqa: F401
                                  render_chat, token_text)
 

@@ -67,7 +67,9 @@ def test_roles_come_from_one_table():
     request = parse_request({"model": "base", "messages": [{"role": "developer", "content": "be terse"}, USER]},
                             "chat", MODELS, Limits())
     assert [m["role"] for m in request.messages] == ["system", "user"]
-    assert "unknown field 'weight'" in _refused(_chat(messages=[{**USER, "weight": 2}])).message
+    assert _refused(_chat(messages=[{**USER, "weight": 2}])).message.startswith(
+        "messages[0] (user): unknown field 'weight'")
+    assert "content must be a string" in _refused(_chat(messages=[{"role": "user", "content": None}])).message
     # OpenAI's client echoes its answers back with null fields: those are absent, not unknown
     echoed = {"role": "assistant", "content": "yo", "refusal": None, "audio": None, "tool_calls": None}
     parse_request(_chat(messages=[USER, echoed, USER]), "chat", MODELS, Limits())

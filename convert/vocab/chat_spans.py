@@ -21,7 +21,9 @@ text as before (`forged` is false), so the ids a fine-tune was trained on stay t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 from edgeft.errors import EdgeftError
@@ -33,17 +35,24 @@ WHITESPACE = " \t\n\v\f\r"  # C's isspace, what llama.cpp strips beside an lstri
 
 
 class ChatText(str):
-    """Rendered chat text that knows which character spans came from the messages (`content_spans`; None when the
-    template's rendering could not be marked) and the strings it was rendered from (`sources`)."""
+    """Rendered chat text that knows the strings it was rendered from (`sources`) and which character spans came
+    from them (`content_spans`, worked out on first use: a second, marked rendering; None when the template's
+    rendering could not be marked)."""
 
-    content_spans: tuple[tuple[int, int], ...] | None
     sources: tuple[str, ...]
 
     def __new__(cls, text: str, spans, sources=()):
         self = super().__new__(cls, text)
-        self.content_spans = None if spans is None else tuple(spans)
+        self._spans = spans  # a tuple, None, or a function that returns one of them
         self.sources = tuple(sources)
         return self
+
+    @property
+    def content_spans(self) -> tuple[tuple[int, int], ...] | None:
+        if callable(self._spans):
+            spans = self._spans()
+            self._spans = None if spans is None else tuple(spans)
+        return self._spans
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,16 @@ def render_with_spans(render: Callable[[list, list | None], str], messages: Sequ
                           "model whose template supports tool calls (Qwen2.5's, Llama 3.1's, Mistral's) or leave "
                           "the tool calls out of the conversation")
     sources = tuple(s for s, wrapped in _strings([list(messages), tools]) if wrapped)
-    marks = _marks(text, *(s for s, _ in _strings([list(messages), tools])))
-    try:
-        marked = render(_wrap(list(messages), marks), _wrap(tools, marks))
-    except Exception:  # noqa: BLE001 - a template that branches on the text may refuse it marked: spans unknown
-        return ChatText(text, None, sources)
-    return ChatText(text, _spans(marked, text, marks), sources)
+
+    def mark():
+        marks = _marks(text, *(s for s, _ in _strings([list(messages), tools])))
+        try:
+            marked = render(_wrap(list(messages), marks), _wrap(tools, marks))
+        except Exception:  # noqa: BLE001 - a template that branches on the text may refuse it marked: unknown
+            return None
+        return _spans(marked, text, marks)
+
+    return ChatText(text, mark, sources)
 
 
 def unrendered(messages: Sequence[dict], tools: list | None, text: str) -> str | None:
@@ -151,9 +164,37 @@ def _in_spans(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
     return any(start < hi and end > lo for lo, hi in spans)
 
 
-def forged(text: ChatText, controls: Iterable[str]) -> str | None:
+@lru_cache(maxsize=16)
+def _control_parts(controls: tuple[str, ...]):
+    """A pattern finding any of `controls`, their proper prefixes and suffixes, and the longest one's length."""
+    pattern = re.compile("|".join(re.escape(c) for c in sorted(controls, key=len, reverse=True)))
+    heads = {c[:k] for c in controls for k in range(1, len(c))}
+    tails = {c[k:] for c in controls for k in range(1, len(c))}
+    return pattern, heads, tails, max(map(len, controls))
+
+
+def may_hold(text: ChatText, controls: Sequence[str]) -> bool:
+    """Whether a message string of `text` could take part in a control token's text: it holds one, ends with the
+    start of one, begins with the end of one, or lies inside one. False for nearly every conversation, which is
+    then tokenized whole without the marked rendering."""
+    controls = tuple(c for c in controls if c)
+    if not controls:
+        return False
+    pattern, heads, tails, longest = _control_parts(controls)
+    for source in text.sources:
+        core = source.strip()
+        reach = range(1, min(len(core), longest))
+        if pattern.search(core) or any(core[-k:] in heads for k in reach) or any(core[:k] in tails for k in reach) \
+                or (len(core) < longest and any(core in c for c in controls)):
+            return True
+    return False
+
+
+def forged(text: ChatText, controls: Sequence[str]) -> str | None:
     """The first control token's text that the messages put into `text` (None: every control token in it is the
     template's). With unknown spans, any message string holding one counts (`require_spans` refuses those)."""
+    if not may_hold(text, controls):
+        return None
     for control in controls:
         if not control:
             continue
@@ -172,7 +213,7 @@ def forged(text: ChatText, controls: Iterable[str]) -> str | None:
 def require_spans(text: ChatText, controls: Iterable[str], where: str) -> None:
     """Refuse what cannot be tokenized safely: a message holding a control token's text when the template's
     rendering could not be marked, so the token's place (markup or message) is unknown."""
-    if text.content_spans is not None:
+    if not may_hold(text, controls) or text.content_spans is not None:
         return
     control = forged(text, controls)
     if control is not None:

@@ -89,8 +89,8 @@ def _tool_calls(message: dict, index: int) -> list[dict] | None:
 
 def normalize_message(message: Any, index: int, *, content_optional: bool = False) -> dict:
     """`message` in the one form every stage renders: role from the table (aliases resolved), content a string,
-    tool calls as templates read them. MessageError (one phrase) for anything else. `content_optional`: a missing
-    or null content is "" (OpenAI sends null next to tool calls)."""
+    tool calls as templates read them. MessageError (one phrase) for anything else. A missing or null content is ""
+    next to tool calls, and in any assistant message when `content_optional` (OpenAI's client echoes its answers)."""
     if not isinstance(message, dict):
         raise MessageError(f"message {index} is not an object")
     role = role_of(message, index)
@@ -103,7 +103,7 @@ def normalize_message(message: Any, index: int, *, content_optional: bool = Fals
     normalized: dict[str, Any] = {"role": role}
     content = message.get("content")
     calls = _tool_calls(message, index) if role == "assistant" else None
-    if content is None and (content_optional or calls):
+    if content is None and (calls or (content_optional and role == "assistant")):
         content = ""
     if not isinstance(content, str):
         raise MessageError(f"message {index} ({role}): content must be a string")

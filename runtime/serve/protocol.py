@@ -151,7 +151,7 @@ def _messages(messages) -> list[dict]:
         try:
             checked.append(normalize_message(message, index, content_optional=True))
         except MessageError as exc:
-            raise ApiError(400, f"messages[{index}]: {str(exc).removeprefix(f'message {index}').lstrip(' :')}",
+            raise ApiError(400, str(exc).replace(f"message {index}", f"messages[{index}]", 1),
                            param="messages") from None
     return checked
 
