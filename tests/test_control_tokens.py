@@ -116,6 +116,10 @@ def test_a_trimming_template_keeps_its_spans_and_the_assistant_mask(models):
     assert example["input_ids"].count(eot) == 2  # the two the template wrote
     ours, training, text = _both_sides(folder, llm, tokenizer, messages)
     assert text.content_spans is not None and ours == training
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(text))  # a text sent to another process keeps its spans
+    assert copy == text and copy.content_spans == text.content_spans and copy.sources == text.sources
 
 
 def test_split_controls_follows_llama_cpp_partition():

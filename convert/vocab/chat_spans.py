@@ -54,6 +54,9 @@ class ChatText(str):
             self._spans = None if spans is None else tuple(spans)
         return self._spans
 
+    def __reduce__(self):  # the spans travel worked out: the function that finds them holds the template's renderer
+        return ChatText, (str(self), self.content_spans, self.sources)
+
 
 @dataclass(frozen=True)
 class Special:
