@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from convert.vocab.chat_spans import ChatText, Special, forged, render_with_spans, require_spans, split_controls
+from convert.vocab.chat_spans import ChatText, Special, may_hold, render_with_spans, require_spans, split_controls
 from edgeft.errors import EdgeftError
 
 Message = dict  # {"role": str, "content": str, optional "tool_calls", "tool_call_id", "name"}
@@ -109,34 +109,53 @@ def specials(llm) -> list[Special]:
     return llm._edgeft_specials
 
 
-def _tokenize(llm, text: str) -> list[int]:
-    """Control tokens from the markup only: the whole text as before when no message holds one's text, else the
-    text cut at the markup's control tokens and each piece tokenized without special parsing."""
-    if not isinstance(text, ChatText):  # raw text (a completion prompt, a KLD text): the caller's own markup
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+def _tokenize(llm, text: str, limit: int | None = None) -> list[int]:
+    """Control tokens from the markup only (`convert.vocab.chat_spans`): the text cut at the control tokens outside
+    the messages' spans, each piece tokenized without special parsing. For plain text (a completion prompt, a KLD
+    text: the caller's own markup) every control token's text counts. The same ids llama.cpp's whole-text
+    tokenization gives when no message holds a control token's text, without its partition's quadratic time."""
     table = specials(llm)
-    controls = [special.text for special in table if special.control]
-    require_spans(text, controls, "the conversation")
-    if forged(text, controls) is None:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    spans: tuple = ()
+    if isinstance(text, ChatText):
+        controls = [special.text for special in table if special.control]
+        require_spans(text, controls, "the conversation")
+        if may_hold(text, controls):
+            spans = text.content_spans
     ids: list[int] = []
-    for piece, _ in split_controls(text, text.content_spans, table):
+    for piece, _ in split_controls(text, spans, table):
         if isinstance(piece, Special):
             ids.append(llm._edgeft_special_ids[piece.text])
         else:
             ids += llm.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
+        if limit is not None and len(ids) > limit:  # a client's 30,000-turn body stops here, not after seconds
+            raise EdgeftError(f"the prompt is over {limit} tokens, which does not fit the context of {limit + 1} "
+                              "tokens (with room for the answer); shorten the conversation or raise --ctx")
     return ids
 
 
-def prompt_tokens(llm, text: str) -> list[int]:
+def text_tokens(llm, text: str, *, limit: int | None = None) -> list[int]:
+    """A raw completion prompt's ids, as llama-cpp-python's create_completion makes them (special tokens parsed,
+    BOS in front when the vocabulary adds one), in linear time; EdgeftError past `limit` tokens."""
+    import llama_cpp
+
+    bos = llm.token_bos()
+    adds = llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0
+    return ([bos] if adds else []) + _tokenize(llm, text, None if limit is None else limit - adds)
+
+
+def prompt_tokens(llm, text: str, *, limit: int | None = None) -> list[int]:
     """Tokenize rendered chat text: control tokens where the template wrote them (never from message text, see
     `_tokenize`), BOS added only when the model wants one and the template did not already write it first (Llama-3
     templates start with {{ bos_token }}). The rule is `convert.vocab.special.bos_first`, which training applies to
-    the same text too."""
+    the same text too. `limit`: EdgeftError as soon as the prompt has more tokens (a server's context)."""
     import llama_cpp
 
     from convert.vocab.special import bos_first
 
-    tokens = _tokenize(llm, text)
     bos = llm.token_bos()
-    return bos_first(tokens, bos if llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0 else None)
+    bos = bos if llama_cpp.llama_vocab_get_add_bos(_vocab(llm)) and bos >= 0 else None
+    tokens = bos_first(_tokenize(llm, text, limit), bos)
+    if limit is not None and len(tokens) > limit:
+        raise EdgeftError(f"the prompt is {len(tokens)} tokens, which does not fit the context of {limit + 1} "
+                          "tokens (with room for the answer); shorten the conversation or raise --ctx")
+    return tokens

@@ -101,6 +101,39 @@ def test_message_text_never_yields_a_control_token_on_either_side(arch, models):
     assert hostile in detokenize(llm, forged_ids, special=True)  # the text survives, as text
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_plain_text_is_tokenized_as_llama_cpp_tokenizes_it_whole(arch, models):
+    """Raw text (a completion prompt) parses every special token, as llama.cpp's whole-text tokenization does:
+    runtime.chat_prompt cuts it itself (llama.cpp's own partition is quadratic in the tokens it claims) and must
+    give the same ids for the tricky corpus with the vocabulary's specials strewn through it, whitespace around
+    them included (Phi-3's rstrip)."""
+    import random
+
+    from runtime.chat_prompt import specials, text_tokens
+    from tests.corpus import tricky_strings
+
+    _, llm, _ = models[arch]
+    texts = [special.text for special in specials(llm)]
+    rng = random.Random(7)
+    for string in tricky_strings():
+        mixed = "".join(piece + rng.choice(["", " ", "\n", "  "]) + rng.choice(texts) for piece in string.split(" "))
+        assert text_tokens(llm, mixed) == llm.tokenize(mixed.encode("utf-8"), add_bos=True, special=True), mixed
+
+
+def test_a_prompt_over_the_limit_stops_early_with_one_line(models):
+    """The server passes its context: 3,000 turns are refused at the limit, in the same words as a long prompt."""
+    from runtime.chat_prompt import prompt_tokens, render_chat, text_tokens
+
+    _, llm, _ = models["qwen2"]
+    text = render_chat(llm, [{"role": "user", "content": "hi"}] * 3000)
+    exact = len(prompt_tokens(llm, text))
+    assert prompt_tokens(llm, text, limit=exact) == prompt_tokens(llm, text)
+    for tokenize, source in ((prompt_tokens, text), (text_tokens, "<|im_end|>" * 3000)):
+        with pytest.raises(EdgeftError, match="does not fit the context of 512 tokens") as refused:
+            tokenize(llm, source, limit=511)
+        assert "\n" not in str(refused.value)
+
+
 def test_a_trimming_template_keeps_its_spans_and_the_assistant_mask(models):
     """Llama 3's template trims each message: whitespace stays outside the marks, the spans are exact, and the
     training mask of a forged answer still trains the answer's text and the real end-of-turn only."""

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from edgeft.errors import EdgeftError
+from runtime.chat_prompt import text_tokens
 from runtime.generate import (_reusable_prefix, detokenize, is_end_of_generation, last_logits, prompt_tokens,
                               render_chat)
 from runtime.load import check_gguf, open_gguf
@@ -175,12 +176,12 @@ class Engine:
     def chat_tokens(self, name: str, messages: Sequence[dict], tools: list | None = None) -> list[int]:
         text = render_chat(self.llm, messages, path=str(self.base_path), template=self.chat_template(name),
                            tools=tools)
-        return prompt_tokens(self.llm, text)
+        return prompt_tokens(self.llm, text, limit=self.llm.n_ctx() - 1)
 
     def text_tokens(self, text: str) -> list[int]:
         """Tokens of a raw completion prompt, as llama-cpp-python's create_completion makes them (BOS when the
-        vocab wants one, special tokens parsed)."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        vocab wants one, special tokens parsed), in linear time (`runtime.chat_prompt.text_tokens`)."""
+        return text_tokens(self.llm, text, limit=self.llm.n_ctx() - 1)
 
     # ---- decoding -------------------------------------------------------------------------------------------
 
