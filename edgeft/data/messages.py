@@ -98,8 +98,9 @@ def normalize_message(message: Any, index: int, *, content_optional: bool = Fals
     unknown = sorted(key for key, value in message.items()
                      if value is not None and key not in {"role", "content", *EXTRA_KEYS[role]})
     if unknown:
-        raise MessageError(f"message {index} ({role}): unknown field {unknown[0][:40]!r}; a {role} message takes "
-                           f"{', '.join(('content',) + EXTRA_KEYS[role])}")
+        article = "an" if role[0] in "aeiou" else "a"
+        raise MessageError(f"message {index} ({role}): unknown field {unknown[0][:40]!r}; {article} {role} message "
+                           f"takes {', '.join(('content',) + EXTRA_KEYS[role])}")
     normalized: dict[str, Any] = {"role": role}
     content = message.get("content")
     calls = _tool_calls(message, index) if role == "assistant" else None
