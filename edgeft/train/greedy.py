@@ -16,15 +16,14 @@ ANSWER_MARGIN_TOKENS = 16
 
 
 def prompt_ids(messages: Sequence[dict], tok) -> list[int]:
-    """The ids llama.cpp feeds for `messages` with the generation prompt (runtime.generate.prompt_tokens' rule)."""
-    from convert.vocab.hf_tokenizer import llama_cpp_bos_id
-    from convert.vocab.special import bos_first
+    """The ids llama.cpp feeds for `messages` with the generation prompt (runtime.generate.prompt_tokens' rule:
+    `chat_ids`, where message text never yields a control token)."""
+    from convert.vocab.hf_tokenizer import chat_ids
     from edgeft.data.templates import render_chat, special_tokens_of
 
     text = render_chat(tok.chat_template, messages, add_generation_prompt=True,
                        special_tokens=special_tokens_of(tok.tokenizer))
-    ids = tok.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return bos_first(list(ids), llama_cpp_bos_id(tok.tokenizer))
+    return chat_ids(tok.tokenizer, text)
 
 
 def stop_ids(tok) -> set[int]:
