@@ -46,6 +46,9 @@ def test_the_cli_refuses_a_blank_key_before_loading_anything(tmp_path):
 
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "absent.gguf"), "--api-key", " "])
     assert result.exit_code != 0 and "--api-key is blank" in result.output and "Traceback" not in result.output
+    # click reads an empty variable as unset: that would serve without a key while the user thinks one is set
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "absent.gguf")], env={"EDGEFT_API_KEY": ""})
+    assert result.exit_code != 0 and "EDGEFT_API_KEY is empty" in result.output
 
 
 @pytest.mark.parametrize("body, words", [

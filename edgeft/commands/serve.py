@@ -57,7 +57,13 @@ def serve(base, adapters, base_name, host, port, api_key, n_ctx, threads, max_to
     from runtime.serve import serve as run_server
     from runtime.serve.protocol import Limits, check_api_key
 
-    check_api_key(api_key)  # before the model loads: a key no client can send is a mistake, not a setting
+    import os
+
+    # Before the model loads: a key no client can send is a mistake, not a setting. click reads an empty
+    # EDGEFT_API_KEY as unset, which would serve without a key while the user believes one is set.
+    if api_key is None and os.environ.get("EDGEFT_API_KEY") is not None:
+        check_api_key(os.environ["EDGEFT_API_KEY"], option="EDGEFT_API_KEY")
+    check_api_key(api_key)
     limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body, max_queue=max_queue)
     run_server(base, parse_adapters(adapters), host=host, port=port, api_key=api_key, base_name=base_name,
                n_ctx=n_ctx, threads=threads, limits=limits, shutdown_timeout=shutdown_timeout)
