@@ -26,6 +26,10 @@ _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 SQL_FIRST_WORDS = frozenset("select with values explain pragma insert update delete replace create drop alter begin "
                             "commit end rollback savepoint release attach detach analyze vacuum reindex".split())
 _FIRST_WORD = re.compile(r"[A-Za-z_]+")
+# What a query that only reads does (sqlite.org/c3ref/c_alter_table.html): read columns, select, call functions,
+# recurse in a CTE. ATTACH, VACUUM INTO, PRAGMA, writes and the rest are denied.
+SQLITE_READ_ACTIONS = frozenset((sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION,
+                                 sqlite3.SQLITE_RECURSIVE))
 
 
 @dataclass
@@ -189,8 +193,12 @@ class SqlExec:
                 raise SettingError(f"<metric> sql-exec:{db_path}: not an SQLite database file", "metric")
 
     def _run(self, sql: str):
-        # mode=ro: a predicted DROP/DELETE must not damage the user's database or later comparisons.
+        # mode=ro: a predicted DROP/DELETE must not damage the user's database or later comparisons. It does not
+        # cover other files: ATTACH DATABASE 'any.db' and VACUUM INTO 'any/path' create and write files wherever
+        # the user can. Only reading is authorized (SQLITE_READ_ACTIONS); anything else fails as an SQL error.
         connection = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+        connection.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in SQLITE_READ_ACTIONS
+                                  else sqlite3.SQLITE_DENY)
         steps = [0]
 
         def guard() -> int:

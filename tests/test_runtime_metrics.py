@@ -244,3 +244,18 @@ def test_an_invalid_pattern_is_found_without_building_the_metric():
     with pytest.raises(EdgeftError, match="invalid regular expression"):
         split_metric_spec("regex:(unclosed")
     assert split_metric_spec(r"regex:(\d+)") == ("regex", r"(\d+)")
+
+
+@pytest.mark.parametrize("predicted", ["ATTACH DATABASE '{dir}/attached.db' AS e",
+                                       "VACUUM INTO '{dir}/copy.db'",
+                                       "PRAGMA writable_schema = 1"])
+def test_predicted_sql_cannot_write_any_file(shop_db, tmp_path, predicted):
+    """mode=ro protected the eval's database only: ATTACH and VACUUM INTO created files wherever the user could
+    write (and ATTACH of another database let a prediction change it)."""
+    metric = parse_metric(f"sql-exec:{shop_db}")
+    before = sorted(tmp_path.iterdir())
+    verdict = metric.score(predicted.format(dir=tmp_path), "SELECT COUNT(*) FROM orders")
+    assert verdict.score == 0.0 and ("not authorized" in verdict.note or "authorization denied" in verdict.note)
+    assert sorted(tmp_path.iterdir()) == before
+    recursive = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4) SELECT COUNT(*) FROM n"
+    assert metric.score(recursive, "SELECT COUNT(*) FROM orders").score == 1.0  # reading is all a query needs
