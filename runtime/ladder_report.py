@@ -14,13 +14,22 @@ def _number(value, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _tax_sentence(tax: dict) -> str:
-    text = (f"Prompt tax of {tax['label']} over the fine-tune: {_number(tax['tokens_per_request'])} prompt tokens and "
-            f"{_number(tax['ttft_ms_per_request'], 1)} ms of prompt processing (time to first token) per request "
-            f"(total time per request {_number(tax['total_ms_per_request'], 1)} ms, answers included)")
+def tax_sentence(tax: dict) -> str:
+    """What the fine-tune saves per request (and per day) against the rung it is compared with; report.md, the
+    terminal and the card say it this way."""
+    tokens = tax.get("tokens_per_request")
+    if tokens is not None and tokens < 0:  # "a tax of -40 tokens" read as a saving
+        slower = None if tax.get("ttft_ms_per_request") is None else -tax["ttft_ms_per_request"]
+        timing = "" if slower is None else \
+            f" (time to first token {_number(abs(slower), 1)} ms {'longer' if slower >= 0 else 'shorter'} per request)"
+        return (f"No prompt tax saved: the fine-tune's own prompt is {_number(-tokens)} tokens longer than "
+                f"{tax['label']}'s{timing}.")
+    text = (f"Prompt tax of {tax['label']} over the fine-tune: {_number(tokens)} prompt tokens and "
+            f"{_number(tax.get('ttft_ms_per_request'), 1)} ms of prompt processing (time to first token) per request "
+            f"(total time per request {_number(tax.get('total_ms_per_request'), 1)} ms, answers included)")
     if tax.get("requests_per_day"):
-        text += (f"; at {_number(tax['requests_per_day'])} requests a day, {_number(tax['tokens_per_day'])} tokens and "
-                 f"{_number(tax['hours_per_day'], 2)} hours of prompt processing a day")
+        text += (f"; at {_number(tax['requests_per_day'])} requests a day, {_number(tax.get('tokens_per_day'))} tokens "
+                 f"and {_number(tax.get('hours_per_day'), 2)} hours of prompt processing a day")
     return text + "."
 
 
@@ -39,7 +48,7 @@ def ladder_markdown(ladder: dict) -> list[str]:
                      f"{_cost_cells(row)} |")
     own = ladder["finetune"]
     lines.append(f"| fine-tune (its own short prompt) | {shown_interval(own['score'])} | — | {_cost_cells(own)} |")
-    lines += ["", f"**Verdict: {ladder['verdict']['text']}.**", "", _tax_sentence(ladder["prompt_tax"])]
+    lines += ["", f"**Verdict: {ladder['verdict']['text']}.**", "", tax_sentence(ladder["prompt_tax"])]
     if ladder.get("fixed_shots"):
         lines += ["", f"Fixed shots (chosen once to cover the training data): training lines "
                       f"{', '.join(str(line) for line in ladder['fixed_shots'])}."]
@@ -62,7 +71,7 @@ def ladder_lines(ladder: dict) -> list[str]:
                      f"prompt tokens, {_number(row['ttft_ms'], 1)} ms to first token, {_number(row['total_ms'], 1)} ms "
                      "per request")
     lines.append(f"verdict: {ladder['verdict']['text']}")
-    lines.append(_tax_sentence(ladder["prompt_tax"]))
+    lines.append(tax_sentence(ladder["prompt_tax"]))
     return lines
 
 

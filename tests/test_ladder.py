@@ -363,8 +363,8 @@ def test_model_card_shows_the_ladder_and_the_verdict(tmp_path):
                              gguf_name="demo-Q4_K_M.gguf")
     assert "## The baseline ladder" in card and "| **retrieved 3 shot** (strongest) | 25.0% (" in card
     assert "**Verdict: fine-tuning earned it: +50.0 points over retrieved 3 shot, and 310 fewer prompt tokens" in card
-    assert "310 prompt tokens and 35.0 ms of prompt processing per request; at 1,000 requests a day, 310,000 tokens" \
-        in card
+    assert "310 prompt tokens and 35.0 ms of prompt processing (time to first token) per request (total time per " \
+        "request 70.0 ms, answers included); at 1,000 requests a day, 310,000 tokens" in card
 
 
 def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monkeypatch):

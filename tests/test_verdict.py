@@ -72,3 +72,13 @@ def test_the_card_names_tied_rungs_as_tied(tmp_path):
                              gguf_name="d-Q4_K_M.gguf")
     assert "| **zero shot** (tied best, compared) | 0.0% (" in card and "(strongest)" not in card
     assert "**Verdict: nothing here does the task:" in card
+
+
+def test_a_longer_fine_tune_prompt_is_not_called_a_prompt_tax():
+    from runtime.ladder_report import tax_sentence
+
+    summary = ladder.summarize(_run("fine-tune", [1.0] * N, 90, 50.0), [_run("zero-shot", [0.0] * N, 40, 60.0)])
+    assert summary["prompt_tax"]["tokens_per_request"] == -50
+    assert tax_sentence(summary["prompt_tax"]).startswith(
+        "No prompt tax saved: the fine-tune's own prompt is 50 tokens longer than zero shot's")
+    assert "50 more prompt tokens per request" in summary["verdict"]["text"]

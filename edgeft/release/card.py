@@ -105,15 +105,12 @@ def _ladder_section(ladder: dict | None) -> list[str]:
         low, high = row["ci95"]
         lines.append(f"| {name} | {_pct(row['score'])} ({_pct(low)} to {_pct(high)}, n={row.get('n', '?')}) | "
                      f"{_num(row['prompt_tokens'], '.0f')} | {_ms(row['ttft_ms'])} | {_ms(row['total_ms'])} |")
+    from runtime.ladder_report import tax_sentence
+
     tax = ladder.get("prompt_tax") or {}
     lines += ["", f"**Verdict: {ladder['verdict']}.**"]
     if tax.get("tokens_per_request") is not None:
-        text = (f"Prompt tax saved against {tax.get('label')}: {tax['tokens_per_request']:.0f} prompt tokens and "
-                f"{_ms(tax.get('ttft_ms_per_request'))} ms of prompt processing per request")
-        if tax.get("requests_per_day"):
-            text += (f"; at {tax['requests_per_day']:,.0f} requests a day, {tax['tokens_per_day']:,.0f} tokens and "
-                     f"{_num(tax.get('hours_per_day'), '.2f')} hours of prompt processing a day")
-        lines += ["", text + "."]
+        lines += ["", tax_sentence(tax)]
     return lines
 
 
