@@ -94,6 +94,9 @@ MISSING_FILES = [
     ("eval:\n  metric: 'sql-exec:{data_dir}/shop.sqlite'\n", "eval.metric sql-exec:", "shop.sqlite: not found"),
     ("eval:\n  metric: 'judge:{data_dir}/judge.gguf'\n", "eval.metric judge:", "judge.gguf: not found"),
     ("train:\n  chat_template: /nonexistent/t.jinja\n", "train.chat_template", "t.jinja: not found"),
+    ("train:\n  validation: /nonexistent/v.jsonl\n", "train.validation", "v.jsonl: not found"),
+    ("train:\n  {validation: 0.2, select: metric, metric: 'sql-exec:{data_dir}/v.sqlite'}\n", "train.metric sql-exec:",
+     "v.sqlite: not found"),
 ]
 
 

@@ -211,15 +211,19 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
 
 def recipe_files(s: Settings) -> dict[str, Path]:
     """Every file the release recipe names, by the recipe key that names it: what the stages will read after
-    training (the eval's context and probe, the metric's database or judge) or at its start (the chat template)."""
+    training (the eval's context, probe, rubric, the metric's database or judge) or while training (the chat
+    template, a validation file, the database of the metric that selects the checkpoint)."""
     from runtime.metrics import split_metric_spec
 
-    ev = s.eval_settings()
+    ev, train = s.eval_settings(), s.train_config()
+    validation = train.get("validation")
     named = {"eval.context": ev.context, "eval.probe": ev.probe, "eval.rubric": ev.rubric,
-             "train.chat_template": (s.recipe.get("train") or {}).get("chat_template")}
-    metric, argument = split_metric_spec(str(ev.metric))
-    if metric in ("sql-exec", "judge"):
-        named[f"eval.metric {metric}:"] = argument  # shown as the recipe has it: eval.metric sql-exec:PATH
+             "train.chat_template": train.get("chat_template"),
+             "train.validation": validation if isinstance(validation, str) else None}
+    for key, spec in (("eval.metric", ev.metric), ("train.metric", train.get("metric"))):
+        metric, argument = split_metric_spec(str(spec or "exact"))
+        if metric in ("sql-exec", "judge"):
+            named[f"{key} {metric}:"] = argument  # shown as the recipe has it: eval.metric sql-exec:PATH
     return {key: Path(value) for key, value in named.items() if value}
 
 
