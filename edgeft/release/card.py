@@ -172,7 +172,8 @@ def _provenance_section(manifest: dict) -> list[str]:
     lines += [f"- Data: " + ", ".join(f"{role} `{_file_name(d['path'])}` (sha256 {d['sha256'][:12]}…)"
                                      for role, d in manifest.get("data", {}).items()),
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items() if v),
-              "- Every other file's sha256 is in `manifest.json`; the recipe that made it is there too.", ""]
+              "- The sha256 of every file but this card is in `manifest.json` (this card records the manifest's own, "
+              "below); the recipe that made it is there too."]
     return lines
 
 
