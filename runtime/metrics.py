@@ -186,8 +186,9 @@ class SqlExec:
     def __init__(self, db_path: str):
         self.path = Path(db_path)
         if not self.path.is_file():
-            raise SettingError(f"<metric> sql-exec:{db_path}: SQLite file not found; pass the database the gold "
-                               "queries run against", "metric")
+            what = "not a regular file" if self.path.exists() else "SQLite file not found"  # a folder, a pipe
+            raise SettingError(f"<metric> sql-exec:{db_path}: {what}; pass the database the gold queries run "
+                               "against", "metric")
         with open(self.path, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
                 raise SettingError(f"<metric> sql-exec:{db_path}: not an SQLite database file", "metric")
@@ -356,6 +357,9 @@ def parse_metric(spec: str, *, rubric_path: str | None = None, threads: int | No
     name, argument = split_metric_spec(spec)
     rubric = None
     if rubric_path:
+        if not Path(rubric_path).is_file():  # a pipe blocked the eval, /dev/zero filled the memory
+            what = "not a regular file" if Path(rubric_path).exists() else "file not found"
+            raise SettingError(f"<rubric> {rubric_path}: {what}; pass a plain-text rubric file", "rubric")
         try:
             rubric = Path(rubric_path).read_text(encoding="utf-8")
         except OSError as exc:

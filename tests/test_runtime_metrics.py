@@ -259,3 +259,18 @@ def test_predicted_sql_cannot_write_any_file(shop_db, tmp_path, predicted):
     assert sorted(tmp_path.iterdir()) == before
     recursive = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4) SELECT COUNT(*) FROM n"
     assert metric.score(recursive, "SELECT COUNT(*) FROM orders").score == 1.0  # reading is all a query needs
+
+
+def test_a_rubric_or_database_that_is_not_a_regular_file_is_one_line(tmp_path):
+    """A pipe as --rubric blocked the eval for good and /dev/zero filled the memory; a folder as the sql-exec
+    database was 'SQLite file not found'."""
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for path in (pipe, "/dev/zero", tmp_path):
+        with pytest.raises(EdgeftError, match=f"rubric {path}: not a regular file; pass a plain-text rubric file"):
+            parse_metric("exact", rubric_path=str(path))
+    for path in (pipe, tmp_path):
+        with pytest.raises(EdgeftError, match=f"metric sql-exec:{path}: not a regular file"):
+            parse_metric(f"sql-exec:{path}")
