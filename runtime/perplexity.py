@@ -81,6 +81,9 @@ def read_probe(path: str | Path | None) -> tuple[str, str]:
     if path is None:
         return "general.txt (built in)", default_probe_text()
     path = Path(path)
+    if not path.is_file():  # a pipe blocked the eval for good, /dev/zero filled the memory
+        what = "not a regular file" if path.exists() else "file not found"
+        raise SettingError(f"<probe> {path}: {what}; pass a plain-text file", "probe")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -93,7 +96,8 @@ def read_choices(path: str | Path) -> list[dict]:
     """Multiple-choice JSONL: {"question": str, "choices": [str, ...], "answer": index}."""
     path = Path(path)
     if not path.is_file():
-        raise SettingError(f"<choices> {path}: file not found", "choices")
+        raise SettingError(f"<choices> {path}: {'not a regular file' if path.exists() else 'file not found'}",
+                           "choices")
     items = []
     for number, item in read_json_lines(path):
         item = item if isinstance(item, dict) else {}  # a list or a number: the shape message below

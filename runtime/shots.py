@@ -143,8 +143,8 @@ def read_context(path: str | Path) -> list[Passage]:
     """The context corpus (setting `context`): one {"text": "..."} per line (other keys ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise SettingError(f"<context> {path}: file not found; pass a JSONL file of {{\"text\": ...}} passages",
-                           "context")
+        what = "not a regular file" if path.exists() else "file not found"
+        raise SettingError(f"<context> {path}: {what}; pass a JSONL file of {{\"text\": ...}} passages", "context")
     passages = []
     for number, record in read_json_lines(path, advice="; one {\"text\": ...} per line"):
         text = record.get("text") if isinstance(record, dict) else None

@@ -308,3 +308,16 @@ def test_a_gate_threshold_that_cannot_decide_is_refused_before_generation(setup,
     result, out, untouched = _eval(setup, tmp_path, None, "--baseline", setup["model"], "--min-gain", threshold)
     one_line_error(result, f"gate min_gain: threshold {float(threshold)!r} must be a finite number")
     assert not out.exists() and untouched()
+
+
+@pytest.mark.parametrize("option, baseline", [("--probe", False), ("--choices", False), ("--context", True)])
+def test_an_eval_input_that_is_a_pipe_is_one_line(setup, tmp_path, option, baseline):
+    """--probe on a pipe waited for a writer for good; --choices and --context called it 'file not found'."""
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    extra = ["--baseline", setup["model"]] if baseline else []
+    result, out, untouched = _eval(setup, tmp_path, None, *extra, option, pipe)
+    one_line_error(result, f"{option} {pipe}: not a regular file")
+    assert not out.exists() and untouched()
