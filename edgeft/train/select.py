@@ -91,7 +91,9 @@ class MetricRun(TrainRun):
         answers, scores = [], []
         if self.world.is_main:
             answers = greedy_answers(self.model, self.tok, [e.prompt for e in self.validation.examples],
-                                     max_new_tokens=self.max_new_tokens, batch_size=self.recipe.micro_batch)
+                                     max_new_tokens=self.max_new_tokens,
+                                     # no gradients or activations kept: twice the training batch fits
+                                     batch_size=2 * self.recipe.micro_batch)
             scores = score_answers(self.validation, answers)
         mean = torch.tensor([sum(scores) / max(1, len(scores))], dtype=torch.float64, device=self.device)
         self.world.broadcast_(mean)
