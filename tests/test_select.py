@@ -44,6 +44,10 @@ def test_selection_keeps_the_metric_peak_while_the_loss_keeps_falling(tmp_path, 
     assert min(losses, key=losses.get) == 8  # selection by the loss would keep the last checkpoint
     assert summary["best_step"] == summary["adapter_step"] == 4 and summary["best_val_score"] == 1.0
     assert summary["best_eval_loss"] == losses[4] and summary["select"] == "metric"
+    from edgeft.train import format_summary
+
+    assert "best score    100.0% exact on 4 validation examples at step 4 (the adapter's weights; review.md, " \
+           "validation.png)" in format_summary(summary)
     best = load_file(str(out / "checkpoints" / "best" / "trainable.safetensors"))
     adapter = load_file(str(out / "adapter_model.safetensors"))
     for key, tensor in adapter.items():
