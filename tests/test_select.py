@@ -113,3 +113,47 @@ def _trainable_from_adapter(adapter, model, tmp_path):
     path = tmp_path / "trainable.safetensors"
     save_file(tensors, str(path))
     return path
+
+
+@pytest.mark.slow
+def test_two_processes_select_as_one_does(tmp_path):
+    """Under torchrun rank 0 decodes and every rank keeps the score it broadcasts: the same checkpoints scored, the
+    same one kept, as a single process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from edgeft.train import train as run_training
+    from tests.test_train_ddp import _free_port
+    from tests.train_helpers import ROOT, edgeft_env, write_recipe
+
+    base = build_model("qwen2")
+    train_path, _ = toy_data(tmp_path / "data", n_train=16)
+    validation = write_jsonl(tmp_path / "data" / "val.jsonl", [toy_conversation(500 + i) for i in range(4)])
+    recipe = write_recipe(tmp_path / "recipe.yaml", method="lora", dropout=0.0, max_steps=6, eval_every=2,
+                          save_every=100, lr=3e-2, validation=str(validation), select="metric", metric="exact",
+                          early_stop=None)
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "edgeft", "train", "--base", str(base), "--data", str(train_path),
+               "--config", str(recipe), "-o", str(out)]
+    process = subprocess.Popen(command, env=edgeft_env(OMP_NUM_THREADS="1"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    single = run_training(base, train_path, tmp_path / "single", config=recipe, progress=False)
+
+    def selection(folder):
+        return [{k: row[k] for k in ("step", "answers", "scores")}
+                for row in map(json.loads, (folder / "selection.jsonl").read_text().splitlines())]
+
+    assert selection(out) == selection(single) and len(selection(out)) == 3
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (out, single)]
+    assert summaries[0]["best_step"] == summaries[1]["best_step"]
+    assert summaries[0]["best_val_score"] == summaries[1]["best_val_score"]
