@@ -79,3 +79,20 @@ def test_a_trial_whose_recipe_changed_is_trained_again(tmp_path, monkeypatch):
     run_sweep(build_model("qwen2"), train_path, tmp_path / "s", grid=grid, metric="exact",
               config=dict(config, max_steps=2, r=8), log=lines.append)
     assert lines[0] == "trial lr=0.01: trained again (its recipe changed since it ran)"
+
+
+def test_a_recipe_extends_another_section_by_section(tmp_path):
+    from edgeft.release.settings import DEMO_RECIPE, load_release_recipe
+
+    recipe = load_release_recipe(DEMO_RECIPE.with_name("sweep.yaml"), demo=False)
+    demo = load_release_recipe(None, demo=True)
+    assert recipe["name"] == "edgeft-demo-sweep" and recipe["eval"] == demo["eval"]
+    assert recipe["train"] == {**demo["train"], "validation": 0.1, "select": "metric", "keep": "best"}
+    assert recipe["sweep"] == {"lr": [1e-4, 3e-4, 1e-3], "epochs": [1, 2]}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(EdgeftError, match=r"a.yaml: extends: b.yaml: a cycle"):
+        load_release_recipe(tmp_path / "b.yaml", demo=False)
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(EdgeftError, match=r"c.yaml: extends: nowhere.yaml: no such recipe"):
+        load_release_recipe(tmp_path / "c.yaml", demo=False)

@@ -98,24 +98,42 @@ class Settings:
 
 
 def load_release_recipe(path: Path | None, demo: bool) -> dict:
-    from edgeft.data.io import read_yaml
-
     if path is None:
         path = DEMO_RECIPE if demo else None
     if path is None:
         return json.loads(json.dumps(GENERIC_RECIPE))
+    recipe = _read_recipe(Path(path), ())
+    unknown = set(recipe) - set(RECIPE_KEYS)
+    if unknown:
+        raise EdgeftError(f"{path}: unknown release recipe keys {sorted(map(str, unknown))}; use name, quant, "
+                          "description, train (edgeft train settings), eval (the eval's settings and gates), "
+                          "sweep (train settings -> lists of values) and extends (a recipe to start from)")
+    check_release_recipe(recipe, str(path))
+    return recipe
+
+
+def _read_recipe(path: Path, seen: tuple) -> dict:
+    """The recipe at `path`; with `extends: other.yaml` (relative to it), that recipe with this one's keys over it,
+    the train:, eval: and sweep: sections key by key (a recipe that adds a sweep to the demo's restates nothing)."""
+    from edgeft.data.io import read_yaml
+
     recipe = read_yaml(path, "release recipe")
     recipe = {} if recipe is None else recipe
     if not isinstance(recipe, dict):
         raise EdgeftError(f"{path}: the release recipe is a {type(recipe).__name__}, not a mapping; write it as "
                           "keys (name:, quant:, train:, eval:), see edgeft/demo/recipe.yaml")
-    unknown = set(recipe) - set(RECIPE_KEYS)
-    if unknown:
-        raise EdgeftError(f"{path}: unknown release recipe keys {sorted(map(str, unknown))}; use name, quant, "
-                          "description, train (edgeft train settings), eval (the eval's settings and gates) and "
-                          "sweep (train settings -> lists of values)")
-    check_release_recipe(recipe, str(path))
-    return recipe
+    parent = recipe.pop("extends", None)
+    if parent is None:
+        return recipe
+    parent_path = path.parent / str(parent)
+    if not parent_path.is_file() or parent_path.resolve() in seen:
+        raise EdgeftError(f"{path}: extends: {parent}: {'no such recipe' if not parent_path.is_file() else 'a cycle'}"
+                          f"; name a release recipe beside it")
+    merged = _read_recipe(parent_path, seen + (path.resolve(),))
+    for key, value in recipe.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both else value
+    return merged
 
 
 RECIPE_KEYS = ("name", "quant", "train", "eval", "description", "sweep")
