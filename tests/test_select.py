@@ -119,14 +119,8 @@ def _trainable_from_adapter(adapter, model, tmp_path):
 def test_two_processes_select_as_one_does(tmp_path):
     """Under torchrun rank 0 decodes and every rank keeps the score it broadcasts: the same checkpoints scored, the
     same one kept, as a single process."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from edgeft.train import train as run_training
-    from tests.test_train_ddp import _free_port
-    from tests.train_helpers import ROOT, edgeft_env, write_recipe
+    from tests.train_helpers import torchrun_train, write_recipe
 
     base = build_model("qwen2")
     train_path, _ = toy_data(tmp_path / "data", n_train=16)
@@ -135,18 +129,7 @@ def test_two_processes_select_as_one_does(tmp_path):
                           save_every=100, lr=3e-2, validation=str(validation), select="metric", metric="exact",
                           early_stop=None)
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "edgeft", "train", "--base", str(base), "--data", str(train_path),
-               "--config", str(recipe), "-o", str(out)]
-    process = subprocess.Popen(command, env=edgeft_env(OMP_NUM_THREADS="1"), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, stderr[-3000:]
+    torchrun_train("--base", base, "--data", train_path, "--config", recipe, "-o", out)
     single = run_training(base, train_path, tmp_path / "single", config=recipe, progress=False)
 
     def selection(folder):

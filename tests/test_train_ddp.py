@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 
 from tests.factory import build_model
-from tests.train_helpers import ROOT, edgeft_env, toy_data, write_recipe
+from tests.train_helpers import torchrun_train, toy_data, write_recipe
 
 torch = pytest.importorskip("torch")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:  # torchrun's port 0 does not reach the workers' rendezvous
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -34,19 +23,7 @@ def test_torchrun_two_processes_one_adapter(tmp_path):
     # dropout 0: the two runs then see the same arithmetic (2 micro-batches per step: 2 per process vs 1 x 2).
     recipe = write_recipe(tmp_path / "recipe.yaml", dropout=0.0, max_steps=3, save_every=100)
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               "-m", "edgeft", "train", "--base", str(base), "--data", str(train), "--eval", str(evals),
-               "--config", str(recipe), "-o", str(out)]
-    # Own process group: if anything hangs, the timeout takes torchrun's workers down with it.
-    process = subprocess.Popen(command, env=edgeft_env(OMP_NUM_THREADS="1"), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, stderr[-3000:]
+    stdout, _ = torchrun_train("--base", base, "--data", train, "--eval", evals, "--config", recipe, "-o", out)
     assert stdout.count("trainable ") == 1  # only rank 0 reports
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3

@@ -69,3 +69,31 @@ def edgeft_command(*args: str) -> list[str]:
 def run_edgeft(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(edgeft_command(*args), env=edgeft_env(), capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # torchrun's port 0 does not reach the workers' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_train(*args: str, processes: int = 2, timeout: float = 600) -> tuple[str, str]:
+    """`torchrun --nproc_per_node PROCESSES -m edgeft train ARGS` on CPU (one thread each); (stdout, stderr) after
+    asserting it succeeded."""
+    import signal
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(_free_port()), "-m", "edgeft", "train", *map(str, args)]
+    # Own process group: if anything hangs, the timeout takes torchrun's workers down with it.
+    process = subprocess.Popen(command, env=edgeft_env(OMP_NUM_THREADS="1"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout, stderr
