@@ -30,8 +30,6 @@ from edgeft.fsutil import atomic_file
 
 MARKER = "sweep.json"
 TRIALS = "trials"
-# A trial scores on a validation split; a recipe without one gets this fraction of the training data.
-DEFAULT_VALIDATION = 0.1
 
 
 @dataclass
@@ -74,7 +72,6 @@ def plan_trials(base_recipe: dict, grid: dict[str, list], metric: str, source: s
         settings = dict(zip(keys, values))
         # Trials are compared by their best-scoring checkpoint, whatever the base recipe keeps.
         recipe = {**base_recipe, **settings, "select": "metric", "metric": metric, "keep": "best"}
-        recipe.setdefault("validation", DEFAULT_VALIDATION)
         try:
             resolve_recipe(recipe)
         except EdgeftError as exc:

@@ -96,7 +96,7 @@ def test_a_split_that_leaves_too_little_to_train_on_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("settings, message", [
     ({"validation": 0.7}, r"validation=0.7 must be a fraction of the training data in \(0, 0.5\]"),
-    ({"select": "metric", "metric": "exact"}, r"select='metric' needs validation:"),
+    ({"select": "metric"}, r"select='metric' needs metric:"),
     ({"select": "best"}, r"select='best' is not one of loss, metric"),
     ({"validation": 0.1, "metric": "bleu"}, r"metric='bleu' .*unknown metric"),
     ({"lr": "fast"}, r"lr='fast' must be a number > 0, or auto"),
@@ -108,6 +108,7 @@ def test_selection_settings_are_checked_with_the_recipe(settings, message):
     with pytest.raises(EdgeftError, match=message):
         resolve_recipe(settings)
     assert resolve_recipe({"lr": "1e-3"}).lr == 1e-3 and resolve_recipe({"lr": "auto"}).lr is None
+    assert resolve_recipe({"select": "metric", "metric": "exact"}).validation == 0.1  # a split of its own
 
 
 def test_train_refuses_before_loading_a_model(tmp_path, no_model_load):

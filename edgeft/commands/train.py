@@ -27,7 +27,7 @@ import click
               help="Carve a validation split from --data: a fraction (0.1) or a JSONL file; never trained on.")
 @click.option("--metric", default=None,
               help="Select the checkpoint by this metric on the validation split (exact, json-match, sql-exec:DB...): "
-                   "sets select: metric.")
+                   "sets select: metric (and validation: 0.1 unless one is given).")
 @click.option("--seed", type=int, default=None, help="Seed: same seed, same data, same result on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
 @click.option("--overwrite", is_flag=True,

@@ -101,6 +101,7 @@ def split_dataset(
 MIN_TRAIN_EXAMPLES = 8
 MIN_VALIDATION_EXAMPLES = 2
 MAX_VALIDATION_FRACTION = 0.5
+DEFAULT_VALIDATION = 0.1  # what select: metric carves when the recipe names no validation split
 VALIDATION_FILE, TRAINED_FILE = "validation.jsonl", "train-split.jsonl"
 
 

@@ -127,7 +127,7 @@ def _number(text: str):
 
 def _check_selection(recipe: Recipe, bad) -> None:
     """The validation split and what selects the checkpoint: wrong here is one line before anything trains."""
-    from edgeft.data.split import MAX_VALIDATION_FRACTION
+    from edgeft.data.split import DEFAULT_VALIDATION, MAX_VALIDATION_FRACTION
 
     validation = recipe.validation
     if validation is not None and not (isinstance(validation, str) and validation.strip()):
@@ -137,9 +137,10 @@ def _check_selection(recipe: Recipe, bad) -> None:
                                     "(e.g. 0.1) or a JSONL file of conversations")
     if recipe.select not in SELECT:
         raise bad("select", f"is not one of {', '.join(SELECT)}")
-    if recipe.select == "metric" and (validation is None or not recipe.metric):
-        raise bad("select", "needs validation: (a fraction like 0.1, or a file) and metric: (e.g. exact) to score "
-                            "checkpoints with; add both")
+    if recipe.select == "metric" and not recipe.metric:
+        raise bad("select", "needs metric: (e.g. exact, json-match) to score checkpoints with; add it")
+    if recipe.select == "metric" and validation is None:  # scored on a split of its own, never on the eval set
+        recipe.validation = DEFAULT_VALIDATION
     if recipe.select == "metric" and recipe.keep == "last":
         raise bad("keep", "contradicts select: metric, which makes the best-scoring checkpoint the adapter; "
                           "leave keep out (best) or select by loss")
