@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 
@@ -50,6 +48,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
     from edgeft.modelref import is_hub_id, resolve_model
     from edgeft.train import format_summary
     from edgeft.train import train as run_training
+    from edgeft.train.world import is_main_process
 
     if is_hub_id(base):
         base = str(resolve_model(base, what="base model"))
@@ -57,7 +56,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
                        method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
                        validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         import json
 
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
