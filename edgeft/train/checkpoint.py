@@ -184,8 +184,8 @@ def refuse_diverged(loss: float, step: int, out_dir: Path, what: str = "the loss
     if math.isfinite(loss):
         return
     last = latest_checkpoint(out_dir)
-    kept = (f"the last good checkpoint ({last.name}) is kept, but resuming it with the same settings diverges again"
-            if last is not None else "no checkpoint was saved before it")
+    # Resuming with the same settings would replay the same batches into the same blow-up: the advice is a new run.
+    kept = f"the last good checkpoint ({last.name}) is kept" if last is not None else "no checkpoint was saved before it"
     raise EdgeftError(f"training diverged at step {step}: {what} is {loss if what == 'the loss' else 'NaN or Inf'}; "
                       f"{kept}; lower lr (or clip with max_grad_norm) and start again with --overwrite")
 
