@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from convert.finite import refuse_non_finite
 from edgeft.errors import EdgeftError
 
 GGUF_MAGIC_BYTES = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF", the first four bytes of every GGUF file
@@ -248,7 +249,9 @@ class GGUFFile:
         except NotImplementedError as exc:
             raise EdgeftError(f"tensor {tensor.name}: type {tensor.qtype.name} cannot be dequantized by the gguf "
                               f"package ({exc}); requantize the GGUF to another type first") from None
-        return np.asarray(values, dtype=np.float32)
+        values = np.asarray(values, dtype=np.float32)
+        refuse_non_finite(values, tensor.name, str(self.path))  # what `edgeft import` writes comes through here
+        return values
 
     def release(self, tensor: TensorEntry) -> None:
         """Drop the tensor's pages from the mapping once used, so resident memory stays near one tensor."""

@@ -206,9 +206,7 @@ def _write_data(writer, out_path, tensors, arch, reader, importance, threads, pr
 
     def encoder(t: PlannedTensor):
         def encode(values: np.ndarray) -> np.ndarray:
-            values = np.asarray(values, dtype=np.float32)
-            if not np.isfinite(values).all():
-                raise EdgeftError(f"tensor {t.hf_name or t.gguf_name}: contains NaN or Inf; the checkpoint is damaged")
+            values = np.asarray(values, dtype=np.float32)  # NaN or Inf were refused as read (convert.finite)
             return quantize_tensor(values, t.qtype, imatrix=importance.get(t.gguf_name), threads=threads)
         return encode
 

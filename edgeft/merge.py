@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from convert.adapter_file import Adapter, load_adapter
+from convert.finite import refuse_non_finite
 from convert.fingerprint import check_adapter_base
 from convert.safetensors_file import SafetensorsFile, SafetensorsStreamWriter
 from edgeft.errors import EdgeftError
@@ -182,7 +183,11 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
                 diff_sq += float(torch.linalg.vector_norm(low.sub_(chunk))) ** 2
                 del low
         encoded = chunk.to(torch_dtypes[job.out_dtype]) if chunk.dtype != torch_dtypes[job.out_dtype] else chunk
-        writer.write(job.name, encoded.contiguous().view(torch.uint8).reshape(-1).numpy())
+        data = encoded.contiguous().view(torch.uint8).reshape(-1).numpy()
+        # The inputs were judged finite as read; a merged value can still pass what F16 holds (65504).
+        refuse_non_finite(data, job.name, "merge", stored=job.out_dtype,
+                          advice=f"the merged weights do not fit {job.out_dtype}; merge with --dtype f32")
+        writer.write(job.name, data)
     if rows == 0:
         writer.write(job.name, b"")
     if nf4 is not None and merged_sq:

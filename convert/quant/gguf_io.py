@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from convert.finite import refuse_non_finite
 from convert.gguf_reader import GGUFFile, TensorEntry, tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, RawValue, write_streamed
 from convert.quant.policy import walk_order
@@ -54,6 +55,7 @@ def _tensor_jobs(source: GGUFFile, tensor: TensorEntry, target: T, importance: d
 
     raw = source.data(tensor)
     if target == tensor.qtype:
+        refuse_non_finite(raw, tensor.name, str(source.path), stored=tensor.qtype.name)
         yield lambda: raw
         return
     to_float = _to_float(tensor)
@@ -64,7 +66,13 @@ def _tensor_jobs(source: GGUFFile, tensor: TensorEntry, target: T, importance: d
     step = max(1, SLAB_VALUES // tensor.n_per_row)
     for start in range(0, len(rows), step):
         slab = rows[start : start + step]
-        yield lambda slab=slab: quantize_tensor(to_float(slab), target, imatrix=values, threads=1)
+        yield lambda slab=slab: quantize_tensor(_finite(to_float(slab), tensor.name, source.path), target,
+                                                imatrix=values, threads=1)
+
+
+def _finite(values: np.ndarray, name: str, path) -> np.ndarray:
+    refuse_non_finite(values, name, str(path))
+    return values
 
 
 def _model_shape(source: GGUFFile, path: Path) -> tuple[str, int, int, int]:
