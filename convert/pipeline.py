@@ -19,6 +19,7 @@ import numpy as np
 
 from convert.arch import Architecture, load_architecture
 from convert.arch.base import Source
+from convert.config_shapes import check_config_shapes
 from convert.gguf_reader import tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, write_streamed
 from convert.reader import iter_row_chunks, open_weights
@@ -165,6 +166,9 @@ def convert_model(
     vocab.pad_to(embd.shape[0], str(model_dir))
     importance = _choose_types(tensors, arch, file_type, importance)
     writer = _header(tensors, arch, vocab, file_type, model_dir)
+    # what llama.cpp's loader will check, checked before a byte is written
+    check_config_shapes(writer.kv_data[0], arch.gguf_arch, [(t.gguf_name, t.shape, t.hf_name) for t in tensors],
+                        model_dir / "config.json", arch.expected_shapes)
     _write_data(writer, out_path, tensors, arch, reader, importance, threads, progress)
     if log is not None:
         seconds = time.perf_counter() - started

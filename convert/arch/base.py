@@ -68,6 +68,8 @@ class Architecture:
 
     gguf_arch: str = ""
     tensors: TensorTable = LLAMA_FAMILY
+    # rows of convert.config_shapes.EXPECTED_SHAPES this arch's loader in llama.cpp sizes otherwise
+    expected_shapes: dict = {}
     tensor_map: dict[str, str | tuple[str, ...]] = gguf_names(LLAMA_FAMILY)
 
     def __init_subclass__(cls, **kwargs):
