@@ -23,6 +23,7 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from convert.finite import refuse_non_finite
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 # safetensors dtype name -> numpy dtype of the stored bytes
@@ -62,6 +63,7 @@ class TensorEntry:
 
 def _read_header(path: Path) -> tuple[dict, int, int]:
     """(JSON header, byte offset where tensor data starts, file size)."""
+    check_input_file(path, "re-save the model with safetensors")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

@@ -129,13 +129,13 @@ def quantize_gguf(
     when complete (atomic rename). `progress` shows a tqdm bar on stderr.
     """
     from convert.quant import default_threads, parse_file_type
+    from edgeft.data.io import check_input_file
     from edgeft.fsutil import refuse_own_input
 
     in_path, out_path = Path(in_path), Path(out_path)
     if isinstance(file_type, str):
         file_type = parse_file_type(file_type)
-    if not in_path.is_file():
-        raise EdgeftError(f"{in_path}: input GGUF not found; pass the F16/BF16/F32 GGUF made by `edgeft convert`")
+    check_input_file(in_path, "pass the F16/BF16/F32 GGUF made by `edgeft convert`", missing="input GGUF not found")
     refuse_own_input(out_path, {"input GGUF": in_path,
                                 "imatrix": imatrix if isinstance(imatrix, (str, os.PathLike)) else None})
     with GGUFFile(in_path) as source:

@@ -49,10 +49,10 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
 
         imatrix = resolve_imatrix(imatrix, model_dir, data_path=imatrix_data,
                                   cache_dir=Path(out_path).resolve().parent / ".edgeft-imatrix")
-    elif imatrix is not None and not Path(imatrix).is_file():
-        from edgeft.errors import EdgeftError
+    elif imatrix is not None:
+        from edgeft.data.io import check_input_file
 
-        raise EdgeftError(f"{imatrix}: imatrix file not found; pass an imatrix GGUF or --imatrix auto")
+        check_input_file(imatrix, "pass an imatrix GGUF or --imatrix auto", missing="imatrix file not found")
 
     convert_model(model_dir, out_path, outtype=outtype, imatrix=imatrix, threads=threads,
                   allow_pickle=allow_pickle, pretokenizer=pretokenizer, progress=True,

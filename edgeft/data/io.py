@@ -108,7 +108,7 @@ def lone_surrogate(text: str) -> str | None:
 # What an input path that is not a regular file is, for the one line that refuses it. A pipe or a device reads once,
 # or never ends (/dev/zero, /dev/urandom), and commands read their inputs more than once and to the end.
 FILE_KINDS = ((stat.S_ISDIR, "is a folder, not a file"),
-              (stat.S_ISFIFO, "is a pipe, not a regular file (it can be read only once); save it to a file first"),
+              (stat.S_ISFIFO, "is a pipe, not a regular file (a pipe reads only once: save what it gives to a file)"),
               (stat.S_ISCHR, "is a device, not a regular file"), (stat.S_ISBLK, "is a device, not a regular file"),
               (stat.S_ISSOCK, "is a socket, not a regular file"))
 
@@ -127,11 +127,12 @@ def input_file_problem(path: str | Path) -> str | None:
     return next((why for is_kind, why in FILE_KINDS if is_kind(mode)), "is not a regular file")
 
 
-def check_input_file(path: str | Path, advice: str) -> Path:
-    """`path` when it is a regular file; otherwise one line, "PATH: is a pipe, not a regular file...; ADVICE"."""
+def check_input_file(path: str | Path, advice: str, *, missing: str = "no such file") -> Path:
+    """`path` when it is a regular file; otherwise one line, "PATH: is a pipe, not a regular file...; ADVICE"
+    (`missing`: the words for a path that does not exist, "no such GGUF file")."""
     problem = input_file_problem(path)
     if problem is not None:
-        raise EdgeftError(f"{path}: {problem}; {advice}")
+        raise EdgeftError(f"{path}: {missing if problem == 'no such file' else problem}; {advice}")
     return Path(path)
 
 
