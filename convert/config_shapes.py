@@ -1,14 +1,16 @@
 """A config.json that contradicts its weights is refused before the GGUF is written.
 
 llama.cpp's loader checks every tensor's shape against the hyper-parameters in the GGUF header and refuses the
-file when one differs ("tensor 'blk.0.attn_q.weight' has wrong shape"). Those come from config.json, so a config
-edited by hand, or copied from another size of the model, converts "successfully" into a GGUF nothing can load.
-The same check, made here on the header about to be written: one line naming the config setting, the tensor and
-both shapes.
+file when one differs ("tensor 'blk.0.attn_q.weight' has wrong shape"), or when the layer count is not the weights'.
+Those come from config.json, so a config edited by hand, or copied from another size of the model, converts
+"successfully" into a GGUF nothing can load. Worse, a NaN rms_norm_eps or a negative rope_theta loads and answers
+garbage, and tie_word_embeddings=true beside a trained lm_head drops the lm_head without a word. The same checks,
+made here on the header about to be written: one line naming the config setting, the tensor and both shapes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from gguf import Keys
@@ -103,3 +105,51 @@ def check_config_shapes(header: dict, arch: str, tensors, config_path, overrides
             raise EdgeftError(f"{config_path}: {' and '.join(said)} does not fit tensor {hf_name or gguf_name}, whose "
                               f"shape is {list(shape)} where that config gives {expected}; the config and the weights "
                               "are not the same model's: fix config.json (or use the model's own)")
+
+
+# Header numbers llama.cpp divides by, or takes powers of: the config setting each comes from; each must be above 0.
+POSITIVE = {Keys.LLM.CONTEXT_LENGTH: "max_position_embeddings", Keys.Rope.FREQ_BASE: "rope_theta",
+            Keys.Attention.LAYERNORM_RMS_EPS: "rms_norm_eps", Keys.Attention.LAYERNORM_EPS: "layer_norm_eps"}
+
+
+def check_header_numbers(header: dict, arch: str, config_path) -> None:
+    """Every number of the model's hyper-parameters (the "{arch}." keys) finite, and the POSITIVE ones above 0."""
+    positive = {key.format(arch=arch): setting for key, setting in POSITIVE.items()}
+    for key, entry in header.items():
+        if not key.startswith(f"{arch}."):
+            continue
+        values = entry.value if isinstance(entry.value, (list, tuple)) else [entry.value]
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value) or (key in positive and value <= 0):
+                wanted = "a number above 0" if key in positive else "a finite number"
+                raise EdgeftError(f"{config_path}: {positive.get(key, key)}={value} is not {wanted}; a GGUF with it "
+                                  "loads and answers garbage: fix config.json")
+
+
+def check_block_count(header: dict, arch: str, tensors, config_path) -> None:
+    """The layers the header declares are the layers the weights hold."""
+    declared = _value(header, arch, Keys.LLM.BLOCK_COUNT, None)
+    held = sorted({int(match.group(1)) for name, _, _ in tensors if (match := _BLOCK.match(name))})
+    if declared is not None and held and held != list(range(declared)):
+        shown = f"0..{held[-1]}" if held == list(range(len(held))) else ", ".join(map(str, held[:8]))
+        raise EdgeftError(f"{config_path}: num_hidden_layers={declared} does not fit the weights, which hold layers "
+                          f"{shown} ({len(held)} layers); fix config.json (or use the model's own)")
+
+
+def check_tied_output(arch_obj, reader, config_path, rows: int = 8) -> None:
+    """tie_word_embeddings=true drops lm_head.weight (the output is the embedding); refuse when the weights hold an
+    lm_head that is not the embedding. The first rows decide: a tied copy saved twice is equal there too."""
+    names = set(reader.names())
+    if not arch_obj.tied_embeddings or "lm_head.weight" not in names:
+        return
+    embedding = next((name for name in names if arch_obj.gguf_tensor_name(name) == "token_embd.weight"), None)
+    if embedding is None or tuple(reader.shape(embedding)) != tuple(reader.shape("lm_head.weight")):
+        same = False
+    else:
+        count = min(rows, reader.shape(embedding)[0])
+        same = bool((reader.read_rows(embedding, 0, count) == reader.read_rows("lm_head.weight", 0, count)).all())
+    if not same:
+        raise EdgeftError(f"{config_path}: tie_word_embeddings=true, but the weights hold an lm_head.weight that is "
+                          f"not the embedding {embedding}; the GGUF would drop it: set tie_word_embeddings to false")

@@ -95,3 +95,14 @@ def test_gguf_readers_name_a_pipe_or_a_device(tmp_path, kind, command):
             "import": ["import", path, "-o", tmp_path / "hf"],
             "convert --imatrix": ["convert", build_model("llama"), "-o", tmp_path / "m.gguf", "--imatrix", path]}
     one_line_error(run(*args[command], timeout=60), f"{path}: {KINDS[kind]}")
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize"])
+@pytest.mark.parametrize("threads", ["0", "-3"])
+def test_a_thread_count_below_one_is_refused(tmp_path, command, threads):
+    from tests.hostile import invoke
+
+    source = build_model("llama") if command == "convert" else tmp_path / "in.gguf"  # refused before it is read
+    args = [command, source, "-o", tmp_path / "out.gguf", "--threads", threads]
+    one_line_error(invoke(*args, *(["--type", "Q8_0"] if command == "quantize" else [])),
+                   f"Invalid value for '--threads': {threads} is not in the range x>=1", code=2)

@@ -17,7 +17,8 @@ import click
                    "--imatrix-data.")
 @click.option("--imatrix-data", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Calibration conversations (JSONL) for --imatrix auto: use the training data.")
-@click.option("--threads", type=int, default=None, help="Threads for quantization kernels (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for quantization kernels (default: all cores).")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pytorch_model*.bin pickle weights (they can run code when loaded; trusted sources only).")
 @click.option("--pretokenizer", default=None,
