@@ -92,3 +92,15 @@ def test_resume_with_every_checkpoint_damaged_is_one_line(run_inputs):
     error_line(invoke("train", "--base", run_inputs["base"], "--data", run_inputs["data"], "-o", out,
                       "--resume", "--max-steps", "5"),
                "no checkpoint can be read (step-000003", "start again with --overwrite")
+
+
+def test_a_truncated_weights_file_is_one_line_not_a_traceback(tmp_path):
+    """What any checkpoint read (the best one when a run ends, a step one on --resume) says of a cut file."""
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_best(tmp_path, model=model, state={"step": 1})
+    weights = tmp_path / "checkpoints" / "best" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])
+    with pytest.raises(ckpt.DamagedCheckpoint) as info:
+        ckpt.load_trainable_state(model, weights)
+    assert str(info.value).startswith(f"{weights}: cannot be read (") and "\n" not in str(info.value)
+    assert "the checkpoint is damaged" in str(info.value) and isinstance(info.value, EdgeftError)

@@ -17,7 +17,8 @@ import click
 @click.option("--method", type=click.Choice(["qlora", "lora"]), default=None,
               help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
-@click.option("--epochs", type=float, default=None, help="Passes over the training data (default 2).")
+@click.option("--epochs", type=float, default=None,
+              help="Passes over the training data (default 2); a fraction trains part of one (1.5: one and a half).")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate (default: by the base's size, see edgeft/train/size.py).")
 @click.option("-r", "--rank", "r", type=int, default=None, help="LoRA rank (default 16; alpha defaults to 2r).")

@@ -111,6 +111,20 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+class DamagedCheckpoint(EdgeftError):
+    """A checkpoint file that cannot be read back (not a refusal: `restore_latest` goes on to the one before)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot be read ({reason}); the checkpoint is damaged (a full disk or a copy cut "
+                         "short?): remove its folder to go on without it")
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def restore_latest(out_dir: Path, restore: Callable[[Path], None]) -> Path:
     """`restore(path)` from the newest checkpoint that reads; returns its path. A damaged one (a file cut short by a
     full disk or a copy, bytes that are not what was saved) is skipped with a warning naming it and what was wrong,
@@ -119,10 +133,13 @@ def restore_latest(out_dir: Path, restore: Callable[[Path], None]) -> Path:
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
             restore(path)
+        except DamagedCheckpoint as exc:
+            damaged.append(f"{path.name} ({exc.reason})")
+            continue
         except EdgeftError:
             raise  # a refusal (another process count...), not damage
-        except Exception as exc:  # what safetensors, torch.load and json raise on a cut or garbled file
-            damaged.append(f"{path.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+        except Exception as exc:  # what torch.load and json raise on a cut or garbled file
+            damaged.append(f"{path.name} ({_reason(exc)})")
             continue
         if damaged:
             warnings.warn(f"{out_dir}: checkpoint {', '.join(damaged)} cannot be read; resuming from {path.name}, "
@@ -194,7 +211,10 @@ def load_trainable_state(model, path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(path))
+    try:
+        saved = load_file(str(path))
+    except Exception as exc:  # safetensors' errors on a cut or garbled file
+        raise DamagedCheckpoint(path, _reason(exc)) from None
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in saved]
     if missing:
