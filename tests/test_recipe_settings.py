@@ -20,16 +20,19 @@ from tests.train_helpers import toy_data, write_recipe
 # (setting, value, what the line says): every float setting non-finite, and each range's edge from outside.
 BAD_VALUES = [
     ("lr", float("inf"), "not a finite number"), ("lr", float("nan"), "not a finite number"),
-    ("lr", 0.0, "above 0"), ("lr", -1e-4, "above 0"),
-    ("alpha", float("nan"), "not a finite number"), ("alpha", 0, "above 0"),
+    ("lr", 0.0, "must be a number > 0"), ("lr", -1e-4, "must be a number > 0"), ("lr", "fast", "or auto"),
+    ("alpha", float("nan"), "not a finite number"), ("alpha", 0, "must be a number > 0"),
     ("dropout", float("nan"), "not a finite number"), ("dropout", 1.0, "in [0, 1)"),
     ("weight_decay", -1, "0 or more"), ("weight_decay", float("inf"), "not a finite number"),
     ("warmup_ratio", float("-inf"), "not a finite number"), ("warmup_ratio", 1, "in [0, 1)"),
-    ("epochs", float("nan"), "not a finite number"), ("epochs", 0, "above 0"), ("epochs", 1e300, "at most 10000"),
-    ("max_grad_norm", -1, "above 0 (null: no clipping)"), ("max_grad_norm", float("nan"), "not a finite number"),
+    ("epochs", float("nan"), "not a finite number"), ("epochs", 0, "must be a number > 0"), ("epochs", 1e300, "at most 10000"),
+    ("max_grad_norm", -1, "> 0 (null: no clipping)"), ("max_grad_norm", float("nan"), "not a finite number"),
     ("max_steps", 0, "1 or more"), ("max_steps", 2.5, "an integer"), ("r", True, "an integer"),
     ("seed", -1, "[0, 2**63)"), ("seed", 2**64, "[0, 2**63)"), ("micro_batch", 0, "1 or more"),
-    ("early_stop", 0, "1 or more"), ("keep", "worst", "one of best, last"), ("rslora", "yes", "true or false"),
+    ("early_stop", 0, "1 or more"), ("keep", "worst", "is not one of best, last"),
+    ("rslora", "yes", "must be true or false"), ("effective_batch", 0, "1 or more, or auto"),
+    ("validation", float("nan"), "not a finite number"), ("validation", 0.7, "in (0, 0.5]"),
+    ("validation", True, "a fraction of the training data"), ("select", "best", "is not one of loss, metric"),
     ("target_modules", [], "'all-linear' or a list"), ("chat_template", "  ", "a path to a .jinja file"),
 ]
 
@@ -54,8 +57,9 @@ def test_a_bad_value_is_refused_from_yaml_and_the_release_recipe(tmp_path, key, 
     (["--lr", "inf"], "command line: lr=inf is not a finite number"),
     (["--lr", "nan"], "command line: lr=nan is not a finite number"),
     (["--epochs", "nan"], "command line: epochs=nan is not a finite number"),
-    (["--epochs", "-1"], "epochs=-1.0 is not a number above 0"),
-    (["--seed", "-5"], "seed=-5 is not an integer in [0, 2**63)"),
+    (["--epochs", "-1"], "epochs=-1.0 must be a number > 0"),
+    (["--seed", "-5"], "seed=-5 must be an integer in [0, 2**63)"),
+    (["--validation", "nan"], "validation=nan is not a finite number"),
 ])
 def test_a_bad_value_on_the_command_line_is_one_line_before_any_model_loads(tmp_path, no_model_load, args, needle):
     data, _ = toy_data(tmp_path)
@@ -65,10 +69,13 @@ def test_a_bad_value_on_the_command_line_is_one_line_before_any_model_loads(tmp_
 
 
 def test_values_that_mean_something_are_kept():
-    recipe = resolve_recipe({"epochs": 1.5, "lr": "1e-4", "max_steps": 4.0, "alpha": None, "max_grad_norm": None})
+    recipe = resolve_recipe({"epochs": 1.5, "lr": "1e-4", "max_steps": 4.0, "alpha": None, "max_grad_norm": None,
+                             "effective_batch": "auto", "validation": "val.jsonl"})
     # 1e-4 without a dot is a string to YAML 1.1; it is the number the user wrote
     assert (recipe.epochs, recipe.lr, recipe.max_steps, recipe.alpha, recipe.max_grad_norm) == (1.5, 1e-4, 4, None,
                                                                                                None)
+    assert (recipe.effective_batch, recipe.validation) == (None, "val.jsonl")
+    assert resolve_recipe({"validation": 0.1, "lr": "AUTO"}).validation == 0.1
 
 
 def test_a_fractional_epoch_trains_that_part_of_an_epoch(tmp_path):

@@ -40,7 +40,7 @@ def test_saved_recipe_round_trips(tmp_path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("learning_rate: 0.1\n", "unknown recipe setting 'learning_rate'"),
-    ("r: many\n", "r='many' is not an integer"),
+    ("r: many\n", "r='many' must be an integer"),
     ("method: full\n", "method='full' is not one of qlora, lora"),
     ("r: [1\n", "r.yaml:2: recipe is not valid YAML"),
     ("- 1\n", "must be a mapping"),
