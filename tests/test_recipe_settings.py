@@ -115,3 +115,14 @@ def test_a_world_size_that_does_not_divide_the_effective_batch_is_refused_before
     one_line_error(invoke("train", "--base", build_model("qwen2"), "--data", data, "--config", recipe,
                           "-o", tmp_path / "out"), "micro_batch=2 x 3 processes, so a step would train 6")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_effective_batch_by_the_bases_size_that_micro_batch_does_not_divide_is_refused(tmp_path, no_model_load):
+    """effective_batch left out is chosen by the base's size (16 for the fixture) after the recipe is read: the same
+    rule holds for it, before the model loads."""
+    data, _ = toy_data(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: lora\nmicro_batch: 3\n")
+    one_line_error(invoke("train", "--base", build_model("qwen2"), "--data", data, "--config", recipe,
+                          "-o", tmp_path / "out"), "recipe: effective_batch=16 is not a multiple of micro_batch=3")
+    assert not (tmp_path / "out").exists()

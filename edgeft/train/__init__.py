@@ -69,7 +69,8 @@ def _train_held(base: Path, data: Path, eval_path, out_dir: Path, recipe: Recipe
     world = World()
     fresh = not resume and (overwrite or is_empty_folder(out_dir))
     try:
-        recipe.grad_accum(world.size, "torchrun")  # with several processes a step must still be effective_batch
+        # Here too: with several processes, or an effective_batch the base's size chose, a step is effective_batch.
+        recipe.grad_accum(world.size, "recipe" if world.size == 1 else f"torchrun ({world.size} processes)")
         if world.is_main and overwrite and not resume and out_dir.exists():
             empty_folder(out_dir)  # not the folder itself: the hold is on it
         world.barrier()
