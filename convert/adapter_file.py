@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.safetensors_file import SafetensorsFile
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 PEFT_PREFIX = "base_model.model."
@@ -192,6 +193,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     if not config_path.exists():
         raise EdgeftError(f"{adapter_dir}: no adapter_config.json; pass a peft adapter folder "
                           "(the one holding adapter_config.json and adapter_model.safetensors)")
+    check_input_file(config_path, "re-save the adapter with peft")
     try:
         config = json.loads(config_path.read_text())
     except ValueError as exc:

@@ -19,6 +19,8 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from convert.finite import refuse_non_finite
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 GGUF_MAGIC_BYTES = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF", the first four bytes of every GGUF file
@@ -77,6 +79,7 @@ def refuse_not_gguf(path: Path) -> None:
     if path.is_dir():
         raise EdgeftError(f"{path}: is a folder, not a GGUF file; a Hugging Face model folder converts with "
                           f"`edgeft convert {path}`")
+    check_input_file(path, "pass the path of a .gguf file")  # a pipe or a device: read once, or never ending
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic == GGUF_MAGIC_BYTES:
@@ -248,7 +251,9 @@ class GGUFFile:
         except NotImplementedError as exc:
             raise EdgeftError(f"tensor {tensor.name}: type {tensor.qtype.name} cannot be dequantized by the gguf "
                               f"package ({exc}); requantize the GGUF to another type first") from None
-        return np.asarray(values, dtype=np.float32)
+        values = np.asarray(values, dtype=np.float32)
+        refuse_non_finite(values, tensor.name, str(self.path))  # what `edgeft import` writes comes through here
+        return values
 
     def release(self, tensor: TensorEntry) -> None:
         """Drop the tensor's pages from the mapping once used, so resident memory stays near one tensor."""

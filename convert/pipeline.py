@@ -19,6 +19,7 @@ import numpy as np
 
 from convert.arch import Architecture, load_architecture
 from convert.arch.base import Source
+from convert.config_shapes import check_block_count, check_config_shapes, check_header_numbers, check_tied_output
 from convert.gguf_reader import tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, write_streamed
 from convert.reader import iter_row_chunks, open_weights
@@ -165,12 +166,22 @@ def convert_model(
     vocab.pad_to(embd.shape[0], str(model_dir))
     importance = _choose_types(tensors, arch, file_type, importance)
     writer = _header(tensors, arch, vocab, file_type, model_dir)
+    _check_config(writer.kv_data[0], arch, reader, tensors, model_dir / "config.json")
     _write_data(writer, out_path, tensors, arch, reader, importance, threads, progress)
     if log is not None:
         seconds = time.perf_counter() - started
         size = out_path.stat().st_size
         log(f"wrote {out_path}: {len(tensors)} tensors, {file_type.name}, {size / 1e6:.1f} MB in {seconds:.1f} s")
     return out_path
+
+
+def _check_config(header: dict, arch: Architecture, reader, tensors: list[PlannedTensor], config_path: Path) -> None:
+    """What llama.cpp's loader checks, and what it cannot see, checked before a byte is written."""
+    planned = [(t.gguf_name, t.shape, t.hf_name) for t in tensors]
+    check_config_shapes(header, arch.gguf_arch, planned, config_path, arch.expected_shapes)
+    check_block_count(header, arch.gguf_arch, planned, config_path)
+    check_header_numbers(header, arch.gguf_arch, config_path)
+    check_tied_output(arch, reader, config_path)
 
 
 def _choose_types(tensors: list[PlannedTensor], arch: Architecture, file_type, importance: dict) -> dict:
@@ -206,9 +217,7 @@ def _write_data(writer, out_path, tensors, arch, reader, importance, threads, pr
 
     def encoder(t: PlannedTensor):
         def encode(values: np.ndarray) -> np.ndarray:
-            values = np.asarray(values, dtype=np.float32)
-            if not np.isfinite(values).all():
-                raise EdgeftError(f"tensor {t.hf_name or t.gguf_name}: contains NaN or Inf; the checkpoint is damaged")
+            values = np.asarray(values, dtype=np.float32)  # NaN or Inf were refused as read (convert.finite)
             return quantize_tensor(values, t.qtype, imatrix=importance.get(t.gguf_name), threads=threads)
         return encode
 

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
+from convert.finite import refuse_non_finite
 from convert.safetensors_file import INDEX_NAME, SafetensorsReader
 from edgeft.errors import EdgeftError
 
@@ -71,7 +72,9 @@ class PickleReader:
         tensor = self._cached[1][name]
         if tensor.is_floating_point():
             tensor = tensor.to(torch.float32)
-        return tensor.numpy().copy()
+        values = tensor.numpy().copy()
+        refuse_non_finite(values, name, str(path))  # as safetensors' reader does for every tensor it reads
+        return values
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.read(name)[start:stop]

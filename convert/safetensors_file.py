@@ -22,6 +22,8 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from convert.finite import refuse_non_finite
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 # safetensors dtype name -> numpy dtype of the stored bytes
@@ -61,6 +63,7 @@ class TensorEntry:
 
 def _read_header(path: Path) -> tuple[dict, int, int]:
     """(JSON header, byte offset where tensor data starts, file size)."""
+    check_input_file(path, "re-save the model with safetensors")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -116,8 +119,7 @@ class SafetensorsFile:
         """safetensors dtype name: F32, F16, BF16..."""
         return self.entries[name].dtype
 
-    def read_bytes(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Raw little-endian bytes (a uint8 array) of rows [start, stop) of tensor `name`; a scalar is one row."""
+    def _stored(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         entry = self.entries[name]
         rows = entry.shape[0] if entry.shape else 1
         row_bytes = entry.nbytes // rows if rows else 0
@@ -130,17 +132,26 @@ class SafetensorsFile:
             raise EdgeftError(f"{entry.file}: truncated while reading tensor {name}; re-download the model")
         return buf
 
+    # Every tensor read comes through one of the two readers below, and each refuses NaN or Inf (convert.finite):
+    # by the stored bits where the bytes are copied as they are, by the floats where they are decoded anyway.
+    def read_bytes(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Raw little-endian bytes (a uint8 array) of rows [start, stop) of tensor `name`; a scalar is one row."""
+        buf = self._stored(name, start, stop)
+        refuse_non_finite(buf, name, str(self.entries[name].file), stored=self.entries[name].dtype)
+        return buf
+
     def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of the tensor, as float32 for floating types (bf16 widened exactly), else as stored."""
         entry = self.entries[name]
         stop = (entry.shape[0] if entry.shape else 1) if stop is None else stop
-        stored = self.read_bytes(name, start, stop).view(SAFETENSORS_DTYPES[entry.dtype])
+        stored = self._stored(name, start, stop).view(SAFETENSORS_DTYPES[entry.dtype])
         if entry.dtype == "BF16":
             out = bf16_to_float32(stored)
         elif entry.dtype in ("F16", "F64"):
             out = stored.astype(np.float32)
         else:
             out = stored
+        refuse_non_finite(out, name, str(entry.file))
         return out.reshape((stop - start, *entry.shape[1:])) if entry.shape else out.reshape(())
 
     def read(self, name: str) -> np.ndarray:

@@ -191,6 +191,50 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike, *, holder: str, advice: str) -> Iterator[bool]:
+    """Hold `folder` (created when missing) for this process while the block runs; yields whether it was created.
+
+    The hold is an exclusive flock on the folder itself: the OS drops it when the process ends in any way (an error,
+    Ctrl-C, SIGKILL), so nothing is left to clear and no pid, which the system may give to another process, is
+    trusted. A second holder is refused in one line (`holder`: who holds it, "another edgeft train"). Whoever replaces
+    the folder's contents while holding it must keep the folder itself (`empty_folder`): a new folder would be
+    another lock. A folder created here and still empty at the end is removed.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    while True:
+        if folder.exists() and not folder.is_dir():
+            raise EdgeftError(f"{folder}: exists and is not a folder; choose another -o")
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise EdgeftError(f"{folder}: {holder} is using this folder right now; {advice}") from None
+        # Held, but maybe a folder removed (and made again) since it was opened: hold the one at the path.
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(handle), os.stat(folder)):
+                break
+        os.close(handle)
+    try:
+        yield created
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        os.close(handle)
+
+
+def empty_folder(folder: str | os.PathLike) -> None:
+    """Remove everything inside `folder`, keeping the folder itself (and so a `hold_folder` on it)."""
+    for entry in Path(folder).iterdir():
+        _remove(entry)
+
+
 def refuse_own_input(output: str | os.PathLike, inputs: dict[str, object], *, option: str = "-o",
                      around: bool = True) -> None:
     """No command writes over or inside its own input, nor (`around`) puts an output folder around one that

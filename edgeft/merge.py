@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from convert.adapter_file import Adapter, load_adapter
+from convert.finite import refuse_non_finite
 from convert.fingerprint import check_adapter_base
 from convert.safetensors_file import SafetensorsFile, SafetensorsStreamWriter
 from edgeft.errors import EdgeftError
@@ -181,14 +182,24 @@ def _write_job(job: TensorJob, base: SafetensorsFile, adapter: Adapter, writer: 
                 merged_sq += float(torch.linalg.vector_norm(chunk)) ** 2
                 diff_sq += float(torch.linalg.vector_norm(low.sub_(chunk))) ** 2
                 del low
-        encoded = chunk.to(torch_dtypes[job.out_dtype]) if chunk.dtype != torch_dtypes[job.out_dtype] else chunk
-        writer.write(job.name, encoded.contiguous().view(torch.uint8).reshape(-1).numpy())
+        writer.write(job.name, _encoded(chunk, torch_dtypes[job.out_dtype], job))
     if rows == 0:
         writer.write(job.name, b"")
     if nf4 is not None and merged_sq:
         nf4.diff_sq += diff_sq
         nf4.merged_sq += merged_sq
         nf4.per_tensor[job.name] = math.sqrt(diff_sq / merged_sq)
+
+
+def _encoded(chunk, dtype, job: TensorJob) -> np.ndarray:
+    """The merged rows as the output's bytes. The inputs were judged finite as read; a merged value can still pass
+    what the output type holds (65504 in F16)."""
+    import torch
+
+    data = (chunk.to(dtype) if chunk.dtype != dtype else chunk).contiguous().view(torch.uint8).reshape(-1).numpy()
+    refuse_non_finite(data, job.name, "merge", stored=job.out_dtype,
+                      advice=f"the merged weights do not fit {job.out_dtype}; merge with --dtype f32")
+    return data
 
 
 def _tokenizer_source(base_dir: Path, adapter_dir: Path) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 
 from convert.adapter_file import Adapter
 from convert.safetensors_file import FLOAT_DTYPES, SafetensorsFile, SafetensorsReader
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 CONFIG_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -30,8 +31,7 @@ class TensorJob:
 
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
-    if not path.exists():
-        raise EdgeftError(f"{model_dir}: no config.json; pass the base model's HF folder with --base")
+    check_input_file(path, "pass the base model's HF folder with --base", missing="no config.json")
     return json.loads(path.read_text())
 
 

@@ -53,7 +53,7 @@ BAD_TOP_LEVEL = [
 BAD_TRAIN = [
     ("train: [r, 8]\n", ["train: must be a mapping"]),
     ("train:\n  learning_rate: 0.001\n", ["unknown recipe setting 'learning_rate'"]),
-    ("train:\n  r: many\n", ["r='many' should be a int"]),
+    ("train:\n  r: many\n", ["train: r='many' must be an integer"]),
 ]
 BAD_EVAL = [
     ("eval:\n  gates:\n    min_gian: 5\n", ["unknown gate 'min_gian'", "known gates: min_gain"]),

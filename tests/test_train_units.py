@@ -40,7 +40,7 @@ def test_saved_recipe_round_trips(tmp_path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("learning_rate: 0.1\n", "unknown recipe setting 'learning_rate'"),
-    ("r: many\n", "r='many' should be a int"),
+    ("r: many\n", "r='many' must be an integer"),
     ("method: full\n", "method='full' is not one of qlora, lora"),
     ("r: [1\n", "r.yaml:2: recipe is not valid YAML"),
     ("- 1\n", "must be a mapping"),
@@ -53,9 +53,12 @@ def test_bad_recipe_is_one_clear_line(tmp_path, text, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_grad_accum_fills_the_effective_batch():
+def test_grad_accum_fills_the_effective_batch_exactly():
     recipe = Recipe(effective_batch=32, micro_batch=4)
-    assert [recipe.grad_accum(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 3, 1, 1]
+    assert [recipe.grad_accum(w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    for world, trained in ((3, 36), (16, 64)):  # a step of another size than the recipe says is refused
+        with pytest.raises(EdgeftError, match=f"x {world} processes, so a step would train {trained} sequences"):
+            recipe.grad_accum(world)
 
 
 @pytest.mark.parametrize("group", [False, True])

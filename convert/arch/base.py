@@ -17,6 +17,7 @@ import numpy as np
 
 from convert.arch.rewrites import Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, TensorTable, gguf_names
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 REGISTRY: dict[str, type["Architecture"]] = {}
@@ -57,6 +58,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise EdgeftError(f"{model_dir}: not a folder; pass a local Hugging Face model folder")
     if not path.exists():
         raise EdgeftError(f"{model_dir}: config.json is missing; this does not look like a Hugging Face model folder")
+    check_input_file(path, "a model's config.json is a JSON file")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -68,6 +70,8 @@ class Architecture:
 
     gguf_arch: str = ""
     tensors: TensorTable = LLAMA_FAMILY
+    # rows of convert.config_shapes.EXPECTED_SHAPES this arch's loader in llama.cpp sizes otherwise
+    expected_shapes: dict = {}
     tensor_map: dict[str, str | tuple[str, ...]] = gguf_names(LLAMA_FAMILY)
 
     def __init_subclass__(cls, **kwargs):

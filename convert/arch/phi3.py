@@ -13,6 +13,7 @@ import numpy as np
 
 from convert.arch.base import Architecture, register
 from convert.arch.tensors import LLAMA_FAMILY, QKV, T, gguf_name, without
+from convert.config_shapes import EMBD, FFN, HEADS, KEY, KV_HEADS
 from edgeft.errors import EdgeftError
 
 # Llama's rows with attention and the gate/up pair each one fused tensor, as llama.cpp's phi3 graph takes them.
@@ -28,6 +29,9 @@ ROPE_FACTORS = {"long_factor": gguf_name(T.ROPE_FACTORS_LONG), "short_factor": g
 class Phi3(Architecture):
     gguf_arch = "phi3"
     tensors = PHI3_TENSORS
+    # q, k and v fused, gate and up fused: llama.cpp's {n_embd, n_embd + 2*n_embd_gqa} and {n_embd, 2*n_ff}
+    expected_shapes = {"blk.attn_qkv.weight": ([(HEADS, KEY), (2, KV_HEADS, KEY)], (EMBD,)),
+                       "blk.ffn_up.weight": ((2, FFN), (EMBD,))}
 
     def write_hparams(self, writer) -> None:
         super().write_hparams(writer)

@@ -24,6 +24,7 @@ from convert.importer.metadata import GGUFMetadata, model_card
 from convert.importer.safetensors_out import DTYPES, write_safetensors
 from convert.importer.tokenizer import read_vocab, tokenizer_files
 from convert.safetensors_file import INDEX_NAME
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
 
@@ -37,8 +38,7 @@ IMPORT_FILES = ("model.safetensors", "model-*-of-*.safetensors", INDEX_NAME, "co
 
 
 def _check_paths(gguf_path: Path, out_dir: Path, overwrite: bool, markers: tuple[str, ...]) -> None:
-    if not gguf_path.is_file():
-        raise EdgeftError(f"{gguf_path}: no such GGUF file; check the path")
+    check_input_file(gguf_path, "check the path", missing="no such GGUF file")
     refuse_own_input(out_dir, {"input GGUF": gguf_path})  # --overwrite of the folder holding it would delete it
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeftError(f"{out_dir}: exists and is not a folder; choose another -o")

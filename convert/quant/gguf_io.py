@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from convert.finite import refuse_non_finite
 from convert.gguf_reader import GGUFFile, TensorEntry, tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, RawValue, write_streamed
 from convert.quant.policy import walk_order
@@ -54,6 +55,7 @@ def _tensor_jobs(source: GGUFFile, tensor: TensorEntry, target: T, importance: d
 
     raw = source.data(tensor)
     if target == tensor.qtype:
+        refuse_non_finite(raw, tensor.name, str(source.path), stored=tensor.qtype.name)
         yield lambda: raw
         return
     to_float = _to_float(tensor)
@@ -64,7 +66,13 @@ def _tensor_jobs(source: GGUFFile, tensor: TensorEntry, target: T, importance: d
     step = max(1, SLAB_VALUES // tensor.n_per_row)
     for start in range(0, len(rows), step):
         slab = rows[start : start + step]
-        yield lambda slab=slab: quantize_tensor(to_float(slab), target, imatrix=values, threads=1)
+        yield lambda slab=slab: quantize_tensor(_finite(to_float(slab), tensor.name, source.path), target,
+                                                imatrix=values, threads=1)
+
+
+def _finite(values: np.ndarray, name: str, path) -> np.ndarray:
+    refuse_non_finite(values, name, str(path))
+    return values
 
 
 def _model_shape(source: GGUFFile, path: Path) -> tuple[str, int, int, int]:
@@ -121,13 +129,13 @@ def quantize_gguf(
     when complete (atomic rename). `progress` shows a tqdm bar on stderr.
     """
     from convert.quant import default_threads, parse_file_type
+    from edgeft.data.io import check_input_file
     from edgeft.fsutil import refuse_own_input
 
     in_path, out_path = Path(in_path), Path(out_path)
     if isinstance(file_type, str):
         file_type = parse_file_type(file_type)
-    if not in_path.is_file():
-        raise EdgeftError(f"{in_path}: input GGUF not found; pass the F16/BF16/F32 GGUF made by `edgeft convert`")
+    check_input_file(in_path, "pass the F16/BF16/F32 GGUF made by `edgeft convert`", missing="input GGUF not found")
     refuse_own_input(out_path, {"input GGUF": in_path,
                                 "imatrix": imatrix if isinstance(imatrix, (str, os.PathLike)) else None})
     with GGUFFile(in_path) as source:

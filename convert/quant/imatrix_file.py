@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 
 from convert.gguf_reader import GGUFFile
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 # llama.cpp's names for the two statistics tensors of weight W: "W.in_sum2" and "W.counts" (no gguf constant).
@@ -51,8 +52,8 @@ class ImatrixData:
 
 def read_imatrix(path: str | os.PathLike) -> ImatrixData:
     path = Path(path)
-    if not path.is_file():
-        raise EdgeftError(f"{path}: imatrix file not found; create one with `edgeft imatrix MODEL --data calib.jsonl -o {path}`")
+    check_input_file(path, f"create one with `edgeft imatrix MODEL --data calib.jsonl -o {path}`",
+                     missing="imatrix file not found")
     try:
         source = GGUFFile(path)
     except EdgeftError as exc:  # the legacy .dat format or garbage

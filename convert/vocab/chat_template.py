@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeft.data.io import check_input_file
 from edgeft.errors import EdgeftError
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -38,8 +39,9 @@ def default_template(named: dict, where: str) -> str:
 
 def _config_template(model_dir: Path):
     path = model_dir / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
+    check_input_file(path, "fix or re-download the file")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

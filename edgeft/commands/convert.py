@@ -17,7 +17,8 @@ import click
                    "--imatrix-data.")
 @click.option("--imatrix-data", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Calibration conversations (JSONL) for --imatrix auto: use the training data.")
-@click.option("--threads", type=int, default=None, help="Threads for quantization kernels (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for quantization kernels (default: all cores).")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pytorch_model*.bin pickle weights (they can run code when loaded; trusted sources only).")
 @click.option("--pretokenizer", default=None,
@@ -49,10 +50,10 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
 
         imatrix = resolve_imatrix(imatrix, model_dir, data_path=imatrix_data,
                                   cache_dir=Path(out_path).resolve().parent / ".edgeft-imatrix")
-    elif imatrix is not None and not Path(imatrix).is_file():
-        from edgeft.errors import EdgeftError
+    elif imatrix is not None:
+        from edgeft.data.io import check_input_file
 
-        raise EdgeftError(f"{imatrix}: imatrix file not found; pass an imatrix GGUF or --imatrix auto")
+        check_input_file(imatrix, "pass an imatrix GGUF or --imatrix auto", missing="imatrix file not found")
 
     convert_model(model_dir, out_path, outtype=outtype, imatrix=imatrix, threads=threads,
                   allow_pickle=allow_pickle, pretokenizer=pretokenizer, progress=True,

@@ -15,7 +15,7 @@ import click
 @click.option("--imatrix", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Importance-matrix GGUF (from `edgeft imatrix` or llama-imatrix); IQ1_*, IQ2_*, IQ3_XS, IQ3_XXS "
                    "and Q2_K_S need one.")
-@click.option("--threads", type=int, default=None, help="Kernel threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads (default: all cores).")
 def quantize(in_path, out_path, type_name, imatrix, threads):
     """Quantize an F32/F16/BF16 GGUF the way llama-quantize does: same type per tensor, same bytes.
 

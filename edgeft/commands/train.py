@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 
@@ -19,7 +17,8 @@ import click
 @click.option("--method", type=click.Choice(["qlora", "lora"]), default=None,
               help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
-@click.option("--epochs", type=float, default=None, help="Passes over the training data (default 2).")
+@click.option("--epochs", type=float, default=None,
+              help="Passes over the training data (default 2); a fraction trains part of one (1.5: one and a half).")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate (default: by the base's size, see edgeft/train/size.py).")
 @click.option("-r", "--rank", "r", type=int, default=None, help="LoRA rank (default 16; alpha defaults to 2r).")
@@ -50,6 +49,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
     from edgeft.modelref import is_hub_id, resolve_model
     from edgeft.train import format_summary
     from edgeft.train import train as run_training
+    from edgeft.train.world import is_main_process
 
     if is_hub_id(base):
         base = str(resolve_model(base, what="base model"))
@@ -57,7 +57,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
                        method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
                        validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         import json
 
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

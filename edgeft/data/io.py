@@ -10,6 +10,8 @@ file and line. A shared leaf: `convert/` and `runtime/` import it, so it imports
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -103,10 +105,41 @@ def lone_surrogate(text: str) -> str | None:
     return None
 
 
+# What an input path that is not a regular file is, for the one line that refuses it. A pipe or a device reads once,
+# or never ends (/dev/zero, /dev/urandom), and commands read their inputs more than once and to the end.
+FILE_KINDS = ((stat.S_ISDIR, "is a folder, not a file"),
+              (stat.S_ISFIFO, "is a pipe, not a regular file (a pipe reads only once: save what it gives to a file)"),
+              (stat.S_ISCHR, "is a device, not a regular file"), (stat.S_ISBLK, "is a device, not a regular file"),
+              (stat.S_ISSOCK, "is a socket, not a regular file"))
+
+
+def input_file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as an input file (missing, a folder, a pipe, a device...), or None: the one rule
+    every reader of a user's file applies before opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((why for is_kind, why in FILE_KINDS if is_kind(mode)), "is not a regular file")
+
+
+def check_input_file(path: str | Path, advice: str, *, missing: str = "no such file") -> Path:
+    """`path` when it is a regular file; otherwise one line, "PATH: is a pipe, not a regular file...; ADVICE"
+    (`missing`: the words for a path that does not exist, "no such GGUF file")."""
+    problem = input_file_problem(path)
+    if problem is not None:
+        raise EdgeftError(f"{path}: {missing if problem == 'no such file' else problem}; {advice}")
+    return Path(path)
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]:
     """(line number, text without its newline, None) per line, or (number, None, why) for a line that is not
     UTF-8, placed by line, column and byte offset in the file (decoding line by line, so the place is exact)."""
-    path = Path(path)
+    path = check_input_file(path, "pass a JSONL file of conversations")
     try:
         with open(path, "rb") as handle:
             offset = 0
@@ -121,10 +154,6 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]
                     # A byte-order mark (Windows editors add one) must not make line 1 "invalid JSON".
                     yield number, (text.removeprefix("\ufeff") if number == 1 else text).rstrip("\n").rstrip("\r"), None
                 offset += len(raw)
-    except FileNotFoundError:
-        raise EdgeftError(f"{path}: no such file; pass a JSONL file of conversations") from None
-    except IsADirectoryError:
-        raise EdgeftError(f"{path}: is a folder; pass a JSONL file of conversations") from None
     except OSError as exc:
         raise EdgeftError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -243,7 +272,7 @@ def parse_yaml(text: str, where: str | Path, what: str = "YAML"):
 def read_yaml(path: str | Path, what: str = "YAML"):
     """The parsed YAML file at `path` (None when it is empty). A missing, unreadable, non-UTF-8 or malformed file is
     one EdgeftError line naming the file (and the line, for bad YAML) and what to do."""
-    path = Path(path)
+    path = check_input_file(path, f"pass a {what} YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -155,7 +155,7 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     train, metric = dict(recipe.get("train") or {}), (recipe.get("eval") or {}).get("metric", "exact")
     if train.get("select") == "metric":  # scored with the eval's metric unless train: names one (train_config)
         train.setdefault("metric", metric)
-    resolve_recipe(train)
+    resolve_recipe(train, where=f"{source}: train")
     if "sweep" in recipe:  # a grid edgeft sweep would refuse, refused before anything trains
         from edgeft.sweep import check_grid, plan_trials
 

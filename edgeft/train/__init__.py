@@ -16,6 +16,7 @@ process group), plots (loss.png). This module checks every input before a model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -23,11 +24,12 @@ from pathlib import Path
 
 from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError, environment_error
-from edgeft.fsutil import atomic_file, check_writable, is_empty_folder, refuse_own_input
+from edgeft.fsutil import atomic_file, check_writable, empty_folder, hold_folder, is_empty_folder, refuse_own_input
 from edgeft.identity import check_resume_inputs, training_inputs
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.model import bitsandbytes_problem, check_base
 from edgeft.train.recipe import RESUME_MAY_CHANGE, Recipe, resolve_recipe, save_recipe
+from edgeft.train.world import is_main_process
 
 
 def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool = False, resume: bool = False,
@@ -40,24 +42,37 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
     refuse_own_input(out_dir, {"base model folder": base, "training data": data, "eval data": eval_path,
                                "recipe": config if not isinstance(config, dict) else None}, around=overwrite)
     recipe, size_note = _resolve(out_dir, config, resume, overrides, base)
-    _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
     split = preflight(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
-    if resume:
-        check_resume_inputs(out_dir, base, data, eval_path)
     check_writable(out_dir)  # a read-only or full output folder is found now, not after the model loaded
     if recipe.method == "qlora":
         problem = bitsandbytes_problem()
         if problem:
             raise EdgeftError(f"--method qlora needs bitsandbytes 4-bit, which does not run here ({problem}); "
                               "install bitsandbytes>=0.50.2 or pass --method lora")
+    # The folder is held from here to the end (rank 0 holds it for all): what it holds is judged under the hold, so
+    # a second run, or an --overwrite of a live one, is refused instead of training into the same files.
+    held = hold_folder(out_dir, holder="another edgeft train", advice="wait for it to end, or choose another -o") \
+        if is_main_process() else contextlib.nullcontext()
+    with held:
+        _check_out_dir(out_dir, overwrite=overwrite, resume=resume)
+        if resume:
+            check_resume_inputs(out_dir, base, data, eval_path)
+        return _train_held(base, data, eval_path, out_dir, recipe, overwrite=overwrite, resume=resume,
+                           progress=progress, split=split, size_note=size_note)
+
+
+def _train_held(base: Path, data: Path, eval_path, out_dir: Path, recipe: Recipe, *, overwrite: bool, resume: bool,
+                progress: bool, split, size_note) -> Path:
     from edgeft.train.world import World
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
     world = World()
     fresh = not resume and (overwrite or is_empty_folder(out_dir))
     try:
+        # Here too: with several processes, or an effective_batch the base's size chose, a step is effective_batch.
+        recipe.grad_accum(world.size, "recipe" if world.size == 1 else f"torchrun ({world.size} processes)")
         if world.is_main and overwrite and not resume and out_dir.exists():
-            shutil.rmtree(out_dir)
+            empty_folder(out_dir)  # not the folder itself: the hold is on it
         world.barrier()
         return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress,
                     split=split, size_note=size_note)
@@ -162,11 +177,13 @@ def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
 
 def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
     from edgeft.data.check import check_dataset
+    from edgeft.data.io import check_input_file
 
-    if not data.is_file():
-        raise EdgeftError(f"{data}: training data not found; pass a JSONL file of conversations with --data")
-    if eval_path is not None and not Path(eval_path).is_file():
-        raise EdgeftError(f"{eval_path}: eval data not found; pass a JSONL file with --eval or leave it out")
+    check_input_file(data, "pass a JSONL file of conversations with --data")
+    if eval_path is not None:
+        check_input_file(eval_path, "pass a JSONL file with --eval or leave it out")
+    if recipe.chat_template:  # read after the tokenizer loads: a wrong path is found now
+        check_input_file(recipe.chat_template, "fix chat_template in the recipe", missing="chat template file not found")
     # Schema, duplicates and train/eval contamination; token lengths are the mask builder's job during loading.
     report = check_dataset(data, eval_path=eval_path)
     if report.errors:
@@ -208,7 +225,7 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
     world.barrier()
     run = _train_run(split, model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)
     if resume:
-        run.restore(ckpt.latest_checkpoint(out_dir))
+        ckpt.restore_latest(out_dir, run.restore)
     else:
         _seed_everything(recipe.seed + world.rank)  # different dropout masks per process
     run.loop()

@@ -19,12 +19,15 @@ The data position is the global step: the batch plan is a pure function of (seed
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
+from typing import Callable
 
 from convert.fingerprint import INPUTS_FILE
 from edgeft.errors import EdgeftError
@@ -108,6 +111,44 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+class DamagedCheckpoint(EdgeftError):
+    """A checkpoint file that cannot be read back (not a refusal: `restore_latest` goes on to the one before)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot be read ({reason}); the checkpoint is damaged (a full disk or a copy cut "
+                         "short?): remove its folder to go on without it")
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def restore_latest(out_dir: Path, restore: Callable[[Path], None]) -> Path:
+    """`restore(path)` from the newest checkpoint that reads; returns its path. A damaged one (a file cut short by a
+    full disk or a copy, bytes that are not what was saved) is skipped with a warning naming it and what was wrong,
+    and the one before it is used: that is the run as it stood at that step, so nothing is mixed."""
+    damaged: list[str] = []
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            restore(path)
+        except DamagedCheckpoint as exc:
+            damaged.append(f"{path.name} ({exc.reason})")
+            continue
+        except EdgeftError:
+            raise  # a refusal (another process count...), not damage
+        except Exception as exc:  # what torch.load and json raise on a cut or garbled file
+            damaged.append(f"{path.name} ({_reason(exc)})")
+            continue
+        if damaged:
+            warnings.warn(f"{out_dir}: checkpoint {', '.join(damaged)} cannot be read; resuming from {path.name}, "
+                          "the last good one")
+        return path
+    raise EdgeftError(f"{out_dir}: no checkpoint can be read ({', '.join(damaged) or 'none saved'}); start again "
+                      "with --overwrite")
+
+
 def capture_rng() -> dict:
     import numpy as np
     import torch
@@ -141,18 +182,39 @@ def trainable_state(model) -> dict:
 
 
 def _write_weights_and_state(folder: Path, model, state: dict) -> None:
-    """What every checkpoint folder holds: the trainable weights and state.json."""
+    """What every checkpoint folder holds: the trainable weights and state.json. Weights that are no longer numbers
+    are never saved: the checkpoint before stays the last good one."""
+    import torch
     from safetensors.torch import save_file
 
-    save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+    weights = trainable_state(model)
+    for name, tensor in weights.items():
+        if not bool(torch.isfinite(tensor).all()):
+            refuse_diverged(float("nan"), state.get("step", 0), Path(folder).parent.parent, f"weight {name}")
+    save_file(weights, str(folder / "trainable.safetensors"))
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+
+def refuse_diverged(loss: float, step: int, out_dir: Path, what: str = "the loss") -> None:
+    """Stop a run whose loss (or a trained weight) is no longer a finite number, in one line naming the step: every
+    later step would only train NaN into the adapter. The checkpoints saved before stay as they are."""
+    if math.isfinite(loss):
+        return
+    last = latest_checkpoint(out_dir)
+    # Resuming with the same settings would replay the same batches into the same blow-up: the advice is a new run.
+    kept = f"the last good checkpoint ({last.name}) is kept" if last is not None else "no checkpoint was saved before it"
+    raise EdgeftError(f"training diverged at step {step}: {what} is {loss if what == 'the loss' else 'NaN or Inf'}; "
+                      f"{kept}; lower lr (or clip with max_grad_norm) and start again with --overwrite")
 
 
 def load_trainable_state(model, path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(path))
+    try:
+        saved = load_file(str(path))
+    except Exception as exc:  # safetensors' errors on a cut or garbled file
+        raise DamagedCheckpoint(path, _reason(exc)) from None
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in saved]
     if missing:

@@ -189,6 +189,7 @@ class TrainRun:
             lr = self.scheduler.get_last_lr()[0]
             started = time.perf_counter()
             loss = self.step(step)
+            ckpt.refuse_diverged(loss, step + 1, self.out_dir)
             self.state["train_seconds"] += time.perf_counter() - started
             self.state["step"] = done = step + 1
             self.state["last_loss"] = loss

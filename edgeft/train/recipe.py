@@ -69,9 +69,19 @@ class Recipe:
             return self.method == "qlora"
         return bool(self.gradient_checkpointing)
 
-    def grad_accum(self, world_size: int) -> int:
-        """Micro-batches per process per optimizer step so that micro_batch * accum * world ~= effective_batch."""
-        return max(1, math.ceil(self.effective_batch / (self.micro_batch * world_size)))
+    def grad_accum(self, world_size: int, source: str = "recipe") -> int:
+        """Micro-batches per process per optimizer step, so that micro_batch * accum * world_size is effective_batch
+        exactly: a step of any other size would train more sequences than the saved recipe says."""
+        per_round = self.micro_batch * world_size
+        if self.effective_batch % per_round == 0:
+            return self.effective_batch // per_round
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        actual = math.ceil(self.effective_batch / per_round) * per_round
+        options = sorted({n for n in (actual - per_round, actual) if n > 0})
+        raise EdgeftError(f"{source}: effective_batch={self.effective_batch} is not a multiple of micro_batch="
+                          f"{self.micro_batch}{processes}, so a step would train {actual} sequences, not "
+                          f"{self.effective_batch}; set effective_batch to {' or '.join(map(str, options))}, or a "
+                          f"micro_batch that divides it")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,64 +92,161 @@ FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 # optimizer state and batch plan mean, so `train --resume` refuses a change to them.
 RESUME_MAY_CHANGE = frozenset({"epochs", "max_steps", "eval_every", "early_stop", "keep", "save_every",
                                "keep_checkpoints", "log_every", "gradient_checkpointing"})
+# An upper bound that no real schedule reaches, so epochs x steps per epoch stays a finite count of steps.
+MAX_EPOCHS = 10_000
+SEED_LIMIT = 2**63  # torch.manual_seed takes a 64-bit seed; numpy gets it modulo 2**32
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What one recipe setting takes: its type, and (`holds`, `wanted`: what the error line says, "must be a number
+    > 0", or a function giving it) the values that mean something. A float is always checked finite first, since
+    NaN passes every `<= 0` test; None is accepted only when `nullable`."""
+
+    kind: type | tuple[type, ...]
+    holds: Callable[[Any], bool] | None = None
+    wanted: str | Callable[[], str] = ""
+    nullable: bool = False
+    auto: bool = False  # "auto" means None: edgeft/train/size.py fills it from the base's size
+
+
+def _positive_int(wanted: str = "must be an integer of 1 or more", nullable: bool = False) -> Setting:
+    return Setting(int, lambda v: v >= 1, wanted, nullable)
+
+
+def _choice(*values: str) -> Setting:
+    return Setting(str, lambda v: v in values, f"is not one of {', '.join(values)}")
+
+
+def _validation(value) -> bool:
+    from edgeft.data.split import MAX_VALIDATION_FRACTION
+
+    return bool(value.strip()) if isinstance(value, str) else 0 < value <= MAX_VALIDATION_FRACTION
+
+
+def _validation_wanted() -> str:
+    from edgeft.data.split import MAX_VALIDATION_FRACTION
+
+    return (f"must be a fraction of the training data in (0, {MAX_VALIDATION_FRACTION}] (e.g. 0.1) or a JSONL file "
+            "of conversations")
+
+
+def _modules(value) -> bool:
+    return value == "all-linear" or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
+
+
+# The whole vocabulary of a recipe and what each setting may be: every reader (YAML, the command line, a release
+# recipe's train: section, a saved recipe read back by --resume) goes through this table. A new Recipe field needs a
+# row here (tests/test_recipe_settings.py checks that every field has one).
+SETTINGS: dict[str, Setting] = {
+    "method": _choice(*METHODS),
+    "r": _positive_int(),
+    "alpha": Setting(float, lambda v: v > 0, "must be a number > 0 (null: 2 * r)", nullable=True),
+    "dropout": Setting(float, lambda v: 0 <= v < 1, "must be a number in [0, 1)"),
+    "target_modules": Setting((str, list), _modules,
+                              "must be 'all-linear' or a list of module names like [q_proj, v_proj]"),
+    "rslora": Setting(bool),
+    "dora": Setting(bool),
+    "lr": Setting(float, lambda v: v > 0, "must be a number > 0, or auto (by the base's size)", nullable=True,
+                  auto=True),
+    "weight_decay": Setting(float, lambda v: v >= 0, "must be a number of 0 or more"),
+    "warmup_ratio": Setting(float, lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    "epochs": Setting(float, lambda v: 0 < v <= MAX_EPOCHS,
+                      f"must be a number > 0 and at most {MAX_EPOCHS} (1.5 trains one and a half passes)"),
+    "max_steps": _positive_int("must be an integer of 1 or more (null: run by epochs)", nullable=True),
+    "effective_batch": Setting(int, lambda v: v >= 1, "must be an integer of 1 or more, or auto (by the base's size)",
+                               nullable=True, auto=True),
+    "micro_batch": _positive_int(),
+    "max_len": _positive_int(),
+    "max_grad_norm": Setting(float, lambda v: v > 0, "must be a number > 0 (null: no clipping)", nullable=True),
+    "seed": Setting(int, lambda v: 0 <= v < SEED_LIMIT, "must be an integer in [0, 2**63)"),
+    "gradient_checkpointing": Setting(bool, nullable=True),
+    "group_by_length": Setting(bool),
+    "eval_every": _positive_int(),
+    "early_stop": _positive_int("must be an integer of 1 or more (null: never stop early)", nullable=True),
+    "keep": _choice("best", "last"),
+    "save_every": _positive_int(),
+    "keep_checkpoints": _positive_int(),
+    "log_every": _positive_int(),
+    "validation": Setting((float, str), _validation, _validation_wanted, nullable=True),
+    "select": _choice(*SELECT),
+    "metric": Setting(str, lambda v: bool(v.strip()), "must be a metric name such as exact (null: none)",
+                      nullable=True),
+    "chat_template": Setting(str, lambda v: bool(v.strip()), "must be a path to a .jinja file (null: the base's own)",
+                             nullable=True),
+}
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+              object: "a value"}
+
+
+def _setting(key: str) -> Setting:
+    """The row for `key`; a field added without one is typed by its default until the row is written."""
+    if key in SETTINGS:
+        return SETTINGS[key]
+    default = FIELDS[key].default
+    return Setting(type(default) if default is not None else object, nullable=True)
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    """`value` as `kind` where YAML or click gave a near miss (2 for a float, 4.0 for an int, "1e-4" for a float:
+    YAML 1.1 reads an exponent without a dot as a string); None where it is not that kind at all."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return value if bool in kinds else None
+    if isinstance(value, kinds):
+        return value
+    if float in kinds and isinstance(value, int):
+        return float(value)
+    if float in kinds and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    if int in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """One setting's value, typed and range-checked by its SETTINGS row; anything else is one line naming it."""
+    setting = _setting(key)
+    if setting.auto and isinstance(value, str) and value.strip().lower() == "auto":
+        value = None
+    if value is None and setting.nullable:
+        return None
+    typed = None if value is None else _typed(value, setting.kind)
+    kinds = setting.kind if isinstance(setting.kind, tuple) else (setting.kind,)
+    wanted = setting.wanted() if callable(setting.wanted) else setting.wanted
+    wanted = wanted or "must be " + " or ".join(TYPE_NAMES.get(k, k.__name__) for k in kinds)
+    if typed is None and object not in kinds:
+        raise EdgeftError(f"{source}: {key}={value!r} {wanted}")
+    if isinstance(typed, float) and not math.isfinite(typed):
+        raise EdgeftError(f"{source}: {key}={value!r} is not a finite number; it {wanted}")
+    if setting.holds is not None and not setting.holds(typed):
+        raise EdgeftError(f"{source}: {key}={value!r} {wanted}")
+    return value if object in kinds else typed
 
 
 def _check(recipe: Recipe, source: str) -> Recipe:
+    """The rules between settings (each setting alone is SETTINGS' job)."""
+    if recipe.effective_batch is not None:  # else the base's size gives it, and train checks it then
+        recipe.grad_accum(1, source)
+
     def bad(key: str, why: str) -> EdgeftError:
         return EdgeftError(f"{source}: {key}={getattr(recipe, key)!r} {why}")
 
-    if recipe.method not in METHODS:
-        raise bad("method", f"is not one of {', '.join(METHODS)}")
-    if isinstance(recipe.lr, str):  # YAML reads 1e-3 (no dot) as text
-        recipe.lr = None if recipe.lr.strip().lower() == "auto" else _number(recipe.lr)
-    for key in ("r", "micro_batch", "max_len", "eval_every", "save_every", "log_every",
-                "keep_checkpoints"):
-        if not isinstance(getattr(recipe, key), int) or getattr(recipe, key) < 1:
-            raise bad(key, "must be a positive integer")
-    if recipe.max_steps is not None and (not isinstance(recipe.max_steps, int) or recipe.max_steps < 1):
-        raise bad("max_steps", "must be a positive integer")
-    if not 0 <= recipe.dropout < 1:
-        raise bad("dropout", "must be in [0, 1)")
-    if not 0 <= recipe.warmup_ratio < 1:
-        raise bad("warmup_ratio", "must be in [0, 1)")
-    if recipe.effective_batch is not None and (not isinstance(recipe.effective_batch, int) or recipe.effective_batch < 1):
-        raise bad("effective_batch", "must be a positive integer (or leave it out: by the base's size)")
-    if recipe.lr is not None and (not isinstance(recipe.lr, (int, float)) or isinstance(recipe.lr, bool) or recipe.lr <= 0):
-        raise bad("lr", "must be a number > 0, or auto (by the base's size)")
-    if recipe.epochs <= 0:
-        raise bad("epochs", "must be > 0")
-    if recipe.keep not in ("best", "last"):
-        raise bad("keep", "must be best or last")
-    if recipe.early_stop is not None and recipe.early_stop < 1:
-        raise bad("early_stop", "must be a positive integer or null")
-    if not (recipe.target_modules == "all-linear" or (isinstance(recipe.target_modules, list) and recipe.target_modules)):
-        raise bad("target_modules", "must be 'all-linear' or a list of module names like [q_proj, v_proj]")
     _check_selection(recipe, bad)
     return recipe
 
 
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text  # refused below with the rule
-
-
 def _check_selection(recipe: Recipe, bad) -> None:
     """The validation split and what selects the checkpoint: wrong here is one line before anything trains."""
-    from edgeft.data.split import DEFAULT_VALIDATION, MAX_VALIDATION_FRACTION
+    from edgeft.data.split import DEFAULT_VALIDATION
 
-    validation = recipe.validation
-    if validation is not None and not (isinstance(validation, str) and validation.strip()):
-        if isinstance(validation, bool) or not isinstance(validation, (int, float)) \
-                or not 0 < validation <= MAX_VALIDATION_FRACTION:
-            raise bad("validation", f"must be a fraction of the training data in (0, {MAX_VALIDATION_FRACTION}] "
-                                    "(e.g. 0.1) or a JSONL file of conversations")
-    if recipe.select not in SELECT:
-        raise bad("select", f"is not one of {', '.join(SELECT)}")
+    # each setting alone is SETTINGS'; these are the rules between them
     if recipe.select == "metric" and not recipe.metric:
         raise bad("select", "needs metric: (e.g. exact, json-match) to score checkpoints with; add it")
-    if recipe.select == "metric" and validation is None:  # scored on a split of its own, never on the eval set
+    if recipe.select == "metric" and recipe.validation is None:  # scored on a split of its own, never on the eval set
         recipe.validation = DEFAULT_VALIDATION
     if recipe.select == "metric" and recipe.keep == "last":
         raise bad("keep", "contradicts select: metric, which makes the best-scoring checkpoint the adapter; "
@@ -153,39 +260,23 @@ def _check_selection(recipe: Recipe, bad) -> None:
             raise bad("metric", str(exc).split(": ", 1)[-1]) from None
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """YAML and click already give typed values; this only catches the obvious mismatches with a clear line."""
-    default = FIELDS[key].default
-    if value is None or default is None or key == "target_modules":
-        return value
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise EdgeftError(f"{source}: {key}={value!r} should be a {expected.__name__}; fix the value")
-    return value
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeftError(f"{path}: recipe file not found; pass an existing YAML with --config")
-    from edgeft.data.io import read_yaml
+    from edgeft.data.io import check_input_file, read_yaml
 
+    path = check_input_file(path, "pass a recipe YAML with --config")
     data = read_yaml(path, "recipe") or {}
     if not isinstance(data, dict):
         raise EdgeftError(f"{path}: recipe must be a mapping of settings (key: value); see edgeft/recipes/default.yaml")
     return data
 
 
-def resolve_recipe(config: str | Path | dict | None = None, **overrides: Any) -> Recipe:
-    """Defaults, then the YAML file (or dict), then the non-None overrides (the CLI). Unknown keys are errors."""
+def resolve_recipe(config: str | Path | dict | None = None, *, where: str = "config", **overrides: Any) -> Recipe:
+    """Defaults, then the YAML file (or dict, named `where` in errors), then the non-None overrides (the CLI).
+    Unknown keys are errors."""
     values: dict[str, Any] = {}
     layers: list[tuple[str, dict]] = []
     if isinstance(config, dict):
-        layers.append(("config", config))
+        layers.append((where, config))
     elif config is not None:
         layers.append((str(config), load_yaml(config)))
     layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))

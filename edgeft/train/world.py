@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or the only process), before or without the process group: the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class World:
     def __init__(self):
         self.size = int(os.environ.get("WORLD_SIZE", "1"))
