@@ -1,7 +1,7 @@
 """`edgeft eval BASE.gguf --adapter NAME=A.gguf ...`: score a fleet of task adapters over one load of the base.
 
-The adapters are switched on one context exactly as `edgeft serve` switches them (runtime.serve.engine), so what
-is scored here is what the server answers. The base answers too, prompted zero-shot with --system, and each adapter
+The adapters are chosen per decode call on one context exactly as `edgeft serve` chooses them
+(runtime.serve.engine), each answer decoded alone, so what is scored here is what the server answers. The base answers too, prompted zero-shot with --system, and each adapter
 is compared with it (paired bootstrap over the same questions). The single-model report (ladder, forgetting probe,
 KLD, speed, gates) stays `edgeft eval MODEL.gguf`'s; this one writes report.json, report.md, predictions.jsonl.
 """
@@ -18,21 +18,19 @@ from runtime.eval_settings import EvalSettings, SettingError, refuse_foreign_out
 from runtime.examples import baseline_prompt, read_examples
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable
 from runtime.report import EVAL_FILES, FLEET_FILES
-from runtime.serve.engine import Delta, Done, Engine, Sampling
+from runtime.serve.engine import Engine, Sampling
 from runtime.stats import mean_interval, paired_difference, shown_interval
 
 
 def _answers(engine: Engine, name: str, prompts: list[list[dict]], *, max_tokens: int) -> list[dict]:
+    """Each prompt decoded alone from an empty slot (runtime.decode, plain): what the server answers one request."""
+    from runtime.generate import generation
+
     rows = []
     for prompt in prompts:
-        parts, done = [], None
-        for event in engine.generate(name, engine.chat_tokens(name, prompt), Sampling(max_tokens=max_tokens)):
-            if isinstance(event, Delta):
-                parts.append(event.text)
-            elif isinstance(event, Done):
-                done = event
-        rows.append({"answer": "".join(parts), "prompt_tokens": done.prompt_tokens,
-                     "completion_tokens": done.completion_tokens})
+        request = engine.request(name, engine.chat_tokens(name, prompt), Sampling(max_tokens=max_tokens))
+        answer = generation(engine.decoder, engine.decoder.run([request], plain=True)[0])
+        rows.append({"answer": answer.text, "prompt_tokens": answer.n_prompt, "completion_tokens": answer.n_generated})
     return rows
 
 

@@ -7,11 +7,14 @@ Rungs, all on the base at the shipped quant, with the same greedy decoding and m
   4. retrieved context (with --context docs.jsonl): the passages BM25 finds closest, in the system prompt.
 The fine-tune runs with the short prompt it was trained with (the eval conversation's own turns).
 
-One model load serves every rung: the rungs decode side by side in one context (runtime.parallel), each keeping its
-shared prompt prefix in the KV cache, and every step checks free drafts of the next tokens (runtime.speculative:
-the other rungs' answers to the same question, the rung's recent answers, prompt lookup in its shots). Cost per request (prompt tokens, time to first token, total time) is measured
-for each rung and the fine-tune one request at a time from an empty cache and without drafts, as llama.cpp serves
-it, on `latency_samples` evenly spaced questions. The summary is a table of small functions, each returning one section of report["ladder"].
+One model load serves every rung. Every answer is decoded one request at a time from an empty slot, one token per
+decode call (runtime.decode, plain), which is what llama.cpp answers a lone request bit for bit: batching requests,
+reusing a cached prefix or checking drafts changes how llama.cpp's kernels sum (flash attention splits the cells of a
+lone sequence past 256 among threads; a prefix evaluated apart takes another attention kernel than a whole prompt),
+and measured on SmolLM2-135M Q4_1 that moved 2 to 5 of 12 answers. So the score in the report is the GGUF's own,
+and each answer is also a cold request as a user sees it: cost per request (prompt tokens, time to first token,
+total time) is read off `latency_samples` evenly spaced ones per rung. The summary is a table of small functions,
+each returning one section of report["ladder"].
 
 Example:
     rungs = build_rungs(examples, system="Answer in SQL.", shots=3, shots_from="train.jsonl")
@@ -55,6 +58,7 @@ class RungRun:
     prompts: list[list[dict]]
     sources: list[dict]
     answers: list[str] = field(default_factory=list)
+    answer_tokens: list[list[int]] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     latency: list[dict] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -130,10 +134,20 @@ def finetune_run(examples: Sequence[Example]) -> RungRun:
 
 # ---- generation --------------------------------------------------------------------------------------------------
 
-def _progress(items, description: str):
-    from tqdm import tqdm
+class Progress:
+    """One line on stderr per rung every few seconds and at its end (rung, questions done / total, elapsed): the
+    eval stage runs for minutes."""
 
-    return tqdm(items, desc=description, unit="ex", file=sys.stderr, disable=None, leave=False)
+    EVERY_S = 10.0
+
+    def __init__(self, label: str, total: int, started: float):
+        self.label, self.total, self.started, self.shown = label, total, started, time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if done == self.total or now - self.shown >= self.EVERY_S:
+            self.shown = now
+            print(f"eval: {self.label} {done}/{self.total} ({now - self.started:.0f} s)", file=sys.stderr, flush=True)
 
 
 def timing_sample(n: int, samples: int) -> list[int]:
@@ -143,27 +157,17 @@ def timing_sample(n: int, samples: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, samples))})
 
 
-def processing_order(runs: Sequence[RungRun]) -> list[int]:
-    """Questions sorted by what was retrieved for them (training lines, passage lines): a rung's cached prefix is
-    then the longest the data allows, since questions that share their first shots come one after another (a
-    depth-first walk of the prompts' prefix tree: each shared prefix is evaluated once). Measured on the demo eval:
-    half the retrieved 3-shot rung's shot text no longer needs evaluating. Answers do not depend on the order."""
-    def key(index: int):
-        return [line for run in runs for lines in run.sources[index].values() for line in lines], index
-
-    return sorted(range(len(runs[0].prompts)), key=key)
-
-
 def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: int | None, max_tokens: int,
-             latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder",
-             drafting: bool = True, hopeless=None) -> dict:
-    """Fill every run's answers, prompt token counts and latencies with one load of `path`. Returns wall times,
-    the decoder's counts (tokens evaluated, decode steps, draft tokens checked and accepted, per run the prompt
-    tokens no cached prefix covered and the seconds of its timing pass) and, with `golds`, the first run's prompts
-    rendered with the gold answer (the KLD texts)."""
-    from runtime.generate import prompt_tokens, render_chat
+             latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder") -> dict:
+    """Fill every run's answers, prompt token counts and latencies with one load of `path`. Every answer is decoded
+    one request at a time from an empty slot, one token per decode call (runtime.decode, plain): what llama.cpp
+    answers a lone request, so the reported scores are the GGUF's own. Each such request is also a cold request as
+    a user sees it, so `latency_samples` evenly spaced ones per run are the timing (time to first token, total).
+    Returns wall times, the decoder's counts and, with `golds`, the first run's prompts rendered with the gold
+    answer (the KLD texts)."""
+    from runtime.decode import Decoder, Request
+    from runtime.generate import generation, prompt_tokens, render_chat
     from runtime.load import open_gguf
-    from runtime.parallel import ParallelDecoder
 
     llm = open_gguf(path, n_ctx=TOKENIZER_CTX, threads=threads)
     try:
@@ -172,36 +176,43 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
         rendered = None if golds is None else [
             render_chat(llm, list(p) + [{"role": "assistant", "content": g}], add_generation_prompt=False, path=where)
             for p, g in zip(runs[0].prompts, golds)]
-        # Each sequence gets what its longest prompt and answer need, not all of --ctx: n_seq x 4096 cells of a 7B
-        # model's KV cache would be 8 GB.
+        # The slot gets what the longest prompt and answer need, not all of --ctx.
         longest = max((len(t) for run_tokens in tokens for t in run_tokens), default=0)
-        decoder = ParallelDecoder(llm, n_seq=len(runs), n_ctx=min(n_ctx, longest + max_tokens + 1))
-        n = len(runs[0].prompts)
-        for run in runs:
-            run.answers, run.prompt_tokens = [""] * n, [0] * n
+        decoder = Decoder(llm, n_ctx=min(n_ctx, longest + max_tokens + 1), threads=threads)
+        started = time.perf_counter()
+        counts: dict = {"prompt_evaluated": [], "run_s": []}
         try:
-            started = time.perf_counter()
-            for index in _progress(processing_order(runs), f"generate ({label})"):
-                answers = decoder.generate([t[index] for t in tokens], max_tokens=max_tokens, drafting=drafting,
-                                           hopeless=hopeless)
-                for run, generation in zip(runs, answers):
-                    run.answers[index] = generation.text
-                    run.prompt_tokens[index] = generation.n_prompt
-            generated = time.perf_counter()
-            counts = {"evaluated": decoder.evaluated, "steps": decoder.steps, "drafted": decoder.drafted,
-                      "accepted": decoder.accepted,  # of the answers' pass, not the timing pass
-                      "prompt_evaluated": decoder.prompt_evaluated[:len(runs)], "latency_run_s": []}
             for run, run_tokens in zip(runs, tokens):
                 run_started = time.perf_counter()
-                run.latency = [decoder.time_alone(run_tokens[i], max_tokens=max_tokens)
-                               for i in timing_sample(len(run_tokens), latency_samples)]
-                counts["latency_run_s"].append(time.perf_counter() - run_started)
-            timed = time.perf_counter()
+                _answer_run(decoder, run, run_tokens, max_tokens=max_tokens, latency_samples=latency_samples,
+                            progress=Progress(f"{label}: {run.label}", len(run_tokens), started))
+                counts["run_s"].append(time.perf_counter() - run_started)
+                counts["prompt_evaluated"].append(sum(run.prompt_tokens))
+            counts.update({key: decoder.counts[key] for key in ("evaluated", "steps")})
         finally:
             decoder.close()
     finally:
         llm.close()
-    return {"generate_s": generated - started, "latency_s": timed - generated, "rendered": rendered, **counts}
+    return {"generate_s": time.perf_counter() - started, "rendered": rendered, **counts}
+
+
+def _answer_run(decoder, run: RungRun, run_tokens: list[list[int]], *, max_tokens: int, latency_samples: int,
+                progress) -> None:
+    from runtime.decode import Request
+    from runtime.generate import generation
+
+    timed = set(timing_sample(len(run_tokens), latency_samples))
+    run.answers, run.answer_tokens, run.prompt_tokens, run.latency = [], [], [], []
+    for index, tokens in enumerate(run_tokens):
+        sequence = decoder.run([Request(tokens, max_tokens=max_tokens)], plain=True)[0]
+        answer = generation(decoder, sequence)
+        run.answers.append(answer.text)
+        run.answer_tokens.append(answer.tokens)
+        run.prompt_tokens.append(answer.n_prompt)
+        if index in timed:
+            run.latency.append({"ttft_s": sequence.first_token_s, "total_s": sequence.total_s,
+                                "n_generated": answer.n_generated})
+        progress(index + 1)
 
 
 def score(runs: Sequence[RungRun], examples: Sequence[Example], scorer) -> None:
@@ -226,10 +237,7 @@ def evaluate(model: Path, baseline: Path | None, examples: Sequence[Example], ru
              requests_per_day: float | None = None) -> LadderResult:
     """Generate with the fine-tune, then with the base on every rung, score all, and summarize."""
     finetune = finetune_run(examples)
-    # An answer the metric already cannot score stops early (the base rambling in prose zero-shot): same scores,
-    # less time. The timing pass (time to first token, total per request) still generates whole answers.
-    settings = {"n_ctx": n_ctx, "threads": threads, "max_tokens": max_tokens, "latency_samples": latency_samples,
-                "hopeless": getattr(scorer, "hopeless", None)}
+    settings = {"n_ctx": n_ctx, "threads": threads, "max_tokens": max_tokens, "latency_samples": latency_samples}
     own = generate(model, [finetune], golds=[e.gold for e in examples], label="fine-tune", **settings)
     base = generate(baseline, runs, label="ladder", **settings) if runs else None
     score([finetune, *runs], examples, scorer)
@@ -237,9 +245,8 @@ def evaluate(model: Path, baseline: Path | None, examples: Sequence[Example], ru
     if not runs:
         return LadderResult(prediction_rows(examples, finetune, [], None), own["rendered"], scores, None, None)
     summary = summarize(finetune, runs, requests_per_day=requests_per_day)
-    summary["wall_s"] = {"finetune": own["generate_s"] + own["latency_s"],
-                         "ladder": base["generate_s"] + base["latency_s"], "ladder_generate": base["generate_s"],
-                         "ladder_latency": base["latency_s"]}
+    summary["wall_s"] = {"finetune": own["generate_s"], "ladder": base["generate_s"],
+                         "rungs": {run.key: seconds for run, seconds in zip(runs, base["run_s"])}}
     fixed = [run.sources[0]["shots"] for run in runs if run.key.startswith("fixed-") and run.sources]
     summary["fixed_shots"] = fixed[0] if fixed else []
     best = next(row for row in summary["rungs"] if row["key"] == summary["strongest"])

@@ -54,10 +54,9 @@ def ladder_markdown(ladder: dict) -> list[str]:
                       f"{', '.join(str(line) for line in ladder['fixed_shots'])}."]
     wall = ladder.get("wall_s") or {}
     lines += ["", f"Times per request are medians over {own['timed_requests']} requests per rung, each alone from an "
-                  "empty cache and one token per decode step, as llama.cpp serves by default. The ladder ran all rungs "
-                  "side by side in one load of the base: "
-                  f"{_number(wall.get('ladder_generate'), 1)} s of generation, "
-                  f"{_number(wall.get('ladder_latency'), 1)} s of timing."]
+                  "empty cache and one token per decode step, as llama.cpp serves by default; every answer was "
+                  "decoded that way, so the scores are what the GGUF answers. The ladder ran in one load of the "
+                  f"base: {_number(wall.get('ladder'), 1)} s."]
     return lines
 
 

@@ -302,36 +302,44 @@ def test_eval_example_without_a_user_turn_is_one_line(ggufs, tmp_path):
     one_line_error(result, "eval.jsonl:1:", "no user turn")
 
 
-def test_parallel_decoding_matches_one_at_a_time(ggufs):
-    """Every rung in its own sequence of one context gives the answers greedy_generate gives one prompt at a time
-    (F32 weights; each sequence is decoded with the same batch shapes as the single-sequence loop)."""
+def test_the_decoder_loop_in_every_mode_matches_the_plain_reference(ggufs):
+    """runtime.decode against llama-cpp-python's own loop (flash attention on, as llama-server runs; the prompt in
+    one batch, then one token per decode): one request at a time from an empty slot gives its answers exactly;
+    the prefix cache and several slots side by side give them too on F32 weights, and the prefix cache evaluates
+    only what a prompt does not share."""
+    import llama_cpp
+
     from convert import convert_model
-    from runtime.generate import greedy_generate, prompt_tokens, render_chat
-    from runtime.load import open_gguf
-    from runtime.parallel import ParallelDecoder
+    from runtime.decode import Decoder, Request
+    from runtime.generate import is_end_of_generation, prompt_tokens, render_chat
     from tests.factory import build_model
 
     path = convert_model(build_model("llama"), ggufs["ft"].parent / "ft-f32.gguf", outtype="f32")
-    llm = open_gguf(path, n_ctx=512, threads=1)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, flash_attn=True, verbose=False)
     shots = [{"role": "user", "content": "Count the customers in Oslo"}, {"role": "assistant", "content": "SELECT 1"}]
     prompts = [[{"role": "system", "content": "Terse."}, *shots, {"role": "user", "content": q}]
                for q in ggufs["questions"]]
     tokens = [prompt_tokens(llm, render_chat(llm, p)) for p in prompts]
-    expected = [greedy_generate(llm, t, max_tokens=8, reuse_prefix=False).tokens for t in tokens]
-    decoder = ParallelDecoder(llm, n_seq=1, n_ctx=512)
-    assert [decoder.generate([t], max_tokens=8)[0].tokens for t in tokens] == expected  # prefix reused each time
-    assert decoder.cached[0][:len(tokens[-1])] == tokens[-1]
-    before = decoder.evaluated
-    repeat = decoder.generate([tokens[-1]], max_tokens=8, drafting=False)[0]  # count tokens without drafts
-    decoded_answer = repeat.n_generated - (repeat.stopped == "max_tokens")  # the last token is not fed back
-    assert repeat.tokens == expected[-1] and decoder.evaluated - before == 1 + decoded_answer  # 1 prompt token
+    expected = []
+    for prompt in tokens:
+        llm.reset()
+        answer = []
+        for token in llm.generate(prompt, temp=0.0, reset=False):
+            if is_end_of_generation(llm, token) or len(answer) == 8:
+                break
+            answer.append(token)
+        expected.append(answer)
+    decoder = Decoder(llm, n_ctx=512, threads=1)
+    requests = [Request(t, max_tokens=8) for t in tokens]
+    assert [s.generated for s in decoder.run(requests, plain=True)] == expected
+    before = decoder.counts["prompt_evaluated"]
+    assert [s.generated for s in decoder.run(requests)] == expected  # prefix reused each time
+    assert decoder.counts["prompt_evaluated"] - before < sum(len(t) for t in tokens)
     decoder.close()
-    decoder = ParallelDecoder(llm, n_seq=3, n_ctx=512)
-    first = [g.tokens for g in decoder.generate(tokens[:3], max_tokens=8)]
-    again = [g.tokens for g in decoder.generate(tokens[:3], max_tokens=8)]  # every prompt now cached
-    assert first == again and any(first)
-    timing = decoder.time_alone(tokens[0], max_tokens=8)
-    assert 0 < timing["ttft_s"] <= timing["total_s"] and all(not cached for cached in decoder.cached)
+    decoder = Decoder(llm, n_seq=3, n_ctx=512, threads=1)
+    first = [s.generated for s in decoder.run(requests[:3])]
+    again = [s.generated for s in decoder.run(requests[:3])]  # every prompt now cached
+    assert first == again == expected[:3] and any(first)
     decoder.close()
     llm.close()
 
@@ -387,11 +395,3 @@ def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monk
         publish_release("demo", tmp_path / "release", gguf=tmp_path / "m.gguf", base_dir=tmp_path, quant="Q4_K_M",
                         recipe={}, data_files={}, metrics={}, gates=gates)
     assert not (tmp_path / "release" / "demo").exists()
-
-
-def test_questions_that_retrieve_the_same_first_shots_are_processed_one_after_another():
-    fixed = ladder.RungRun("fixed-2-shot", "fixed 2-shot", [[]] * 4, [{"shots": [7, 9]}] * 4)
-    retrieved = ladder.RungRun("retrieved-2-shot", "retrieved 2-shot", [[]] * 4,
-                               [{"shots": [30, 5]}, {"shots": [12, 40]}, {"shots": [30, 2]}, {"shots": [12, 40]}])
-    assert ladder.processing_order([fixed, retrieved]) == [1, 3, 2, 0]
-    assert ladder.processing_order([ladder.RungRun("zero-shot", "zero-shot", [[]] * 3, [{}] * 3)]) == [0, 1, 2]

@@ -2,8 +2,9 @@
 
 The reference for every answer is llama-cpp-python with the adapter loaded the one-at-a-time way
 (`Llama(lora_path=...)`), a fresh KV cache per prompt, decoding greedily through its own `Llama.generate`. The
-server must give the same tokens (count and text) for the base and each adapter, in any order of requests, with 8
-clients at once, streaming or not.
+server (4 slots, continuous batching) must give the same tokens (count and text) for the base and each adapter, in
+any order of requests, with 8 clients at once on alternating adapters, streaming or not. The fixture's weights are
+F32, where the batch a token is decoded in changes no argmax.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from tests.serve_helpers import ServerProcess, build_fleet, raw_request  # noqa:
 
 KEY = "test-key-123"
 N_CTX = 512
+PARALLEL = 4
 MAX_TOKENS = 24
-SERVER_FLAGS = ["--ctx", str(N_CTX), "--threads", "1", "--api-key", KEY, "--max-tokens", "400",
+SERVER_FLAGS = ["--ctx", str(N_CTX * PARALLEL), "--parallel", str(PARALLEL), "--threads", "1", "--api-key", KEY, "--max-tokens", "400",
                 "--max-body", "4096"]
 CHATS = [
     [{"role": "user", "content": "List the users who joined in 2024."}],
@@ -41,7 +43,7 @@ PROMPTS = ["SELECT name FROM users WHERE", "The weather in Paris is", "def add(a
 
 @pytest.fixture(scope="module")
 def fleet():
-    return build_fleet(2)
+    return build_fleet(2, outtype="f32")
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +82,9 @@ class Reference:
     def _llm(self, name):
         if name not in self.models:
             kwargs = {"lora_path": str(self.paths[name])} if self.paths[name] else {}
+            # flash attention as llama-server (and so edgeft's decoder) chooses it on a CPU
             self.models[name] = llama_cpp.Llama(model_path=str(self.base), n_ctx=N_CTX, n_threads=1, verbose=False,
-                                                **kwargs)
+                                                flash_attn=True, **kwargs)
         return self.models[name]
 
     def answer(self, name, *, messages=None, prompt=None, max_tokens=MAX_TOKENS):
@@ -289,7 +292,8 @@ def test_client_leaving_mid_stream_frees_the_slot(server, client, reference):
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(fleet, reference):
-    process = ServerProcess(fleet["base"], fleet["adapters"], extra=["--ctx", str(N_CTX), "--threads", "1"])
+    process = ServerProcess(fleet["base"], fleet["adapters"], extra=["--ctx", str(N_CTX), "--parallel", "1",
+                                                                     "--threads", "1"])
     try:
         client = openai.OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         ask(client, "a1", prompt=PROMPTS[0])  # warm: the in-flight requests below start decoding at once
@@ -333,7 +337,7 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(fleet, reference
 
 
 def test_sigterm_exit_status_when_idle(fleet):
-    process = ServerProcess(fleet["base"], {}, extra=["--ctx", "64"])
+    process = ServerProcess(fleet["base"], {}, extra=["--ctx", "64", "--parallel", "1"])
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(60) == 0, "".join(process.stderr)
 
@@ -403,7 +407,7 @@ def test_an_adapter_that_carries_its_template_is_rendered_with_it(fleet, tmp_pat
         assert engine.chat_tokens("t", messages) == expected
         assert engine.chat_tokens("a1", messages) == engine.chat_tokens("base", messages) != expected
         lone = llama_cpp.Llama(model_path=str(fleet["base"]), lora_path=str(adapter_gguf), n_ctx=N_CTX, n_threads=1,
-                               verbose=False)
+                               verbose=False, flash_attn=True)
         try:
             generated = greedy_tokens(lone, expected, MAX_TOKENS)
         finally:
@@ -414,52 +418,64 @@ def test_an_adapter_that_carries_its_template_is_rendered_with_it(fleet, tmp_pat
         engine.close()
 
 
-def test_worker_runs_jobs_in_order_refuses_past_the_queue_and_answers_waiting_ones_at_shutdown():
+def test_a_prefix_cached_under_one_adapter_is_never_served_to_another(fleet, reference):
+    """One slot: the same prompt under a1, then a2, then a1. The slot's cells from a1 must not be reused for a2
+    (their keys and values went through a1's deltas: the answer would be wrong), and are reused for a1 again."""
+    from runtime.serve.engine import Engine, Sampling
+
+    engine = Engine(fleet["base"], fleet["adapters"], base_name="base", n_ctx=N_CTX, threads=1, parallel=1)
+    try:
+        tokens = engine.chat_tokens("a1", CHATS[0])
+        evaluated = []
+        for model in ("a1", "a2", "a1", "base"):
+            before = engine.decoder.counts["prompt_evaluated"]
+            done = list(engine.generate(model, tokens, Sampling(max_tokens=MAX_TOKENS)))[-1]
+            evaluated.append(engine.decoder.counts["prompt_evaluated"] - before)
+            assert (engine.decoder.detokenize(done.tokens), len(done.tokens)) == \
+                reference.answer(model, messages=CHATS[0]), model
+        assert evaluated == [len(tokens), len(tokens), len(tokens), len(tokens)]  # a switch reuses nothing
+        again = engine.decoder.counts["prompt_evaluated"]
+        list(engine.generate("base", tokens, Sampling(max_tokens=MAX_TOKENS)))
+        assert engine.decoder.counts["prompt_evaluated"] - again == 1  # same adapter: all but the last token reused
+    finally:
+        engine.close()
+
+
+def test_worker_refuses_past_the_queue_and_answers_waiting_ones_at_shutdown(fleet):
     import asyncio
 
+    from runtime.serve.engine import Engine, Sampling
     from runtime.serve.worker import Busy, Failed, Job, Worker
 
-    release = threading.Event()
-    ran = []
+    engine = Engine(fleet["base"], fleet["adapters"], base_name="base", n_ctx=N_CTX, threads=1, parallel=1)
+    tokens = engine.text_tokens(PROMPTS[0])
 
-    def job_run(label):
-        def run(engine, cancelled):
-            ran.append(label)
-            if label == "first":
-                release.wait(30)
-            yield label
-        return run
+    def make(max_tokens):
+        return lambda engine, cancelled: engine.request("a1", tokens, Sampling(max_tokens=max_tokens), cancelled)
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        worker = Worker(engine=None, max_queue=2)
-        jobs = {label: Job(job_run(label), loop) for label in ("first", "second", "third", "fourth")}
-        worker.submit(jobs["first"])
-        while not ran:  # the first is running; the next two wait
-            await asyncio.sleep(0.01)
-        worker.submit(jobs["second"])
-        worker.submit(jobs["third"])
+        worker = Worker(engine, max_queue=2)
+        running = Job(make(400), loop)
+        worker.submit(running)
+        first = running.events()
+        await first.__anext__()  # it decodes: the one slot is taken, the next two wait in the queue
+        waiting = [Job(make(4), loop), Job(make(4), loop)]
+        for job in waiting:
+            worker.submit(job)
         with pytest.raises(Busy, match="2 requests are already waiting"):
-            worker.submit(jobs["fourth"])
-        release.set()
-        got = {label: [event async for event in jobs[label].events()] for label in ("first", "second", "third")}
-        assert got == {"first": ["first"], "second": ["second"], "third": ["third"]} and ran == list(got)
-        # at shutdown a job still waiting gets an error, it is not dropped silently
-        release.clear()
-        ran.clear()
-        jobs = {label: Job(job_run(label), loop) for label in ("first", "waiting")}
-        worker.submit(jobs["first"])
-        while not ran:
-            await asyncio.sleep(0.01)
-        worker.submit(jobs["waiting"])
+            worker.submit(Job(make(4), loop))
         stopping = loop.run_in_executor(None, worker.stop)
-        await asyncio.sleep(0.1)
-        release.set()
+        for job in waiting:  # at shutdown a job still waiting gets an error, it is not dropped silently
+            events = [event async for event in job.events()]
+            assert len(events) == 1 and isinstance(events[0], Failed) and events[0].status == 503
+        running.cancel()
         await stopping
-        waiting = [event async for event in jobs["waiting"].events()]
-        assert len(waiting) == 1 and isinstance(waiting[0], Failed) and waiting[0].status == 503
-        assert [event async for event in jobs["first"].events()] == ["first"]
+        assert worker.counts["cancelled"] == 1
         with pytest.raises(Busy, match="shutting down"):
-            worker.submit(Job(job_run("late"), loop))
+            worker.submit(Job(make(4), loop))
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()

@@ -1,5 +1,6 @@
-"""Speculative verification (runtime.speculative): drafts copied from text the decoder holds, checked in one batched
-step, give exactly the answer plain greedy decoding gives, whether the draft is right, partly right or wrong."""
+"""The draft-checking step (runtime.speculative) of runtime.decode's loop: drafts copied from text the decoder holds,
+checked in one batched step, give the answer the plain loop gives (F32 weights), whether the draft is right, partly
+right or wrong."""
 
 from __future__ import annotations
 
@@ -54,62 +55,55 @@ def _prompts(llm) -> list[list[int]]:
                                                  {"role": "user", "content": q}])) for q in QUESTIONS]
 
 
+def _plain(llm, prompts):
+    from runtime.decode import Decoder, Request
+
+    decoder = Decoder(llm, n_ctx=512, threads=1)
+    try:
+        return [(s.generated, s.stopped) for s in decoder.run([Request(t, max_tokens=12) for t in prompts],
+                                                              plain=True)]
+    finally:
+        decoder.close()
+
+
 def test_speculative_answers_are_greedy_answers_with_right_partly_right_and_wrong_drafts(fixture_model):
-    from runtime.generate import greedy_generate
-    from runtime.parallel import ParallelDecoder
+    from runtime.decode import Decoder, Request
+    from runtime.speculative import draft_step
 
     llm = fixture_model
     prompts = _prompts(llm)
-    expected = [greedy_generate(llm, t, max_tokens=12, reuse_prefix=False) for t in prompts]
-    assert any(len(g.tokens) >= 4 for g in expected)
+    expected = _plain(llm, prompts)
+    assert any(len(tokens) >= 4 for tokens, _ in expected)
     eog = llm.token_eos()
-    decoder = ParallelDecoder(llm, n_seq=3, n_ctx=512)
-    for prompt, plain in zip(prompts, expected):
-        right = plain.tokens + ([eog] if plain.stopped == "eog" else [])
-        partly = plain.tokens[:2] + [(t + 1) % llm.n_vocab() for t in plain.tokens[2:]] + plain.tokens[2:]
-        wrong = [(t + 7) % llm.n_vocab() for t in plain.tokens] or [3, 4, 5]
+    decoder = Decoder(llm, n_seq=3, n_ctx=512, threads=1)
+    for prompt, (tokens, stopped) in zip(prompts, expected):
+        right = tokens + ([eog] if stopped == "eog" else [])
+        partly = tokens[:2] + [(t + 1) % llm.n_vocab() for t in tokens[2:]] + tokens[2:]
+        wrong = [(t + 7) % llm.n_vocab() for t in tokens] or [3, 4, 5]
         for hint in (right, partly, wrong):
-            before = decoder.drafted
-            got = decoder.generate([prompt], max_tokens=12, hints=[[hint]])[0]
-            assert (got.tokens, got.stopped) == (plain.tokens, plain.stopped), hint
-            assert decoder.drafted > before or len(plain.tokens) <= 1  # a draft was checked
-        side_by_side = decoder.generate([prompt, prompt, prompt], max_tokens=12, hints=[[right], [partly], [wrong]])
-        assert all((g.tokens, g.stopped) == (plain.tokens, plain.stopped) for g in side_by_side)
-    assert 0 < decoder.accepted < decoder.drafted
+            before = decoder.counts["drafted"]
+            got = decoder.run([Request(prompt, max_tokens=12, hints=[hint])], step_fn=draft_step)[0]
+            assert (got.generated, got.stopped) == (tokens, stopped), hint
+            assert decoder.counts["drafted"] > before or len(tokens) <= 1  # a draft was checked
+        side_by_side = decoder.run([Request(prompt, max_tokens=12, hints=[h]) for h in (right, partly, wrong)],
+                                   step_fn=draft_step)
+        assert all((g.generated, g.stopped) == (tokens, stopped) for g in side_by_side)
+    assert 0 < decoder.counts["accepted"] < decoder.counts["drafted"]
     decoder.close()
 
 
 def test_a_right_draft_saves_decode_steps(fixture_model):
-    from runtime.generate import greedy_generate
-    from runtime.parallel import ParallelDecoder
+    from runtime.decode import Decoder, Request
+    from runtime.speculative import draft_step
 
     llm = fixture_model
     prompt = _prompts(llm)[0]
-    plain = greedy_generate(llm, prompt, max_tokens=12, reuse_prefix=False)
-    assert len(plain.tokens) >= 3
-    right = plain.tokens + ([llm.token_eos()] if plain.stopped == "eog" else [])
-    decoder = ParallelDecoder(llm, n_seq=1, n_ctx=512)
-    decoder.generate([prompt], max_tokens=12, drafting=False)
-    steps_plain = decoder.steps
-    decoder.clear()
-    got = decoder.generate([prompt], max_tokens=12, hints=[[right]])[0]
-    assert got.tokens == plain.tokens and decoder.steps - steps_plain < steps_plain
-    decoder.close()
-
-
-def test_an_answer_given_up_stops_and_the_others_keep_their_greedy_answers(fixture_model):
-    from runtime.generate import detokenize, greedy_generate
-    from runtime.parallel import ParallelDecoder
-
-    llm = fixture_model
-    prompts = _prompts(llm)[:2]
-    expected = [greedy_generate(llm, t, max_tokens=12, reuse_prefix=False) for t in prompts]
-    assert all(len(g.tokens) >= 3 for g in expected)
-    doomed = detokenize(llm, expected[0].tokens[:2])
-    decoder = ParallelDecoder(llm, n_seq=2, n_ctx=512)
-    got = decoder.generate(prompts, max_tokens=12, drafting=False, hopeless=lambda text: text.startswith(doomed))
-    assert got[0].stopped == "hopeless" and got[0].tokens == expected[0].tokens[:len(got[0].tokens)]
-    assert len(got[0].tokens) < len(expected[0].tokens)
-    assert (got[1].tokens, got[1].stopped) == (expected[1].tokens, expected[1].stopped) or \
-        expected[1].text.startswith(doomed)
+    tokens, stopped = _plain(llm, [prompt])[0]
+    assert len(tokens) >= 3
+    right = tokens + ([llm.token_eos()] if stopped == "eog" else [])
+    decoder = Decoder(llm, n_ctx=512, threads=1)
+    decoder.run([Request(prompt, max_tokens=12)], plain=True)
+    steps_plain = decoder.counts["steps"]
+    got = decoder.run([Request(prompt, max_tokens=12, hints=[right])], plain=True, step_fn=draft_step)[0]
+    assert got.generated == tokens and decoder.counts["steps"] - steps_plain < steps_plain
     decoder.close()

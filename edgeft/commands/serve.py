@@ -34,7 +34,9 @@ def parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--api-key", envvar="EDGEFT_API_KEY", default=None,
               help="Require `Authorization: Bearer KEY` on every request (or set EDGEFT_API_KEY).")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=4096, show_default=True,
-              help="Context size (prompt + answer) of the one context all requests share in turn.")
+              help="Context size (prompt + answer), split evenly among the --parallel slots.")
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Requests decoded at once (slots); more wait in the queue.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: llama.cpp's).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Largest max_tokens a request may ask for (and the default when it asks for none).")
@@ -44,7 +46,7 @@ def parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
               help="Requests that may wait for the model; more get 503.")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds that requests in flight get to finish after SIGTERM.")
-def serve(base, adapters, base_name, host, port, api_key, n_ctx, threads, max_tokens, max_body, max_queue,
+def serve(base, adapters, base_name, host, port, api_key, n_ctx, parallel, threads, max_tokens, max_body, max_queue,
           shutdown_timeout):
     """Serve BASE.gguf and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
     /v1/models, /health). The base is loaded once; a request picks an adapter by its `model` field.
@@ -66,4 +68,4 @@ def serve(base, adapters, base_name, host, port, api_key, n_ctx, threads, max_to
     check_api_key(api_key)
     limits = Limits(max_tokens=max_tokens, max_body_bytes=max_body, max_queue=max_queue)
     run_server(base, parse_adapters(adapters), host=host, port=port, api_key=api_key, base_name=base_name,
-               n_ctx=n_ctx, threads=threads, limits=limits, shutdown_timeout=shutdown_timeout)
+               n_ctx=n_ctx, threads=threads, limits=limits, shutdown_timeout=shutdown_timeout, parallel=parallel)

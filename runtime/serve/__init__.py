@@ -3,7 +3,7 @@
     from runtime.serve import serve
     serve("base.gguf", {"sql": "sql-adapter.gguf"}, port=8080)
 
-engine.py switches adapters on one llama.cpp context; worker.py queues requests for it; protocol.py checks OpenAI
+engine.py holds the model, its adapters and the batching decoder (runtime.decode); worker.py runs its loop; protocol.py checks OpenAI
 request bodies; app.py is the Starlette app; this module runs it under uvicorn.
 """
 
@@ -35,7 +35,7 @@ def is_loopback(host: str) -> bool:
 def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None = None, *,
           host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None, base_name: str | None = None,
           n_ctx: int = 4096, threads: int | None = None, limits: Limits | None = None,
-          shutdown_timeout: float = 30.0) -> None:
+          shutdown_timeout: float = 30.0, parallel: int = 4) -> None:
     """Load the model and adapters, then serve until SIGTERM/SIGINT; returns normally (exit status 0).
 
     On the signal uvicorn stops accepting connections and lets the requests in flight finish (up to
@@ -56,7 +56,7 @@ def serve(base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the models",
               file=sys.stderr)
     _keep_malloc_threshold_fixed()
-    engine = Engine(base, adapters or {}, base_name=base_name, n_ctx=n_ctx, threads=threads)
+    engine = Engine(base, adapters or {}, base_name=base_name, n_ctx=n_ctx, threads=threads, parallel=parallel)
     try:
         app = build_app(engine, api_key=api_key, limits=limits)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,

@@ -70,14 +70,14 @@ async def read_body(request: HttpRequest, limit: int) -> bytes:
 
 
 def _generation(request: Request):
-    """The job the worker runs: tokenize with the model's template, then decode under the request's adapter."""
-    def run(engine, cancelled):
+    """What the worker decodes: tokenized with the model's template, under the request's adapter."""
+    def make(engine, cancelled):
         if request.kind == "chat":
             tokens = engine.chat_tokens(request.model, request.messages, request.tools)
         else:
             tokens = engine.text_tokens(request.prompt)
-        yield from engine.generate(request.model, tokens, request.sampling, cancelled)
-    return run
+        return engine.request(request.model, tokens, request.sampling, cancelled)
+    return make
 
 
 async def _watch_disconnect(http: HttpRequest, job: Job) -> None:

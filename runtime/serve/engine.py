@@ -1,14 +1,13 @@
-"""One base model in memory, many LoRA adapters initialised once against it, switched per request.
+"""One base model in memory, many LoRA adapters initialised once against it, chosen per request, and the decoder
+that serves them all at once.
 
 llama-cpp-python's `Llama(lora_path=...)` binds one adapter to one loaded model. llama.cpp itself keeps adapters
 apart from the weights: `llama_adapter_lora_init(model, path)` loads an adapter's small tensors next to the model,
 and `llama_set_adapters_lora(ctx, ...)` chooses which ones the context's next decode applies. So we load the base
-once and switch the set on the one context, never reloading anything.
-
-What must not survive a switch is the KV cache: its keys and values were computed through the previous adapter's
-q/k/v deltas, so a prompt prefix cached under adapter A is wrong under adapter B. `activate` therefore drops the
-cache (and our prefix-reuse bookkeeping) whenever the adapter changes; within one adapter the shared prefix of
-consecutive prompts (a system prompt, the chat header) is reused, as llama-server's prompt cache does.
+once and the decoder (runtime.decode) sets the adapter of each decode call: the requests of one adapter step
+together, the adapter groups take turns. The KV cache is never dropped on a switch: a slot's cells were computed
+under its own request's adapter and only that request's later steps read them; the prefix cache is keyed by
+(adapter, tokens), so a prefix cached under one adapter is never served to another.
 
 An Engine is not thread-safe: one thread owns it (runtime.serve.worker), or one caller at a time (`edgeft eval`).
 """
@@ -21,13 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
 from edgeft.errors import EdgeftError
 from runtime.chat_prompt import text_tokens
-from runtime.generate import (_reusable_prefix, detokenize, is_end_of_generation, last_logits, prompt_tokens,
-                              render_chat)
-from runtime.load import check_gguf, open_gguf
+from runtime.generate import prompt_tokens, render_chat
+from runtime.load import check_context, check_gguf, open_gguf
 
 _META_BUFFER = 1 << 16  # a chat template is the longest value we read; longer values are reported cut
 
@@ -79,76 +75,60 @@ def adapter_metadata(handle) -> dict[str, str]:
     return metadata
 
 
-class Engine:
-    """`Engine("base.gguf", {"sql": "sql.gguf"})`; `engine.activate("sql")`; `engine.generate(...)`.
+TOKENIZER_CTX = 64  # the Llama object only renders and tokenizes; the decoder makes its own context
 
-    The base answers to `base_name` (default: the file's stem); adapters to their own names.
+
+def load_adapter(llm, base, path):
+    """llama.cpp's handle of the LoRA adapter GGUF `path` over `llm`'s weights."""
+    import llama_cpp
+
+    check_gguf(path, adapter=True)
+    handle = llama_cpp.llama_adapter_lora_init(llm.model, os.fspath(path).encode("utf-8"))
+    if not handle:
+        raise EdgeftError(f"{path}: llama.cpp could not load it as a LoRA adapter of {base} (another architecture "
+                          "or tensor shapes?); convert it with `edgeft convert-lora`")
+    return handle
+
+
+class Engine:
+    """`Engine("base.gguf", {"sql": "sql.gguf"}, parallel=4)`; `engine.request("sql", tokens, sampling)` for the
+    decoder's loop, or `engine.generate(...)` for one request on its own.
+
+    The base answers to `base_name` (default: the file's stem); adapters to their own names. `n_ctx` is split
+    evenly among the `parallel` slots, as llama-server splits its context.
     """
 
     def __init__(self, base: str | os.PathLike, adapters: dict[str, str | os.PathLike] | None = None, *,
-                 base_name: str | None = None, n_ctx: int = 4096, threads: int | None = None, **llama_kwargs):
-        import llama_cpp
+                 base_name: str | None = None, n_ctx: int = 4096, threads: int | None = None, parallel: int = 1):
+        from runtime.decode import Decoder
 
         self.base_path = Path(base)
         self.base_name = base_name or self.base_path.stem
         adapters = dict(adapters or {})
         if self.base_name in adapters:
             raise EdgeftError(f"adapter name {self.base_name!r} is the base model's; pick another name")
+        if parallel < 1 or n_ctx // parallel < 16:
+            raise EdgeftError(f"--parallel {parallel}: each slot needs at least 16 tokens of --ctx {n_ctx}")
         for name, path in adapters.items():
             check_gguf(path, adapter=True)
-        self.llm = open_gguf(base, n_ctx=n_ctx, threads=threads, **llama_kwargs)
+        self.llm = open_gguf(base, n_ctx=TOKENIZER_CTX, threads=threads)
         self.adapters: dict[str, Adapter] = {}
+        self.decoder = None
         try:
+            check_context(self.base_path, n_ctx)
             for name, path in adapters.items():
-                handle = llama_cpp.llama_adapter_lora_init(self.llm.model, os.fspath(path).encode("utf-8"))
-                if not handle:
-                    raise EdgeftError(f"{path}: llama.cpp could not load it as a LoRA adapter of {base} (another "
-                                      "architecture or tensor shapes?); convert it with `edgeft convert-lora`")
+                handle = load_adapter(self.llm, base, path)
                 self.adapters[name] = Adapter(name, Path(path), handle, adapter_metadata(handle),
                                               Path(path).stat().st_size)
+            self.decoder = Decoder(self.llm, n_seq=parallel, n_ctx=n_ctx // parallel, threads=threads,
+                                   adapters={name: adapter.handle for name, adapter in self.adapters.items()})
         except BaseException:
             self.close()
             raise
-        self.active: str | None = None
-        self._set([])
-        self.active = self.base_name
-
-    # ---- adapters -------------------------------------------------------------------------------------------
 
     @property
     def names(self) -> list[str]:
         return [self.base_name, *self.adapters]
-
-    def activate(self, name: str) -> None:
-        """Make `name` (the base or an adapter) the one the next decode uses; drops the KV cache on a change."""
-        if name == self.active:
-            return
-        if name != self.base_name and name not in self.adapters:
-            raise KeyError(name)
-        self._set([self.adapters[name].handle] if name in self.adapters else [])
-        self.active = name
-
-    def _set(self, handles: list) -> None:
-        import llama_cpp
-
-        if handles:
-            array = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles)
-            scales = (ctypes.c_float * len(handles))(*([1.0] * len(handles)))
-            status = llama_cpp.llama_set_adapters_lora(self.llm.ctx, array, len(handles), scales)
-        else:
-            status = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
-        if status:
-            raise RuntimeError(f"llama_set_adapters_lora failed ({status})")
-        self.forget_cache()
-
-    def forget_cache(self) -> None:
-        """Clear every KV cell and the prefix bookkeeping: the next prompt is evaluated from its first token."""
-        import llama_cpp
-
-        self.llm.reset()
-        memory = llama_cpp.llama_get_memory(self.llm.ctx)
-        if memory is not None:
-            llama_cpp.llama_memory_clear(memory, True)
 
     def chat_template(self, name: str) -> str | None:
         """An adapter GGUF may carry the template it was trained with (`edgeft convert-lora` writes it when the
@@ -176,91 +156,42 @@ class Engine:
     def chat_tokens(self, name: str, messages: Sequence[dict], tools: list | None = None) -> list[int]:
         text = render_chat(self.llm, messages, path=str(self.base_path), template=self.chat_template(name),
                            tools=tools)
-        return prompt_tokens(self.llm, text, limit=self.llm.n_ctx() - 1)
+        return prompt_tokens(self.llm, text, limit=self.decoder.n_ctx - 1)
 
     def text_tokens(self, text: str) -> list[int]:
         """Tokens of a raw completion prompt, as llama-cpp-python's create_completion makes them (BOS when the
         vocab wants one, special tokens parsed), in linear time (`runtime.chat_prompt.text_tokens`)."""
-        return text_tokens(self.llm, text, limit=self.llm.n_ctx() - 1)
+        return text_tokens(self.llm, text, limit=self.decoder.n_ctx - 1)
 
     # ---- decoding -------------------------------------------------------------------------------------------
 
+    def request(self, name: str, tokens: Sequence[int], sampling: Sampling,
+                cancelled: Callable[[], bool] = lambda: False):
+        """The runtime.decode Request for `tokens` under model `name` (refused here when it does not fit a slot)."""
+        from runtime.decode import Request, fit
+
+        if name != self.base_name and name not in self.adapters:
+            raise KeyError(name)
+        return Request(fit(tokens, self.decoder.n_ctx), max_tokens=sampling.max_tokens,
+                       adapter=None if name == self.base_name else name, stop=tuple(sampling.stop),
+                       temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, text=True,
+                       cancelled=cancelled)
+
     def generate(self, name: str, tokens: Sequence[int], sampling: Sampling,
                  cancelled: Callable[[], bool] = lambda: False) -> Iterator[Delta | Done]:
-        """Decode from `tokens` under adapter `name`, yielding text as it becomes final and then one Done.
-
-        Text is cut from the detokenized whole sequence (what a non-streaming answer returns), never from single
-        pieces, and held back while it ends in a partial UTF-8 character or a possible start of a stop string: so
-        the deltas always join to exactly the final text.
-        """
-        n_ctx = self.llm.n_ctx()
-        tokens = list(tokens)
-        if not tokens:
-            raise EdgeftError("the prompt is empty")
-        if len(tokens) >= n_ctx:
-            raise EdgeftError(f"the prompt is {len(tokens)} tokens, which does not fit the context of {n_ctx} "
-                              "tokens (with room for the answer)")
-        self.activate(name)
-        shared = _reusable_prefix(self.llm, tokens)
-        self.llm.n_tokens = shared  # eval() drops the KV cells from n_tokens on before decoding
-        try:
-            self.llm.eval(tokens[shared:])
-        except BaseException:
-            self.forget_cache()
-            raise
-        rng = np.random.default_rng(sampling.seed)
-        generated: list[int] = []
-        sent = 0
-        finish = "length"
-        text = ""
-        while True:
-            if cancelled():
-                finish = "cancelled"
-                break
-            token = self._choose(sampling, rng)
-            if is_end_of_generation(self.llm, token):
-                finish = "stop"
-                break
-            generated.append(token)
-            text = detokenize(self.llm, generated)
-            cut = _find_stop(text, sampling.stop, start=max(0, sent - max((len(s) for s in sampling.stop),
-                                                                            default=0)))
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-                break
-            ready = _ready_length(text, sampling.stop)
-            if ready > sent:
-                yield Delta(text[sent:ready])
-                sent = ready
-            if len(generated) >= sampling.max_tokens or self.llm.n_tokens + 1 >= n_ctx:
-                break
-            try:
-                self.llm.eval([token])
-            except BaseException:
-                self.forget_cache()
-                raise
-        if len(text) > sent:
-            yield Delta(text[sent:])
-        yield Done(finish, len(tokens), len(generated), generated)
-
-    def _choose(self, sampling: Sampling, rng: np.random.Generator) -> int:
-        logits = last_logits(self.llm)
-        if sampling.temperature <= 0:
-            return int(np.argmax(logits))
-        scaled = logits.astype(np.float64) / sampling.temperature
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
-        if sampling.top_p < 1.0:
-            order = np.argsort(-probs)
-            keep = order[: int(np.searchsorted(np.cumsum(probs[order]), sampling.top_p)) + 1]
-            kept = np.zeros_like(probs)
-            kept[keep] = probs[keep]
-            probs = kept / kept.sum()
-        return int(rng.choice(len(probs), p=probs))
+        """One request decoded alone (no other requests in the loop): its text as it becomes final, then Done."""
+        stream = Stream()
+        events: list = []
+        self.decoder.run([self.request(name, tokens, sampling, cancelled)],
+                         on_step=lambda active: events.extend(stream.events(active[0])))
+        yield from events
 
     def close(self) -> None:
         import llama_cpp
 
+        if getattr(self, "decoder", None) is not None:
+            self.decoder.close()
+            self.decoder = None
         for adapter in getattr(self, "adapters", {}).values():
             llama_cpp.llama_adapter_lora_free(adapter.handle)
         self.adapters = {}
@@ -270,9 +201,25 @@ class Engine:
             self.llm = None
 
 
-def _find_stop(text: str, stops: Sequence[str], *, start: int) -> int | None:
-    hits = [index for index in (text.find(stop, start) for stop in stops if stop) if index >= 0]
-    return min(hits) if hits else None
+class Stream:
+    """A sequence's text as deltas: cut from the detokenized whole answer (what a non-streaming answer returns),
+    never from single pieces, and held back while it ends in a partial UTF-8 character or a possible start of a
+    stop string; so the deltas always join to exactly the final text."""
+
+    def __init__(self):
+        self.sent = 0
+
+    def events(self, sequence) -> list:
+        text, stops = sequence.text, sequence.request.stop
+        ready = len(text) if sequence.stopped is not None else _ready_length(text, stops)
+        events = []
+        if ready > self.sent:
+            events.append(Delta(text[self.sent:ready]))
+            self.sent = ready
+        if sequence.stopped is not None:
+            events.append(Done(sequence.finish_reason, len(sequence.request.tokens), len(sequence.generated),
+                               list(sequence.generated)))
+        return events
 
 
 def _ready_length(text: str, stops: Sequence[str]) -> int:

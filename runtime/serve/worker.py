@@ -1,10 +1,10 @@
-"""The one thread that owns the Engine, and the queue of requests waiting for it.
+"""The one thread that owns the Engine and runs its decoder's loop, and the queue of requests waiting for a slot.
 
-llama.cpp's context holds one adapter set and one KV cache, so requests cannot share it at the same time: they
-wait in a FIFO queue and the worker runs them one after another, switching the adapter between them. A request is
-never dropped once queued: it runs, or (at shutdown) it gets an error event. A client that goes away sets its
-job's `cancelled` flag; the worker checks it between tokens and moves on, so a dead stream frees the slot within
-one decode step.
+Requests wait in a FIFO queue; between two decode steps the loop takes as many as there are free slots
+(runtime.decode: continuous batching), so a request starts within one step of a slot freeing and every active
+request advances one token per step of its adapter group. A request is never dropped once queued: it runs, or
+(at shutdown) it gets an error event. A client that goes away sets its job's `cancelled` flag; the loop checks it
+before every step, so a dead stream frees its slot within one decode step.
 
 Events cross from the worker thread to the event loop with `call_soon_threadsafe`, one asyncio.Queue per job.
 """
@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from edgeft.errors import EdgeftError
 
@@ -37,11 +37,15 @@ _END = object()
 
 
 class Job:
-    """`run(engine, cancelled)` yields events; they arrive, in order, through `events()` on the event loop."""
+    """`make(engine, cancelled)` returns the runtime.decode Request to decode (tokenizing in the worker); its
+    events arrive, in order, through `events()` on the event loop."""
 
-    def __init__(self, run: Callable[..., Iterator], loop: asyncio.AbstractEventLoop):
-        self.run = run
+    def __init__(self, make: Callable, loop: asyncio.AbstractEventLoop):
+        from runtime.serve.engine import Stream
+
+        self.make = make
         self.cancelled = threading.Event()
+        self.stream = Stream()
         self._loop = loop
         self._events: asyncio.Queue = asyncio.Queue()
 
@@ -68,7 +72,9 @@ class Worker:
         self._queue: queue.Queue = queue.Queue()
         self._max_queue = max_queue
         self._stopping = False
+        self._closing = False
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0}
+        self._jobs: dict[int, Job] = {}  # id(Request) -> its job, while it decodes
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="edgeft-serve-worker", daemon=True)
         self._thread.start()
@@ -87,26 +93,67 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            outcome = "failed"
             try:
-                if not job.cancelled.is_set():
-                    for event in job.run(self.engine, job.cancelled.is_set):
-                        job.put(event)
-                outcome = "cancelled" if job.cancelled.is_set() else "completed"
-            except EdgeftError as exc:
-                job.put(Failed(400, str(exc)))
+                self.engine.decoder.run([], admit=self._admit, on_step=self._emit)
+                return
             except Exception as exc:  # a failure inside llama.cpp must not kill the worker for everyone else
                 log.exception("generation failed")
-                job.put(Failed(500, f"generation failed: {exc}"))
-            finally:
-                self.counts[outcome] += 1
-                job.put(_END)
+                for job in self._jobs.values():
+                    self._finish(job, "failed", Failed(500, f"generation failed: {exc}"))
+                self._jobs.clear()
+                self.engine.decoder.reset()
+
+    def _admit(self, idle: bool):
+        """Requests for the free slots; blocks while the loop is idle; None once shut down and idle."""
+        if self._closing:
+            return None if idle else []
+        requests = []
+        while len(requests) < len(self.engine.decoder.free):
+            try:
+                job = self._queue.get(block=idle and not requests)
+            except queue.Empty:
+                break
+            if job is None:
+                self._closing = True
+                return None if idle and not requests else requests
+            request = self._request(job)
+            if request is not None:
+                self._jobs[id(request)] = job
+                requests.append(request)
+        return requests
+
+    def _request(self, job: Job):
+        if job.cancelled.is_set():
+            self._finish(job, "cancelled")
+            return None
+        try:
+            return job.make(self.engine, job.cancelled.is_set)
+        except EdgeftError as exc:
+            self._finish(job, "failed", Failed(400, str(exc)))
+        except Exception as exc:
+            log.exception("tokenizing failed")
+            self._finish(job, "failed", Failed(500, f"generation failed: {exc}"))
+        return None
+
+    def _emit(self, active) -> None:
+        for sequence in active:
+            job = self._jobs.get(id(sequence.request))
+            if job is None:
+                continue
+            for event in job.stream.events(sequence):
+                job.put(event)
+            if sequence.stopped is not None:
+                del self._jobs[id(sequence.request)]
+                self._finish(job, "cancelled" if sequence.stopped == "cancelled" else "completed")
+
+    def _finish(self, job: Job, outcome: str, event=None) -> None:
+        if event is not None:
+            job.put(event)
+        self.counts[outcome] += 1
+        job.put(_END)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Refuse new jobs, answer the waiting ones with an error, let the running one end, then stop the thread."""
+        """Refuse new jobs, answer the waiting ones with an error, let the running ones end, then stop the thread."""
         with self._lock:
             self._stopping = True
             waiting = []
@@ -121,4 +168,3 @@ class Worker:
                 job.put(Failed(503, "the server is shutting down"))
                 job.put(_END)
         self._thread.join(timeout)
-

