@@ -216,6 +216,32 @@ def ggufs(tmp_path_factory):
     return paths
 
 
+def _plain_tokens(llm, tokens, max_tokens) -> list[int]:
+    """llama-cpp-python's own greedy loop from a fresh cache (the Llama made with flash_attn=True, as llama-server
+    runs): the reference answer."""
+    from runtime.generate import is_end_of_generation
+
+    llm.reset()
+    answer = []
+    for token in llm.generate(tokens, temp=0.0, reset=False):
+        if is_end_of_generation(llm, token) or len(answer) == max_tokens:
+            break
+        answer.append(token)
+    return answer
+
+
+def _plain_answers(path, prompts, max_tokens=6) -> list[str]:
+    import llama_cpp
+
+    from runtime.generate import detokenize, prompt_tokens, render_chat
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, flash_attn=True, verbose=False)
+    answers = [detokenize(llm, _plain_tokens(llm, prompt_tokens(llm, render_chat(llm, m)), max_tokens))
+               for m in prompts]
+    llm.close()
+    return answers
+
+
 def _eval(ggufs, tmp_path, model, *extra):
     from tests.hostile import invoke
 
@@ -262,6 +288,19 @@ def test_ladder_end_to_end_earned(ggufs, tmp_path):
         assert row["rungs"]["retrieved-2-shot"]["shots"] == expected[::-1]
         assert row["rungs"]["fixed-2-shot"]["shots"] == report["ladder"]["fixed_shots"]
         assert len(row["rungs"]["context"]["passages"]) == 2
+    # every answer, the fine-tune's and every rung's, is what a lone request gets from llama.cpp (flash attention
+    # on as llama-server runs; the prompt in one batch, then one token per decode)
+    from runtime.examples import read_examples
+
+    examples = read_examples(ggufs["eval"])
+    runs = ladder.prepare(ladder.build_rungs(examples, system="Answer with one SQL query.", shots=2,
+                                             shots_from=ggufs["train"], context=ggufs["context"], context_k=2),
+                          examples)
+    expected = {"fine-tune": _plain_answers(ggufs["ft"], [e.prompt for e in examples])}
+    expected.update({run.key: _plain_answers(ggufs["base"], run.prompts) for run in runs})
+    assert [row["prediction"] for row in predictions] == expected["fine-tune"]
+    for run in runs:
+        assert [row["rungs"][run.key]["answer"] for row in predictions] == expected[run.key], run.key
 
 
 def test_ladder_not_earned_exits_non_zero_with_the_verdict(ggufs, tmp_path):
@@ -311,7 +350,7 @@ def test_the_decoder_loop_in_every_mode_matches_the_plain_reference(ggufs):
 
     from convert import convert_model
     from runtime.decode import Decoder, Request
-    from runtime.generate import is_end_of_generation, prompt_tokens, render_chat
+    from runtime.generate import prompt_tokens, render_chat
     from tests.factory import build_model
 
     path = convert_model(build_model("llama"), ggufs["ft"].parent / "ft-f32.gguf", outtype="f32")
@@ -320,15 +359,7 @@ def test_the_decoder_loop_in_every_mode_matches_the_plain_reference(ggufs):
     prompts = [[{"role": "system", "content": "Terse."}, *shots, {"role": "user", "content": q}]
                for q in ggufs["questions"]]
     tokens = [prompt_tokens(llm, render_chat(llm, p)) for p in prompts]
-    expected = []
-    for prompt in tokens:
-        llm.reset()
-        answer = []
-        for token in llm.generate(prompt, temp=0.0, reset=False):
-            if is_end_of_generation(llm, token) or len(answer) == 8:
-                break
-            answer.append(token)
-        expected.append(answer)
+    expected = [_plain_tokens(llm, t, 8) for t in tokens]
     decoder = Decoder(llm, n_ctx=512, threads=1)
     requests = [Request(t, max_tokens=8) for t in tokens]
     assert [s.generated for s in decoder.run(requests, plain=True)] == expected
