@@ -156,6 +156,38 @@ def _run_section(name: str, gguf_name: str, system_prompt: str | None) -> list[s
     ]
 
 
+# vLLM refuses a --max-lora-rank outside this list (vllm/config/lora.py, LoRAConfig's possible_max_ranks) and any
+# adapter whose rank is above it: the card names the smallest allowed value that holds the adapter.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int | None:
+    """The smallest --max-lora-rank vLLM accepts for an adapter of `rank`; None when vLLM cannot serve it."""
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), None)
+
+
+def vllm_command(base: str, name: str, adapter_dir: str, rank: int) -> str | None:
+    limit = vllm_max_lora_rank(rank)
+    if limit is None:
+        return None
+    return f"vllm serve {base} --enable-lora --lora-modules {name}={adapter_dir} --max-lora-rank {limit}"
+
+
+def _fleet_section(manifest: dict) -> list[str]:
+    """Past one box: the peft adapter folder the release ships, served by vLLM over the upstream base (vLLM
+    batches requests for different adapters in one step)."""
+    adapter = manifest.get("adapter")
+    base = (manifest["base_model"].get("provenance") or {}).get("upstream") or manifest["base_model"].get("name")
+    if not adapter or not base:
+        return []
+    command = vllm_command(base, manifest["name"], adapter["path"], int(adapter["rank"]))
+    if command is None:
+        return ["", f"vLLM: the adapter's rank {adapter['rank']} is above the largest --max-lora-rank vLLM accepts "
+                    f"({VLLM_LORA_RANKS[-1]})."]
+    return ["", "vLLM (many adapters over one base on a GPU server; the peft adapter folder ships in the release):",
+            "```sh", command, "```"]
+
+
 def _provenance_section(manifest: dict) -> list[str]:
     base = manifest["base_model"]
     license_line = base.get("license") or "**not found**"
@@ -224,6 +256,7 @@ def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | No
         *_speed_section(m.get("throughput", {})),
         *_gates_section(manifest.get("gates", [])),
         *_run_section(manifest["name"], gguf_name, system_prompt),
+        *_fleet_section(manifest),
         *_provenance_section(manifest),
         *_check_section(digest),
     ]
