@@ -215,6 +215,18 @@ def _answer_run(decoder, run: RungRun, run_tokens: list[list[int]], *, max_token
         progress(index + 1)
 
 
+def score_gguf(path: str | Path, examples: Sequence[Example], scorer, *, n_ctx: int, threads: int | None,
+               max_tokens: int, latency_samples: int = 0) -> RungRun:
+    """One GGUF's answers to the eval set with its own prompts, scored: what the report says of a fine-tune
+    (every answer decoded one request at a time, as llama.cpp answers it). `run.scores` per example; the mean
+    interval is stats.mean_interval(run.scores)."""
+    run = finetune_run(examples)
+    generate(path, [run], n_ctx=n_ctx, threads=threads, max_tokens=max_tokens, latency_samples=latency_samples,
+             label=Path(path).name)
+    score([run], examples, scorer)
+    return run
+
+
 def score(runs: Sequence[RungRun], examples: Sequence[Example], scorer) -> None:
     for run in runs:
         for answer, example in zip(run.answers, examples):

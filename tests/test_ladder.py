@@ -273,6 +273,9 @@ def test_ladder_end_to_end_earned(ggufs, tmp_path):
     verdict = report["ladder"]["verdict"]
     assert verdict["earned"] and verdict["text"].startswith(f"fine-tuning earned it: +")
     assert f"over {strongest['label']}" in verdict["text"] and f"verdict: {verdict['text']}" in result.output
+    n = report["n"]  # the eval stage says where it is: rung, questions done / total, elapsed
+    assert f"eval: fine-tune: fine-tune {n}/{n} (" in result.output
+    assert all(f"eval: ladder: {r['label']} {n}/{n} (" in result.output for r in rungs)
     markdown = (out / "report.md").read_text()
     assert "## The baseline ladder" in markdown and verdict["text"] in markdown and "Prompt tax" in markdown
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
@@ -426,3 +429,15 @@ def test_release_eval_gates_on_the_verdict_and_refuses_to_publish(tmp_path, monk
         publish_release("demo", tmp_path / "release", gguf=tmp_path / "m.gguf", base_dir=tmp_path, quant="Q4_K_M",
                         recipe={}, data_files={}, metrics={}, gates=gates)
     assert not (tmp_path / "release" / "demo").exists()
+
+
+def test_score_gguf_gives_the_fine_tunes_score_from_its_plain_answers(ggufs):
+    from runtime.examples import read_examples
+    from runtime.metrics import parse_metric
+
+    examples = read_examples(ggufs["eval"])
+    run = ladder.score_gguf(ggufs["ft"], examples, parse_metric("exact"), n_ctx=512, threads=1, max_tokens=6)
+    assert run.answers == _plain_answers(ggufs["ft"], [e.prompt for e in examples])
+    assert run.scores == [1.0] * len(examples)  # the golds are the fine-tune's own answers
+    other = ladder.score_gguf(ggufs["base"], examples, parse_metric("exact"), n_ctx=512, threads=1, max_tokens=6)
+    assert sum(other.scores) < len(examples)
