@@ -172,9 +172,9 @@ class Decoder:
 
     # ---- slots and the prefix cache -------------------------------------------------------------------------
 
-    def admit(self, request: Request, *, plain: bool = False) -> Sequence:
+    def admit(self, request: Request, *, fresh: bool = False) -> Sequence:
         """Put `request` in a free slot: the one whose cells share the longest prefix under the same adapter
-        (none when `plain`: an empty slot, as a lone request sees it)."""
+        (none when `fresh`: an empty slot, as a lone request sees it)."""
         import llama_cpp
 
         tokens = fit(request.tokens, self.n_ctx)
@@ -182,7 +182,7 @@ class Decoder:
             raise KeyError(request.adapter)
         if not self.free:
             raise RuntimeError("no free slot")
-        shares = {slot: 0 if plain or not self.can_cut else self.shared(slot, request.adapter, tokens)
+        shares = {slot: 0 if fresh or not self.can_cut else self.shared(slot, request.adapter, tokens)
                   for slot in self.free}
         slot = max(self.free, key=lambda s: (shares[s], -s))
         self.free.remove(slot)
@@ -312,12 +312,12 @@ class Decoder:
         self.use(group[0].request.adapter)
         (step_fn or plain_step)(self, group)
 
-    def run(self, requests: Iterable[Request], *, plain: bool = False, step_fn=None,
+    def run(self, requests: Iterable[Request], *, plain: bool = False, fresh: bool = False, step_fn=None,
             admit: Callable[[bool], list[Request] | None] | None = None,
             on_step: Callable[[list[Sequence]], None] | None = None) -> list[Sequence]:
         """Decode `requests` until every one has stopped; the sequences, in the order they came. `plain`: one
         request at a time from an empty slot, one token per decode call (the reference every reported score
-        uses). `admit(idle)` hands in more requests between steps (it may block while `idle`; None ends the loop);
+        uses). `fresh`: every request from an empty slot, several at a time. `admit(idle)` hands in more requests between steps (it may block while `idle`; None ends the loop);
         `on_step(active)` sees each step's sequences (streaming)."""
         waiting, done, active = list(requests), [], []
         while True:
@@ -327,7 +327,7 @@ class Decoder:
                     return done
                 waiting += more
             while waiting and self.free and not (plain and active):
-                active.append(self.admit(waiting.pop(0), plain=plain))
+                active.append(self.admit(waiting.pop(0), fresh=plain or fresh))
                 done.append(active[-1])
             if not active:
                 if admit is None:

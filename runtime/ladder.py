@@ -7,13 +7,11 @@ Rungs, all on the base at the shipped quant, with the same greedy decoding and m
   4. retrieved context (with --context docs.jsonl): the passages BM25 finds closest, in the system prompt.
 The fine-tune runs with the short prompt it was trained with (the eval conversation's own turns).
 
-One model load serves every rung. Every answer is decoded one request at a time from an empty slot, one token per
-decode call (runtime.decode, plain), which is what llama.cpp answers a lone request bit for bit: batching requests,
-reusing a cached prefix or checking drafts changes how llama.cpp's kernels sum (flash attention splits the cells of a
-lone sequence past 256 among threads; a prefix evaluated apart takes another attention kernel than a whole prompt),
-and measured on SmolLM2-135M Q4_1 that moved 2 to 5 of 12 answers. So the score in the report is the GGUF's own,
-and each answer is also a cold request as a user sees it: cost per request (prompt tokens, time to first token,
-total time) is read off `latency_samples` evenly spaced ones per rung. The summary is a table of small functions,
+One model load serves every rung. Every answer is what llama.cpp answers the request alone, bit for bit (each
+prompt evaluated alone from an empty slot; answer tokens batched with other requests' only where runtime.batching
+shows that changes no bit), so the score in the report is the GGUF's own. Cost per request (prompt tokens, time to
+first token, total time) is measured on `latency_samples` evenly spaced requests per rung, decoded alone from an
+empty cache, one token per decode step, as llama.cpp serves by default. The summary is a table of small functions,
 each returning one section of report["ladder"].
 
 Example:
@@ -39,6 +37,7 @@ from runtime.stats import mean_interval, paired_difference
 from runtime.verdict import strongest_section, tied_section, verdict_section
 
 TOKENIZER_CTX = 64  # the Llama object only tokenizes and renders; the decoder makes its own context
+SLOTS = 4  # requests decoded at once (runtime.batching); each slot holds the longest prompt and answer
 FINETUNE = "fine-tune"
 
 
@@ -136,18 +135,20 @@ def finetune_run(examples: Sequence[Example]) -> RungRun:
 
 class Progress:
     """One line on stderr per rung every few seconds and at its end (rung, questions done / total, elapsed): the
-    eval stage runs for minutes."""
+    eval stage runs for minutes. Called with each decode step's sequences (runtime.decode's on_step)."""
 
     EVERY_S = 10.0
 
     def __init__(self, label: str, total: int, started: float):
-        self.label, self.total, self.started, self.shown = label, total, started, time.perf_counter()
+        self.label, self.total, self.started, self.shown, self.done = label, total, started, time.perf_counter(), 0
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, active) -> None:
+        self.done += sum(1 for sequence in active if sequence.stopped is not None)
         now = time.perf_counter()
-        if done == self.total or now - self.shown >= self.EVERY_S:
+        if self.done == self.total or now - self.shown >= self.EVERY_S:
             self.shown = now
-            print(f"eval: {self.label} {done}/{self.total} ({now - self.started:.0f} s)", file=sys.stderr, flush=True)
+            print(f"eval: {self.label} {self.done}/{self.total} ({now - self.started:.0f} s)", file=sys.stderr,
+                  flush=True)
 
 
 def timing_sample(n: int, samples: int) -> list[int]:
@@ -159,14 +160,14 @@ def timing_sample(n: int, samples: int) -> list[int]:
 
 def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: int | None, max_tokens: int,
              latency_samples: int = 16, golds: Sequence[str] | None = None, label: str = "ladder") -> dict:
-    """Fill every run's answers, prompt token counts and latencies with one load of `path`. Every answer is decoded
-    one request at a time from an empty slot, one token per decode call (runtime.decode, plain): what llama.cpp
-    answers a lone request, so the reported scores are the GGUF's own. Each such request is also a cold request as
-    a user sees it, so `latency_samples` evenly spaced ones per run are the timing (time to first token, total).
-    Returns wall times, the decoder's counts and, with `golds`, the first run's prompts rendered with the gold
-    answer (the KLD texts)."""
-    from runtime.decode import Decoder, Request
-    from runtime.generate import generation, prompt_tokens, render_chat
+    """Fill every run's answers, prompt token counts and latencies with one load of `path`. Every answer is the one
+    llama.cpp gives the request alone (runtime.batching: batched only where that is bit-identical), so the reported
+    scores are the GGUF's own; `latency_samples` evenly spaced requests per run are decoded alone from an empty
+    slot and timed (time to first token, total), as a user's cold request. Returns wall times, the decoder's
+    counts and, with `golds`, the first run's prompts rendered with the gold answer (the KLD texts)."""
+    from runtime.batching import BatchExact
+    from runtime.decode import Decoder
+    from runtime.generate import prompt_tokens, render_chat
     from runtime.load import open_gguf
 
     llm = open_gguf(path, n_ctx=TOKENIZER_CTX, threads=threads)
@@ -176,19 +177,21 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
         rendered = None if golds is None else [
             render_chat(llm, list(p) + [{"role": "assistant", "content": g}], add_generation_prompt=False, path=where)
             for p, g in zip(runs[0].prompts, golds)]
-        # The slot gets what the longest prompt and answer need, not all of --ctx.
+        # Each slot gets what the longest prompt and answer need, not all of --ctx.
         longest = max((len(t) for run_tokens in tokens for t in run_tokens), default=0)
-        decoder = Decoder(llm, n_ctx=min(n_ctx, longest + max_tokens + 1), threads=threads)
+        decoder = Decoder(llm, n_seq=SLOTS, n_ctx=min(n_ctx, longest + max_tokens + 1), threads=threads)
         started = time.perf_counter()
         counts: dict = {"prompt_evaluated": [], "run_s": []}
         try:
+            step = BatchExact(decoder)
             for run, run_tokens in zip(runs, tokens):
                 run_started = time.perf_counter()
-                _answer_run(decoder, run, run_tokens, max_tokens=max_tokens, latency_samples=latency_samples,
+                _answer_run(decoder, step, run, run_tokens, max_tokens=max_tokens, latency_samples=latency_samples,
                             progress=Progress(f"{label}: {run.label}", len(run_tokens), started))
                 counts["run_s"].append(time.perf_counter() - run_started)
                 counts["prompt_evaluated"].append(sum(run.prompt_tokens))
-            counts.update({key: decoder.counts[key] for key in ("evaluated", "steps")})
+            counts.update(evaluated=decoder.counts["evaluated"], steps=decoder.counts["steps"],
+                          batch_exact=step.batched, tokens_batched=step.tokens_batched)
         finally:
             decoder.close()
     finally:
@@ -196,23 +199,24 @@ def generate(path: str | Path, runs: Sequence[RungRun], *, n_ctx: int, threads: 
     return {"generate_s": time.perf_counter() - started, "rendered": rendered, **counts}
 
 
-def _answer_run(decoder, run: RungRun, run_tokens: list[list[int]], *, max_tokens: int, latency_samples: int,
+def _answer_run(decoder, step, run: RungRun, run_tokens: list[list[int]], *, max_tokens: int, latency_samples: int,
                 progress) -> None:
+    """The timed sample alone, one at a time; the rest several at a time under `step` (runtime.batching)."""
     from runtime.decode import Request
     from runtime.generate import generation
 
-    timed = set(timing_sample(len(run_tokens), latency_samples))
-    run.answers, run.answer_tokens, run.prompt_tokens, run.latency = [], [], [], []
-    for index, tokens in enumerate(run_tokens):
-        sequence = decoder.run([Request(tokens, max_tokens=max_tokens)], plain=True)[0]
-        answer = generation(decoder, sequence)
-        run.answers.append(answer.text)
-        run.answer_tokens.append(answer.tokens)
-        run.prompt_tokens.append(answer.n_prompt)
-        if index in timed:
-            run.latency.append({"ttft_s": sequence.first_token_s, "total_s": sequence.total_s,
-                                "n_generated": answer.n_generated})
-        progress(index + 1)
+    n = len(run_tokens)
+    timed = timing_sample(n, latency_samples)
+    rest = [i for i in range(n) if i not in set(timed)]
+
+    requests = [Request(tokens, max_tokens=max_tokens) for tokens in run_tokens]
+    sequences = {i: decoder.run([requests[i]], plain=True, on_step=progress)[0] for i in timed}
+    sequences.update(zip(rest, decoder.run([requests[i] for i in rest], fresh=True, step_fn=step, on_step=progress)))
+    answers = [generation(decoder, sequences[i]) for i in range(n)]
+    run.answers, run.answer_tokens, run.prompt_tokens = ([a.text for a in answers], [a.tokens for a in answers],
+                                                         [a.n_prompt for a in answers])
+    run.latency = [{"ttft_s": sequences[i].first_token_s, "total_s": sequences[i].total_s,
+                    "n_generated": answers[i].n_generated} for i in timed]
 
 
 def score_gguf(path: str | Path, examples: Sequence[Example], scorer, *, n_ctx: int, threads: int | None,

@@ -441,3 +441,30 @@ def test_score_gguf_gives_the_fine_tunes_score_from_its_plain_answers(ggufs):
     assert run.scores == [1.0] * len(examples)  # the golds are the fine-tune's own answers
     other = ladder.score_gguf(ggufs["base"], examples, parse_metric("exact"), n_ctx=512, threads=1, max_tokens=6)
     assert sum(other.scores) < len(examples)
+
+
+@pytest.mark.parametrize("exact, past", [(None, False), (None, True), (False, False)],
+                         ids=["probe", "past-lone-cells", "not-exact"])
+def test_batched_eval_answers_are_the_lone_answers(ggufs, monkeypatch, exact, past):
+    """runtime.batching: several requests at once, each answer the one the request gets alone; also when requests
+    pass LONE_CELLS mid-answer (they go on alone) and when the probe says rows are not batch-exact (all alone)."""
+    from runtime import batching
+    from runtime.decode import Decoder, Request
+    from runtime.generate import prompt_tokens, render_chat
+    from runtime.load import open_gguf
+
+    if exact is not None:
+        monkeypatch.setattr(batching, "rows_are_batch_exact", lambda decoder: exact)
+    prompts = [[{"role": "user", "content": q}] for q in ggufs["questions"]]
+    expected = _plain_answers(ggufs["base"], prompts, max_tokens=12)
+    llm = open_gguf(ggufs["base"], n_ctx=64, threads=1)
+    decoder = Decoder(llm, n_seq=3, n_ctx=256, threads=1)
+    step = batching.BatchExact(decoder)
+    requests = [Request(prompt_tokens(llm, render_chat(llm, p)), max_tokens=12) for p in prompts]
+    if past:  # every request goes on alone a few tokens into its answer
+        monkeypatch.setattr(batching, "LONE_CELLS", max(len(r.tokens) for r in requests) + 3)
+    got = [decoder.detokenize(s.generated) for s in decoder.run(requests, fresh=True, step_fn=step)]
+    assert got == expected
+    assert (step.tokens_batched > 0) == (exact is not False and step.batched)
+    decoder.close()
+    llm.close()
