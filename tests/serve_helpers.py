@@ -47,6 +47,20 @@ def build_fleet(n_adapters: int = 2, *, arch: str = "qwen2", aligned: bool = Fal
             "adapters": {f"a{i}": folder / f"a{i}.gguf" for i in range(1, n_adapters + 1)}}
 
 
+def greedy_tokens(llm, tokens, max_tokens):
+    """The reference answer: llama-cpp-python's own greedy decode of `tokens` from a fresh cache, up to the end of
+    generation (make the Llama with flash_attn=True, as llama-server and edgeft's decoder run)."""
+    from runtime.generate import is_end_of_generation
+
+    llm.reset()
+    generated = []
+    for token in llm.generate(tokens, temp=0.0, reset=False):
+        if is_end_of_generation(llm, token) or len(generated) == max_tokens:
+            break
+        generated.append(token)
+    return generated
+
+
 def _helper_hash() -> str:
     import hashlib
 

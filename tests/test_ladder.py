@@ -216,27 +216,14 @@ def ggufs(tmp_path_factory):
     return paths
 
 
-def _plain_tokens(llm, tokens, max_tokens) -> list[int]:
-    """llama-cpp-python's own greedy loop from a fresh cache (the Llama made with flash_attn=True, as llama-server
-    runs): the reference answer."""
-    from runtime.generate import is_end_of_generation
-
-    llm.reset()
-    answer = []
-    for token in llm.generate(tokens, temp=0.0, reset=False):
-        if is_end_of_generation(llm, token) or len(answer) == max_tokens:
-            break
-        answer.append(token)
-    return answer
-
-
 def _plain_answers(path, prompts, max_tokens=6) -> list[str]:
     import llama_cpp
 
     from runtime.generate import detokenize, prompt_tokens, render_chat
+    from tests.serve_helpers import greedy_tokens
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, flash_attn=True, verbose=False)
-    answers = [detokenize(llm, _plain_tokens(llm, prompt_tokens(llm, render_chat(llm, m)), max_tokens))
+    answers = [detokenize(llm, greedy_tokens(llm, prompt_tokens(llm, render_chat(llm, m)), max_tokens))
                for m in prompts]
     llm.close()
     return answers
@@ -355,6 +342,7 @@ def test_the_decoder_loop_in_every_mode_matches_the_plain_reference(ggufs):
     from runtime.decode import Decoder, Request
     from runtime.generate import prompt_tokens, render_chat
     from tests.factory import build_model
+    from tests.serve_helpers import greedy_tokens
 
     path = convert_model(build_model("llama"), ggufs["ft"].parent / "ft-f32.gguf", outtype="f32")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, flash_attn=True, verbose=False)
@@ -362,7 +350,7 @@ def test_the_decoder_loop_in_every_mode_matches_the_plain_reference(ggufs):
     prompts = [[{"role": "system", "content": "Terse."}, *shots, {"role": "user", "content": q}]
                for q in ggufs["questions"]]
     tokens = [prompt_tokens(llm, render_chat(llm, p)) for p in prompts]
-    expected = [_plain_tokens(llm, t, 8) for t in tokens]
+    expected = [greedy_tokens(llm, t, 8) for t in tokens]
     decoder = Decoder(llm, n_ctx=512, threads=1)
     requests = [Request(t, max_tokens=8) for t in tokens]
     assert [s.generated for s in decoder.run(requests, plain=True)] == expected

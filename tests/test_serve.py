@@ -23,9 +23,9 @@ llama_cpp = pytest.importorskip("llama_cpp")
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from runtime.generate import detokenize, is_end_of_generation, prompt_tokens, render_chat  # noqa: E402
+from runtime.generate import detokenize, prompt_tokens, render_chat  # noqa: E402
 from runtime.serve.engine import _ready_length  # noqa: E402
-from tests.serve_helpers import ServerProcess, build_fleet, raw_request  # noqa: E402
+from tests.serve_helpers import ServerProcess, build_fleet, greedy_tokens, raw_request  # noqa: E402
 
 KEY = "test-key-123"
 N_CTX = 512
@@ -56,17 +56,6 @@ def server(fleet):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-def greedy_tokens(llm, tokens, max_tokens):
-    """llama-cpp-python's own greedy decode of `tokens` from a fresh cache, up to the end of generation."""
-    llm.reset()
-    generated = []
-    for token in llm.generate(tokens, temp=0.0, reset=False):
-        if is_end_of_generation(llm, token) or len(generated) == max_tokens:
-            break
-        generated.append(token)
-    return generated
 
 
 class Reference:
