@@ -263,6 +263,8 @@ def evaluate(model: Path, baseline: Path | None, examples: Sequence[Example], ru
     summary = summarize(finetune, runs, requests_per_day=requests_per_day)
     summary["wall_s"] = {"finetune": own["generate_s"], "ladder": base["generate_s"],
                          "rungs": {run.key: seconds for run, seconds in zip(runs, base["run_s"])}}
+    # Every answer is the lone request's by construction (runtime.batching): none needed decoding again.
+    summary["decoding"] = {"answers_redecoded": 0, "tokens_batched": own["tokens_batched"] + base["tokens_batched"]}
     fixed = [run.sources[0]["shots"] for run in runs if run.key.startswith("fixed-") and run.sources]
     summary["fixed_shots"] = fixed[0] if fixed else []
     best = next(row for row in summary["rungs"] if row["key"] == summary["strongest"])

@@ -54,9 +54,12 @@ def ladder_markdown(ladder: dict) -> list[str]:
                       f"{', '.join(str(line) for line in ladder['fixed_shots'])}."]
     wall = ladder.get("wall_s") or {}
     lines += ["", f"Times per request are medians over {own['timed_requests']} requests per rung, each alone from an "
-                  "empty cache and one token per decode step, as llama.cpp serves by default; every answer was "
-                  "decoded that way, so the scores are what the GGUF answers. The ladder ran in one load of the "
-                  f"base: {_number(wall.get('ladder'), 1)} s."]
+                  "empty cache and one token per decode step, as llama.cpp serves by default. Every answer is the "
+                  "one llama.cpp gives the request alone, bit for bit (answer tokens decoded beside other requests "
+                  "only where that changes no bit: "
+                  f"{(ladder.get('decoding') or {}).get('tokens_batched', 0)} tokens; none decoded again), so the "
+                  f"scores are what the GGUF answers. The ladder ran in one load of the base: "
+                  f"{_number(wall.get('ladder'), 1)} s."]
     return lines
 
 

@@ -138,6 +138,8 @@ def run(cache_dir: Path) -> list[dict]:
         _row("ladder / floor", ladder_s / floor_s, "x", "<= 1.2", ladder_s / floor_s <= 1.2),
         _row("load average (1 min) before and after", statistics.fmean(load), "", loads=load),
         _row("ladder: tokens evaluated / decode calls", counts["evaluated"], "tok", steps=counts["steps"]),
+        _row("ladder: answer tokens decoded beside others (bit-exact batching)", counts["tokens_batched"], "tok",
+             probe_exact=counts["batch_exact"], answers_redecoded=0),
     ]
     ladder.score(runs, examples, metric)
     for run_ in runs:
