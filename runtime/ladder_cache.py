@@ -32,7 +32,7 @@ LADDER_LABEL = "ladder"
 # Settings that change the base's answers or the timings reported with them (threads only change speed: the
 # timings of a reused entry say how fast it was when measured).
 KEY_SETTINGS = ("n_ctx", "max_tokens", "latency_samples")
-FORMAT = 1
+FORMAT = 2  # 2: every answer is the lone request's (runtime.batching); entries of 1 were decoded side by side
 
 
 def file_sha256(path: Path) -> str:
