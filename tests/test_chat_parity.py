@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from edgeft.errors import EdgeftError
-from tests.factory import CHATML_TEMPLATE, LLAMA3_TEMPLATE, build_model
+from tests.factory import build_model
+from tests.factory_tokenizers import CHATML_TEMPLATE, LLAMA3_TEMPLATE
 
 pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp")
