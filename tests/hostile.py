@@ -121,3 +121,11 @@ def disk_full_after(budget: int):
         return FillingFile(handle) if any(flag in mode for flag in "wax") else handle
 
     return filling_open
+
+
+def _folder(path, files: dict):
+    """`files`: name -> text ("/" : a sub-folder)."""
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).mkdir() if text == "/" else (path / name).write_text(text)
+    return path

@@ -15,7 +15,9 @@ from edgeft.data.sample import TRAIN_CLOSE, TRAIN_OPEN, write_sample
 from edgeft.data.split import split_dataset
 from edgeft.errors import EdgeftError
 from tests.factory import build_tokenizer
+from tests.hostile import _folder, invoke, one_line_error, tree_state
 from tests.test_data_check import PLANTED, planted_fixture
+from tests.train_helpers import toy_data
 
 WORDS = ("river stone lamp garden copper window market winter violin tunnel harbor pepper engine ladder "
          "cotton meadow signal lantern basket orbit").split()
@@ -190,3 +192,53 @@ def test_cli_sample_and_split(tmp_path):
     bad = runner.invoke(main, ["data", "split", str(train), "-o", str(tmp_path / "split2")])
     assert bad.exit_code == 1 and f"{train}:7: invalid JSON" in bad.output
     assert not (tmp_path / "split2").exists()
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.hostile
+def test_split_into_the_folder_of_its_input_is_refused(tmp_path):
+    train, _ = toy_data(tmp_path / "data")
+    before = tree_state(tmp_path / "data")
+    one_line_error(invoke("data", "split", train, "-o", tmp_path / "data", "--overwrite"), "holds the input file")
+    assert tree_state(tmp_path / "data") == before
+
+
+@pytest.mark.hostile
+def test_sample_over_its_input_is_refused(tmp_path):
+    train, _ = toy_data(tmp_path / "data")
+    before = tree_state(train)
+    one_line_error(invoke("data", "sample", train, "-n", "2", "-o", train), "is the input file itself")
+    assert tree_state(train) == before
+
+
+# (what the output folder holds, the refusal's needle or None when --overwrite may replace it)
+SPLIT_FOLDERS = [
+    ({}, None),
+    ({"train.jsonl": "old\n", "eval.jsonl": "old\n", "split.json": "{}"}, None),
+    ({".train.jsonl.99999999-abcd.edgeft-tmp": ""}, None),  # a killed write's temporary
+    ({"train.jsonl": "old\n", "notes.txt": "mine"}, "holds notes.txt, which this command does not write"),
+    ({".env": "SECRET=1"}, "holds .env"),
+    ({"eval.jsonl": "/"}, "holds eval.jsonl"),  # a folder of that name is not the file a split writes
+]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("files, needle", SPLIT_FOLDERS)
+def test_split_overwrite_replaces_only_a_split(tmp_path, files, needle):
+    from edgeft.data.split import SPLIT_FILES
+
+    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket"]
+    train = tmp_path / "all.jsonl"
+    train.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{a} {b} {a}?"},
+                                                      {"role": "assistant", "content": f"{b} {a} {b}."}]}) + "\n"
+                             for a, b in zip(words, reversed(words))))
+    out = _folder(tmp_path / "out", files)
+    before = tree_state(out)
+    result = invoke("data", "split", train, "-o", out, "--overwrite", "--eval-frac", "0.25")
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == sorted(SPLIT_FILES)  # the table is what a split writes
+    else:
+        one_line_error(result, f"{out}: exists and is not an edgeft data split", needle, "choose another -o")
+        assert tree_state(out) == before

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from edgeft.demo import sql_task
+from tests.hostile import _folder, invoke, one_line_error, tree_state
 
 SQL_LITERAL = re.compile(r"'[^']*'|\b\d+\b")
 
@@ -186,3 +187,38 @@ def test_base_is_deterministic_and_cached(tiny_base, tmp_path):
     logs = []
     build_base_model(tmp_path / "base", TINY, log=logs.append)
     assert logs == [f"demo base: cached at {tmp_path / 'base'}"]
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+# `edgeft demo data -o FOLDER` wrote over a user's own train.jsonl (exit 0). A folder is the demo's when it is
+# empty, holds the stamp, or (caches from before the stamp) holds only task files with an earlier generator's bytes.
+DEMO_DATA_FOLDERS = [
+    ({}, None),
+    ({"task.json": "{}", "train.jsonl": "an earlier run's\n"}, None),
+    ({"train.jsonl": "UNSTAMPED\n", "shop.sqlite": "UNSTAMPED\n"}, None),  # bytes an earlier generator wrote
+    ({"train.jsonl": '{"messages": []}\n'}, "its train.jsonl is not the demo's (no task.json"),
+    ({"train.jsonl": "UNSTAMPED\n", "eval.jsonl": "mine\n"}, "its eval.jsonl is not the demo's"),
+    ({"notes.txt": "mine"}, "holds notes.txt, which this command does not write"),
+]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("files, needle", DEMO_DATA_FOLDERS)
+def test_demo_data_writes_only_into_its_own_folder(tmp_path, monkeypatch, files, needle):
+    import hashlib
+
+    import edgeft.demo as demo
+
+    earlier = (hashlib.sha256(b"UNSTAMPED\n").hexdigest(),)
+    monkeypatch.setattr(demo, "UNSTAMPED_SHA256", dict.fromkeys(demo.TASK_FILES, earlier))
+    out = _folder(tmp_path / "data", files)
+    before = tree_state(out)
+    result = invoke("demo", "data", "-o", out)
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        assert {p.name for p in out.iterdir()} == {*demo.TASK_FILES, demo.TASK_STAMP}
+        assert (out / "train.jsonl").read_bytes().startswith(b'{"messages"')
+    else:
+        one_line_error(result, f"{out}: exists and is not the demo's data folder", needle, "pass another folder (-o)")
+        assert tree_state(out) == before

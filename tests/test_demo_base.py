@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edgeft.cli import main
 from edgeft.demo import smollm2
 from edgeft.identity import file_sha256
+from tests.hostile import invoke, one_line_error, tree_state
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,36 @@ def test_a_folder_that_is_not_a_demo_base_is_never_replaced(tmp_path):
     result = CliRunner().invoke(main, ["demo", "base", "-o", str(mine)])
     assert result.exit_code != 0 and "exists and is not an edgeft demo base" in result.output
     assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == "{}"
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("base", ["tiny-base", "base"])
+def test_demo_bases_never_replace_a_folder_that_is_not_one(tmp_path, base):
+    pytest.importorskip("torch")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    before = tree_state(folder)
+    one_line_error(invoke("demo", base, "-o", folder), "is not an edgeft demo base")
+    assert tree_state(folder) == before
+    one_line_error(invoke("demo", base, "-o", folder / "config.json" / "x"), "is a file")
+
+
+@pytest.mark.hostile
+def test_demo_tiny_base_over_a_damaged_stamp_pretrains_again(tmp_path, monkeypatch):
+    """A damaged pretrain.json was a JSONDecodeError traceback; it means: not cached, pretrain again."""
+    pytest.importorskip("torch")
+    from edgeft.demo import base_lm
+    from edgeft.errors import EdgeftError
+
+    def stop(recipe):
+        raise EdgeftError("pretraining would start here")
+
+    monkeypatch.setattr(base_lm, "build_corpus", stop)
+    for stamp in ("{damaged", "[1, 2]"):
+        folder = tmp_path / "tiny-base"
+        folder.mkdir(exist_ok=True)
+        (folder / "pretrain.json").write_text(stamp)
+        one_line_error(invoke("demo", "tiny-base", "-o", folder), "pretraining would start here")

@@ -4,6 +4,7 @@ layout, accepted by our quantizer and changing imatrix-sensitive types."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from convert.quant.imatrix_file import ImatrixData, read_imatrix, write_imatrix
 from edgeft.errors import EdgeftError
 from tests import corpus
 from tests.factory import build_model
+from tests.hostile import invoke, one_line_error, tree_state
+from tests.train_helpers import toy_data
 
 needs_ggml = pytest.mark.skipif(not kernels.available(), reason="libggml-base (llama-cpp-python) not installed")
 
@@ -236,3 +239,18 @@ def test_imatrix_of_another_model_is_refused_by_both_routes(tmp_path):
             assert not (tmp_path / "q.gguf").exists()
     # and the model's own shape is accepted
     assert quantize_gguf(f32, tmp_path / "q.gguf", "IQ2_XXS", imatrix=imatrix("own.gguf", own)).is_file()
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("target", ["inside", "data"])
+def test_imatrix_over_its_inputs_is_refused(tmp_path, target):
+    pytest.importorskip("torch")
+    model = tmp_path / "model"
+    shutil.copytree(build_model("llama"), model)
+    train, _ = toy_data(tmp_path / "data")
+    out = model / "imatrix.gguf" if target == "inside" else train
+    before = tree_state(model, train)
+    one_line_error(invoke("imatrix", model, "--data", train, "-o", out), "write the output somewhere else")
+    assert tree_state(model, train) == before

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from edgeft.cli import main
 from tests.convert_helpers import assert_refused, converted
+from tests.hostile import _folder, invoke, one_line_error, tree_state
+from tests.test_eval import gguf  # noqa: F401  (the fixture: a llama GGUF)
 
 
 def _run(*args):
@@ -132,3 +134,45 @@ def test_cli_writes_a_folder(parent):
                      "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
     assert "Gemma2ForCausalLM" in result.output
     shutil.rmtree(parent / "hf")
+
+
+@pytest.mark.hostile
+def test_import_refuses_a_gguf_version_it_does_not_know(tmp_path, gguf):
+    """Version 99 (a damaged header, or a byte-swapped file) was imported as if it were version 3."""
+    damaged = tmp_path / "damaged.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    damaged.write_bytes(bytes(data))
+    one_line_error(invoke("import", damaged, "-o", tmp_path / "hf"), "GGUF version 99 (this reader knows 2 to 3")
+    assert not (tmp_path / "hf").exists()
+
+
+IMPORT_FOLDERS = [
+    ({}, None),
+    ({"config.json": "{}", "model-00001-of-00002.safetensors": "x", "model.safetensors.index.json": "{}",
+      "tokenizer.model": "x", "README.md": "old card"}, None),
+    ({"config.json": "{}", "my-notes.md": "mine"}, "holds my-notes.md, which this command does not write"),
+    ({"train.jsonl": "{}"}, "holds train.jsonl"),
+    ({"config.json": "{}", "checkpoints": "/"}, "holds checkpoints"),
+]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("files, needle", IMPORT_FOLDERS)
+def test_import_overwrite_replaces_only_an_import(tmp_path, files, needle):
+    import fnmatch
+
+    from convert.importer import IMPORT_FILES
+    from tests.convert_helpers import converted
+
+    out = _folder(tmp_path / "hf", files)
+    before = tree_state(out)
+    result = invoke("import", converted("qwen2", "f32"), "-o", out, "--overwrite")
+    if needle is None:
+        assert result.exit_code == 0, result.output
+        written = [p.name for p in out.iterdir()]
+        assert "config.json" in written and "model-00001-of-00002.safetensors" not in written
+        assert all(any(fnmatch.fnmatchcase(name, pattern) for pattern in IMPORT_FILES) for name in written), written
+    else:
+        one_line_error(result, f"{out}: exists and is not a folder edgeft import wrote", needle, "choose another -o")
+        assert tree_state(out) == before

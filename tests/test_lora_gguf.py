@@ -7,6 +7,8 @@ which would hide a real layout bug in noise.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from convert.lora import convert_lora, describe  # noqa: E402
 from edgeft.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
 from tests.factory import ARCHS, MOE_ARCHS, build_model  # noqa: E402
+from tests.hostile import invoke, one_line_error  # noqa: E402
 from tests.test_merge import PROMPT_IDS, default_targets, make_adapter  # noqa: E402
 
 GGML_TYPE_F32 = 0
@@ -153,3 +156,59 @@ def test_cli_error_is_one_line(tmp_path):
     assert result.exit_code == 1
     assert "no adapter_config.json" in result.output and result.output.strip().count("\n") == 0
     assert not (tmp_path / "a.gguf").exists()
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+# adapter_config.json edits and what the one line says: each was a traceback (AttributeError, ValueError, TypeError).
+BAD_ADAPTER_CONFIGS = [
+    ("[1]", "is a JSON list, not an object of peft settings"),
+    ({"lora_alpha": "lots"}, 'lora_alpha is "lots", not an integer or a number'),
+    ({"alpha_pattern": [1]}, "alpha_pattern is [1], not an object"),
+    ({"target_parameters": 5}, "target_parameters is 5, not a list"),
+    ({"r": True}, "r is true, not an integer"),
+    # nonsense values converted: the rank is taken from the tensors, a negative alpha only flips the delta
+    ({"r": 0}, "r is 0, not a rank of 1 or more"),
+    ({"r": -8}, "r is -8, not a rank of 1 or more"),
+    ({"lora_alpha": 0}, "lora_alpha is 0, not a finite number above 0"),
+    ({"lora_alpha": -16}, "lora_alpha is -16, not a finite number above 0"),
+    ({"lora_alpha": float("nan")}, "lora_alpha is NaN, not a finite number above 0"),
+    ({"lora_alpha": float("inf")}, "lora_alpha is Infinity, not a finite number above 0"),
+    ({"alpha_pattern": {"q_proj": -1}}, 'alpha_pattern["q_proj"] is -1, not a finite number above 0'),
+    ({"alpha_pattern": {"q_proj": "big"}}, 'alpha_pattern["q_proj"] is "big", not an integer or a number'),
+    ({"rank_pattern": {"q_proj": 0}}, 'rank_pattern["q_proj"] is 0, not a rank of 1 or more'),
+    ({"rank_pattern": {"(q_proj": 8}}, 'rank_pattern key "(q_proj" is not a regular expression'),
+    ({"alpha_pattern": {"[": 16}}, 'alpha_pattern key "[" is not a regular expression'),
+]
+
+
+# config r vs the tensors' rank (8): a disagreement rank_pattern does not explain is refused, one it does converts.
+RANK_CONFIGS = [
+    ({"r": 4}, "adapter_model.safetensors: ",
+     ("has rank 8 (lora_A rows) but adapter_config.json gives r 4", "not the same adapter's")),
+    ({"rank_pattern": {"q_proj": 4}}, "adapter_model.safetensors: ",
+     ("has rank 8 (lora_A rows) but adapter_config.json gives its rank_pattern entry 4", "not the same adapter's")),
+    ({"r": 4, "rank_pattern": {".*": 8}}, None, None),
+]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("change, where, needles", [(change, "adapter_config.json: ", (needle,))
+                                                    for change, needle in BAD_ADAPTER_CONFIGS] + RANK_CONFIGS)
+def test_convert_lora_checks_adapter_config(tmp_path, change, where, needles):
+    pytest.importorskip("peft")
+    from tests.test_merge import make_adapter
+
+    model = build_model("llama")
+    adapter, _, _ = make_adapter(model, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(change if isinstance(change, str) else json.dumps({**config, **change}))
+    out = tmp_path / "adapter.gguf"
+    result = invoke("convert-lora", adapter, "-o", out, "--base", model)
+    if needles is None:
+        assert result.exit_code == 0, result.output
+        assert out.exists()
+    else:
+        one_line_error(result, where, *needles)
+        assert not out.exists()
