@@ -1,10 +1,12 @@
-"""Helpers of the hostile-input tests (tests/test_hostile_*.py): run a command as a user would, then check that it
-failed the way the house asks for bad input: a non-zero exit, exactly one line saying what, where and what to do, no traceback,
-and every input and earlier output byte for byte as it was."""
+"""Helpers of the hostile-input tests (marked `hostile`, each in the test module of what it exercises): run a
+command as a user would, then check that it failed the way the house asks for bad input: a non-zero exit, exactly
+one line saying what, where and what to do, no traceback, and every input and earlier output byte for byte as it
+was. Also the shared bad inputs themselves."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +131,20 @@ def _folder(path, files: dict):
     for name, text in files.items():
         (path / name).mkdir() if text == "/" else (path / name).write_text(text)
     return path
+
+
+# A good conversation line, and lines that a JSON reader chokes on: each is a FILE:LINE finding, never a traceback.
+GOOD = json.dumps({"messages": [{"role": "user", "content": "What colour is the box?"},
+                                {"role": "assistant", "content": "The box is blue."}]})
+
+
+def _good(i: int) -> str:
+    return GOOD.replace("the box", f"box {i}")
+
+
+HOSTILE_LINES = {
+    "nested": '{"messages": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    "giant-number": '{"messages": [], "n": ' + "9" * 5000 + "}",
+    "surrogate": _good(9000).replace("blue", "bl\\ud800ue"),
+}
+NEEDLES = {"nested": "nested too deeply", "giant-number": "4300 digits", "surrogate": "lone surrogate \\ud800"}

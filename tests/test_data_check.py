@@ -9,6 +9,8 @@ import pytest
 from edgeft.data.check import check_dataset, fix
 from edgeft.data.io import scan_jsonl
 from edgeft.errors import EdgeftError
+from tests.factory import build_model
+from tests.hostile import GOOD, HOSTILE_LINES, NEEDLES, _good, error_line, invoke, one_line_error, tree_state
 
 SYSTEM = "You extract places. Answer with JSON only."
 INSTRUCTION = "Extract the city and country from this sentence: "
@@ -117,3 +119,70 @@ def test_template_problems_are_errors_per_line(tmp_path):
     messages = {f.message for f in report.errors if f.kind == "template"}
     assert messages == {"assistant turn 2 does not appear in the rendered chat (the template rewrites it); "
                         "use a template that renders the content as is"}
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("content", ["", "\n\n   \n"])
+def test_empty_file_is_an_error(tmp_path, content):
+    path = tmp_path / "train.jsonl"
+    path.write_text(content)
+    one_line_error(invoke("data", "check", path), "train.jsonl: empty, no conversations")
+
+
+@pytest.mark.hostile
+def test_empty_eval_file_is_an_error(tmp_path):
+    train, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text(GOOD + "\n")
+    evals.write_text("")
+    one_line_error(invoke("data", "check", train, "--eval", evals), "eval.jsonl: empty")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", sorted(HOSTILE_LINES))
+def test_hostile_line_is_a_finding_with_its_line(tmp_path, kind):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([_good(i) for i in range(3)] + [HOSTILE_LINES[kind], _good(3)]) + "\n")
+    before = tree_state(path)
+    result = invoke("data", "check", path, "--tokenizer", build_model("qwen2"))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(f"{path}:4: error: ") and NEEDLES[kind] in errors[0], errors
+    assert "4 examples (5 lines)" in result.output
+    fixed = tmp_path / "fixed.jsonl"
+    assert invoke("data", "check", path, "--fix", fixed).exit_code == 1
+    assert fixed.read_text().splitlines() == [_good(i) for i in range(4)]  # --fix drops it; the rest as they were
+    assert tree_state(path) == before
+
+
+@pytest.mark.hostile
+def test_invalid_byte_deep_in_a_file_is_placed_exactly(tmp_path):
+    path = tmp_path / "train.jsonl"
+    head = "".join(_good(i) + "\n" for i in range(499)).encode()
+    bad_line = _good(499).encode()
+    cut = bad_line.index(b"blue")
+    path.write_bytes(head + bad_line[:cut] + b"\xff" + bad_line[cut:] + b"\n" + _good(500).encode() + b"\n")
+    result = invoke("data", "check", path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    column = len(bad_line[:cut].decode()) + 1
+    assert errors == [f"{path}:500: error: not UTF-8: byte 0xff at column {column} (byte {len(head) + cut} of the "
+                      "file); re-encode the file as UTF-8"]
+    assert "500 examples (501 lines)" in result.output  # the lines after it are still read
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("target", ["eval", "eval-symlink", "train-symlink"])
+def test_fix_never_writes_over_an_input(tmp_path, target):
+    """--fix onto the --eval file replaced the eval set with the cleaned training set, exit 0."""
+    train, evals = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(_good(i) + "\n" for i in range(3)))
+    evals.write_text(GOOD.replace("the box", "the lid") + "\n")
+    fix = {"eval": evals, "eval-symlink": tmp_path / "link.jsonl", "train-symlink": tmp_path / "link.jsonl"}[target]
+    if target.endswith("symlink"):
+        fix.symlink_to(evals if target.startswith("eval") else train)
+    before = tree_state(train, evals)
+    error_line(invoke("data", "check", train, "--eval", evals, "--fix", fix), f"--fix {fix}: is the",
+               "write the output somewhere else")
+    assert tree_state(train, evals) == before

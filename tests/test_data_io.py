@@ -9,6 +9,8 @@ import pytest
 from edgeft.data.io import read_conversations, scan_jsonl, validate_messages
 from edgeft.data.templates import CHATML_TEMPLATE, TemplateRenderError, render_chat, template_for
 from edgeft.errors import EdgeftError
+from tests.factory import build_model
+from tests.hostile import GOOD, HOSTILE_LINES, NEEDLES, invoke, one_line_error
 
 
 def msgs(*pairs):
@@ -102,3 +104,38 @@ def test_byte_order_mark_and_crlf_are_tolerated(tmp_path):
     line = json.dumps(msgs(("user", "a"), ("assistant", "b")))
     path.write_bytes(b"\xef\xbb\xbf" + (line + "\r\n" + line + "\r\n").encode())
     assert len(read_conversations(path)) == 2
+
+
+# ---- hostile input through every command that reads data -----------------------------------------------------------
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", sorted(HOSTILE_LINES) + ["bad-byte", "empty"])
+def test_training_refuses_hostile_data_in_one_line(tmp_path, kind):
+    path = tmp_path / "train.jsonl"
+    if kind == "bad-byte":
+        path.write_bytes((GOOD + "\n").encode() + b'{"messages": "\xc3\x28"}\n')
+    elif kind == "empty":
+        path.write_text("")
+    else:
+        path.write_text(GOOD + "\n" + HOSTILE_LINES[kind] + "\n")
+    out = tmp_path / "run"
+    line = one_line_error(invoke("train", "--base", build_model("qwen2"), "--data", path, "-o", out))
+    assert ("empty" in line) if kind == "empty" else ("train.jsonl:2:" in line)
+    assert not out.exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("kind", sorted(HOSTILE_LINES) + ["bad-byte"])
+def test_eval_refuses_hostile_eval_data_in_one_line(tmp_path, kind):
+    pytest.importorskip("llama_cpp")
+    from convert import convert_model
+
+    model = convert_model(build_model("llama"), tmp_path / "m.gguf", outtype="f16")
+    path = tmp_path / "eval.jsonl"
+    if kind == "bad-byte":
+        path.write_bytes((GOOD + "\n").encode() + b'{"messages": "\xc3\x28"}\n')
+    else:
+        path.write_text(GOOD + "\n" + HOSTILE_LINES[kind] + "\n")
+    needle = {**NEEDLES, "bad-byte": "not UTF-8: byte 0xc3 at column 15 (byte"}[kind]
+    one_line_error(invoke("eval", model, "--data", path, "-o", tmp_path / "out"), "eval.jsonl:2:", needle)
+    assert not (tmp_path / "out").exists()

@@ -242,3 +242,26 @@ def test_split_overwrite_replaces_only_a_split(tmp_path, files, needle):
     else:
         one_line_error(result, f"{out}: exists and is not an edgeft data split", needle, "choose another -o")
         assert tree_state(out) == before
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("command", [["sample", "-n", "2", "-o", "{tmp}/s.md"], ["split", "-o", "{tmp}/split"]])
+def test_sample_and_split_refuse_an_empty_file(tmp_path, command):
+    path = tmp_path / "all.jsonl"
+    path.write_text("")
+    args = [part.format(tmp=tmp_path) for part in command]
+    one_line_error(invoke("data", args[0], path, *args[1:]), "empty, no conversations")
+
+
+@pytest.mark.hostile
+def test_split_that_leaves_nothing_to_train_on_says_why(tmp_path):
+    """--eval-frac 0.99 of 20 distinct examples rounds to all 20: it was called 'every example is a near-duplicate'."""
+    path = tmp_path / "all.jsonl"
+    words = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+    draw = random.Random(1)
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"{i} {' '.join(draw.sample(words, 6))}?"},
+        {"role": "assistant", "content": " ".join(draw.sample(words, 5))}]}) + "\n" for i in range(20)))
+    one_line_error(invoke("data", "split", path, "-o", tmp_path / "split", "--eval-frac", "0.99"),
+                   "--eval-frac 0.99 puts all 20 conversations on the eval side", "lower --eval-frac")
+    assert not (tmp_path / "split").exists()

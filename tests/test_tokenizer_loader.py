@@ -8,6 +8,7 @@ import pytest
 
 from edgeft.errors import EdgeftError
 from tests.factory import build_tokenizer
+from tests.hostile import GOOD, invoke, one_line_error
 
 pytest.importorskip("transformers")
 
@@ -78,3 +79,28 @@ def test_one_error_line_for_both_callers(tmp_path, files, needle):
         messages.append(str(caught.value))
     assert messages[0] == messages[1] and needle in messages[0] and "\n" not in messages[0]
     assert messages[0].startswith(f"{folder}: ")
+
+
+# ---- hostile input -------------------------------------------------------------------------------------------------
+
+# A folder that is not a tokenizer: what the one line says (transformers' own message is a six-line list).
+NOT_A_TOKENIZER = [
+    ({}, "no tokenizer in this folder (none of tokenizer.json, tokenizer.model, tokenizer_config.json)"),
+    ({"tokenizer.json": "garbage"}, "cannot load a tokenizer (JSONDecodeError: Expecting value"),
+]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("files, needle", NOT_A_TOKENIZER)
+@pytest.mark.parametrize("command", [["check"], ["sample", "-o", "{tmp}/s.md"]])
+def test_a_folder_that_is_not_a_tokenizer_is_one_line(tmp_path, files, needle, command):
+    pytest.importorskip("transformers")
+    path = tmp_path / "train.jsonl"
+    path.write_text(GOOD + "\n")
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    args = [part.format(tmp=tmp_path) for part in command]
+    one_line_error(invoke("data", args[0], path, *args[1:], "--tokenizer", folder), f"{folder}: ", needle)
+    assert not (tmp_path / "s.md").exists()
