@@ -16,7 +16,7 @@ from convert.output_space import MARGIN_BYTES, human_size
 from tests.convert_helpers import assert_refused
 from tests.hostile import disk_full_after, invoke, one_line_error, tree_state
 # The fixture model and its F32 GGUF, defined once (pytest finds fixtures imported into a test module).
-from tests.test_hostile_outputs import gguf, model  # noqa: F401
+from tests.test_fsutil import gguf, model  # noqa: F401
 
 Usage = namedtuple("Usage", "total used free")
 # Files an import writes besides the ones whose room it checks (a few kB; MARGIN_BYTES covers them).
