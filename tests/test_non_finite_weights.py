@@ -14,7 +14,7 @@ from convert.finite import has_non_finite
 from convert.gguf_reader import GGUFFile
 from convert.safetensors_file import SafetensorsFile
 from tests.hostile import invoke, one_line_error, tree_state
-from tests.test_hostile_outputs import adapter, gguf, model  # noqa: F401  (fixtures)
+from tests.test_fsutil import adapter, gguf, model  # noqa: F401  (fixtures)
 
 PACKED = {"F32": "<f", "F16": "<e"}
 
