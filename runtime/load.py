@@ -73,9 +73,10 @@ def kv_cache_bytes(path: str | os.PathLike, n_ctx: int) -> int:
     return n_ctx * layers * kv_heads * (key + value) * 2
 
 
-def check_context(path: Path, n_ctx: int) -> None:
+def check_context(path: str | os.PathLike, n_ctx: int) -> None:
     """A context llama.cpp cannot allocate is one line now, not the machine swapping until the OOM killer ends
     the process without a word (a context of a few million tokens does that)."""
+    path = Path(path)  # llama_cpp.Llama keeps model_path as the str it was given
     if n_ctx < 1:
         raise SettingError(f"<n_ctx> {n_ctx}: must be at least 1", "n_ctx")
     needed, available = kv_cache_bytes(path, n_ctx), _available_memory()
