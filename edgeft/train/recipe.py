@@ -39,7 +39,7 @@ class Recipe:
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     effective_batch: int | None = None  # sequences per optimizer step, over all processes (gradient accumulation);
     # None: by the base's size (edgeft/train/size.py)
-    micro_batch: int = 4  # sequences per forward pass
+    micro_batch: int = 4  # sequences per forward pass (packed: up to micro_batch x max_len tokens)
     max_len: int = 2048
     max_grad_norm: float | None = 1.0
     seed: int = 0
