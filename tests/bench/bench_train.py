@@ -17,7 +17,8 @@ step (allocator and kernel warm-up).
 
 Throughput = the conversations' tokens (padding not counted) per second of optimizer steps, on both sides; the
 ratio per CPU-second of each side's process is printed too (steadier on a shared machine).
-Steps: EDGEFT_BENCH_TRAIN_STEPS (default 6) timed steps per side; EDGEFT_BENCH_TRAIN_CURVE (default 40) for the curve.
+Steps: EDGEFT_BENCH_TRAIN_STEPS (default 6) steps per side, the first untimed; EDGEFT_BENCH_TRAIN_CURVE (default 40)
+for the curve; EDGEFT_BENCH_TRAIN_THREADS (default: torch's) threads per side.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 
 STEPS = max(2, int(os.environ.get("EDGEFT_BENCH_TRAIN_STEPS", "6")))
 CURVE_STEPS = int(os.environ.get("EDGEFT_BENCH_TRAIN_CURVE", "40"))
+# Torch threads per side (0: torch's default). 1 keeps a crowded machine's thread waits out of the comparison.
+THREADS = int(os.environ.get("EDGEFT_BENCH_TRAIN_THREADS", "0"))
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "edgeft" / "demo" / "recipe.yaml"
 QLORA_SETTINGS = {"r": 16, "micro_batch": 4, "effective_batch": 16, "max_len": 512, "lr": 1e-4, "dropout": 0.05,
                   "warmup_ratio": 0.1, "seed": 0, "save_every": 1000}
@@ -157,6 +160,10 @@ def _cpu_seconds() -> float:
 
 def _worker(conn, side: str, base: str, data: str, settings: dict, out_dir: str) -> None:
     """One side in its own process: 'step' -> (tokens, seconds, CPU seconds, loss); 'stop' -> its peak RSS in MiB."""
+    if THREADS:
+        import torch
+
+        torch.set_num_threads(THREADS)
     if side == "plain":
         step = _plain_stepper(Path(base), Path(data), settings)
     else:
