@@ -28,16 +28,19 @@ import click
               help="Select the checkpoint by this metric on the validation split (exact, json-match, sql-exec:DB...): "
                    "sets select: metric (and validation: 0.1 unless one is given).")
 @click.option("--seed", type=int, default=None, help="Seed: same seed, same data, same result on CPU.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="Compute precision (default auto: bf16 where the CPU has AVX512-BF16/AMX or on CUDA, else fp32).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier training run's output folder (never a folder that is not a run's).")
-def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, validation, metric, seed, resume,
-          overwrite):
+def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, validation, metric, seed,
+          precision, resume, overwrite):
     """Fine-tune BASE on chat conversations and save a LoRA adapter.
 
-    QLoRA by default: the base is frozen in 4-bit NF4 with double quantization (bitsandbytes; fp32 compute on
-    CPU, bf16 on CUDA) and LoRA adapters on all linear layers learn from the assistant tokens only. Every other
-    setting lives in the recipe YAML; the resolved recipe is saved to OUT_DIR/recipe.yaml.
+    QLoRA by default: the base is frozen in 4-bit NF4 with double quantization (bitsandbytes; bf16 compute on
+    CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere: --precision) and LoRA adapters on all linear layers
+    learn from the assistant tokens only. Every other setting lives in the recipe YAML; the resolved recipe is
+    saved to OUT_DIR/recipe.yaml.
 
     \b
     Example:
@@ -56,7 +59,8 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
 
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
                        method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
-                       validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None)
+                       validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None,
+                       precision=precision)
     if is_main_process():
         import json
 

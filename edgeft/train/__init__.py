@@ -49,6 +49,10 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
         if problem:
             raise EdgeftError(f"--method qlora needs bitsandbytes 4-bit, which does not run here ({problem}); "
                               "install bitsandbytes>=0.50.2 or pass --method lora")
+    from edgeft.train.precision import check_optimizer, resolve_precision
+
+    precision = resolve_precision(recipe.precision)  # an explicit bf16 this machine lacks: one line, nothing loaded
+    check_optimizer(recipe.optimizer)
     # The folder is held from here to the end (rank 0 holds it for all): what it holds is judged under the hold, so
     # a second run, or an --overwrite of a live one, is refused instead of training into the same files.
     held = hold_folder(out_dir, holder="another edgeft train", advice="wait for it to end, or choose another -o") \
@@ -58,11 +62,11 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
         if resume:
             check_resume_inputs(out_dir, base, data, eval_path)
         return _train_held(base, data, eval_path, out_dir, recipe, overwrite=overwrite, resume=resume,
-                           progress=progress, split=split, size_note=size_note)
+                           progress=progress, split=split, size_note=size_note, precision=precision)
 
 
 def _train_held(base: Path, data: Path, eval_path, out_dir: Path, recipe: Recipe, *, overwrite: bool, resume: bool,
-                progress: bool, split, size_note) -> Path:
+                progress: bool, split, size_note, precision) -> Path:
     from edgeft.train.world import World
 
     # Every process has passed the checks above before the group forms, so none sees another's outputs.
@@ -75,7 +79,7 @@ def _train_held(base: Path, data: Path, eval_path, out_dir: Path, recipe: Recipe
             empty_folder(out_dir)  # not the folder itself: the hold is on it
         world.barrier()
         return _run(base, data, Path(eval_path) if eval_path else None, out_dir, recipe, world, resume, progress,
-                    split=split, size_note=size_note)
+                    precision, split=split, size_note=size_note)
     except BaseException as exc:
         error = _failed(exc, out_dir, fresh and world.is_main)
         if error is exc:
@@ -202,13 +206,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: Recipe, world, resume: bool,
-         progress: bool, *, split=None, size_note: str | None = None) -> Path:
+         progress: bool, precision, *, split=None, size_note: str | None = None) -> Path:
     from edgeft.train.model import load_tokenizer, load_training_model, parameter_counts
 
     _seed_everything(recipe.seed)
     tok = load_tokenizer(base, recipe)
     train_examples, eval_examples = _tokenize(data, eval_path, split, tok, recipe)
-    model = load_training_model(base, recipe, tok)
+    model = load_training_model(base, recipe, tok, precision)
     for p in model.parameters():
         if p.requires_grad:  # every process starts from rank 0's adapter initialisation
             world.broadcast_(p.data)
@@ -223,7 +227,8 @@ def _run(base: Path, data: Path, eval_path: Path | None, out_dir: Path, recipe: 
         if split is not None:  # what trains and what scores checkpoints, as files beside the adapter
             split[0].write(out_dir)
     world.barrier()
-    run = _train_run(split, model, recipe, world, tok, train_examples, eval_examples, out_dir, progress)
+    run = _train_run(split, model, recipe, world, tok, train_examples, eval_examples, out_dir, progress,
+                     precision=precision)
     if resume:
         ckpt.restore_latest(out_dir, run.restore)
     else:
@@ -260,20 +265,21 @@ def _tokenize(data: Path, eval_path: Path | None, split, tok, recipe: Recipe) ->
         return tokenize(trained), tokenize(validation)
 
 
-def _train_run(split, *args):
+def _train_run(split, *args, **kwargs):
     from edgeft.train.loop import TrainRun
 
     if split is None or split[1] is None:
-        return TrainRun(*args)
+        return TrainRun(*args, **kwargs)
     from edgeft.train.select import MetricRun
 
-    return MetricRun(*args, validation=split[1])
+    return MetricRun(*args, validation=split[1], **kwargs)
 
 
 def format_summary(summary: dict) -> list[str]:
     """The one-screen summary `edgeft train` prints."""
     lines = [
         f"method        {summary['method']} on {summary['device']} x{summary['processes']} process(es)",
+        f"precision     {summary.get('precision_reason', 'fp32')}",
         f"trainable     {summary['trainable_params']:,} of {summary['total_params']:,} params "
         f"({summary['trainable_pct']:.3f}%)",
         f"steps         {summary['steps']} of {summary['planned_steps']}"

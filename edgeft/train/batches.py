@@ -79,18 +79,3 @@ def plan_epoch(lengths: list[int], *, micro_batch: int, accum: int, world: int, 
                           f"({micro_batch} x {world}); add data or lower micro_batch")
     return BatchPlan(steps)
 
-
-def collate(examples: list[dict], pad_id: int, device) -> dict:
-    """Right-pad to the longest example of the micro-batch; padding is masked out of attention and loss."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        input_ids[row, :n] = torch.tensor(example["input_ids"])
-        labels[row, :n] = torch.tensor(example["labels"])
-        attention[row, :n] = 1
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention.to(device)}

@@ -14,8 +14,10 @@ from pathlib import Path
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import make_temp
 from edgeft.train import checkpoint as ckpt
-from edgeft.train.batches import collate, label_count, plan_epoch
+from edgeft.train.batches import label_count, plan_epoch
+from edgeft.train.forward import eval_batches, shared_prefix_mask_form, step_batches, token_loss_sum
 from edgeft.train.plots import read_metrics
+from edgeft.train.precision import Precision, make_optimizer
 from edgeft.train.recipe import Recipe
 from edgeft.train.world import World
 
@@ -34,17 +36,6 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int):
     return factor
 
 
-def token_loss_sum(model, batch):
-    """Summed next-token cross-entropy over labelled (assistant) positions only."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    # Only the labelled positions go through the vocab-wide softmax: most of a chat is prompt.
-    return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum")
-
-
 def sync_gradients(params, world: World) -> None:
     """Sum the trainable gradients over processes with one flat all-reduce (what DDP does for these params)."""
     import torch
@@ -59,19 +50,19 @@ def sync_gradients(params, world: World) -> None:
         offset += p.numel()
 
 
-def evaluate(model, examples: list[dict], *, micro_batch: int, pad_id: int, device, world: World) -> float:
-    """Mean loss per assistant token over the held-out set (each process takes every world-th batch)."""
+def evaluate(model, examples: list[dict], recipe: Recipe, *, pad_id: int, device, world: World,
+             precision: Precision | None = None) -> float:
+    """Mean loss per assistant token over the held-out set (each process takes every world-th forward pass)."""
     import torch
 
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    batches = [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad():
-        for batch_ids in batches[world.rank::world.size]:
-            batch = collate([examples[i] for i in batch_ids], pad_id, device)
-            totals[0] += token_loss_sum(model, batch).double()
-            totals[1] += (batch["labels"][:, 1:] != -100).sum()
+        for batch in eval_batches(examples, packing=recipe.packing, micro_batch=recipe.micro_batch,
+                                  max_len=recipe.max_len, pad_id=pad_id, device=device,
+                                  mask=shared_prefix_mask_form(model, recipe), rank=world.rank, size=world.size):
+            totals[0] += token_loss_sum(model, batch, precision).double()
+            totals[1] += (batch["targets"] != -100).sum()
     model.train()
     world.sum_(totals)
     return float(totals[0] / totals[1].clamp(min=1))
@@ -102,16 +93,19 @@ def peak_memory_mb(device) -> float:
 
 class TrainRun:
     def __init__(self, model, recipe: Recipe, world: World, tok, train_examples, eval_examples, out_dir: Path,
-                 progress: bool = True):
+                 progress: bool = True, precision: Precision | None = None):
         import torch
 
         self.model, self.recipe, self.world, self.tok = model, recipe, world, tok
         self.train_examples, self.eval_examples, self.out_dir = train_examples, eval_examples, Path(out_dir)
         self.progress = progress
+        self.precision = precision or Precision("fp32", "fp32", "asked for")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = self.params[0].device
         self.pad_id = tok.pad_id
-        self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.mask_form = shared_prefix_mask_form(model, recipe)
+        self.optimizer = make_optimizer(recipe.optimizer, self.params, lr=recipe.lr,
+                                        weight_decay=recipe.weight_decay)
         self.lengths = [len(e["input_ids"]) for e in train_examples]
         self._plans: dict[int, object] = {}
         self.steps_per_epoch = len(self.plan(0).steps)
@@ -157,13 +151,14 @@ class TrainRun:
         labelled = torch.tensor([float(sum(label_count(e) for mb in mine for e in mb))], dtype=torch.float64,
                                 device=self.device)
         n_labels = max(1.0, float(self.world.sum_(labelled)[0]))
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, non-pad tokens
-        for examples in mine:
-            batch = collate(examples, self.pad_id, self.device)
-            summed = token_loss_sum(self.model, batch)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, conversation tokens
+        totals[1] = sum(len(e["input_ids"]) for mb in mine for e in mb)
+        for batch in step_batches(mine, packing=self.recipe.packing, micro_batch=self.recipe.micro_batch,
+                                  max_len=self.recipe.max_len, pad_id=self.pad_id, device=self.device,
+                                  mask=self.mask_form):
+            summed = token_loss_sum(self.model, batch, self.precision)
             (summed / n_labels).backward()
             totals[0] += summed.detach().double()
-            totals[1] += batch["attention_mask"].sum()
         sync_gradients(self.params, self.world)
         if self.recipe.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.recipe.max_grad_norm)
@@ -210,8 +205,8 @@ class TrainRun:
                 break
 
     def _eval(self, done: int) -> None:
-        loss = evaluate(self.model, self.eval_examples, micro_batch=self.recipe.micro_batch, pad_id=self.pad_id,
-                        device=self.device, world=self.world)
+        loss = evaluate(self.model, self.eval_examples, self.recipe, pad_id=self.pad_id, device=self.device,
+                        world=self.world, precision=self.precision)
         self._log({"step": done, "eval_loss": loss})
         self.state.update(last_eval=loss, last_eval_step=done)
         if record_eval(self.state, done, loss, self.recipe.early_stop):
@@ -237,6 +232,8 @@ class TrainRun:
             ckpt.load_trainable_state(self.model, best / "trainable.safetensors")
         summary = {
             "method": self.recipe.method, "processes": self.world.size, "device": str(self.device),
+            "precision": self.precision.compute, "precision_reason": self.precision.describe(),
+            "packing": self.recipe.packing, "shared_prefixes": self.mask_form is not None,
             "steps": self.state["step"], "planned_steps": self.total_steps,
             "trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(1, total),
             "tokens": self.state["tokens"], "train_seconds": self.state["train_seconds"],

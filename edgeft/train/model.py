@@ -74,14 +74,16 @@ def load_tokenizer(base: Path, recipe: Recipe) -> TrainingTokenizer:
     return TrainingTokenizer(tokenizer, template, added, pad_id if pad_id is not None else 0)
 
 
-def _device_and_dtype():
+def _device_and_dtype(precision=None):
     import os
 
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.bfloat16
-    return "cpu", torch.float32  # bitsandbytes' CPU 4-bit kernels and CPU autograd want fp32
+        bf16 = precision is None or precision.bf16
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.bfloat16 if bf16 else torch.float32
+    # bitsandbytes' CPU 4-bit kernels want fp32 weights; bf16 on a CPU is autocast around them (edgeft.train.precision)
+    return "cpu", torch.float32
 
 
 def _module_leaf_name(model, module) -> str:
@@ -91,11 +93,12 @@ def _module_leaf_name(model, module) -> str:
     raise EdgeftError("could not locate the embedding layers in the base model; file an issue with its config.json")
 
 
-def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer):
-    """The base (4-bit NF4 + double quant for qlora) with LoRA on the target linears; returns the peft model."""
+def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer, precision=None):
+    """The base (4-bit NF4 + double quant for qlora) with LoRA on the target linears; returns the peft model. On CUDA
+    the frozen base is stored in the compute precision (bf16 unless fp32 was chosen); LoRA weights stay fp32."""
     import torch
 
-    device, dtype = _device_and_dtype()
+    device, dtype = _device_and_dtype(precision)
     model = _load_base(base, recipe, device, dtype)
     token_indices = _trainable_token_indices(model, tok)
     model = _prepare_for_training(model, recipe)

@@ -39,12 +39,17 @@ class Recipe:
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     effective_batch: int | None = None  # sequences per optimizer step, over all processes (gradient accumulation);
     # None: by the base's size (edgeft/train/size.py)
-    micro_batch: int = 4  # sequences per forward pass
+    micro_batch: int = 4  # sequences per forward pass (packed: up to micro_batch x max_len tokens)
     max_len: int = 2048
     max_grad_norm: float | None = 1.0
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None -> on for qlora, off for lora
     group_by_length: bool = True  # batch similar lengths together: less padding, same examples per epoch
+    # --- how the arithmetic runs (what is trained stays the same)
+    packing: bool = True  # conversations packed into rows without padding, attention kept within each one
+    share_prefixes: bool = True  # with packing: a start common to several conversations (system prompt) run once
+    precision: str = "auto"  # fp32 | bf16 | auto: bf16 autocast where the CPU has AVX512-BF16/AMX or on CUDA
+    optimizer: str = "adamw"  # adamw | paged_adamw_8bit (bitsandbytes, CUDA only: QLoRA's memory-saving optimizer)
     # --- evaluation, checkpoints, early stop
     eval_every: int = 50  # optimizer steps between held-out evals (needs --eval)
     early_stop: int | None = 3  # stop after this many evals in a row without a new best eval loss; None: never
@@ -91,7 +96,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 # Settings a resumed run may change (how long, how often to eval/save/log): the others change what the saved
 # optimizer state and batch plan mean, so `train --resume` refuses a change to them.
 RESUME_MAY_CHANGE = frozenset({"epochs", "max_steps", "eval_every", "early_stop", "keep", "save_every",
-                               "keep_checkpoints", "log_every", "gradient_checkpointing"})
+                               "keep_checkpoints", "log_every", "gradient_checkpointing", "packing",
+                               "share_prefixes", "precision"})
+PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adamw", "paged_adamw_8bit")
 # An upper bound that no real schedule reaches, so epochs x steps per epoch stays a finite count of steps.
 MAX_EPOCHS = 10_000
 SEED_LIMIT = 2**63  # torch.manual_seed takes a 64-bit seed; numpy gets it modulo 2**32
@@ -174,6 +182,10 @@ SETTINGS: dict[str, Setting] = {
                       nullable=True),
     "chat_template": Setting(str, lambda v: bool(v.strip()), "must be a path to a .jinja file (null: the base's own)",
                              nullable=True),
+    "packing": Setting(bool),
+    "share_prefixes": Setting(bool),
+    "precision": _choice(*PRECISIONS),
+    "optimizer": _choice(*OPTIMIZERS),
 }
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
               object: "a value"}

@@ -100,8 +100,8 @@ class MetricRun(TrainRun):
         return float(mean[0]), answers, scores
 
     def _eval(self, done: int) -> None:
-        loss = evaluate(self.model, self.eval_examples, micro_batch=self.recipe.micro_batch, pad_id=self.pad_id,
-                        device=self.device, world=self.world)
+        loss = evaluate(self.model, self.eval_examples, self.recipe, pad_id=self.pad_id, device=self.device,
+                        world=self.world, precision=self.precision)
         score, answers, scores = self._score()
         self._log({"step": done, "eval_loss": loss, "val_score": score})
         if self.world.is_main:

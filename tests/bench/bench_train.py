@@ -1,26 +1,42 @@
-"""Training throughput: `edgeft train` vs a plain transformers + peft loop, same model, data and settings.
+"""Training throughput: edgeft's loop vs a plain transformers + peft loop, measured side by side in one run.
 
-Two cases, each run both ways in the same process:
-- QLoRA (NF4 + double quant, fp32 compute on CPU) on the random fixture llama: r=16 on all linears, gradient
-  checkpointing, micro-batch 4, 4 micro-batches per optimizer step, chats of very different lengths.
-- LoRA on the real demo base, SmolLM2-135M-Instruct (fp32, what the demo recipe trains): r=16 on all linears,
-  sequences of 256 tokens, batch 8, one micro-batch per step.
-Both use AdamW + cosine and the same assistant-only labels for the same number of optimizer steps. Throughput =
-real (non-padding) tokens per second of the optimizer-step loop, model loading excluded in both. Target: edgeft /
-plain >= 1.0.
+Each side trains in a process of its own (so each has its own peak memory), and the sides take turns one optimizer
+step at a time, so a machine that slows down slows both. Model loading is excluded, and so is each side's first
+step (allocator and kernel warm-up).
+
+- The demo's case (the target): LoRA r=16 on every linear of SmolLM2-135M-Instruct, the demo's conversations, the
+  demo recipe (effective batch 16, micro-batch 8, max_len 128, dropout 0, lr 1e-3). The plain loop is what a user
+  writes from the transformers/peft docs: a shuffled DataLoader, batches padded to their longest member, fp32,
+  `model(**batch, labels=labels)` (full-vocabulary logits at every position, labels -100 outside the assistant
+  turn). edgeft runs its recipe as `edgeft train` would (packing, logits at the labelled positions, precision auto),
+  and again with bf16 off when auto picked bf16, so the gain on a CPU without bf16 is known too, and with shared
+  prefixes off (the demo's conversations share a system prompt; other data may not). Target: >= 2x.
+- Same learning: edgeft's first CURVE_STEPS losses against edgeft's own loop with packing off in fp32 (padded
+  micro-batches: the loop before packing), same seed and data order: mean absolute relative difference <= 2%.
+- QLoRA on the random fixture llama (NF4 + double quant, gradient checkpointing), chats of very different lengths.
+
+Throughput = the conversations' tokens (padding not counted) per second of optimizer steps, on both sides; the
+ratio per CPU-second of each side's process is printed too (steadier on a shared machine).
+Steps: EDGEFT_BENCH_TRAIN_STEPS (default 6) steps per side, the first untimed; EDGEFT_BENCH_TRAIN_CURVE (default 40)
+for the curve; EDGEFT_BENCH_TRAIN_THREADS (default: torch's) threads per side.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
-import shutil
+import resource
 import time
 from pathlib import Path
 
-STEPS = 4
-SETTINGS = {"r": 16, "micro_batch": 4, "effective_batch": 16, "max_len": 512, "lr": 1e-4, "dropout": 0.05,
-            "warmup_ratio": 0.1, "seed": 0, "save_every": 1000, "max_steps": STEPS}
+STEPS = max(2, int(os.environ.get("EDGEFT_BENCH_TRAIN_STEPS", "6")))
+CURVE_STEPS = int(os.environ.get("EDGEFT_BENCH_TRAIN_CURVE", "40"))
+# Torch threads per side (0: torch's default). 1 keeps a crowded machine's thread waits out of the comparison.
+THREADS = int(os.environ.get("EDGEFT_BENCH_TRAIN_THREADS", "0"))
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "edgeft" / "demo" / "recipe.yaml"
+QLORA_SETTINGS = {"r": 16, "micro_batch": 4, "effective_batch": 16, "max_len": 512, "lr": 1e-4, "dropout": 0.05,
+                  "warmup_ratio": 0.1, "seed": 0, "save_every": 1000}
 WORDS = ("the model answers short questions about boxes colours numbers and shapes with care while "
          "training on small data sets that vary in length from a few words to long paragraphs").split()
 
@@ -38,48 +54,18 @@ def _chat_data(path: Path, n: int = 96) -> Path:
     return path
 
 
-# The demo's case: LoRA (no 4-bit) on SmolLM2-135M-Instruct, 8 sequences of 256 tokens per step.
-SMOLLM2_STEPS = 3
-SMOLLM2_SETTINGS = {"method": "lora", "r": 16, "micro_batch": 8, "effective_batch": 8, "max_len": 256,
-                    "lr": 1e-4, "dropout": 0.0, "warmup_ratio": 0.0, "seed": 0, "save_every": 1000,
-                    "max_steps": SMOLLM2_STEPS, "gradient_checkpointing": False}
+def _demo_settings() -> dict:
+    import yaml
+
+    train = yaml.safe_load(DEMO_RECIPE.read_text(encoding="utf-8"))["train"]
+    return {**train, "save_every": 10_000, "eval_every": 10_000, "max_steps": max(STEPS, CURVE_STEPS) + 1}
 
 
-def _long_chat_data(path: Path, n: int = 32) -> Path:
-    """Chats longer than 256 tokens, so every sequence is cut to exactly 256: batch 8 x 256, no padding."""
-    rng = random.Random(1)
-    rows = [{"messages": [{"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(120))},
-                          {"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(200))}]}
-            for _ in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _plain_model(base: Path, settings: dict):
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=settings["dropout"], target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    if settings.get("method") == "lora":
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-        if settings.get("gradient_checkpointing", True):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return get_peft_model(model, lora)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map="cpu",
-                                                 dtype=torch.float32)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, lora)
-
-
-def _plain_loop(base: Path, data: Path, settings: dict = SETTINGS) -> float:
+def _plain_stepper(base: Path, data: Path, settings: dict):
     """What a user writes from the transformers/peft docs: DataLoader, model(..., labels=...), loss.backward()."""
     import torch
-    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from edgeft.data.io import read_conversations
     from edgeft.data.masking import build_example
@@ -87,9 +73,18 @@ def _plain_loop(base: Path, data: Path, settings: dict = SETTINGS) -> float:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     examples = [build_example(c["messages"], tokenizer, max_len=settings["max_len"]) for c in read_conversations(data)]
-    model = _plain_model(base, settings)
+    lora = LoraConfig(r=settings["r"], lora_alpha=2 * settings["r"], lora_dropout=settings["dropout"],
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    if settings.get("method") == "lora":
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), lora)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map="cpu",
+                                                     dtype=torch.float32)
+        model = get_peft_model(prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}), lora)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    steps = settings["max_steps"]
 
     def collate(batch):
         width = max(len(e["input_ids"]) for e in batch)
@@ -101,30 +96,170 @@ def _plain_loop(base: Path, data: Path, settings: dict = SETTINGS) -> float:
     loader = torch.utils.data.DataLoader(examples, batch_size=settings["micro_batch"], shuffle=True,
                                          collate_fn=collate, generator=torch.Generator().manual_seed(0))
     accum = settings["effective_batch"] // settings["micro_batch"]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["lr"])
-    scheduler = get_cosine_schedule_with_warmup(optimizer, 1, steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"])
     model.train()
-    tokens, batches = 0, iter(loader)
-    started = time.perf_counter()
-    for _ in range(steps):
+    batches = iter(())
+
+    def step() -> tuple[int, float]:
+        nonlocal batches
+        tokens, loss_sum = 0, 0.0
         for _ in range(accum):
-            batch = next(batches)
+            batch = next(batches, None)
+            if batch is None:
+                batches = iter(loader)
+                batch = next(batches)
             loss = model(**batch).loss / accum
             loss.backward()
             tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            loss_sum += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad()
-    return tokens / (time.perf_counter() - started)
+        return tokens, loss_sum
+
+    return step
 
 
-def _edgeft(base: Path, data: Path, out: Path, settings: dict = SETTINGS) -> dict:
-    from edgeft.train import train
+def _edgeft_stepper(base: Path, data: Path, settings: dict, out_dir: Path):
+    """edgeft's own loop (TrainRun), built as `edgeft train` builds it, stepped one optimizer step at a time."""
+    from edgeft.train import _seed_everything
+    from edgeft.train.batches import tokenize_conversations
+    from edgeft.train.loop import TrainRun
+    from edgeft.train.model import load_tokenizer, load_training_model
+    from edgeft.train.precision import resolve_precision
+    from edgeft.train.recipe import resolve_recipe
+    from edgeft.train.world import World
 
-    shutil.rmtree(out, ignore_errors=True)
-    train(base, data, out, config=dict(settings), progress=False)
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    recipe = resolve_recipe(dict(settings))
+    precision = resolve_precision(recipe.precision)
+    _seed_everything(recipe.seed)
+    tok = load_tokenizer(base, recipe)
+    examples = tokenize_conversations(data, tok.tokenizer, tok.chat_template, recipe.max_len)
+    model = load_training_model(base, recipe, tok, precision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = TrainRun(model, recipe, World(), tok, examples, [], out_dir, progress=False, precision=precision)
+    _seed_everything(recipe.seed)
+    done = 0
+
+    def step() -> tuple[int, float]:
+        nonlocal done
+        before = run.state["tokens"]
+        loss = run.step(done)
+        done += 1
+        return run.state["tokens"] - before, loss
+
+    step.precision = precision.compute
+    return step
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _worker(conn, side: str, base: str, data: str, settings: dict, out_dir: str) -> None:
+    """One side in its own process: 'step' -> (tokens, seconds, CPU seconds, loss); 'stop' -> its peak RSS in MiB."""
+    if THREADS:
+        import torch
+
+        torch.set_num_threads(THREADS)
+    if side == "plain":
+        step = _plain_stepper(Path(base), Path(data), settings)
+    else:
+        step = _edgeft_stepper(Path(base), Path(data), settings, Path(out_dir))
+    conn.send(getattr(step, "precision", "fp32"))
+    while conn.recv() == "step":
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        tokens, loss = step()
+        conn.send((tokens, time.perf_counter() - started, _cpu_seconds() - cpu, loss))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _interleaved(sides: dict[str, tuple[str, dict]], base: Path, data: Path, work: Path,
+                 steps: dict[str, int]) -> dict[str, dict]:
+    """Run every side for its number of steps, one step each in turn; tokens/s leaves out each side's first step."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    procs, results = {}, {}
+    for name, (side, settings) in sides.items():
+        parent, child = context.Pipe()
+        proc = context.Process(target=_worker, args=(child, side, str(base), str(data), settings, str(work / name)))
+        proc.start()
+        procs[name] = (proc, parent)
+    for name, (_, conn) in procs.items():
+        results[name] = {"precision": conn.recv(), "steps": []}
+    for index in range(max(steps.values())):
+        for name, (_, conn) in procs.items():
+            if index < steps[name]:
+                conn.send("step")
+                results[name]["steps"].append(conn.recv())
+    for name, (proc, conn) in procs.items():
+        conn.send("stop")
+        results[name]["peak_mb"] = conn.recv()
+        proc.join()
+        timed = results[name]["steps"][1:STEPS]
+        tokens = sum(step[0] for step in timed)
+        results[name]["tokens_per_s"] = tokens / sum(step[1] for step in timed)
+        results[name]["tokens_per_cpu_s"] = tokens / sum(step[2] for step in timed)
+        results[name]["losses"] = [step[3] for step in results[name]["steps"]]
+    return results
+
+
+def mean_relative_difference(curve: list[float], reference: list[float]) -> float:
+    return sum(abs(a - b) / abs(b) for a, b in zip(curve, reference)) / len(reference)
+
+
+def _rows(case: str, results: dict, target: float | None) -> list[dict]:
+    row = {"bench": "train", "unit": "tok/s", "target": None, "ok": None}
+    ours, plain = results["edgeft"], results["plain"]
+    ratio = ours["tokens_per_s"] / plain["tokens_per_s"]
+    rows = [
+        {**row, "metric": f"{case} tokens/s, edgeft ({ours['precision']})", "value": ours["tokens_per_s"]},
+        {**row, "metric": f"{case} tokens/s, plain loop (fp32)", "value": plain["tokens_per_s"]},
+        {**row, "metric": f"{case} edgeft / plain tokens/s", "value": ratio, "unit": "x",
+         "target": f">= {target}" if target else None, "ok": ratio >= target if target else None},
+    ]
+    if "edgeft-fp32" in results:  # auto picked bf16: the gain where the CPU has none
+        fp32 = results["edgeft-fp32"]["tokens_per_s"] / plain["tokens_per_s"]
+        rows.append({**row, "metric": f"{case} edgeft / plain, bf16 off", "value": fp32, "unit": "x"})
+    elif target:
+        rows.append({**row, "metric": f"{case} edgeft / plain, bf16 off (auto = fp32 here)", "value": ratio,
+                     "unit": "x"})
+    # Per CPU-second of the side's process: what a busy machine's wall clock blurs (threads waiting count too).
+    rows.append({**row, "metric": f"{case} edgeft / plain tokens per CPU-second", "unit": "x",
+                 "value": ours["tokens_per_cpu_s"] / plain["tokens_per_cpu_s"]})
+    rows += [{**row, "metric": f"{case} peak RSS, {name}", "value": results[name]["peak_mb"], "unit": "MiB"}
+             for name in ("edgeft", "plain")]
+    return rows
+
+
+def _demo_rows(work: Path) -> list[dict]:
+    from edgeft.demo.smollm2 import import_demo_base
+    from edgeft.demo.sql_task import write_task
+
+    base = import_demo_base(work / "smollm2-base", log=lambda _: None)
+    data = dict(write_task(work / "demo-data"))["train"]
+    settings = _demo_settings()
+    sides = {"edgeft": ("edgeft", settings), "plain": ("plain", settings),
+             "reference": ("edgeft", {**settings, "packing": False, "precision": "fp32"}),
+             "unshared": ("edgeft", {**settings, "share_prefixes": False})}
+    from edgeft.train.precision import resolve_precision
+
+    if resolve_precision(settings.get("precision", "auto")).bf16:
+        sides["edgeft-fp32"] = ("edgeft", {**settings, "precision": "fp32"})
+    curve = max(CURVE_STEPS, STEPS)
+    steps = {name: STEPS for name in sides} | {"edgeft": curve, "reference": curve}
+    results = _interleaved(sides, base, data, work / "demo-runs", steps)
+    difference = mean_relative_difference(results["edgeft"]["losses"], results["reference"]["losses"])
+    case = "SmolLM2-135M lora, demo data"
+    unshared = results["unshared"]["tokens_per_s"] / results["plain"]["tokens_per_s"]
+    return [*_rows(case, results, 2.0),
+            {"bench": "train", "metric": f"{case} edgeft / plain, prefixes not shared", "value": unshared,
+             "unit": "x", "target": None, "ok": None},
+            {"bench": "train", "metric": f"{case}: loss curve, {curve} steps, vs fp32 unpacked",
+             "value": 100 * difference, "unit": "%", "target": "<= 2%", "ok": difference <= 0.02}]
 
 
 def run(cache_dir: Path) -> list[dict]:
@@ -134,33 +269,7 @@ def run(cache_dir: Path) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     base = build_model("llama", aligned=True)  # hidden 256, intermediate 512, 2 layers
     data = _chat_data(work / "train.jsonl")
-    plain = _plain_loop(base, data)
-    summary = _edgeft(base, data, work / "out")
-    ours = summary["tokens_per_s"]
-    ratio = ours / plain
-    row = {"bench": "train", "unit": "tok/s", "target": None, "ok": None}
-    return [
-        {**row, "metric": "qlora cpu tokens/s, edgeft", "value": float(ours)},
-        {**row, "metric": "qlora cpu tokens/s, plain transformers+peft", "value": float(plain)},
-        {**row, "metric": "edgeft / plain tokens/s", "value": float(ratio), "unit": "x", "target": ">= 1.0",
-         "ok": ratio >= 1.0},
-        {**row, "metric": "qlora cpu peak RSS (bench process)", "value": float(summary["peak_memory_mb"]), "unit": "MiB"},
-        *_smollm2_rows(work),
-    ]
-
-
-def _smollm2_rows(work: Path) -> list[dict]:
-    from edgeft.demo.smollm2 import import_demo_base
-
-    base = import_demo_base(work / "smollm2-base", log=lambda _: None)
-    data = _long_chat_data(work / "smollm2-train.jsonl")
-    plain = _plain_loop(base, data, SMOLLM2_SETTINGS)
-    summary = _edgeft(base, data, work / "smollm2-out", SMOLLM2_SETTINGS)
-    ours = float(summary["tokens_per_s"])
-    row = {"bench": "train", "unit": "tok/s", "target": None, "ok": None}
-    return [
-        {**row, "metric": "SmolLM2-135M lora 8x256 tokens/s, edgeft", "value": ours},
-        {**row, "metric": "SmolLM2-135M lora 8x256 tokens/s, plain loop", "value": float(plain)},
-        {**row, "metric": "SmolLM2-135M edgeft / plain tokens/s", "value": ours / plain, "unit": "x",
-         "target": ">= 1.0", "ok": ours / plain >= 1.0},
-    ]
+    settings = {**QLORA_SETTINGS, "max_steps": STEPS + 1}
+    qlora = _interleaved({"edgeft": ("edgeft", settings), "plain": ("plain", settings)}, base, data,
+                         work / "qlora-runs", {"edgeft": STEPS, "plain": STEPS})
+    return [*_rows("qlora fixture", qlora, None), *_demo_rows(work)]
