@@ -22,10 +22,6 @@ from typing import Callable
 from runtime.eval_settings import SettingError
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
-# The words an SQLite statement can begin with (sqlite.org/lang.html); any other first word is a syntax error.
-SQL_FIRST_WORDS = frozenset("select with values explain pragma insert update delete replace create drop alter begin "
-                            "commit end rollback savepoint release attach detach analyze vacuum reindex".split())
-_FIRST_WORD = re.compile(r"[A-Za-z_]+")
 # What a query that only reads does (sqlite.org/c3ref/c_alter_table.html): read columns, select, call functions,
 # recurse in a CTE. ATTACH, VACUUM INTO, PRAGMA, writes and the rest are denied.
 SQLITE_READ_ACTIONS = frozenset((sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION,
@@ -167,21 +163,6 @@ class SqlExec:
 
     name = "sql-exec"
     max_steps = 5_000_000  # sqlite VM instructions; stops runaway cross joins without a timer
-
-    @staticmethod
-    def hopeless(prefix: str) -> bool:
-        """True when no continuation of `prefix` can score: what `score` would run (the text, or what follows a
-        fence's first line) already begins with a whole word no SQLite statement begins with ("To find the...").
-        The eval stops generating such an answer there; its score (0) is the one the whole answer would get.
-        Anything else (a fence, a comment, a word still being written) is never called hopeless."""
-        text = prefix.lstrip()
-        if text.startswith("`"):
-            newline = text.find("\n")
-            if not text.startswith("```") or newline < 0:
-                return False
-            text = text[newline + 1:].lstrip()
-        word = _FIRST_WORD.match(text)
-        return bool(word) and word.end() < len(text) and word.group(0).lower() not in SQL_FIRST_WORDS
 
     def __init__(self, db_path: str):
         self.path = Path(db_path)
