@@ -50,11 +50,25 @@ def inputs(tmp_path: Path) -> dict:
     adapter.write_bytes(b"GGUF-adapter")
     train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     train.write_text('{"messages": []}\n')
+    peft = write_peft_adapter(tmp_path / "adapter", rank_pattern={"q_proj": 48})
     evaluation.write_text('{"messages": [1]}\n')
-    return {"base_dir": base, "gguf": gguf, "adapter": adapter,
+    return {"base_dir": base, "gguf": gguf, "adapter": adapter, "peft_adapter": peft,
             "data_files": {"train": train, "eval": evaluation}, "quant": "Q4_K_M",
             "recipe": {"release": {"name": "demo"}}, "metrics": metrics_from_outputs(REPORT, BENCH, tmp_path, quant="Q4_K_M"),
             "system_prompt": "be terse", "chat_template": CHATML}
+
+
+def write_peft_adapter(folder: Path, **config) -> Path:
+    """A training output folder as `edgeft train` leaves it: the adapter as peft saves it, the chat template, and
+    files that are not the adapter (a checkpoint, the loss log)."""
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoint-2" / "optimizer.pt").write_bytes(b"state")
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    (folder / "chat_template.jinja").write_text(CHATML)
+    (folder / "adapter_model.safetensors").write_bytes(b"\x08" + bytes(range(200)))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32,
+                                                            "target_modules": ["q_proj", "v_proj"], **config}))
+    return folder
 
 
 def _publish(tmp_path: Path, inputs: dict, gates=PASSING, name="demo") -> Path:
@@ -66,8 +80,9 @@ def test_manifest_hashes_every_file(tmp_path, inputs):
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = {entry["path"] for entry in manifest["files"]}
     # The card is not listed: it records the manifest's own sha256 instead (tests/test_release_verify.py).
-    assert listed == {p.name for p in folder.iterdir()} - {"manifest.json", "README.md"}
-    assert {"demo-Q4_K_M.gguf", "demo-adapter.gguf", "Modelfile"} <= listed
+    shipped = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert listed == shipped - {"manifest.json", "README.md"}
+    assert {"demo-Q4_K_M.gguf", "demo-adapter.gguf", "Modelfile", "peft-adapter/adapter_model.safetensors"} <= listed
     for entry in manifest["files"]:  # independent re-hash, not through our own helper
         data = (folder / entry["path"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)

@@ -133,8 +133,10 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     assert verify_release(folder) == []
     names = {p.name for p in folder.iterdir()}
     assert names == {"fixture-release-Q5_K_M.gguf", "fixture-release-adapter.gguf", "manifest.json", "README.md",
-                     "Modelfile"}
+                     "Modelfile", "peft-adapter"}
     manifest = json.loads((folder / "manifest.json").read_text())
+    trained = json.loads((folder / "peft-adapter" / "adapter_config.json").read_text())
+    assert manifest["adapter"] == {"path": "peft-adapter", "rank": trained["r"]} and not trained.get("rank_pattern")
     assert manifest["verdict"] == "pass" and manifest["quant"] == "Q5_K_M"
     # The Modelfile and the card run the fine-tune with the prompt it was measured with, not the base's long one.
     from edgeft.demo.sql_task import SYSTEM_PROMPT

@@ -5,7 +5,7 @@ and lets make run it (edgeft.release.pipeline), so a second run does nothing and
 from training on. A stage NAME is the function `stage_NAME` of edgeft.release.stages.
 
 Example:
-    [stage.name for stage in STAGES if "train" in stage.inputs]   # ['merge', 'lora']
+    [stage.name for stage in STAGES if "train" in stage.inputs]   # ['merge', 'lora', 'publish']
 """
 
 from __future__ import annotations
@@ -45,6 +45,6 @@ STAGES = (
     Stage("lora", "adapter.gguf", ("train",)),
     Stage("eval", "eval", ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),
     Stage("bench", "bench.json", ("model", "base_gguf")),
-    Stage("publish", RELEASE, ("eval", "bench", "model", "lora"), marker="manifest.json"),
+    Stage("publish", RELEASE, ("eval", "bench", "model", "lora", "train"), marker="manifest.json"),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}

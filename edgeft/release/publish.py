@@ -30,12 +30,43 @@ LICENSE_FILES = ["LICENSE", "LICENSE.txt", "LICENSE.md", "license.txt", "COPYING
 # 2: the card is not in the file list; it records the manifest's sha256 instead (1 could be edited unnoticed).
 MANIFEST_VERSION = 2
 CARD = "README.md"
+# The peft adapter folder inside the release (vLLM's --lora-modules NAME=PATH serves it over the upstream base).
+PEFT_DIR = "peft-adapter"
+PEFT_WEIGHTS = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def file_entry(path: Path, root: Path | None = None) -> dict:
     path = Path(path)
     return {"path": str(path.relative_to(root)) if root else str(path), "size": path.stat().st_size,
             "sha256": file_sha256(path)}
+
+
+def adapter_rank(config: dict, where: Path) -> int:
+    """The largest LoRA rank in a peft adapter_config.json: r, or a larger one rank_pattern gives some modules (what
+    vLLM's --max-lora-rank must hold)."""
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    ranks = [rank for rank in ranks if rank is not None]
+    if not ranks:
+        raise EdgeftError(f"{where / 'adapter_config.json'}: no rank (r); re-save the adapter with peft")
+    return max(ranks)
+
+
+def ship_peft_adapter(adapter_dir: Path, folder: Path) -> dict:
+    """Copy the peft adapter as peft loads it (config, weights, and the tokenizer and chat template training saved
+    beside them, which a grown vocabulary needs) into `folder`; returns the manifest's {"path", "rank"}."""
+    from convert.adapter_file import read_adapter_config
+    from edgeft.merge import TEMPLATE_FILES, TOKENIZER_FILES
+
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)  # one clear line for a folder that is not a LoRA adapter
+    for name in PEFT_WEIGHTS:
+        if not (adapter_dir / name).is_file():
+            raise EdgeftError(f"{adapter_dir / name}: missing; run the train stage again (make release reruns it)")
+    folder.mkdir()
+    for name in (*PEFT_WEIGHTS, *TOKENIZER_FILES, *TEMPLATE_FILES):
+        if (adapter_dir / name).is_file():
+            _link_or_copy(adapter_dir / name, folder / name)
+    return {"path": folder.name, "rank": adapter_rank(config, adapter_dir)}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -141,7 +172,7 @@ def published_digest(folder: Path) -> str:
 
 def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, base_info: dict, recipe: dict,
                    data_files: dict[str, Path], metrics: dict, gates: list[dict],
-                   system_prompt: str | None = None) -> dict:
+                   system_prompt: str | None = None, adapter: dict | None = None) -> dict:
     """Everything a reader needs to trust and reproduce the release (and to render its card), as one JSON-able
     dict."""
     return {
@@ -150,6 +181,7 @@ def build_manifest(*, name: str, quant: str, files: list[dict], base_dir: Path, 
         "quant": quant,
         "system_prompt": system_prompt,
         "files": files,
+        "adapter": adapter,  # the peft adapter folder: {"path", "rank"} (the card's vLLM line), or None
         "base_model": base_entry(base_dir, base_info),
         "recipe": recipe,
         "data": {role: file_entry(path) for role, path in data_files.items()},
@@ -193,9 +225,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path, quant: str, recipe: dict,
                     data_files: dict[str, Path], metrics: dict, gates: list[dict], adapter: Path | None = None,
-                    system_prompt: str | None = None, chat_template: str | None = None,
-                    stop_tokens: list[str] | None = None, report_dir: Path | None = None) -> Path:
-    """Assemble release_root/NAME atomically; refuse (EdgeftError naming the gates) when any gate failed."""
+                    peft_adapter: Path | None = None, system_prompt: str | None = None,
+                    chat_template: str | None = None, stop_tokens: list[str] | None = None, report_dir: Path | None = None) -> Path:
+    """Assemble release_root/NAME atomically; refuse (EdgeftError naming the gates) when any gate failed.
+
+    `adapter`: the LoRA as a GGUF; `peft_adapter`: the training output folder, shipped as peft saves it (PEFT_DIR)."""
     from edgeft.release.card import render_model_card, render_modelfile
 
     check_release_name(name)
@@ -210,6 +244,7 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
         _link_or_copy(Path(gguf), tmp / gguf_name)
         if adapter is not None:
             _link_or_copy(Path(adapter), tmp / f"{name}-adapter.gguf")
+        peft = ship_peft_adapter(peft_adapter, tmp / PEFT_DIR) if peft_adapter is not None else None
         license_body = license_text(base_dir)
         if license_body:
             (tmp / "LICENSE").write_text(license_body)
@@ -217,8 +252,9 @@ def publish_release(name: str, release_root: Path, *, gguf: Path, base_dir: Path
             gguf_name, chat_template=chat_template, system_prompt=system_prompt, stop_tokens=stop_tokens,
             license_id=base_info["license"]))
         manifest = build_manifest(name=name, quant=quant, base_dir=base_dir, base_info=base_info, recipe=recipe,
-                                  files=[file_entry(p, tmp) for p in sorted(tmp.iterdir()) if p.is_file()],
-                                  data_files=data_files, metrics=metrics, gates=gates, system_prompt=system_prompt)
+                                  files=[file_entry(p, tmp) for p in sorted(tmp.rglob("*")) if p.is_file()],
+                                  data_files=data_files, metrics=metrics, gates=gates, system_prompt=system_prompt,
+                                  adapter=peft)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         digest = file_sha256(tmp / "manifest.json")
         (tmp / CARD).write_text(render_model_card(manifest, gguf_name=gguf_name, system_prompt=system_prompt,

@@ -214,7 +214,8 @@ def stage_publish(s: Settings) -> None:
         s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
         recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("train") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
-        adapter=lora if lora.is_file() else None, system_prompt=_finetune_system_prompt(s),
+        adapter=lora if lora.is_file() else None, peft_adapter=s.path("train"),
+        system_prompt=_finetune_system_prompt(s),
         chat_template=_chat_template(s.path("merge")), report_dir=s.path("eval"))
     print(f"published {folder}; {published_digest(folder)}")
 

@@ -142,10 +142,9 @@ def _gate_problems(manifest: dict) -> list[str]:
 
 def _file_problems(folder: Path, manifest: dict) -> list[str]:
     problems = []
-    listed, seen = set(), set()
+    seen = set()
     for entry in manifest["files"]:
         name = str(entry["path"])
-        listed.add(entry["path"])
         shown = _shown(name)
         if os.path.normpath(name) in seen:  # "a" and "./a" too: one file hashed twice, once with a stale entry
             problems.append(f"{shown}: listed more than once in the manifest")
@@ -164,9 +163,21 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
         except (OSError, ValueError):  # NUL, a lone surrogate, a name too long: no file can be called that
             problems.append(f"{shown}: not a name a file can have; the manifest is damaged")
     # The card is not listed: it records the manifest's digest, and is checked by rendering it again.
-    extra = {p.name for p in folder.iterdir()} - listed - {"manifest.json", CARD}
+    extra = _present(folder) - seen - {"manifest.json", CARD}
     problems.extend(f"{_shown(name)}: not listed in the manifest" for name in sorted(extra))
     return problems
+
+
+def _present(folder: Path) -> set[str]:
+    """Every file in the folder and its subfolders (the peft adapter is one), and every empty subfolder."""
+    found = set()
+    for root, dirs, files in os.walk(folder):  # symbolic links to folders are listed, not followed
+        where = os.path.relpath(root, folder)
+        names = files + [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        found.update(os.path.normpath(os.path.join(where, name)) for name in names)
+        if where != "." and not files and not dirs:
+            found.add(where)
+    return found
 
 
 def _lf(data: bytes) -> bytes:
