@@ -98,8 +98,8 @@ FAST_TESTS ?= test_code_shape test_layers test_cli test_fsutil test_factory test
 	test_convert_sharded test_tokenizer_loader test_import_units test_import_errors test_runtime_metrics \
 	test_runtime_inputs test_runtime_kld test_ladder test_eval test_chat test_fleet_eval test_eval_settings \
 	test_hostile_release test_disk_full test_native_build test_train_units test_train_cli test_release \
-	test_release_make test_release_pipeline test_release_verify test_verdict test_min_sample test_interval_sample_size \
-	test_near_duplicate_similarity
+	test_release_make test_release_pipeline test_release_verify test_release_adapter test_verdict test_min_sample \
+	test_interval_sample_size test_near_duplicate_similarity
 
 test-fast: $(STAMP) ## the fast lane (FAST_TESTS, no slow tests): under 3 minutes on 2 cores; `make test` runs all
 	$(PY) -m pytest -q -m "not slow" $(FAST_TESTS:%=tests/%.py)
