@@ -23,10 +23,13 @@ OBJECTIVES = ("sft", "dpo", "orpo")
 REFERENCE_ADAPTER = "ref"  # TRL's name for the same thing
 
 
+BETA_WANTED = ("must be a number > 0 (dpo: how far from the reference, typically 0.1; orpo: the odds-ratio "
+               "weight, typically 0.1)")
+
+
 def check_beta(beta) -> float:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
-        raise EdgeftError(f"beta={beta!r} must be a number > 0 (DPO: how far from the reference, typically 0.1; "
-                          "ORPO: the odds-ratio weight, typically 0.1); fix beta")
+        raise EdgeftError(f"beta={beta!r} {BETA_WANTED}")
     return float(beta)
 
 
