@@ -41,7 +41,9 @@ def sft_run(base, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sft")
     data, _ = toy_data(folder, n_train=8)
-    return train(base, data, folder / "out", config={**TINY_RECIPE, "method": "lora"}, max_steps=2, progress=False)
+    # No dropout: a continued adapter keeps its own LoRA settings, so the DPO runs on it are deterministic.
+    return train(base, data, folder / "out", config={**TINY_RECIPE, "method": "lora", "dropout": 0.0}, max_steps=2,
+                 progress=False)
 
 
 @pytest.mark.parametrize("objective", ["dpo", "orpo"])
@@ -108,3 +110,31 @@ def test_data_check_reads_pairs(pairs, tmp_path):
     kinds = {(f.line, f.kind) for f in report.errors}
     assert (2, "duplicate") in kinds and (3, "schema") in kinds and (4, "contaminated") in kinds
     assert not any(f.line in (1, 5) for f in report.errors)  # same prompt and chosen, another rejected: a new pair
+
+
+def test_resume_from_a_checkpoint_ends_where_a_straight_run_does(base, pairs, sft_run, tmp_path):
+    """DPO from an SFT adapter, resumed from its step-2 checkpoint: the same adapter as the straight run (the
+    checkpoint holds only the trained adapter; the frozen reference is reloaded from --from-adapter)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from edgeft.train import train
+
+    settings = dict(progress=False, objective="dpo", from_adapter=str(sft_run), eval_path=pairs[1],
+                    config={**TINY_RECIPE, "method": "lora", "keep": "last", "early_stop": None}, max_steps=4)
+    straight = train(base, pairs[0], tmp_path / "straight", **settings)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    for path in resumed.iterdir():  # what a kill right after the step-2 checkpoint leaves
+        if path.name.startswith(("adapter", "summary")) or path.name == "loss.png":
+            path.unlink()
+    for checkpoint in (resumed / "checkpoints").iterdir():
+        if checkpoint.name != "step-000002":
+            shutil.rmtree(checkpoint)
+    train(base, pairs[0], resumed, resume=True, **settings)
+    expected, got = (load_file(str(out / "adapter_model.safetensors")) for out in (straight, resumed))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-6), key
+    assert [r.get("loss") for r in metrics(straight)] == pytest.approx([r.get("loss") for r in metrics(resumed)])

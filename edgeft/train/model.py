@@ -208,6 +208,7 @@ def _continue_adapter(model, recipe: Recipe):
     except (OSError, ValueError, RuntimeError) as exc:
         raise EdgeftError(f"--from-adapter {recipe.from_adapter}: cannot load it onto this base "
                           f"({_first_line(exc)}); pass an adapter trained on this base") from None
+    model.train()  # peft leaves the model in eval mode (no dropout) after loading an adapter that is not trainable
     return model
 
 

@@ -60,21 +60,26 @@ def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, d
 @contextlib.contextmanager
 def reference_of(model):
     """The starting point, for DPO's reference forward: the frozen SFT adapter when one was loaded as
-    REFERENCE_ADAPTER, else the base with every adapter disabled. Gradients off; the trained adapter is active
-    (and trainable) again on exit."""
+    REFERENCE_ADAPTER, else the base with every adapter disabled. Gradients and dropout off (the reference is one
+    fixed function); the trained adapter is active (and trainable) again on exit, in the mode it was in."""
     import torch
 
-    if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
-        with torch.no_grad(), model.disable_adapter():
-            yield
-        return
-    trained = model.active_adapter
-    model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+    training = model.training
+    model.eval()
     try:
-        with torch.no_grad():
-            yield
+        if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+            with torch.no_grad(), model.disable_adapter():
+                yield
+            return
+        trained = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.set_adapter(trained)  # peft marks the adapter it activates trainable again
     finally:
-        model.set_adapter(trained)  # peft marks the adapter it activates trainable again
+        model.train(training)
 
 
 def dpo_terms(policy_c, policy_r, ref_c, ref_r, beta: float):
