@@ -25,7 +25,7 @@ BETA = 0.1
 
 @pytest.fixture(scope="module")
 def setup(fixture_model, tmp_path_factory):
-    from edgeft.data.pairs import tokenize_pairs
+    from edgeft.train.batches import tokenize_pairs
     from edgeft.train.model import load_tokenizer
     from edgeft.train.recipe import Recipe
 

@@ -2,9 +2,10 @@
 
 `prompt` is a list of messages or a string (a user turn); `chosen` and `rejected` are assistant message lists or
 strings. TRL's implicit-prompt form (no `prompt`, `chosen` and `rejected` whole conversations sharing the prompt)
-is read too. Each side becomes a conversation, prompt + answer, tokenized and masked by edgeft.data.masking
-exactly as SFT masks a conversation, so the log-probabilities a preference loss compares are over the same
-assistant tokens SFT trains on and llama.cpp later scores.
+is read too. Each side becomes a conversation, prompt + answer, masked by edgeft.data.masking
+(edgeft.train.batches.tokenize_pairs) exactly as SFT masks a conversation, so the log-probabilities a preference
+loss compares are over the assistant tokens SFT trains on and llama.cpp later scores (runtime.pairs_eval).
+A shared leaf (parsing only, nothing heavy), so runtime/ reads pairs by the same rules.
 """
 
 from __future__ import annotations
@@ -104,20 +105,3 @@ def read_pairs(path: str | Path) -> list[Record]:
     if not records:
         raise EdgeftError(f"{path}: empty, no preference pairs in it; expected one {SHAPE} per line")
     return records
-
-
-def tokenize_pairs(path: str | Path, tokenizer, chat_template: str, max_len: int) -> list[dict]:
-    """Each pair -> {"chosen": example, "rejected": example}, each side built by masking.build_example (the
-    SFT mask: labels on the assistant answer and its end-of-turn marker only)."""
-    from edgeft.data.masking import build_example
-
-    pairs = []
-    for record in read_pairs(path):
-        where = f"{path}:{record.line}"
-        sides = {}
-        for side, messages in zip(SIDES, (record.messages, rejected_conversation(record))):
-            example = build_example(messages, tokenizer, chat_template=chat_template, max_len=max_len,
-                                    where=f"{where} ({side})")
-            sides[side] = {"input_ids": list(example["input_ids"]), "labels": list(example["labels"])}
-        pairs.append(sides)
-    return pairs

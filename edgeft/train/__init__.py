@@ -283,8 +283,7 @@ def _tokenize(data: Path, eval_path: Path | None, split, tok, recipe: Recipe) ->
     measured on it: the eval set is never looked at in training."""
     import tempfile
 
-    from edgeft.data.pairs import tokenize_pairs
-    from edgeft.train.batches import tokenize_conversations
+    from edgeft.train.batches import tokenize_conversations, tokenize_pairs
 
     reader = tokenize_conversations if recipe.objective == "sft" else tokenize_pairs
 
