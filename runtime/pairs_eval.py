@@ -65,12 +65,12 @@ def score_pairs(gguf: str | Path, pairs: list[tuple[list, list, list]], *, n_ctx
 
 
 def preference_section(model: str | Path, baseline: str | Path | None, pairs_path: str | Path, *,
-                       n_ctx: int = 2048, threads: int | None = None) -> dict:
+                       pairs: list | None = None, n_ctx: int = 2048, threads: int | None = None) -> dict:
     """The report's `preference` section: each model's accuracy and mean margin and, with a baseline, the
-    paired gain in accuracy (fine-tune - base)."""
+    paired gain in accuracy (fine-tune - base). `pairs`: those of `pairs_path`, when already read."""
     from runtime.stats import paired_difference
 
-    pairs = read_eval_pairs(pairs_path)
+    pairs = read_eval_pairs(pairs_path) if pairs is None else pairs
     section = {"pairs": str(pairs_path), "n": len(pairs), "model": score_pairs(model, pairs, n_ctx=n_ctx,
                                                                               threads=threads)}
     if baseline is not None:

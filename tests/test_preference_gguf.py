@@ -77,3 +77,29 @@ def test_preference_section_has_intervals_and_a_paired_gain(pairs_file):
         assert accuracy["low"] <= accuracy["mean"] <= accuracy["high"] and accuracy["n"] == 2
     assert section["model"]["margins"] == pytest.approx(section["baseline"]["margins"])
     assert section["gain"]["mean"] == 0.0
+
+
+def test_eval_pairs_reports_and_gates(pairs_file, tmp_path):
+    """`edgeft eval --pairs` without torch: the preference section for model and base, and min_pref_gain as a gate
+    (the same file as model and base: a gain of 0, so 0 passes and 1 point fails, exit 3)."""
+    from tests.test_runtime_eval import _run_cli
+
+    gguf = converted("qwen2")
+    data = tmp_path / "eval.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                             {"role": "assistant", "content": "Hello."}]}) + "\n")
+    common = ["eval", str(gguf), "--data", str(data), "--baseline", str(gguf), "--pairs", str(pairs_file),
+              "--max-tokens", "2", "--ctx", "256", "--no-speed", "--threads", "1"]
+    done = _run_cli([*common, "-o", str(tmp_path / "ok"), "--min-pref-gain", "0"])
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    section = report["preference"]
+    assert section["n"] == 2 and section["gain"]["mean"] == 0.0 and "accuracy" in section["baseline"]
+    assert "## Preference pairs" in (tmp_path / "ok" / "report.md").read_text()
+    failed = _run_cli([*common, "-o", str(tmp_path / "fail"), "--min-pref-gain", "1"])
+    assert failed.returncode == 3 and "gate failed: min_pref_gain" in failed.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
+    refused = _run_cli(["eval", str(gguf), "--data", str(data), "--pairs", str(bad), "-o", str(tmp_path / "no")])
+    assert refused.returncode == 1 and 'missing "rejected"' in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "no").exists()
