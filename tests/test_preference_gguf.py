@@ -103,3 +103,25 @@ def test_eval_pairs_reports_and_gates(pairs_file, tmp_path):
     refused = _run_cli(["eval", str(gguf), "--data", str(data), "--pairs", str(bad), "-o", str(tmp_path / "no")])
     assert refused.returncode == 1 and 'missing "rejected"' in refused.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "no").exists()
+
+
+def test_a_release_that_trains_with_dpo_gates_on_its_pairs(tmp_path):
+    """The recipe trains with dpo: the release's eval gates on min_pref_gain over eval.pairs ({data_dir}
+    expanded); without eval.pairs the release is refused as one line, before anything trains."""
+    import yaml
+
+    from edgeft.errors import EdgeftError
+    from edgeft.release import settings as rp
+
+    def settings(eval_section):
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({"train": {"objective": "dpo", "beta": 0.1}, "eval": eval_section}))
+        return rp.resolve_settings(base="m", data=tmp_path / "t.jsonl", eval_path=tmp_path / "e.jsonl",
+                                   recipe_path=recipe, out=tmp_path / "out")
+
+    evaluation = settings({"pairs": "{data_dir}/heldout_pairs.jsonl"}).eval_settings()
+    assert evaluation.gates["min_pref_gain"] == 0.0 and evaluation.gates["earned"] == 0.0
+    assert evaluation.pairs == str(tmp_path / "heldout_pairs.jsonl")
+    with pytest.raises(EdgeftError, match=r"gate min_pref_gain needs .*pairs") as info:
+        settings({})
+    assert "\n" not in str(info.value)
