@@ -138,3 +138,12 @@ def test_resume_from_a_checkpoint_ends_where_a_straight_run_does(base, pairs, sf
     for key in expected:
         assert torch.allclose(expected[key], got[key], atol=1e-6), key
     assert [r.get("loss") for r in metrics(straight)] == pytest.approx([r.get("loss") for r in metrics(resumed)])
+
+
+def test_data_sample_renders_both_sides_of_a_pair(base, pairs, tmp_path):
+    from edgeft.data.sample import TRAIN_CLOSE, TRAIN_OPEN, write_sample
+
+    page = write_sample(pairs[0], tmp_path / "sample.md", n=2, tokenizer_dir=base).read_text()
+    assert page.count("## 1. chosen ") == 1 and page.count("## 1. rejected ") == 1 and "## 2. rejected " in page
+    assert f"{TRAIN_OPEN}The box is blue.<|im_end|>{TRAIN_CLOSE}" in page
+    assert f"{TRAIN_OPEN}Box " in page  # the rejected answer is marked as the trained span of its side

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeft.data import decontam, dedup
-from edgeft.data.io import Record, scan_jsonl, write_jsonl_lines
+from edgeft.data.io import Record, write_jsonl_lines
+from edgeft.data.pairs import scan_examples
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_own_input
 
@@ -296,13 +297,6 @@ def _check_tokens(
                 )
 
 
-def _scan(path: str | Path) -> list[Record]:
-    """A preference set is checked on its prompt + chosen conversations (duplicates also compare the rejected)."""
-    from edgeft.data.pairs import holds_pairs, parse_pair_line
-
-    return scan_jsonl(path, parse_pair_line) if holds_pairs(path) else scan_jsonl(path)
-
-
 def check_dataset(
     train: str | Path,
     *,
@@ -321,7 +315,8 @@ def check_dataset(
     if not 0.0 < near_dup_threshold <= 1.0:
         raise EdgeftError(f"near-duplicate threshold {near_dup_threshold} must be in (0, 1]")
     train_path = str(train)
-    records = _scan(train)
+    # A preference set is checked on its prompt + chosen conversations (duplicates also compare the rejected).
+    records = scan_examples(train)
     report = CheckReport(train_path, str(eval_path) if eval_path else None, records)
     _check_schema(report, train_path, records)
     valid = [r for r in records if not r.problems]
@@ -338,7 +333,7 @@ def check_dataset(
     unique = [i for i, r in enumerate(valid) if r.line not in duplicates]
     _check_near_duplicates(report, [valid[i] for i in unique], [all_turns[i] for i in unique], near_dup_threshold)
     if eval_path is not None:
-        eval_records = _scan(eval_path)
+        eval_records = scan_examples(eval_path)
         _check_schema(report, report.eval_path, eval_records)
         eval_valid = [r for r in eval_records if not r.problems]
         report.stats["eval_examples"] = len(eval_valid)

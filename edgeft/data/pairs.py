@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeft.data.io import Record, iter_lines, parse_json_line, read_jsonl, validate_messages
+from edgeft.data.io import Record, iter_lines, parse_json_line, read_jsonl, scan_jsonl, validate_messages
 from edgeft.errors import EdgeftError
 
 SIDES = ("chosen", "rejected")
@@ -97,6 +97,19 @@ def holds_pairs(path: str | Path) -> bool:
             if bad is None:
                 return is_pair_object(obj)
     return False
+
+
+def scan_examples(path: str | Path) -> list[Record]:
+    """Every line of a conversation or preference file as a Record (scan_jsonl); a pair's `messages` is its
+    prompt + chosen conversation, so data check and data sample read both kinds of file."""
+    return scan_jsonl(path, parse_pair_line) if holds_pairs(path) else scan_jsonl(path)
+
+
+def sides(record: Record) -> list[tuple[str, list[dict]]]:
+    """The conversations one example trains on: ("", messages), or a pair's chosen and rejected ones."""
+    if not is_pair_object(record.data):
+        return [("", record.messages)]
+    return [("chosen", record.messages), ("rejected", rejected_conversation(record))]
 
 
 def read_pairs(path: str | Path) -> list[Record]:
