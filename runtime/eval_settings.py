@@ -114,6 +114,7 @@ class EvalSettings:
     probe_window: int = 512
     probe_max_tokens: int | None = 8192
     choices: PathLike | None = None  # multiple-choice JSONL for the probe
+    pairs: PathLike | None = None  # preference pairs JSONL: how often log p(chosen) > log p(rejected), model and base
     reference: PathLike | None = None  # higher-precision GGUF for KLD
     hf: PathLike | None = None  # HF folder for the tokenization parity check
     gates: Mapping[str, float] = field(default_factory=dict)

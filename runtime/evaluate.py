@@ -48,7 +48,8 @@ def _check_models(model, out_dir: Path, data, settings: EvalSettings) -> tuple[P
             check_context(path, settings.n_ctx)
     refuse_own_input(out_dir, {"model": model, "baseline": baseline, "eval data": data,
                                "reference": settings.reference, "training data (--shots-from)": settings.shots_from,
-                               "probe text": settings.probe, "choices": settings.choices})
+                               "probe text": settings.probe, "choices": settings.choices,
+                               "preference pairs": settings.pairs})
     return model, baseline, check_gguf(settings.reference) if settings.reference else None
 
 
@@ -68,6 +69,9 @@ def prepare(model, data, out_dir: Path, settings: EvalSettings) -> EvalRun:
     gates = gates_on(settings.gates, settings)
     probe_name, probe_text = read_probe(settings.probe)
     choices = read_choices(settings.choices) if settings.choices else None
+    from runtime.pairs_eval import read_eval_pairs
+
+    pairs = read_eval_pairs(settings.pairs) if settings.pairs else None  # a bad pair stops here, before generation
     refuse_foreign_out_dir(out_dir)
     lines = [example.line for example in examples]
     _refuse_prompts_that_do_not_fit(model, [e.prompt for e in examples], lines, data, n_ctx=settings.n_ctx,
@@ -77,7 +81,7 @@ def prepare(model, data, out_dir: Path, settings: EvalSettings) -> EvalRun:
         _refuse_prompts_that_do_not_fit(baseline, run.prompts, lines, data, n_ctx=settings.n_ctx,
                                         label=f"{run.label} baseline")
     return EvalRun(settings, model, baseline, reference, data, out_dir, examples, scorer, gates, ladder_runs,
-                   probe_name, probe_text, choices)
+                   probe_name, probe_text, choices, pairs=pairs)
 
 
 def _answer_and_score(run: EvalRun) -> EvalReport:

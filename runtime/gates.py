@@ -50,6 +50,11 @@ def _gain_low(report: dict):
     return None if difference is None else difference["low"] * 100.0
 
 
+def _pref_gain(report: dict):
+    gain = (report.get("preference") or {}).get("gain")
+    return None if gain is None else gain["mean"] * 100.0
+
+
 def _ppl_ratio(report: dict):
     probe = report.get("probe") or {}
     return probe.get("ppl_ratio")
@@ -80,6 +85,10 @@ GATES: dict[str, Gate] = {gate.name: gate for gate in (
          ("baseline",), _gain_low, operator.gt, ">", default=0.0, on=RELEASE,
          min_examples=MIN_EXAMPLES_FOR_SIGNIFICANCE),
     Gate("max_ppl_ratio", "probe perplexity fine-tune/base at most P", ("baseline",), _ppl_ratio, operator.le, "<="),
+    # A release whose recipe trains with DPO or ORPO turns it on (edgeft/release): the preference must survive the
+    # merge, the quantization and llama.cpp, measured on the shipped file against the base at the same quant.
+    Gate("min_pref_gain", "preference accuracy on the pairs beats the base's by at least N points",
+         ("baseline", "pairs"), _pref_gain, operator.ge, ">=", default=0.0),
     Gate("max_kld", "mean KL-divergence vs the reference at most K", ("reference",), _kld, operator.le, "<="),
     Gate("min_speed_ratio", "generation tok/s at least R times the base's", ("baseline", "speed"), _speed,
          operator.ge, ">="),

@@ -34,6 +34,7 @@ class EvalRun:
     probe_text: str
     choices: list[dict] | None
     result: object = None  # runtime.ladder.LadderResult, once generated and scored
+    pairs: list | None = None  # preference pairs (prompt, chosen, rejected), runtime.pairs_eval
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ def _probe(run: EvalRun) -> dict:
     return section
 
 
+def _preference(run: EvalRun) -> dict:
+    from runtime.pairs_eval import preference_section
+
+    return preference_section(run.model, run.baseline, run.settings.pairs, pairs=run.pairs,
+                              n_ctx=run.settings.n_ctx, threads=run.settings.threads)
+
+
 def _quantization(run: EvalRun) -> dict:
     from runtime.kld import compare
 
@@ -109,6 +117,7 @@ def _throughput(run: EvalRun) -> dict:
 MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("judge", lambda run: isinstance(run.scorer, Judge), _judge),
     Measurement("probe", lambda run: True, _probe),
+    Measurement("preference", lambda run: run.pairs is not None, _preference),
     Measurement("quantization", lambda run: run.reference is not None, _quantization),
     Measurement("parity", lambda run: run.settings.hf is not None, _parity),
     Measurement("tensor_types", lambda run: run.baseline is not None, _tensor_types),

@@ -32,6 +32,7 @@ class EvalReport:
     ladder: dict | None = None
     judge: dict | None = None
     probe: dict | None = None
+    preference: dict | None = None
     quantization: dict | None = None
     parity: dict | None = None
     tensor_types: dict | None = None
@@ -100,6 +101,22 @@ def _ladder_markdown(report: dict) -> list[str]:
 
 def _judge_markdown(report: dict) -> list[str]:
     return ["", f"Judge verdicts that could not be parsed (counted as 0): {report['judge']['unparsed']}."]
+
+
+def _preference_markdown(report: dict) -> list[str]:
+    section = report["preference"]
+    lines = ["", "## Preference pairs", "", f"Pairs `{section['pairs']}` (n={section['n']}): a pair is preferred when "
+             "log p(chosen) > log p(rejected) over the answer tokens, through llama.cpp.", "",
+             "| system | preference accuracy % (95% CI) | mean margin, nats (95% CI) |", "|---|---|---|"]
+    for who in ("model", "baseline"):
+        if section.get(who):
+            margin = section[who]["margin"]
+            lines.append(f"| {who} | {_interval(section[who]['accuracy'])} | {margin['mean']:+.3f} "
+                         f"[{margin['low']:+.3f}, {margin['high']:+.3f}] |")
+    if section.get("gain"):
+        lines += ["", f"Gain in preference accuracy fine-tune - base: **{_interval(section['gain'], points=True)} "
+                      "points**"]
+    return lines
 
 
 def _probe_markdown(report: dict) -> list[str]:
@@ -175,7 +192,8 @@ def _gates_markdown(report: dict) -> list[str]:
 
 # report.md in order: a report section (present and non-empty) -> its markdown lines.
 MARKDOWN_SECTIONS = (("scores", _scores_markdown), ("ladder", _ladder_markdown), ("judge", _judge_markdown),
-                     ("probe", _probe_markdown), ("quantization", _quantization_markdown),
+                     ("probe", _probe_markdown), ("preference", _preference_markdown),
+                     ("quantization", _quantization_markdown),
                      ("parity", _parity_markdown), ("throughput", _throughput_markdown),
                      ("tensor_types", _tensor_types_markdown), ("gates", _gates_markdown))
 

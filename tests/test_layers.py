@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # edgeft.data.normalize: the text form near-duplicates are judged on, which data check (edgeft.data.dedup) and the
 # ladder's retrieval (runtime.retrieval) must share, or a pair data check calls a near-duplicate could be a shot.
 # edgeft.data.messages: the one message schema (roles, tool calls) that serve, eval, chat and data check share.
-LEAVES = ("edgeft.errors", "edgeft.fsutil", "edgeft.data.io", "edgeft.data.messages", "edgeft.data.normalize")
+# edgeft.data.pairs: preference pairs, read by training and by `eval --pairs` (runtime.pairs_eval) by one rule.
+LEAVES = ("edgeft.errors", "edgeft.fsutil", "edgeft.data.io", "edgeft.data.messages", "edgeft.data.normalize",
+          "edgeft.data.pairs")
 # Importing a leaf runs the __init__ of every package above it, so those must stay leaves too.
 LEAF_PACKAGES = ("edgeft", "edgeft.data")
 

@@ -47,6 +47,25 @@ def demo_data(parent_out: Path, out_dir: Path | None) -> None:
         click.echo(f"{role:7s} {path}")
 
 
+@demo.command("pairs")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="the demo data folder (default: OUT/data), made by `edgeft demo data`")
+@click.pass_obj
+def demo_pairs(parent_out: Path, out_dir: Path | None) -> None:
+    """Write the DPO stage's preference pairs beside the demo data: pairs.jsonl (from train.jsonl) and
+    heldout_pairs.jsonl (from eval.jsonl); chosen the gold SQL, rejected a dropped filter, a wrong column or a
+    verbose non-SQL answer. Train with edgeft/demo/dpo.yaml on top of the SFT adapter.
+
+    \b
+    Example:
+      edgeft demo pairs -o .cache/demo/data
+    """
+    from edgeft.demo.sql_pairs import write_pairs
+
+    for role, path in write_pairs(out_dir or parent_out / "data").items():
+        click.echo(f"{role:7s} {path}")
+
+
 def _base_command(name: str, force_help: str):
     """`edgeft demo NAME -o DIR [--force]`: both bases take the same options and the parent's OUT folder."""
     def wrap(function):

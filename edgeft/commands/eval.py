@@ -44,6 +44,9 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
               help="General text for the forgetting probe (default: the text shipped with edgeft).")
 @click.option("--choices", type=click.Path(dir_okay=False, path_type=str), default=None,
               help='Multiple-choice JSONL {"question", "choices", "answer"} scored by log-likelihood.')
+@click.option("--pairs", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help='Preference pairs JSONL {"prompt", "chosen", "rejected"}: accuracy of log p(chosen) > '
+                   "log p(rejected) for the fine-tune and the base, with intervals.")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Higher-precision GGUF (F16) for KL-divergence / top-1 agreement / Δppl.")
 @click.option("--hf", default=None,
@@ -54,6 +57,8 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--require-earned", is_flag=True,
               help="Gate `earned`: the gain's 95% interval over the strongest rung must lie above 0.")
 @click.option("--max-ppl-ratio", type=float, default=None, help="Gate: probe perplexity fine-tune/base at most P.")
+@click.option("--min-pref-gain", type=float, default=None,
+              help="Gate: preference accuracy on --pairs beats the base's by at least N points.")
 @click.option("--max-kld", type=float, default=None, help="Gate: mean KL-divergence vs --reference at most K.")
 @click.option("--min-speed-ratio", type=float, default=None, help="Gate: tg tok/s at least R x the base's (e.g. 0.95).")
 @click.option("--max-tokens", type=int, default=None,

@@ -16,6 +16,11 @@ import click
               help="Recipe YAML (see edgeft/recipes/default.yaml); command-line options override it.")
 @click.option("--method", type=click.Choice(["qlora", "lora"]), default=None,
               help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
+@click.option("--objective", type=click.Choice(["sft", "dpo", "orpo"]), default=None,
+              help="sft: conversations (default); dpo, orpo: preference pairs (prompt/chosen/rejected, TRL's format).")
+@click.option("--beta", type=float, default=None, help="dpo: distance from the reference; orpo: odds-ratio weight.")
+@click.option("--from-adapter", type=click.Path(path_type=str), default=None,
+              help="Start from this adapter (an SFT run's folder); for dpo, a frozen copy of it is the reference.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (overrides epochs).")
 @click.option("--epochs", type=float, default=None,
               help="Passes over the training data (default 2); a fraction trains part of one (1.5: one and a half).")
@@ -33,8 +38,8 @@ import click
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier training run's output folder (never a folder that is not a run's).")
-def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr, r, validation, metric, seed,
-          precision, resume, overwrite):
+def train(base, data, eval_path, out_dir, config, method, objective, beta, from_adapter, max_steps, epochs, lr, r,
+          validation, metric, seed, precision, resume, overwrite):
     """Fine-tune BASE on chat conversations and save a LoRA adapter.
 
     QLoRA by default: the base is frozen in 4-bit NF4 with double quantization (bitsandbytes; bf16 compute on
@@ -47,6 +52,7 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
       edgeft train --base path/to/hf-model --data train.jsonl --eval eval.jsonl -o out/adapter
       edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --config my-recipe.yaml --resume
       edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter --validation 0.1 --metric exact
+      edgeft train --base path/to/hf-model --data pairs.jsonl -o out/dpo --objective dpo --from-adapter out/adapter
       torchrun --nproc_per_node 2 -m edgeft train --base path/to/hf-model --data train.jsonl -o out/adapter
     """
     from edgeft.modelref import is_hub_id, resolve_model
@@ -58,7 +64,8 @@ def train(base, data, eval_path, out_dir, config, method, max_steps, epochs, lr,
         base = str(resolve_model(base, what="base model"))
 
     out = run_training(base, data, out_dir, eval_path=eval_path, config=config, overwrite=overwrite, resume=resume,
-                       method=method, max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
+                       method=method, objective=objective, beta=beta, from_adapter=from_adapter,
+                       max_steps=max_steps, epochs=epochs, lr=lr, r=r, seed=seed,
                        validation=_fraction_or_path(validation), metric=metric, select="metric" if metric else None,
                        precision=precision)
     if is_main_process():

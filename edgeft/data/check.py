@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeft.data import decontam, dedup
-from edgeft.data.io import Record, scan_jsonl, write_jsonl_lines
+from edgeft.data.io import Record, write_jsonl_lines
+from edgeft.data.pairs import scan_examples
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_own_input
 
@@ -97,6 +98,16 @@ def _turn_key(record: Record) -> str:
     return json.dumps([record.messages, (record.data or {}).get("tools")], ensure_ascii=False, sort_keys=True)
 
 
+def _record_key(record: Record) -> str:
+    """What makes two examples the same: the conversation; for a preference pair, the rejected answer too."""
+    from edgeft.data.pairs import is_pair_object, rejected_conversation
+
+    key = _turn_key(record)
+    if not is_pair_object(record.data):
+        return key
+    return key + json.dumps(rejected_conversation(record), ensure_ascii=False, sort_keys=True)
+
+
 def _check_schema(report: CheckReport, path: str, records: list[Record]) -> None:
     for record in records:
         for problem in record.problems:
@@ -121,7 +132,7 @@ def _check_exact_duplicates(report: CheckReport, valid: list[Record]) -> set[int
     first_seen: dict[str, int] = {}
     duplicates = set()
     for record in valid:
-        key = _turn_key(record)
+        key = _record_key(record)
         if key in first_seen:
             duplicates.add(record.line)
             report.add(
@@ -304,7 +315,8 @@ def check_dataset(
     if not 0.0 < near_dup_threshold <= 1.0:
         raise EdgeftError(f"near-duplicate threshold {near_dup_threshold} must be in (0, 1]")
     train_path = str(train)
-    records = scan_jsonl(train)
+    # A preference set is checked on its prompt + chosen conversations (duplicates also compare the rejected).
+    records = scan_examples(train)
     report = CheckReport(train_path, str(eval_path) if eval_path else None, records)
     _check_schema(report, train_path, records)
     valid = [r for r in records if not r.problems]
@@ -321,7 +333,7 @@ def check_dataset(
     unique = [i for i, r in enumerate(valid) if r.line not in duplicates]
     _check_near_duplicates(report, [valid[i] for i in unique], [all_turns[i] for i in unique], near_dup_threshold)
     if eval_path is not None:
-        eval_records = scan_jsonl(eval_path)
+        eval_records = scan_examples(eval_path)
         _check_schema(report, report.eval_path, eval_records)
         eval_valid = [r for r in eval_records if not r.problems]
         report.stats["eval_examples"] = len(eval_valid)

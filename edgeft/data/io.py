@@ -33,6 +33,9 @@ class Record:
 
 def validate_messages(obj: Any) -> list[str]:
     """Every schema/order problem of one parsed line, as short phrases (empty list: the conversation is fine)."""
+    if isinstance(obj, dict) and "messages" not in obj and ("chosen" in obj or "rejected" in obj):
+        return ["a preference pair (prompt/chosen/rejected), not a conversation; train it with --objective dpo "
+                "or orpo, or write conversations as {\"messages\": [...]}"]
     if not isinstance(obj, dict) or "messages" not in obj:
         return ['missing "messages" (expected {"messages": [{"role": ..., "content": ...}, ...]})']
     messages = obj["messages"]
@@ -209,10 +212,10 @@ def _empty(path: str | Path) -> EdgeftError:
     return EdgeftError(f"{path}: empty, no conversations in it; expected one {{\"messages\": [...]}} per line")
 
 
-def scan_jsonl(path: str | Path) -> list[Record]:
+def scan_jsonl(path: str | Path, parse: Callable[[int, str], Record] = parse_line) -> list[Record]:
     """Every non-blank line of `path` as a Record; bad lines carry their problems instead of raising. A file with
     no line at all is an error: "0 examples, 0 errors" would read as a pass."""
-    records = list(_records(path, parse_line))
+    records = list(_records(path, parse))
     if not records:
         raise _empty(path)
     return records

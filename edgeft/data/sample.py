@@ -10,7 +10,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from edgeft.data.io import Record, scan_jsonl
+from dataclasses import replace
+
+from edgeft.data.io import Record
+from edgeft.data.pairs import scan_examples, sides
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file, refuse_own_input
 
@@ -54,6 +57,18 @@ def _render_plain(record: Record, where: str) -> tuple[str, str]:
     return mark(text, [(s.start, s.end) for s in spans]), f"{len(text)} characters, {trained} trained"
 
 
+def _rendered(record: Record, title: str, where: str, tokenizer, chat_template) -> list[str]:
+    try:
+        if tokenizer is not None:
+            body, summary = _render_with_tokenizer(record, tokenizer, chat_template, where)
+        else:
+            body, summary = _render_plain(record, where)
+    except EdgeftError as exc:
+        return ["", f"## {title} {where}", "", f"**Cannot be trained:** {exc}"]
+    fence = _fence(body)
+    return ["", f"## {title} {where} ({summary})", "", f"{fence}text", body, fence]
+
+
 def write_sample(
     path: str | Path,
     out_path: str | Path,
@@ -67,7 +82,7 @@ def write_sample(
     if n < 1:
         raise EdgeftError(f"-n {n}: the sample needs at least one example")
     refuse_own_input(out_path, {"input file": path, "tokenizer folder": tokenizer_dir})
-    records = scan_jsonl(path)
+    records = scan_examples(path)
     valid = [r for r in records if not r.problems]
     if not valid:
         raise EdgeftError(f"{path}: no valid conversations to sample; run `edgeft data check {path}`")
@@ -92,17 +107,9 @@ def write_sample(
     if skipped:
         lines += ["", f"{skipped} lines with errors were left out: run `edgeft data check {path}`."]
     for number, record in enumerate(chosen, start=1):
-        where = f"{path}:{record.line}"
-        try:
-            if tokenizer is not None:
-                body, summary = _render_with_tokenizer(record, tokenizer, chat_template, where)
-            else:
-                body, summary = _render_plain(record, where)
-        except EdgeftError as exc:
-            lines += ["", f"## {number}. {where}", "", f"**Cannot be trained:** {exc}"]
-            continue
-        fence = _fence(body)
-        lines += ["", f"## {number}. {where} ({summary})", "", f"{fence}text", body, fence]
+        for side, messages in sides(record):  # a preference pair: its chosen, then its rejected conversation
+            lines += _rendered(replace(record, messages=messages), f"{number}.{' ' + side if side else ''}",
+                               f"{path}:{record.line}", tokenizer, chat_template)
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

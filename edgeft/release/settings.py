@@ -57,14 +57,20 @@ class Settings:
         from dataclasses import fields
 
         from runtime.eval_settings import EvalSettings
-        from runtime.gates import release_gates
+        from runtime.gates import GATES, release_gates
 
         section = {k: v for k, v in (self.recipe.get("eval") or {}).items() if k != IMATRIX_EXAMPLES[0]}
         keys = tuple(item.name for item in fields(EvalSettings) if item.name not in RELEASE_SETS)
         ev = EvalSettings.from_mapping(section, where=self.recipe_source, keys=keys + (IMATRIX_EXAMPLES[0],))
+        gates = release_gates(ev.gates)
+        if (self.recipe.get("train") or {}).get("objective") in ("dpo", "orpo"):
+            # Trained to be preferred: the shipped file must prefer as trained, against the base at the same
+            # quant (no eval.pairs given: the gate's need is refused as one line before training).
+            gates = {"min_pref_gain": GATES["min_pref_gain"].default, **gates}
         return replace(ev, baseline=self.path("base_gguf"), shots_from=self.data if ev.shots else None,
-                       reference=self.path("f16"), hf=self.path("merge"), gates=release_gates(ev.gates),
-                       metric=expand(ev.metric, self), probe=expand(ev.probe, self), context=expand(ev.context, self))
+                       reference=self.path("f16"), hf=self.path("merge"), gates=gates,
+                       metric=expand(ev.metric, self), probe=expand(ev.probe, self), context=expand(ev.context, self),
+                       pairs=expand(ev.pairs, self))
 
     def train_config(self) -> dict:
         """The recipe's train: section as training gets it: selection by the metric (select: metric, or a sweep)
@@ -184,6 +190,7 @@ def check_eval(settings: Settings) -> None:
     """The recipe's eval: section as the eval stage will use it (EvalSettings.check, with the release's base as the
     baseline), and imatrix_examples: a typo or a bad value is one line naming the recipe key, before training."""
     from runtime.eval_settings import SettingError, recipe_key
+    from runtime.gates import gates_on
 
     try:  # every name here is a key of the recipe's eval: section (a typo too)
         evaluation = settings.eval_settings()  # its errors say which file
@@ -191,6 +198,7 @@ def check_eval(settings: Settings) -> None:
         raise EdgeftError(exc.named(recipe_key)) from None
     try:
         evaluation.check()
+        gates_on(evaluation.gates, evaluation)  # a gate without what it measures (min_pref_gain: eval.pairs)
         settings.imatrix_examples()
     except SettingError as exc:
         raise EdgeftError(f"{settings.recipe_source}: {exc.named(recipe_key)}") from None

@@ -43,6 +43,7 @@ def train(base, data, out_dir, *, eval_path=None, config=None, overwrite: bool =
                                "recipe": config if not isinstance(config, dict) else None}, around=overwrite)
     recipe, size_note = _resolve(out_dir, config, resume, overrides, base)
     split = preflight(data, eval_path, recipe)  # invalid data stops here, before any model is loaded
+    _check_from_adapter(recipe, base)
     check_writable(out_dir)  # a read-only or full output folder is found now, not after the model loaded
     if recipe.method == "qlora":
         problem = bitsandbytes_problem()
@@ -179,6 +180,39 @@ def _check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
         raise EdgeftError(f"{out_dir}: {'--resume finds no checkpoint: ' if resume else ''}output folder {advice}")
 
 
+def _check_from_adapter(recipe: Recipe, base: Path) -> None:
+    if recipe.from_adapter is None:
+        return
+    from convert.fingerprint import check_adapter_base
+
+    adapter = Path(recipe.from_adapter)
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise EdgeftError(f"--from-adapter {adapter}: no adapter_config.json, so this is not a trained adapter; "
+                          "pass the output folder of an edgeft train run")
+    named = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        check_adapter_base(adapter, named, base)
+    except EdgeftError as exc:
+        raise EdgeftError(f"--from-adapter {exc}") from None
+
+
+def _check_objective_data(data: Path, eval_path, recipe: Recipe) -> None:
+    """Pairs for a preference objective, conversations for SFT: the wrong kind is one line before anything loads."""
+    from edgeft.data.pairs import holds_pairs
+
+    wanted = recipe.objective != "sft"
+    for path, option in ((data, "--data"), (eval_path, "--eval")):
+        if path is None or holds_pairs(path) == wanted:
+            continue
+        if wanted:
+            raise EdgeftError(f"{path}: {option} holds conversations, and --objective {recipe.objective} trains on "
+                              "preference pairs ({\"prompt\", \"chosen\", \"rejected\"} a line); pass pairs, "
+                              "or train with --objective sft")
+        raise EdgeftError(f"{path}: {option} holds preference pairs (prompt/chosen/rejected), and --objective sft "
+                          "trains on conversations; pass --objective dpo (or orpo), or pass conversations")
+
+
 def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
     from edgeft.data.check import check_dataset
     from edgeft.data.io import check_input_file
@@ -188,6 +222,7 @@ def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
         check_input_file(eval_path, "pass a JSONL file with --eval or leave it out")
     if recipe.chat_template:  # read after the tokenizer loads: a wrong path is found now
         check_input_file(recipe.chat_template, "fix chat_template in the recipe", missing="chat template file not found")
+    _check_objective_data(data, eval_path, recipe)
     # Schema, duplicates and train/eval contamination; token lengths are the mask builder's job during loading.
     report = check_dataset(data, eval_path=eval_path)
     if report.errors:
@@ -253,10 +288,12 @@ def _tokenize(data: Path, eval_path: Path | None, split, tok, recipe: Recipe) ->
     measured on it: the eval set is never looked at in training."""
     import tempfile
 
-    from edgeft.train.batches import tokenize_conversations
+    from edgeft.train.batches import tokenize_conversations, tokenize_pairs
+
+    reader = tokenize_conversations if recipe.objective == "sft" else tokenize_pairs
 
     def tokenize(path):
-        return tokenize_conversations(path, tok.tokenizer, tok.chat_template, recipe.max_len) if path else []
+        return reader(path, tok.tokenizer, tok.chat_template, recipe.max_len) if path else []
 
     if split is None:
         return tokenize(data), tokenize(eval_path)
@@ -268,6 +305,10 @@ def _tokenize(data: Path, eval_path: Path | None, split, tok, recipe: Recipe) ->
 def _train_run(split, *args, **kwargs):
     from edgeft.train.loop import TrainRun
 
+    if args[1].objective != "sft":
+        from edgeft.train.preference_run import PreferenceRun
+
+        return PreferenceRun(*args, **kwargs)
     if split is None or split[1] is None:
         return TrainRun(*args, **kwargs)
     from edgeft.train.select import MetricRun

@@ -37,6 +37,23 @@ def tokenize_conversations(path: str | Path, tokenizer, chat_template: str, max_
     return examples
 
 
+def tokenize_pairs(path: str | Path, tokenizer, chat_template: str, max_len: int) -> list[dict]:
+    """Each preference pair -> {"chosen": example, "rejected": example}, each side its prompt + answer
+    conversation through the same mask builder as SFT (labels on the answer and its end-of-turn marker only)."""
+    from edgeft.data.masking import build_example
+    from edgeft.data.pairs import SIDES, read_pairs, rejected_conversation
+
+    pairs = []
+    for record in read_pairs(path):
+        sides = {}
+        for side, messages in zip(SIDES, (record.messages, rejected_conversation(record))):
+            example = build_example(messages, tokenizer, chat_template=chat_template, max_len=max_len,
+                                    where=f"{path}:{record.line} ({side})")
+            sides[side] = {"input_ids": list(example["input_ids"]), "labels": list(example["labels"])}
+        pairs.append(sides)
+    return pairs
+
+
 def label_count(example: dict) -> int:
     """Tokens that carry loss: labels are shifted by one against inputs, so the first label never counts."""
     return sum(1 for label in example["labels"][1:] if label != -100)

@@ -106,7 +106,7 @@ class TrainRun:
         self.mask_form = shared_prefix_mask_form(model, recipe)
         self.optimizer = make_optimizer(recipe.optimizer, self.params, lr=recipe.lr,
                                         weight_decay=recipe.weight_decay)
-        self.lengths = [len(e["input_ids"]) for e in train_examples]
+        self.lengths = [self.example_length(e) for e in train_examples]
         self._plans: dict[int, object] = {}
         self.steps_per_epoch = len(self.plan(0).steps)
         self.total_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * self.steps_per_epoch))
@@ -115,6 +115,10 @@ class TrainRun:
         self.state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_eval": None, "best_step": None,
                       "evals_without_best": 0, "stopped_early": False, "last_loss": None, "last_eval": None,
                       "last_eval_step": None}
+
+    @staticmethod
+    def example_length(example: dict) -> int:
+        return len(example["input_ids"])
 
     def plan(self, epoch: int):
         if epoch not in self._plans:
@@ -148,6 +152,20 @@ class TrainRun:
         epoch, index = divmod(step, self.steps_per_epoch)
         mine = [[self.train_examples[i] for i in mb] for mb in self.plan(epoch).for_rank(index, self.world.rank,
                                                                                          self.world.size)]
+        loss = self.accumulate(mine)
+        sync_gradients(self.params, self.world)
+        if self.recipe.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def accumulate(self, mine: list[list[dict]]) -> float:
+        """Forward and backward this process's micro-batches of the step; the step's loss (all processes).
+        The one place the objective lives: a preference run overrides it (edgeft/train/preference_run.py)."""
+        import torch
+
         labelled = torch.tensor([float(sum(label_count(e) for mb in mine for e in mb))], dtype=torch.float64,
                                 device=self.device)
         n_labels = max(1.0, float(self.world.sum_(labelled)[0]))
@@ -159,15 +177,14 @@ class TrainRun:
             summed = token_loss_sum(self.model, batch, self.precision)
             (summed / n_labels).backward()
             totals[0] += summed.detach().double()
-        sync_gradients(self.params, self.world)
-        if self.recipe.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.world.sum_(totals)
         self.state["tokens"] += int(totals[1])
         return float(totals[0]) / n_labels
+
+    def held_out(self) -> tuple[float, dict]:
+        """The held-out loss that selects the best checkpoint, and other held-out figures to log beside it."""
+        return evaluate(self.model, self.eval_examples, self.recipe, pad_id=self.pad_id, device=self.device,
+                        world=self.world, precision=self.precision), {}
 
     def loop(self) -> None:
         from tqdm import tqdm
@@ -205,9 +222,8 @@ class TrainRun:
                 break
 
     def _eval(self, done: int) -> None:
-        loss = evaluate(self.model, self.eval_examples, self.recipe, pad_id=self.pad_id, device=self.device,
-                        world=self.world, precision=self.precision)
-        self._log({"step": done, "eval_loss": loss})
+        loss, figures = self.held_out()
+        self._log({"step": done, "eval_loss": loss, **figures})
         self.state.update(last_eval=loss, last_eval_step=done)
         if record_eval(self.state, done, loss, self.recipe.early_stop):
             if self.world.is_main:
@@ -264,7 +280,8 @@ class TrainRun:
         tmp = make_temp(self.out_dir / "adapter", directory=True)  # also clears one a killed run left
         try:
             # Resized vocabularies travel as trainable-token rows inside the adapter, not as whole embeddings.
-            self.model.save_pretrained(str(tmp), save_embedding_layers=False)
+            # Only the trained adapter: a DPO reference adapter ("ref") is the starting point, not the result.
+            self.model.save_pretrained(str(tmp), save_embedding_layers=False, selected_adapters=["default"])
             if self.tok.added_tokens:
                 self._save_tokenizer(tmp)
             # The exact template training rendered: merge, convert and eval read it from here.

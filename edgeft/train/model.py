@@ -102,7 +102,10 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer, prec
     model = _load_base(base, recipe, device, dtype)
     token_indices = _trainable_token_indices(model, tok)
     model = _prepare_for_training(model, recipe)
-    model = _attach_lora(model, recipe, token_indices)
+    if recipe.from_adapter:
+        model = _continue_adapter(model, recipe)
+    else:
+        model = _attach_lora(model, recipe, token_indices)
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats(device)
     return model
@@ -190,6 +193,25 @@ def _attach_lora(model, recipe: Recipe, token_indices: dict[str, list[int]] | No
         raise EdgeftError(f"target_modules={recipe.target_modules!r} reaches the stacked MoE experts {experts}, which "
                           "edgeft cannot merge or export yet; target attention and the router: [q_proj, k_proj, "
                           "v_proj, o_proj, gate]")
+    return model
+
+
+def _continue_adapter(model, recipe: Recipe):
+    """The adapter of an earlier run, trained further; for DPO also loaded once more, frozen, as the reference
+    (a second adapter on the same base: no second model in memory)."""
+    from peft import PeftModel
+
+    from edgeft.train.preference import REFERENCE_ADAPTER
+
+    try:
+        model = PeftModel.from_pretrained(model, recipe.from_adapter, is_trainable=True)
+        if recipe.objective == "dpo":
+            model.load_adapter(recipe.from_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+            model.set_adapter("default")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise EdgeftError(f"--from-adapter {recipe.from_adapter}: cannot load it onto this base "
+                          f"({_first_line(exc)}); pass an adapter trained on this base") from None
+    model.train()  # peft leaves the model in eval mode (no dropout) after loading an adapter that is not trainable
     return model
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
+from edgeft.train.preference import BETA_WANTED, OBJECTIVES
 
 METHODS = ("qlora", "lora")
 SELECT = ("loss", "metric")
@@ -25,6 +26,9 @@ SELECT = ("loss", "metric")
 class Recipe:
     # --- what is trained
     method: str = "qlora"  # qlora: base frozen in 4-bit NF4 (double quant); lora: base kept in 16/32-bit
+    objective: str = "sft"  # sft (conversations) | dpo | orpo (preference pairs; edgeft/train/preference.py)
+    beta: float = 0.1  # dpo: how far from the reference; orpo: the odds-ratio term's weight
+    from_adapter: str | None = None  # start from this trained adapter (e.g. SFT's); dpo's reference is its copy
     r: int = 16
     alpha: float | None = None  # None -> 2 * r
     dropout: float = 0.05
@@ -148,6 +152,10 @@ def _modules(value) -> bool:
 # row here (tests/test_recipe_settings.py checks that every field has one).
 SETTINGS: dict[str, Setting] = {
     "method": _choice(*METHODS),
+    "objective": _choice(*OBJECTIVES),
+    "beta": Setting(float, lambda v: v > 0, BETA_WANTED),
+    "from_adapter": Setting(str, lambda v: bool(v.strip()), "must be an adapter folder (null: a new adapter)",
+                            nullable=True),
     "r": _positive_int(),
     "alpha": Setting(float, lambda v: v > 0, "must be a number > 0 (null: 2 * r)", nullable=True),
     "dropout": Setting(float, lambda v: 0 <= v < 1, "must be a number in [0, 1)"),
@@ -248,6 +256,9 @@ def _check(recipe: Recipe, source: str) -> Recipe:
         return EdgeftError(f"{source}: {key}={getattr(recipe, key)!r} {why}")
 
     _check_selection(recipe, bad)
+    if recipe.objective != "sft" and recipe.validation is not None:
+        raise bad("validation", f"splits conversations, and objective={recipe.objective} trains on pairs; pass "
+                                "held-out pairs with --eval instead")
     return recipe
 
 

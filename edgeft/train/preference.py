@@ -1,0 +1,151 @@
+"""Preference tuning on the LoRA: DPO's sigmoid loss and ORPO's odds-ratio loss over the SFT mask.
+
+A sequence's log-probability is the sum of its labelled (assistant answer + end-of-turn) tokens' log-probabilities,
+the tokens SFT trains and llama.cpp scores. Chosen and rejected go through one forward, stacked [chosen; rejected].
+
+DPO (Rafailov et al.): loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), the reference being the
+starting point: the base with the adapter disabled, or, after `--from-adapter`, a frozen copy of the SFT adapter
+held as a second peft adapter ("reference") on the same base. No second base model is ever in memory.
+ORPO (Hong et al.): loss = NLL(chosen) - beta * log sigmoid(log odds(chosen) - log odds(rejected)), with the odds
+taken on the per-token mean log-probabilities, and no reference. The NLL is over the assistant tokens, as SFT's is
+(TRL's ORPOTrainer takes it over prompt and answer).
+
+The losses are TRL's (tests/test_preference.py compares the loss, rewards and LoRA gradients with TRL's trainers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from edgeft.errors import EdgeftError
+
+OBJECTIVES = ("sft", "dpo", "orpo")
+REFERENCE_ADAPTER = "ref"  # TRL's name for the same thing
+
+
+BETA_WANTED = ("must be a number > 0 (dpo: how far from the reference, typically 0.1; orpo: the odds-ratio "
+               "weight, typically 0.1)")
+
+
+def check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise EdgeftError(f"beta={beta!r} {BETA_WANTED}")
+    return float(beta)
+
+
+def sequence_logps(logits, labels):
+    """(summed log-probability, labelled-token count) per row, over the labelled positions only (one vocab-wide
+    log-softmax per labelled token, not per position: most of a chat is prompt)."""
+    import torch
+
+    targets = labels[:, 1:]
+    keep = targets != -100
+    rows = keep.nonzero(as_tuple=True)[0]
+    picked = torch.log_softmax(logits[:, :-1][keep].float(), dim=-1).gather(-1, targets[keep].unsqueeze(-1))
+    sums = torch.zeros(labels.shape[0], dtype=picked.dtype, device=picked.device)
+    return sums.index_add(0, rows, picked.squeeze(-1)), keep.sum(dim=1)
+
+
+def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device):
+    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r)."""
+    from edgeft.train.forward import padded_batch
+
+    batch = padded_batch(chosen + rejected, pad_id, device)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps, tokens = sequence_logps(logits, batch["labels"])
+    n = len(chosen)
+    return logps[:n], logps[n:], tokens[:n], tokens[n:]
+
+
+@contextlib.contextmanager
+def reference_of(model):
+    """The starting point, for DPO's reference forward: the frozen SFT adapter when one was loaded as
+    REFERENCE_ADAPTER, else the base with every adapter disabled. Gradients and dropout off (the reference is one
+    fixed function); the trained adapter is active (and trainable) again on exit, in the mode it was in."""
+    import torch
+
+    training = model.training
+    model.eval()
+    try:
+        if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+            with torch.no_grad(), model.disable_adapter():
+                yield
+            return
+        trained = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.set_adapter(trained)  # peft marks the adapter it activates trainable again
+    finally:
+        model.train(training)
+
+
+def dpo_terms(policy_c, policy_r, ref_c, ref_r, beta: float):
+    """Per-pair DPO sigmoid loss and the rewards beta * (policy - reference)."""
+    import torch.nn.functional as F
+
+    chosen_ratio, rejected_ratio = policy_c - ref_c, policy_r - ref_r
+    losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler's switch at -log 2)."""
+    import math
+
+    import torch
+
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_terms(mean_c, mean_r, beta: float):
+    """Per-pair ORPO odds-ratio term beta * log sigmoid(log odds_c - log odds_r) (subtracted from the NLL) and the
+    rewards beta * mean log-probability TRL reports."""
+    import torch.nn.functional as F
+
+    log_odds = (mean_c - mean_r) - (log1mexp(mean_c) - log1mexp(mean_r))
+    return beta * F.logsigmoid(log_odds), beta * mean_c.detach(), beta * mean_r.detach()
+
+
+class PreferenceLoss:
+    """The loss of one micro-batch of pairs, normalised over the whole optimizer step (all processes) so that
+    accumulated micro-batches sum to the loss of the step's batch: pair terms by the step's pairs, ORPO's NLL by
+    the step's chosen labelled tokens (TRL's mean over one batch when the step is one micro-batch)."""
+
+    def __init__(self, objective: str, beta: float, pad_id: int):
+        if objective not in ("dpo", "orpo"):
+            raise EdgeftError(f"objective={objective!r} is not a preference objective (dpo or orpo)")
+        self.objective, self.beta, self.pad_id = objective, check_beta(beta), pad_id
+
+    def __call__(self, model, pairs: list[dict], device, *, n_pairs: float, n_chosen_tokens: float) -> dict:
+        chosen = [p["chosen"] for p in pairs]
+        rejected = [p["rejected"] for p in pairs]
+        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device)
+        if self.objective == "dpo":
+            with reference_of(model):
+                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device)
+            losses, reward_c, reward_r = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)
+            loss = losses.sum() / n_pairs
+        else:
+            ratio, reward_c, reward_r = orpo_terms(policy_c / tokens_c, policy_r / tokens_r, self.beta)
+            loss = -policy_c.sum() / n_chosen_tokens - ratio.sum() / n_pairs
+        return {"loss": loss, "reward_chosen": reward_c, "reward_rejected": reward_r,
+                "logp_chosen": policy_c.detach(), "logp_rejected": policy_r.detach()}
+
+
+def pair_stats(outputs: list[dict]) -> dict:
+    """Step or held-out figures from PreferenceLoss outputs: mean rewards and margin, reward accuracy (the policy
+    prefers chosen more than the reference did) and preference accuracy (log p(chosen) > log p(rejected), what
+    `edgeft eval --pairs` measures on the GGUF)."""
+    import torch
+
+    def cat(key):
+        return torch.cat([o[key].float() for o in outputs])
+
+    reward_c, reward_r = cat("reward_chosen"), cat("reward_rejected")
+    return {"reward_chosen": float(reward_c.mean()), "reward_rejected": float(reward_r.mean()),
+            "reward_margin": float((reward_c - reward_r).mean()),
+            "reward_accuracy": float((reward_c > reward_r).float().mean()),
+            "pref_accuracy": float((cat("logp_chosen") > cat("logp_rejected")).float().mean())}

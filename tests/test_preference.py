@@ -1,0 +1,186 @@
+"""DPO and ORPO against TRL as the reference: on a fixture model and a fixed batch of pairs tokenized by our SFT
+mask, the loss, the rewards and the LoRA gradients equal TRL's DPOTrainer / ORPOTrainer computation in fp32."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+trl = pytest.importorskip("trl")
+
+PAIRS = [
+    {"prompt": "How many users are there?", "chosen": "SELECT COUNT(*) FROM users;",
+     "rejected": "There are many users in the table."},
+    {"prompt": [{"role": "system", "content": "Answer in SQL."}, {"role": "user", "content": "Names of admins?"}],
+     "chosen": [{"role": "assistant", "content": "SELECT name FROM users WHERE admin = 1;"}],
+     "rejected": [{"role": "assistant", "content": "SELECT name FROM users;"}]},
+    {"prompt": "Oldest order?", "chosen": "SELECT * FROM orders ORDER BY day LIMIT 1;",
+     "rejected": "SELECT * FROM orders;"},
+]
+BETA = 0.1
+
+
+@pytest.fixture(scope="module")
+def setup(fixture_model, tmp_path_factory):
+    from edgeft.train.batches import tokenize_pairs
+    from edgeft.train.model import load_tokenizer
+    from edgeft.train.recipe import Recipe
+
+    base = fixture_model("qwen2")
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS), encoding="utf-8")
+    tok = load_tokenizer(base, Recipe(method="lora"))
+    return base, tok, tokenize_pairs(path, tok.tokenizer, tok.chat_template, 512)
+
+
+def lora_model(base, *, seed=0):
+    """fp32 base + LoRA with random (non-zero) A and B, so policy and reference differ and every LoRA weight
+    has a gradient."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.1
+    return model
+
+
+def lora_grads(model) -> dict:
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def trl_examples(pairs) -> list[dict]:
+    """Our masked pairs as TRL's tokenized preference rows: the prompt is what precedes the first labelled token,
+    the completion runs to the last labelled one (the template's newline after the end-of-turn is not trained)."""
+    rows = []
+    for pair in pairs:
+        parts = {}
+        for side in ("chosen", "rejected"):
+            labelled = [i for i, label in enumerate(pair[side]["labels"]) if label != -100]
+            ids = pair[side]["input_ids"]
+            parts[side] = (ids[:labelled[0]], ids[labelled[0]:labelled[-1] + 1])
+            assert labelled == list(range(labelled[0], labelled[-1] + 1))  # one contiguous answer
+        assert parts["chosen"][0] == parts["rejected"][0]
+        rows.append({"prompt_ids": parts["chosen"][0], "chosen_ids": parts["chosen"][1],
+                     "rejected_ids": parts["rejected"][1]})
+    return rows
+
+
+def ours(model, pairs, objective, pad_id):
+    from edgeft.train.preference import PreferenceLoss
+
+    n_tokens = sum(sum(1 for label in p["chosen"]["labels"][1:] if label != -100) for p in pairs)
+    out = PreferenceLoss(objective, BETA, pad_id)(model, pairs, "cpu", n_pairs=len(pairs), n_chosen_tokens=n_tokens)
+    out["loss"].backward()
+    return out, lora_grads(model)
+
+
+def assert_grads_equal(mine: dict, theirs: dict):
+    assert mine.keys() == theirs.keys() and len(mine) > 0
+    for name in mine:
+        assert torch.allclose(mine[name], theirs[name], atol=1e-5, rtol=1e-4), name
+    assert sum(float(g.abs().sum()) for g in mine.values()) > 0
+
+
+def trl_dpo(model, tok, rows, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(tmp_path), beta=BETA, report_to="none", use_cpu=True, bf16=False,
+                     per_device_train_batch_size=len(rows), gradient_checkpointing=False)
+    # The trainer's own dataset is never read: the batch is ours, collated by TRL.
+    dataset = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok.tokenizer)
+
+
+def compare_with_trl(trainer, model, pairs, pad_id):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    assert trainer.model is model
+    model.train()
+    mine, my_grads = ours(model, pairs, "dpo", pad_id)
+    rows = trl_examples(pairs)
+    loss = trainer.compute_loss(model, DataCollatorForPreference(pad_token_id=pad_id)(rows))
+    loss.backward()
+    metrics = trainer._metrics["train"]
+    assert abs(float(mine["loss"]) - float(loss)) < 1e-5
+    assert abs(float(mine["reward_chosen"].mean()) - metrics["rewards/chosen"][-1]) < 1e-5
+    assert abs(float(mine["reward_rejected"].mean()) - metrics["rewards/rejected"][-1]) < 1e-5
+    assert float(mine["reward_chosen"].abs().sum()) > 1e-3  # policy and reference really differ
+    assert_grads_equal(my_grads, lora_grads(model))
+
+
+def test_dpo_equals_trl_dpo_trainer(setup, tmp_path):
+    """A fresh adapter: the reference is the base with the adapter disabled (TRL: a peft model without "ref")."""
+    from edgeft.train.preference import REFERENCE_ADAPTER
+
+    base, tok, pairs = setup
+    model = lora_model(base)
+    trainer = trl_dpo(model, tok, trl_examples(pairs), tmp_path)
+    model.delete_adapter(REFERENCE_ADAPTER)  # TRL copies the starting adapter as the reference; this run has none
+    model.set_adapter("default")
+    compare_with_trl(trainer, model, pairs, tok.pad_id)
+
+
+def test_dpo_from_adapter_equals_trl_ref_adapter(setup, tmp_path):
+    """--from-adapter: the reference is a frozen copy of the starting (SFT) adapter as a second peft adapter on the
+    same base, TRL's "ref" adapter; after the trained adapter moves, both score against that copy."""
+    from edgeft.train.preference import REFERENCE_ADAPTER
+
+    base, tok, pairs = setup
+    model = lora_model(base, seed=1)
+    trainer = trl_dpo(model, tok, trl_examples(pairs), tmp_path)
+    assert REFERENCE_ADAPTER in model.peft_config
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(f".{REFERENCE_ADAPTER}." in n for n in trainable)
+    generator = torch.Generator().manual_seed(2)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            param.data += torch.randn(param.shape, generator=generator) * 0.1
+    compare_with_trl(trainer, model, pairs, tok.pad_id)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_orpo_equals_trl_orpo(setup):
+    """TRL ships ORPO in trl.experimental.orpo: its per-token-mean log-probabilities and its odds-ratio loss, with
+    the NLL over the assistant tokens (ours, as SFT's; TRL's trainer takes it over the prompt too)."""
+    import torch.nn.functional as F
+    from trl.experimental.orpo.orpo_trainer import ORPOTrainer
+
+    from edgeft.train.forward import padded_batch
+
+    base, tok, pairs = setup
+    model = lora_model(base)
+    mine, my_grads = ours(model, pairs, "orpo", tok.pad_id)
+
+    examples = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    batch = padded_batch(examples, tok.pad_id, "cpu")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    means = ORPOTrainer.get_batch_logps(logits, batch["labels"], average_log_prob=True)
+    n = len(pairs)
+    trl_self = SimpleNamespace(beta=BETA, accelerator=SimpleNamespace(device="cpu"))
+    losses, reward_c, reward_r, _, _ = ORPOTrainer.odds_ratio_loss(trl_self, means[:n], means[n:])
+    nll = F.cross_entropy(logits[:n, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:n, 1:].reshape(-1))
+    loss = nll - losses.mean()
+    loss.backward()
+    assert abs(float(mine["loss"]) - float(loss)) < 1e-5
+    assert torch.allclose(mine["reward_chosen"], reward_c, atol=1e-5)
+    assert torch.allclose(mine["reward_rejected"], reward_r, atol=1e-5)
+    assert_grads_equal(my_grads, lora_grads(model))
+
+
+def test_beta_must_be_positive():
+    from edgeft.errors import EdgeftError
+    from edgeft.train.preference import PreferenceLoss
+
+    for beta in (0, -0.1, True, "x"):
+        with pytest.raises(EdgeftError, match="beta=.* must be a number > 0"):
+            PreferenceLoss("dpo", beta, 0)
