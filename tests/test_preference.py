@@ -155,14 +155,14 @@ def test_orpo_equals_trl_orpo(setup):
     import torch.nn.functional as F
     from trl.experimental.orpo.orpo_trainer import ORPOTrainer
 
-    from edgeft.train.forward import padded_batch
+    from edgeft.train.preference import pair_batch
 
     base, tok, pairs = setup
     model = lora_model(base)
     mine, my_grads = ours(model, pairs, "orpo", tok.pad_id)
 
     examples = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    batch = padded_batch(examples, tok.pad_id, "cpu")
+    batch = pair_batch(examples, tok.pad_id, "cpu")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     means = ORPOTrainer.get_batch_logps(logits, batch["labels"], average_log_prob=True)
     n = len(pairs)

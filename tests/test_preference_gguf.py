@@ -33,7 +33,7 @@ def test_pair_logprobs_through_llama_cpp_equal_hf(arch, pairs_file):
     from transformers import AutoModelForCausalLM
 
     from edgeft.train.batches import tokenize_pairs
-    from edgeft.train.forward import padded_batch
+    from edgeft.train.preference import pair_batch
     from edgeft.train.model import load_tokenizer
     from edgeft.train.preference import sequence_logps
     from edgeft.train.recipe import Recipe
@@ -45,7 +45,7 @@ def test_pair_logprobs_through_llama_cpp_equal_hf(arch, pairs_file):
     hf = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     examples = [side for pair in tokenize_pairs(pairs_file, tok.tokenizer, tok.chat_template, 512)
                 for side in (pair["chosen"], pair["rejected"])]
-    batch = padded_batch(examples, tok.pad_id, "cpu")
+    batch = pair_batch(examples, tok.pad_id, "cpu")
     with torch.no_grad():
         hf_logps, _ = sequence_logps(hf(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,
                                      batch["labels"])

@@ -46,24 +46,19 @@ def token_loss_sum(model, batch: dict, precision=None):
 
 
 def padded_batch(examples: list[dict], pad_id: int, device) -> dict:
-    """Right-padded to the longest example; padding is masked out of attention and has no targets. `targets` is what
-    each position predicts; `labels` the unshifted form (transformers' and TRL's convention, which the preference
-    losses are checked against)."""
+    """Right-padded to the longest example; padding is masked out of attention and has no targets."""
     import torch
 
     width = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(examples), width), dtype=torch.long)
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
         input_ids[row, :n] = torch.tensor(example["input_ids"])
         targets[row, :n] = torch.tensor(targets_of(example))
-        labels[row, :n] = torch.tensor(example["labels"])
         attention[row, :n] = 1
-    return {"input_ids": input_ids.to(device), "targets": targets.to(device), "labels": labels.to(device),
-            "attention_mask": attention.to(device)}
+    return {"input_ids": input_ids.to(device), "targets": targets.to(device), "attention_mask": attention.to(device)}
 
 
 def shared_prefix_mask_form(model, recipe) -> str | None:

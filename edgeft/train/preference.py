@@ -46,11 +46,21 @@ def sequence_logps(logits, labels):
     return sums.index_add(0, rows, picked.squeeze(-1)), keep.sum(dim=1)
 
 
-def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device):
-    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r)."""
+def pair_batch(examples: list[dict], pad_id: int, device) -> dict:
+    """SFT's padded batch plus its unshifted `labels` (transformers' and TRL's convention, which the losses here are
+    checked against): the targets moved one position right; position 0 never has one."""
     from edgeft.train.forward import padded_batch
 
-    batch = padded_batch(chosen + rejected, pad_id, device)
+    batch = padded_batch(examples, pad_id, device)
+    labels = batch["targets"].roll(1, dims=1)
+    labels[:, 0] = -100
+    batch["labels"] = labels
+    return batch
+
+
+def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device):
+    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r)."""
+    batch = pair_batch(chosen + rejected, pad_id, device)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logps, tokens = sequence_logps(logits, batch["labels"])
     n = len(chosen)
