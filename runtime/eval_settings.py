@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_foreign_folder
+from runtime.quant_choice import DEFAULT_TOLERANCE
 from runtime.report import EVAL_FILES
 
 PathLike = str | os.PathLike
@@ -90,6 +91,10 @@ def _check_value(name: str, value, least: int | None = None) -> None:
         raise SettingError(f"<{name}> {value}: must be {'0 or more' if least == 0 else f'at least {least}'}", name)
     if name == "requests_per_day":
         check_requests_per_day(value)
+    if name == "quant_tolerance":
+        from runtime.quant_choice import check_tolerance
+
+        check_tolerance(value)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class EvalSettings:
     bench_prompt: int = 128
     bench_gen: int = 32
     bench_repeat: int = 5
+    quant_tolerance: float = DEFAULT_TOLERANCE  # points a smaller quant may lose to the best (runtime.quant_choice)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping, *, where: str = "", base: EvalSettings | None = None,
