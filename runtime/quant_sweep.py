@@ -105,6 +105,11 @@ def model_facts(path: Path) -> dict:
     return {"n_weights": n_weights, "bits_per_weight": 8.0 * n_bytes / max(1, n_weights), "types": types}
 
 
+def sweep_settings(settings: EvalSettings) -> EvalSettings:
+    """Of an eval's settings (the shipped file's, e.g. a release's), the ones the sweep reads."""
+    return EvalSettings(**{name: getattr(settings, name) for name in SWEEP_SETTINGS})
+
+
 def _refuse_unread(settings: EvalSettings) -> None:
     default = EvalSettings()
     unread = [item.name for item in fields(settings)
