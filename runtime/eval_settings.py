@@ -197,10 +197,15 @@ class EvalSettings:
             raise SettingError("<shots_from> needs <shots> K (1 or more): with K=0 no shot is drawn from it",
                                "shots_from", "shots")
 
+    def given_beyond(self, reads: tuple[str, ...]) -> list[str]:
+        """The settings away from their defaults that an eval reading only `reads` would ignore (the fleet's, the
+        quant sweep's): each a refusal, not a silent exit 0."""
+        return [item.name for item in fields(self) if item.name not in reads
+                and getattr(self, item.name) != (item.default if item.default is not MISSING
+                                                 else item.default_factory())]
+
     def _refuse_unread_by_fleet(self) -> None:
-        unread = [item.name for item in fields(self) if item.name not in FLEET_SETTINGS
-                  and getattr(self, item.name) != (item.default if item.default is not MISSING
-                                                   else item.default_factory())]
+        unread = self.given_beyond(FLEET_SETTINGS)
         if unread:
             raise SettingError(f"{', '.join(f'<{name}>' for name in unread)}: not with <adapters> (the fleet eval "
                                "scores adapters against the zero-shot base); evaluate one model for the ladder, "

@@ -45,11 +45,12 @@ def _rank_for_shipping(row: dict) -> tuple:
     return (row["bytes"], -(mean if mean == mean else -math.inf))
 
 
-def choose_quant(rows: Sequence[dict], tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def choose_quant(rows: Sequence[dict], tolerance: float = DEFAULT_TOLERANCE, *, max_kld: float | None = None) -> dict:
     """`rows`: one per candidate with `type`, `bytes` (file size) and `scores` (per eval question, 0..1, the same
-    questions in the same order for every row). Returns {"type", "best", "tolerance", "reason", "rows"}, where each
-    row gains `score` (mean with its 95% interval), `vs_best` (paired difference to the best file) and `keeps`
-    (within the tolerance)."""
+    questions in the same order for every row). Returns {"type", "best", "tolerance", "max_kld", "reason", "rows"},
+    where each row gains `score` (mean with its 95% interval), `vs_best` (paired difference to the best file) and
+    `keeps` (within the tolerance). `max_kld` (a release's gate on the shipped file): a row whose `kld_mean` is above
+    it cannot ship, however well it scores; when no kept file is under it, the best ships and the gate decides."""
     if not rows:
         raise ValueError("choose_quant: no candidates")
     tolerance = check_tolerance(tolerance)
@@ -58,9 +59,15 @@ def choose_quant(rows: Sequence[dict], tolerance: float = DEFAULT_TOLERANCE) -> 
     for row in scored:
         row["vs_best"] = paired_difference(row["scores"], best["scores"])
         row["keeps"] = row is best or row["vs_best"]["high"] * 100 >= -tolerance - 1e-9
-    chosen = min((row for row in scored if row["keeps"]), key=_rank_for_shipping)
-    return {"type": chosen["type"], "best": best["type"], "tolerance": tolerance,
-            "reason": choice_reason(chosen, best, tolerance), "rows": scored}
+    over = [row for row in scored if max_kld is not None and row["kld_mean"] > max_kld]
+    shippable = [row for row in scored if row["keeps"] and row not in over] or [best]
+    chosen = min(shippable, key=_rank_for_shipping)
+    reason = choice_reason(chosen, best, tolerance)
+    passed_over = [row["type"] for row in over if row["keeps"] and row["bytes"] < chosen["bytes"]]
+    if passed_over:
+        reason += f"; {', '.join(passed_over)} kept the score with a mean KLD above max_kld {max_kld:g}"
+    return {"type": chosen["type"], "best": best["type"], "tolerance": tolerance, "max_kld": max_kld,
+            "reason": reason, "rows": scored}
 
 
 def choice_reason(chosen: dict, best: dict, tolerance: float) -> str:

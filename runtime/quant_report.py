@@ -48,6 +48,15 @@ def table_lines(report: dict) -> list[str]:
     return lines
 
 
+def rule(report: dict) -> str:
+    """The choice rule as the report and the card state it."""
+    text = (f"the smallest file whose paired 95% interval against the best ({report['best']}) reaches "
+            f"-{report['tolerance']:g} points or above")
+    if report.get("max_kld") is not None:
+        text += f", with a mean KLD vs F16 of at most {report['max_kld']:g} (the release's max_kld gate)"
+    return text
+
+
 def render_markdown(report: dict) -> str:
     n = report["rows"][0]["score"]["n"]
     lines = [f"# Which quant ships: {Path(report['model']).name}", "",
@@ -56,8 +65,7 @@ def render_markdown(report: dict) -> str:
              f"with {report['rows'][0]['speed_threads']} thread. ◆: on the score-vs-size frontier.", "",
              *table_lines(report), "",
              f"**Ships: {report['reason']}**", "",
-             f"Rule: the smallest file whose paired 95% interval against the best ({report['best']}) reaches "
-             f"-{report['tolerance']:g} points or above.", ""]
+             f"Rule: {rule(report)}.", ""]
     for skipped in report.get("left_out") or []:
         lines.append(f"- {skipped['type']} left out: {skipped['reason']}")
     return "\n".join(lines) + "\n"

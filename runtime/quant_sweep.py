@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -111,9 +111,7 @@ def sweep_settings(settings: EvalSettings) -> EvalSettings:
 
 
 def _refuse_unread(settings: EvalSettings) -> None:
-    default = EvalSettings()
-    unread = [item.name for item in fields(settings)
-              if item.name not in SWEEP_SETTINGS and getattr(settings, item.name) != getattr(default, item.name)]
+    unread = settings.given_beyond(SWEEP_SETTINGS)
     if unread:
         raise SettingError(f"{', '.join(f'<{name}>' for name in unread)}: not with <quants> (the sweep scores the "
                            "fine-tune at each quant against the F16; the base's ladder, gates and parity run once, "
@@ -212,12 +210,12 @@ def _measure_one(candidate: Candidate, f16: Path, data, work: Path, settings: Ev
     return row
 
 
-def summarize(rows: list[dict], tolerance: float) -> dict:
+def summarize(rows: list[dict], tolerance: float, max_kld: float | None = None) -> dict:
     """The choice, each row's difference to the highest-precision file (the largest), and the frontier."""
     from runtime.quant_report import frontier
     from runtime.stats import paired_difference
 
-    choice = choose_quant(rows, tolerance)
+    choice = choose_quant(rows, tolerance, max_kld=max_kld)
     reference = max(choice["rows"], key=lambda row: row["bytes"])
     for row in choice["rows"]:
         row["vs_reference"] = paired_difference(row["scores"], reference["scores"])
@@ -229,10 +227,12 @@ def summarize(rows: list[dict], tolerance: float) -> dict:
 
 def run_sweep(f16: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
               settings: EvalSettings | None = None, *, quants: str | Sequence[str] = "auto",
-              imatrix: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> dict:
+              imatrix: str | os.PathLike | None = None, max_kld: float | None = None,
+              log: Callable[[str], None] | None = None) -> dict:
     """Quantize `f16` to each of `quants` ("auto" or llama.cpp names), score each on `data` as the shipped file's
     eval does, and write the files, one eval report per type (eval-TYPE/), quants.json, quants.md and quants.png
-    into `out_dir` (which appears whole when done). Returns quants.json's content with `outputs`."""
+    into `out_dir` (which appears whole when done). `max_kld`: a release's gate, which the shipped file must pass
+    too (runtime.quant_choice). Returns quants.json's content with `outputs`."""
     from convert.output_space import check_room
     from convert.quant import load_imatrix
     from edgeft.fsutil import atomic_dir
@@ -251,7 +251,7 @@ def run_sweep(f16: str | os.PathLike, data: str | os.PathLike, out_dir: str | os
         report = {"model": str(f16), "data": str(data), "metric": settings.metric,
                   "imatrix": str(imatrix) if imatrix else None, "settings": settings.report_section(),
                   "seconds": time.perf_counter() - started, "left_out": left_out,
-                  **summarize(rows, settings.quant_tolerance)}
+                  **summarize(rows, settings.quant_tolerance, max_kld)}
         write_outputs(report, work)
     report["outputs"] = {name: str(out_dir / name) for name in SWEEP_FILES.values()}
     return report

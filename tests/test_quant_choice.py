@@ -73,6 +73,17 @@ def test_the_smallest_file_within_the_tolerance_ships(label, candidates, toleran
     assert all(row["vs_best"]["high"] * 100 < -tolerance for row in choice["rows"] if not row["keeps"])
 
 
+def test_a_release_max_kld_passes_over_smaller_files_that_keep_the_score():
+    candidates = rows(("Q8_0", 145, 93), ("Q4_K_M", 84, 92), ("Q3_K_M", 70, 92), ("Q2_K", 45, 60))
+    for row, kld in zip(candidates, (0.01, 0.2, 0.6, 1.5)):
+        row["kld_mean"] = kld
+    assert choose_quant(candidates, 2.0)["type"] == "Q3_K_M"
+    gated = choose_quant(candidates, 2.0, max_kld=0.5)
+    assert gated["type"] == "Q4_K_M" and gated["reason"].endswith(
+        "; Q3_K_M kept the score with a mean KLD above max_kld 0.5")
+    assert choose_quant(candidates, 2.0, max_kld=0.001)["type"] == "Q8_0"  # none under it: the best, and the gate
+
+
 def test_the_pairing_decides_where_the_per_file_intervals_overlap():
     """93% and 84% on 100 questions: the two files' own intervals overlap, but Q4_K_M lost 9 questions Q8_0 got
     right and won none, so the paired interval lies below -2 points: not kept."""

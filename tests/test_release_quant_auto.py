@@ -28,6 +28,8 @@ def test_quant_auto_ships_the_smallest_file_that_keeps_the_task(tmp_path, fixtur
 
     base = fixture_model("llama", aligned=True)
     _, _, _, variables = fixture_release(tmp_path, base)
+    recipe = tmp_path / "recipe.yaml"  # with a KLD gate, which the shipped file must pass too
+    recipe.write_text(recipe.read_text().replace("gates: {min_gain: 0,", "gates: {min_gain: 0, max_kld: 0.5,"))
     made = make_release(tmp_path, *variables, "QUANT=auto")
     assert made.returncode == 0, made.stdout + made.stderr
     work, folder = tmp_path / "out" / "fixture-release", tmp_path / "rel" / "fixture-release"
@@ -36,9 +38,12 @@ def test_quant_auto_ships_the_smallest_file_that_keeps_the_task(tmp_path, fixtur
     f16 = work / "model-F16.gguf"
     assert {row["type"] for row in sweep["rows"]} == set(auto_quants(model_facts(f16)["n_weights"]))
     assert len(sweep["rows"]) >= 8 and sweep["imatrix"] == str(work / "imatrix.gguf")
-    again = choose_quant([{key: row[key] for key in ("type", "bytes", "scores")} for row in sweep["rows"]],
-                         sweep["tolerance"])
-    assert again["type"] == chosen and sweep["tolerance"] == 2.0
+    gated = choose_quant([{key: row[key] for key in ("type", "bytes", "scores", "kld_mean")} for row in sweep["rows"]],
+                         sweep["tolerance"], max_kld=0.5)
+    assert gated["type"] == chosen and sweep["tolerance"] == 2.0 and sweep["max_kld"] == 0.5
+    by_type = {row["type"]: row for row in sweep["rows"]}
+    assert by_type[chosen]["kld_mean"] <= 0.5 and all(
+        row["kld_mean"] > 0.5 or not row["keeps"] for row in sweep["rows"] if row["bytes"] < by_type[chosen]["bytes"])
 
     # What ships is the file the sweep scored, named for its type; the ladder's base is quantized the same way.
     shipped = folder / f"fixture-release-{chosen}.gguf"
@@ -50,6 +55,7 @@ def test_quant_auto_ships_the_smallest_file_that_keeps_the_task(tmp_path, fixtur
     assert _answers(work / "eval") == _answers(work / "quants" / f"eval-{chosen}")
 
     manifest = json.loads((folder / "manifest.json").read_text())
+    assert any(gate["gate"] == "max_kld" and gate["passed"] for gate in manifest["gates"])
     assert manifest["quant"] == chosen and manifest["metrics"]["task"]["quant"] == chosen
     choice = manifest["metrics"]["quants"]
     assert choice["type"] == chosen and choice["reason"] == sweep["reason"]

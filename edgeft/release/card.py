@@ -131,12 +131,11 @@ def _quant_section(sweep: dict | None) -> list[str]:
     """Why this quant: every candidate's task score against its size (runtime.quant_sweep), and the rule."""
     if not sweep:
         return []
-    from runtime.quant_report import table_lines
+    from runtime.quant_report import rule, table_lines
 
     return ["", "## Why this quant (the task's own score at each size)",
-            f"**{sweep['reason']}.** The release ships the smallest file whose paired 95% interval against the best "
-            f"({sweep['best']}) reaches -{sweep['tolerance']:g} points or above; each file scored on the same "
-            "held-out examples, with the same decoding and metric. ◆: no smaller file scores as well.", "",
+            f"**{sweep['reason']}.** The release ships {rule(sweep)}; each file scored on the same held-out "
+            "examples, with the same decoding and metric. ◆: no smaller file scores as well.", "",
             *table_lines(sweep)]
 
 

@@ -138,8 +138,12 @@ def stage_quants(s: Settings) -> None:
 
     from runtime.quant_sweep import run_sweep, sweep_settings
 
-    settings = sweep_settings(replace(s.eval_settings(), threads=_llama_threads()))
-    report = run_sweep(s.path("f16"), s.eval, s.path("quants"), settings, quants="auto", imatrix=s.path("imatrix"))
+    evaluation = s.eval_settings()
+    settings = sweep_settings(replace(evaluation, threads=_llama_threads()))
+    # The shipped file must pass the release's KLD gate too: a smaller file that keeps the score but not the gate
+    # would fail the release after the choice.
+    report = run_sweep(s.path("f16"), s.eval, s.path("quants"), settings, quants="auto", imatrix=s.path("imatrix"),
+                       max_kld=evaluation.gates.get("max_kld"))
     print(f"quants: ships {report['reason']}")
 
 
