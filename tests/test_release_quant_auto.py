@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from edgeft.release.publish import verify_release  # noqa: E402
+from edgeft.release.verify import verify_release  # noqa: E402
 from tests.test_release_make import make_release  # noqa: E402
 from tests.test_release_pipeline import fixture_release  # noqa: E402
 
