@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_foreign_folder
+from runtime.quant_choice import DEFAULT_TOLERANCE
 from runtime.report import EVAL_FILES
 
 PathLike = str | os.PathLike
@@ -90,6 +91,10 @@ def _check_value(name: str, value, least: int | None = None) -> None:
         raise SettingError(f"<{name}> {value}: must be {'0 or more' if least == 0 else f'at least {least}'}", name)
     if name == "requests_per_day":
         check_requests_per_day(value)
+    if name == "quant_tolerance":
+        from runtime.quant_choice import check_tolerance
+
+        check_tolerance(value)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class EvalSettings:
     bench_prompt: int = 128
     bench_gen: int = 32
     bench_repeat: int = 5
+    quant_tolerance: float = DEFAULT_TOLERANCE  # points a smaller quant may lose to the best (runtime.quant_choice)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping, *, where: str = "", base: EvalSettings | None = None,
@@ -192,10 +198,15 @@ class EvalSettings:
             raise SettingError("<shots_from> needs <shots> K (1 or more): with K=0 no shot is drawn from it",
                                "shots_from", "shots")
 
+    def given_beyond(self, reads: tuple[str, ...]) -> list[str]:
+        """The settings away from their defaults that an eval reading only `reads` would ignore (the fleet's, the
+        quant sweep's): each a refusal, not a silent exit 0."""
+        return [item.name for item in fields(self) if item.name not in reads
+                and getattr(self, item.name) != (item.default if item.default is not MISSING
+                                                 else item.default_factory())]
+
     def _refuse_unread_by_fleet(self) -> None:
-        unread = [item.name for item in fields(self) if item.name not in FLEET_SETTINGS
-                  and getattr(self, item.name) != (item.default if item.default is not MISSING
-                                                   else item.default_factory())]
+        unread = self.given_beyond(FLEET_SETTINGS)
         if unread:
             raise SettingError(f"{', '.join(f'<{name}>' for name in unread)}: not with <adapters> (the fleet eval "
                                "scores adapters against the zero-shot base); evaluate one model for the ladder, "

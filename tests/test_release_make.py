@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeft.release import pipeline
-from edgeft.release.graph import STAGES
+from edgeft.release.graph import release_stages
 from edgeft.release.settings import resolve_settings
 from tests.hostile import ROOT, invoke, one_line_error
 
@@ -71,15 +71,15 @@ def test_quant_and_name_given_to_make_win_over_the_recipe(inputs, tmp_path):
     assert f"{inputs['out'] / 'y' / 'model-Q8_0.gguf'}: " in (inputs["out"] / "y" / "stages.mk").read_text()
 
 
-def _finished(inputs, recipe=None):
+def _finished(inputs, recipe=None, quant=None):
     """A release whose every stage ran, in the table's order, after its inputs were written."""
     s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=recipe)
+                         release_root=inputs["release"], recipe_path=recipe, quant=quant)
     makefile = pipeline.write_makefile(s)
     start = time.time() - 1000
     for path in [inputs["data"], inputs["eval"], *inputs["base"].iterdir(), *pipeline.stages.context_files(s)]:
         os.utime(path, (start, start))
-    for i, stage in enumerate(STAGES, start=1):
+    for i, stage in enumerate(release_stages(s.quant), start=1):
         done = pipeline.target(stage, s)
         done.parent.mkdir(parents=True, exist_ok=True)
         if stage.always:
@@ -104,7 +104,8 @@ def test_a_second_run_does_nothing_and_touching_data_reruns_from_training(inputs
     assert "check" not in _stages_make_would_run(makefile)
     assert {"train", "base_imatrix", "base_gguf", "publish"} <= set(_stages_make_would_run(makefile))
     inputs["data"].touch()
-    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in release_stages("Q4_K_M")
+                                                              if not stage.always)
 
 
 def test_a_changed_setting_reruns_what_reads_it(inputs):
@@ -118,12 +119,12 @@ def test_a_changed_setting_reruns_what_reads_it(inputs):
     pipeline.stages.stage_settings(s)
     pipeline.stages.stage_base_settings(s)
     base_side = {"base_imatrix", "base_gguf"}
-    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in release_stages("Q4_K_M")
                                                               if not stage.always and stage.name not in base_side)
     s.recipe["eval"]["imatrix_examples"] = 8  # read by the base's imatrix too: everything reruns
     pipeline.stages.stage_settings(s)
     pipeline.stages.stage_base_settings(s)
-    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in STAGES if not stage.always)
+    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in release_stages("Q4_K_M") if not stage.always)
 
 
 def test_the_recipes_context_corpus_is_an_input_of_the_eval(inputs, tmp_path):
@@ -135,6 +136,22 @@ def test_the_recipes_context_corpus_is_an_input_of_the_eval(inputs, tmp_path):
     assert _stages_make_would_run(makefile) == []
     docs.touch()
     assert _stages_make_would_run(makefile) == ["eval", "publish"]
+
+
+def test_quant_auto_sweeps_before_the_model_and_the_base_and_a_fixed_quant_does_not(inputs):
+    makefile = _finished(inputs, quant="auto")
+    assert _stages_make_would_run(makefile) == []
+    work = inputs["out"] / inputs["base"].name
+    rules = {line.split(": ")[0]: line.split(": ")[1].split() for line in makefile.read_text().splitlines()
+             if ": " in line and not line.startswith(("\t", "#", "STAGE", "."))}
+    sweep = str(work / "quants" / "quants.json")
+    assert {str(work / "model-F16.gguf"), str(work / "imatrix.gguf"), str(inputs["eval"])} <= set(rules[sweep])
+    assert sweep in rules[str(work / "model-AUTO.gguf")] and sweep in rules[str(work / "base-AUTO.gguf")]
+    inputs["eval"].touch()  # a new eval set: a new choice, and what follows from it
+    assert {"quants", "model", "base_gguf", "eval", "bench", "publish"} <= set(_stages_make_would_run(makefile))
+    fixed = pipeline.makefile(resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"],
+                                               out=inputs["out"], release_root=inputs["release"], quant="Q4_K_M"))
+    assert "$(STAGE) quants" not in fixed and "quants.json" not in fixed
 
 
 def test_the_demo_generates_its_data_through_make():

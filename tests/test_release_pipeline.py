@@ -107,11 +107,11 @@ def test_killed_training_resumes_and_publishes_nothing_half_done(tmp_path, monke
     assert not calls[-1]["resume"] and calls[-1]["overwrite"]
 
 
-@pytest.mark.slow
-def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
+def fixture_release(tmp_path: Path, base: Path) -> tuple[Path, Path, list[str], list[str]]:
+    """Slices of the demo's SQL data and the fixture recipe for a release of `base`: (data, eval, `edgeft release`
+    arguments, `make release` variables)."""
     from edgeft.demo.sql_task import generate, write_jsonl
 
-    base = fixture_model("llama", aligned=True)
     train, evaluation = generate()
     # The data check compares answers with punctuation stripped, so "price < 450" and "price > 450" look alike to
     # it: keep the small slices apart on that normalisation.
@@ -127,6 +127,13 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
             str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--release-dir", str(tmp_path / "rel")]
     variables = [f"BASE={base}", f"DATA={data}", f"EVAL={eval_path}", f"RECIPE={tmp_path / 'recipe.yaml'}",
                  f"OUT={tmp_path / 'out'}", f"RELEASE_DIR={tmp_path / 'rel'}"]
+    return data, eval_path, args, variables
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
+    base = fixture_model("llama", aligned=True)
+    data, eval_path, args, variables = fixture_release(tmp_path, base)
     made = make_release(tmp_path, *variables)  # as a user runs it: the recipe's quant and name, not make's defaults
     assert made.returncode == 0, made.stdout + made.stderr
     folder = tmp_path / "rel" / "fixture-release"
@@ -149,6 +156,8 @@ def test_end_to_end_on_a_fixture_model(tmp_path, fixture_model):
     assert metrics["throughput"]["finetune"]["tg"] > 0 and metrics["throughput"]["base"]["tg"] > 0
     assert metrics["parity"]["ok"]
     assert metrics["chat_parity"]["ok"] and metrics["chat_parity"]["token_matches"] == metrics["chat_parity"]["n"] > 4
+    # A fixed quant without the sweep: no sweep in the manifest, no quant section in the card.
+    assert "quants" not in metrics and "Why this quant" not in (folder / "README.md").read_text()
 
     from llama_cpp import Llama
 

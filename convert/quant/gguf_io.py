@@ -144,7 +144,24 @@ def quantize_gguf(
     return out_path
 
 
-def _write(source: GGUFFile, out_path: Path, file_type, plan: dict, importance, threads: int, progress: bool):
+def planned_size(in_path: str | os.PathLike, file_type, *, imatrix: str | os.PathLike | dict | None = None) -> int:
+    """Bytes `quantize_gguf` would write for this input, type and imatrix, computed without writing any; refuses
+    what quantize_gguf refuses at planning (a type that needs an imatrix without one, an imatrix of another model,
+    a source tensor type that cannot be requantized)."""
+    from convert.quant import parse_file_type
+
+    if isinstance(file_type, str):
+        file_type = parse_file_type(file_type)
+    with GGUFFile(Path(in_path)) as source:
+        plan, _ = _plan(source, Path(in_path), file_type, imatrix)
+        for tensor in source.tensors:
+            if plan[tensor.name] != tensor.qtype:
+                _to_float(tensor)  # raises for a quantized source tensor
+        return _writer_plan(source, file_type, plan)[0].planned_size()
+
+
+def _writer_plan(source: GGUFFile, file_type, plan: dict) -> tuple[BulkGGUFWriter, list[TensorEntry], dict]:
+    """The writer with the metadata and tensor table in place, the tensors in write order, and their sizes."""
     writer = BulkGGUFWriter(path=None, arch="")  # general.architecture comes verbatim from the source, in place
     writer.data_alignment = source.alignment  # and general.alignment, when the source has one
     _metadata(writer, source, file_type)
@@ -154,6 +171,12 @@ def _write(source: GGUFFile, out_path: Path, file_type, plan: dict, importance, 
     sizes = {t.name: tensor_nbytes(t.shape, plan[t.name]) for t in ordered}
     for tensor in ordered:
         writer.add_tensor_plan(tensor.name, tensor.shape, plan[tensor.name], sizes[tensor.name])
+    return writer, ordered, sizes
+
+
+def _write(source: GGUFFile, out_path: Path, file_type, plan: dict, importance, threads: int, progress: bool):
+    writer, ordered, sizes = _writer_plan(source, file_type, plan)
+    by_name = {t.name: t for t in ordered}
 
     def jobs(bar):
         for tensor in ordered:

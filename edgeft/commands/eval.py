@@ -69,7 +69,19 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=ADAPTER.gguf",
               help="Score LoRA adapter GGUFs over MODEL (the base, loaded once) instead; repeat for a fleet.")
-def eval_command(model, data, out_dir, adapters, recipe, **options):
+@click.option("--quants", default=None, metavar="TYPE,TYPE...|auto",
+              help="MODEL is the F16 GGUF: quantize it to each type and score each on --data (size, bits/weight, "
+                   "score, KLD, speed, the smallest that keeps the task); auto: Q8_0 Q6_K Q5_K_M Q4_K_M IQ4_XS "
+                   "Q3_K_M IQ3_M Q2_K, from 1B weights also IQ3_XXS IQ2_M, from 13B IQ2_XS.")
+@click.option("--imatrix", default=None, metavar="FILE|auto",
+              help="With --quants: importance matrix for every type (IQ2_*, IQ3_XXS... need one); auto computes it "
+                   "from --imatrix-data with the model's HF folder given by --hf.")
+@click.option("--imatrix-data", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Calibration conversations (JSONL) for --imatrix auto: the training data.")
+@click.option("--quant-tolerance", type=float, default=None,
+              help=f"With --quants: points a smaller file may lose to the best (its paired 95% interval must reach "
+                   f"-N or above; default: the recipe's eval.quant_tolerance, else {DEFAULTS.quant_tolerance:g}).")
+def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatrix_data, **options):
     """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
 
     Generates greedily with the GGUF's own chat template and scores with --metric. The baseline climbs a ladder
@@ -84,7 +96,19 @@ def eval_command(model, data, out_dir, adapters, recipe, **options):
         --baseline base-Q4_K_M.gguf --system "Answer with SQL only." --shots 3 --shots-from train.jsonl \\
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
       edgeft eval base.gguf --adapter sql=sql.gguf --adapter faq=faq.gguf --data eval.jsonl -o out/fleet
+      edgeft eval out/model-F16.gguf --quants auto --imatrix out/imatrix.gguf --data eval.jsonl -o out/quants
     """
+    from runtime.eval_settings import SettingError
+
+    if quants is not None:
+        if adapters:
+            raise SettingError("<quants> scores one model at several quants, not <adapters>", "quants", "adapters")
+        return _sweep(model, data, out_dir, recipe, (quants, imatrix, imatrix_data), options)
+    sweep_only = {"imatrix": imatrix, "imatrix_data": imatrix_data, "quant_tolerance": options.pop("quant_tolerance")}
+    given = [name for name, value in sweep_only.items() if value is not None]
+    if given:
+        raise SettingError(f"<{given[0]}> is read with <quants> only (the quant sweep); add it or drop <{given[0]}>",
+                           given[0], "quants")
     if adapters:
         return _fleet(model, adapters, data, out_dir, recipe, options)
     from runtime.evaluate import run_eval
@@ -111,9 +135,9 @@ eval_command.setting_words = _setting_words
 RECIPE_READS = ("gates", "requests_per_day")  # what this command takes from a recipe's eval: section
 
 
-def _settings(recipe, options: dict, *, resolve_hf: bool = True):
-    """The command's options as EvalSettings: the flags given over the recipe's gates and traffic, over the
-    defaults. `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
+def _settings(recipe, options: dict, *, resolve_hf: bool = True, reads: tuple[str, ...] = RECIPE_READS):
+    """The command's options as EvalSettings: the flags given over the recipe's `reads` (its gates and traffic), over
+    the defaults. `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
     from edgeft.errors import EdgeftError
     from runtime.eval_settings import SettingError, recipe_key
     from runtime.gates import GATES, recipe_eval, resolve_gates
@@ -124,7 +148,7 @@ def _settings(recipe, options: dict, *, resolve_hf: bool = True):
         flag_gates["earned"] = GATES["earned"].default
     section = recipe_eval(recipe)
     try:  # a setting the recipe gave is named as the recipe's key, not as a flag
-        from_recipe = EvalSettings.from_mapping({key: section[key] for key in RECIPE_READS if key in section},
+        from_recipe = EvalSettings.from_mapping({key: section[key] for key in reads if key in section},
                                                 where=f"--recipe {recipe}")
     except SettingError as exc:
         raise EdgeftError(exc.named(recipe_key)) from None
@@ -175,3 +199,44 @@ def _fleet(model, adapters, data, out_dir, recipe, options: dict) -> None:
         versus = "" if diff is None else f", vs base {shown_interval(diff, points=True)} points"
         click.echo(f"{row['model']}: {report['metric']} {row['score']['mean'] * 100:.1f}%{versus}")
     click.echo(f"report: {report['outputs'][EVAL_FILES['markdown']]}")
+
+
+def _sweep(model, data, out_dir, recipe, sweep: tuple, options: dict) -> None:
+    """--quants: the fine-tune's task score at each quant (runtime.quant_sweep), the tolerance from the flag or the
+    recipe; --hf names the HF folder --imatrix auto computes from, so it is taken out of the eval settings."""
+    from runtime.quant_report import table_lines
+    from runtime.quant_sweep import check_request, run_sweep
+
+    quants, imatrix, imatrix_data = sweep
+    hf = options.pop("hf")
+    settings = _settings(recipe, {**options, "hf": None}, resolve_hf=False, reads=("quant_tolerance",))
+    check_request(model, data, out_dir, settings, quants=quants)
+    report = run_sweep(model, data, out_dir, settings, quants=quants,
+                       imatrix=_sweep_imatrix(imatrix, hf, imatrix_data, out_dir),
+                       log=lambda line: click.echo(line, err=True))
+    for line in table_lines(report):
+        click.echo(line)
+    click.echo(f"ships: {report['reason']}")
+    click.echo(f"report: {report['outputs']['quants.md']}")
+
+
+def _sweep_imatrix(spec, hf, data, out_dir):
+    """--imatrix FILE as given; auto computed (once, cached beside the output) from the HF folder and the data."""
+    from pathlib import Path
+
+    from edgeft.errors import EdgeftError
+
+    if spec is None:
+        return None
+    if str(spec).lower() != "auto":
+        if not Path(spec).is_file():
+            raise EdgeftError(f"--imatrix {spec}: file not found; pass an imatrix GGUF or --imatrix auto")
+        return spec
+    if hf is None or data is None:
+        raise EdgeftError("--imatrix auto: no imatrix can be made without the model's HF folder and its training "
+                          "data; add --hf MERGED_DIR --imatrix-data TRAIN.jsonl, or pass --imatrix FILE")
+    from edgeft.imatrix import resolve_imatrix
+    from edgeft.modelref import resolve_model
+
+    return resolve_imatrix("auto", resolve_model(hf), data_path=data,
+                           cache_dir=Path(out_dir).resolve().parent / ".edgeft-imatrix")

@@ -13,7 +13,9 @@ import click
 @click.option("--base", help="base model: local HF folder (default: the built-in demo base)")
 @click.option("--data", type=click.Path(path_type=Path), help="training conversations, JSONL")
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path), help="held-out conversations, JSONL")
-@click.option("--quant", help="quant type to ship, llama.cpp names (default: the recipe's quant:, else Q4_K_M)")
+@click.option("--quant", help="quant type to ship, llama.cpp names, or auto: the smallest file whose task score "
+                               "keeps within eval.quant_tolerance points of the best (default: the recipe's quant:, "
+                               "else Q4_K_M)")
 @click.option("--name", help="release name (default: the recipe's name:, else edgeft-demo or the base folder's name)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="work folder; stage outputs go to OUT/NAME")

@@ -127,6 +127,18 @@ def _cost_section(manifest: dict) -> list[str]:
     ]
 
 
+def _quant_section(sweep: dict | None) -> list[str]:
+    """Why this quant: every candidate's task score against its size (runtime.quant_sweep), and the rule."""
+    if not sweep:
+        return []
+    from runtime.quant_report import rule, table_lines
+
+    return ["", "## Why this quant (the task's own score at each size)",
+            f"**{sweep['reason']}.** The release ships {rule(sweep)}; each file scored on the same held-out "
+            "examples, with the same decoding and metric. ◆: no smaller file scores as well.", "",
+            *table_lines(sweep)]
+
+
 def _speed_section(speed: dict) -> list[str]:
     lines = ["", "## Speed (llama.cpp on the machine that built it)", "| model | prompt tok/s | generation tok/s |",
              "|---|---|---|"]
@@ -253,6 +265,7 @@ def render_model_card(manifest: dict, *, gguf_name: str, system_prompt: str | No
         *_task_section(m.get("task", {})),
         *_ladder_section(m.get("ladder")),
         *_cost_section(manifest),
+        *_quant_section(m.get("quants")),
         *_speed_section(m.get("throughput", {})),
         *_gates_section(manifest.get("gates", [])),
         *_run_section(manifest["name"], gguf_name, system_prompt),

@@ -29,8 +29,12 @@ class Stage:
     # Run by `edgeft release` itself before make, every time; it rewrites its output only when the content changes,
     # so what reads it reruns only after a change (a make rule that always runs would look to `make -n` as a change).
     always: bool = False
+    # Only in a release whose quant is this one (AUTO: the sweep that chooses it); None: in every release. An input
+    # naming a stage that is not in the release is no input of it.
+    only_quant: str | None = None
 
 
+AUTO = "AUTO"  # `quant: auto`: ship the smallest file that keeps the task score (the quants stage chooses it)
 STAGES = (
     Stage("settings", "settings.json", always=True),
     Stage("base_settings", "base-settings.json", always=True),
@@ -39,12 +43,19 @@ STAGES = (
     Stage("merge", "merged", ("train",), marker="config.json"),
     Stage("imatrix", "imatrix.gguf", ("merge", DATA)),
     Stage("f16", "model-F16.gguf", ("merge",)),
-    Stage("model", "model-{quant}.gguf", ("merge", "imatrix")),
+    # The fine-tune's task score at each candidate quant, from the one F16 and imatrix (runtime.quant_sweep).
+    Stage("quants", "quants", ("f16", "imatrix", EVAL), marker="quants.json", only_quant=AUTO),
+    Stage("model", "model-{quant}.gguf", ("merge", "imatrix", "quants")),
     Stage("base_imatrix", "base-imatrix.gguf", ("base_settings", BASE, DATA)),
-    Stage("base_gguf", "base-{quant}.gguf", ("base_imatrix", BASE)),
+    Stage("base_gguf", "base-{quant}.gguf", ("base_imatrix", BASE, "quants")),
     Stage("lora", "adapter.gguf", ("train",)),
     Stage("eval", "eval", ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),
     Stage("bench", "bench.json", ("model", "base_gguf")),
     Stage("publish", RELEASE, ("eval", "bench", "model", "lora", "train"), marker="manifest.json"),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def release_stages(quant: str) -> tuple[Stage, ...]:
+    """The stages a release of `quant` runs, in the table's order."""
+    return tuple(stage for stage in STAGES if stage.only_quant in (None, quant))

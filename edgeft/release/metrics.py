@@ -97,6 +97,14 @@ def training_metrics(adapter_dir: Path) -> dict:
     return {key: summary.get(key) for key in keep if key in summary}
 
 
+def quant_choice_metrics(sweep: dict) -> dict:
+    """The quant sweep (runtime.quant_sweep) as the card shows it: the choice, its reason and every type's row,
+    without the per-question scores (they stay in the sweep's quants.json)."""
+    keep = ("type", "best", "reference", "tolerance", "max_kld", "reason", "metric", "left_out")
+    return {**{key: sweep.get(key) for key in keep},
+            "rows": [{key: value for key, value in row.items() if key != "scores"} for row in sweep["rows"]]}
+
+
 def metrics_from_outputs(report: dict, bench: dict, adapter_dir: Path, *, quant: str) -> dict:
     parity = report.get("parity")
     return {

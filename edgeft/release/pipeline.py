@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.release import stages
-from edgeft.release.graph import BASE, CONTEXT, DATA, EVAL, STAGE_BY_NAME, STAGES, Stage
+from edgeft.release.graph import BASE, CONTEXT, DATA, EVAL, STAGE_BY_NAME, Stage, release_stages
 from edgeft.release.settings import DEMO_DIR, Settings, release_key
 
 MAKEFILE = "stages.mk"  # under OUT/NAME, rewritten only when the release's settings change
@@ -41,9 +41,13 @@ def _base_files(s: Settings) -> list[Path]:
 def stage_inputs(stage: Stage, s: Settings) -> list[Path]:
     sources = {DATA: lambda: [s.data], EVAL: lambda: [s.eval], BASE: lambda: _base_files(s),
                CONTEXT: lambda: stages.context_files(s)}
+    runs = {other.name for other in release_stages(s.quant)}
     paths: list[Path] = []
     for name in stage.inputs:
-        paths += sources[name]() if name in sources else [target(STAGE_BY_NAME[name], s)]
+        if name in sources:
+            paths += sources[name]()
+        elif name in runs:
+            paths.append(target(STAGE_BY_NAME[name], s))
     return paths
 
 
@@ -70,7 +74,7 @@ def makefile(s: Settings) -> str:
     lines = ["# Written by `edgeft release` from the stage table in edgeft/release/graph.py; do not edit.",
              f"STAGE = {_command('release', *s.as_args(), 'stage')}", ".DELETE_ON_ERROR:",
              f".DEFAULT_GOAL := {_word(target(STAGE_BY_NAME['publish'], s))}"]
-    for stage in (stage for stage in STAGES if not stage.always):
+    for stage in (stage for stage in release_stages(s.quant) if not stage.always):
         lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}",
                   f"\t$(STAGE) {stage.name}"]
     return "\n".join(lines + (_demo_rules() if s.demo else [])) + "\n"
@@ -109,7 +113,7 @@ def run_release(s: Settings) -> int:
 
         import_demo_base(s.base)
     makefile = write_makefile(s)  # after the base: its files are inputs
-    for stage in STAGES:
+    for stage in release_stages(s.quant):
         if stage.always:
             run_stage(stage.name, s)
     # The file descriptors stay open: under `make -j release` they are the jobserver the stages' make shares.

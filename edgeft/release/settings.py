@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import refuse_own_input
-from edgeft.release.graph import RELEASE, STAGE_BY_NAME
+from edgeft.release.graph import AUTO, RELEASE, STAGE_BY_NAME
 from edgeft.release.publish import check_release_name
 
 DEMO_DIR = Path(".cache/demo")
@@ -79,6 +79,14 @@ class Settings:
         if config.get("select") == "metric" or self.recipe.get("sweep"):
             config["metric"] = expand(config.get("metric") or self.eval_settings().metric, self)
         return config
+
+    def shipped_quant(self) -> str:
+        """The type the release ships: its quant, or with AUTO the one the quants stage chose."""
+        if self.quant != AUTO:
+            return self.quant
+        from runtime.quant_report import read_report
+
+        return read_report(self.path("quants"))["type"]
 
     def imatrix_examples(self) -> int:
         """Training conversations the imatrix stages run (eval.imatrix_examples)."""
@@ -152,7 +160,6 @@ IMATRIX_EXAMPLES = ("imatrix_examples", 256)
 def check_release_recipe(recipe: dict, source: str) -> None:
     """What in a release recipe can be checked without the release's paths: the train settings, the description,
     the quant and the name (`check_eval` checks the eval: section once the paths are known)."""
-    from convert.quant import parse_file_type
     from edgeft.train.recipe import resolve_recipe
 
     for key in ("train", "eval"):
@@ -171,9 +178,21 @@ def check_release_recipe(recipe: dict, source: str) -> None:
     if recipe.get("description") is not None and not isinstance(recipe["description"], str):
         raise EdgeftError(f"{source}: description={recipe['description']!r} must be text (a string)")
     if recipe.get("quant") is not None:
-        parse_file_type(str(recipe["quant"]))
+        check_quant(str(recipe["quant"]).upper())
     if recipe.get("name") is not None:
         check_release_name(str(recipe["name"]))
+
+
+def check_quant(quant: str) -> None:
+    """A llama.cpp type, or AUTO (the quants stage chooses it)."""
+    from convert.quant import parse_file_type
+
+    if quant == AUTO:
+        return
+    try:
+        parse_file_type(quant)
+    except EdgeftError as exc:
+        raise EdgeftError(f"{exc}; or auto (the smallest file that keeps the task score)") from None
 
 
 def release_key(setting: str) -> str:
@@ -218,9 +237,7 @@ def resolve_settings(*, base=None, data=None, eval_path=None, quant=None, name=N
     base = Path(base)
     name = name or recipe.get("name") or ("edgeft-demo" if demo else base.name)
     quant = (quant or recipe.get("quant") or "Q4_K_M").upper()
-    from convert.quant import parse_file_type
-
-    parse_file_type(quant)  # an unknown QUANT is one line listing llama.cpp's menu, before any stage runs
+    check_quant(quant)  # an unknown QUANT is one line listing llama.cpp's menu, before any stage runs
     check_release_name(name)
     # The settings stage writes into OUT/NAME first, and the publish stage replaces RELEASE_DIR/NAME whole.
     inputs = {"base model folder": base, "training data": data, "eval data": eval_path, "recipe": recipe_path}

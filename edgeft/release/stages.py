@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgeft.errors import EdgeftError
 from edgeft.fsutil import atomic_file
+from edgeft.release.graph import AUTO
 from edgeft.release.settings import BENCH_SETTINGS, Settings
 from runtime.report import EVAL_FILES
 
@@ -130,12 +131,45 @@ def stage_f16(s: Settings) -> None:
     convert_model(s.path("merge"), s.path("f16"), outtype="f16")
 
 
+def stage_quants(s: Settings) -> None:
+    """The fine-tune's task score at each quant of the auto set, each file scored as the eval stage scores the one
+    that ships (runtime.quant_sweep), from the one F16 and imatrix; the choice is in quants/quants.json."""
+    from dataclasses import replace
+
+    from runtime.quant_sweep import run_sweep, sweep_settings
+
+    evaluation = s.eval_settings()
+    settings = sweep_settings(replace(evaluation, threads=_llama_threads()))
+    # The shipped file must pass the release's KLD gate too: a smaller file that keeps the score but not the gate
+    # would fail the release after the choice.
+    report = run_sweep(s.path("f16"), s.eval, s.path("quants"), settings, quants="auto", imatrix=s.path("imatrix"),
+                       max_kld=evaluation.gates.get("max_kld"))
+    print(f"quants: ships {report['reason']}")
+
+
+def _ship_swept_file(s: Settings) -> None:
+    """quant auto: the file the sweep scored is the one that ships, byte for byte (a hard link where it can be)."""
+    from runtime.quant_report import read_report
+
+    report = read_report(s.path("quants"))
+    chosen = s.path("quants") / next(row["file"] for row in report["rows"] if row["type"] == report["type"])
+    with atomic_file(s.path("model")) as tmp:
+        tmp.unlink()  # the staged name, free for the link
+        try:
+            os.link(chosen, tmp)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(chosen, tmp)
+
+
 def stage_model(s: Settings) -> None:
     from convert import convert_model
 
-    # Always with the imatrix of the training data (what `--imatrix auto` computes): the i-quants llama.cpp refuses
-    # without one (QUANT=IQ2_M, IQ3_XXS...) just work, and the K-quants and IQ4_XS gain from it.
-    convert_model(s.path("merge"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
+    if s.quant == AUTO:
+        _ship_swept_file(s)
+    else:
+        # Always with the imatrix of the training data (what `--imatrix auto` computes): the i-quants llama.cpp
+        # refuses without one (QUANT=IQ2_M, IQ3_XXS...) just work, and the K-quants and IQ4_XS gain from it.
+        convert_model(s.path("merge"), s.path("model"), outtype=s.quant, imatrix=s.path("imatrix"))
     try:
         _chat_parity(s)  # fail here, not after eval: a GGUF that chats unlike training is not worth measuring
     except EdgeftError:
@@ -155,7 +189,7 @@ def stage_base_gguf(s: Settings) -> None:
     from convert import convert_model
 
     # The baseline runs at the same quant and with its own imatrix: the comparison is fine-tune vs base, not vs F16.
-    convert_model(s.base, s.path("base_gguf"), outtype=s.quant, imatrix=s.path("base_imatrix"))
+    convert_model(s.base, s.path("base_gguf"), outtype=s.shipped_quant(), imatrix=s.path("base_imatrix"))
 
 
 def stage_lora(s: Settings) -> None:
@@ -199,25 +233,39 @@ def stage_bench(s: Settings) -> None:
 
 def stage_publish(s: Settings) -> None:
     from edgeft.release.publish import published_digest, publish_release, refuse_failed_gates
-    from edgeft.release.metrics import metrics_from_outputs
+    from edgeft.release.metrics import metrics_from_outputs, quant_choice_metrics
 
     report = json.loads((s.path("eval") / EVAL_FILES["report"]).read_text())
     # A failed gate is final: refuse before the chat-parity check and the rest spend minutes on it.
     refuse_failed_gates(report.get("gates", []), s.release_root / s.name, report_dir=s.path("eval"))
     bench = json.loads(s.path("bench").read_text())
-    metrics = metrics_from_outputs(report, bench, s.path("train"), quant=s.quant)
+    quant = s.shipped_quant()
+    metrics = metrics_from_outputs(report, bench, s.path("train"), quant=quant)
+    sweep = _sweep_of_this_model(s)
+    if sweep is not None:  # why this quant: in the card whenever the sweep ran, for auto or a fixed quant
+        metrics["quants"] = quant_choice_metrics(sweep)
     metrics["chat_parity"] = _chat_parity(s)  # the file that ships, checked again: raises on any difference
     if s.recipe.get("description"):
         metrics["description"] = s.recipe["description"]
     lora = s.path("lora")
     folder = publish_release(
-        s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=s.quant,
+        s.name, s.release_root, gguf=s.path("model"), base_dir=s.base, quant=quant,
         recipe={"release": s.recipe, "train_resolved": _read_yaml(s.path("train") / "recipe.yaml")},
         data_files={"train": s.data, "eval": s.eval}, metrics=metrics, gates=report.get("gates", []),
         adapter=lora if lora.is_file() else None, peft_adapter=s.path("train"),
         system_prompt=_finetune_system_prompt(s),
         chat_template=_chat_template(s.path("merge")), report_dir=s.path("eval"))
     print(f"published {folder}; {published_digest(folder)}")
+
+
+def _sweep_of_this_model(s: Settings) -> dict | None:
+    """The quants stage's report when it ran on the current F16 (an older one, of an earlier fine-tune, is not)."""
+    from runtime.quant_report import SWEEP_FILES, read_report
+
+    done = s.path("quants") / SWEEP_FILES["report"]
+    if not done.is_file() or done.stat().st_mtime < s.path("f16").stat().st_mtime:
+        return None
+    return read_report(s.path("quants"))
 
 
 def _finetune_system_prompt(s: Settings) -> str | None:

@@ -284,10 +284,9 @@ def _chatml(conversation: dict) -> str:
 
 
 def _bits_per_weight(path: Path) -> float:
-    from gguf import GGUFReader
+    from runtime.quant_sweep import model_facts
 
-    tensors = GGUFReader(path).tensors
-    return 8.0 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)
+    return model_facts(path)["bits_per_weight"]
 
 
 def menu_table(results: list[dict]) -> str:
