@@ -17,7 +17,7 @@ adapter's deltas).
 Numerics: flash attention is chosen as llama-server chooses it (auto: on for the CPU), prompts are evaluated in
 chunks of BATCH tokens as llama-server does, and logits are asked for the last prompt token only; so a request
 decoded alone from an empty slot (`plain=True`: no prefix reuse, no batching with others) is what llama-server
-answers one request at a time, bit for bit (measured; tests/test_ladder.py checks it). Prefix reuse, batching and
+answers one request at a time, bit for bit (measured; tests/test_decode.py checks it). Prefix reuse, batching and
 drafts can change how llama.cpp's kernels sum; runtime.batching is the eval's step that batches only where that
 changes no bit.
 

@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,3 +132,67 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+# ---- the serve tests' fleet and their reference: llama-cpp-python with one adapter at a time -------------------
+
+N_CTX = 512
+MAX_TOKENS = 24
+CHATS = [
+    [{"role": "user", "content": "List the users who joined in 2024."}],
+    [{"role": "system", "content": "You write SQL."}, {"role": "user", "content": "Count the orders per day."}],
+    [{"role": "user", "content": "Hello there, how are you today?"}],
+]
+PROMPTS = ["SELECT name FROM users WHERE", "The weather in Paris is", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return build_fleet(2, outtype="f32")
+
+
+class Reference:
+    """llama-cpp-python, one Llama per adapter (lora_path), greedy, fresh cache per prompt; results cached."""
+
+    def __init__(self, fleet):
+        self.paths = {"base": None, **fleet["adapters"]}
+        self.base = fleet["base"]
+        self.models = {}
+        self.results = {}
+        self.lock = threading.Lock()
+
+    def _llm(self, name):
+        import llama_cpp
+
+        if name not in self.models:
+            kwargs = {"lora_path": str(self.paths[name])} if self.paths[name] else {}
+            # flash attention as llama-server (and so edgeft's decoder) chooses it on a CPU
+            self.models[name] = llama_cpp.Llama(model_path=str(self.base), n_ctx=N_CTX, n_threads=1, verbose=False,
+                                                flash_attn=True, **kwargs)
+        return self.models[name]
+
+    def answer(self, name, *, messages=None, prompt=None, max_tokens=MAX_TOKENS):
+        from runtime.generate import detokenize, prompt_tokens, render_chat
+
+        key = (name, json.dumps(messages), prompt, max_tokens)
+        with self.lock:
+            if key not in self.results:
+                llm = self._llm(name)
+                if messages is not None:
+                    tokens = prompt_tokens(llm, render_chat(llm, messages))
+                else:  # what create_completion feeds the model for a text prompt
+                    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                generated = greedy_tokens(llm, tokens, max_tokens)
+                self.results[key] = (detokenize(llm, generated), len(generated))
+            return self.results[key]
+
+    def close(self):
+        for llm in self.models.values():
+            llm.close()
+
+
+@pytest.fixture(scope="module")
+def reference(fleet):
+    ref = Reference(fleet)
+    yield ref
+    ref.close()

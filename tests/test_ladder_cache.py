@@ -7,7 +7,7 @@ import json
 import shutil
 
 from runtime import ladder
-from tests.test_ladder import ggufs  # noqa: F401  (the fixture GGUFs and data of the ladder's tests)
+from tests.ladder_helpers import ggufs  # noqa: F401  (the fixture GGUFs and data of the ladder's tests)
 
 
 def _eval(paths, out, **changes):

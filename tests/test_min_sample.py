@@ -11,7 +11,7 @@ import pytest
 from runtime import ladder
 from runtime.gates import MIN_EXAMPLES_FOR_SIGNIFICANCE as MIN
 from runtime.gates import check_gates
-from tests.test_ladder import _eval, _run, ggufs  # noqa: F401 (the fixture)
+from tests.ladder_helpers import _eval, _run, ggufs  # noqa: F401 (the fixture)
 
 
 def _all_won(n: int) -> dict:

@@ -227,3 +227,20 @@ def test_missing_gguf(tmp_path, inputs):
     inputs["gguf"].unlink()
     with pytest.raises(EdgeftError, match="missing"):
         _publish(tmp_path, inputs)
+
+
+@pytest.mark.parametrize("rank, limit", [(1, 8), (8, 8), (9, 16), (16, 16), (33, 64), (200, 256), (300, 320),
+                                         (512, 512), (513, None)])
+def test_the_card_names_the_smallest_max_lora_rank_vllm_accepts(rank, limit):
+    from edgeft.release.card import render_model_card, vllm_command, vllm_max_lora_rank
+
+    assert vllm_max_lora_rank(rank) == limit
+    manifest = {"name": "sql", "quant": "Q4_K_M", "metrics": {}, "adapter": {"path": "adapter", "rank": rank},
+                "base_model": {"name": "smollm2", "provenance": {"upstream": "HuggingFaceTB/SmolLM2-135M-Instruct"}}}
+    card = render_model_card(manifest, gguf_name="sql.gguf")
+    expected = vllm_command("HuggingFaceTB/SmolLM2-135M-Instruct", "sql", "adapter", rank)
+    if limit is None:
+        assert expected is None and "above the largest --max-lora-rank" in card
+    else:
+        assert expected == ("vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora --lora-modules "
+                            f"sql=adapter --max-lora-rank {limit}") and expected in card

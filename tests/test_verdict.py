@@ -6,7 +6,7 @@ from __future__ import annotations
 from runtime import ladder
 from runtime.ladder_report import ladder_lines, ladder_markdown
 from runtime.verdict import NEXT_STEPS
-from tests.test_ladder import _run
+from tests.ladder_helpers import _run
 
 N = 40
 
