@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from convert.safetensors_file import SafetensorsFile
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 PEFT_PREFIX = "base_model.model."
 

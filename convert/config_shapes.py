@@ -15,7 +15,7 @@ import re
 
 from gguf import Keys
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Header key (without "{arch}.") -> the config.json setting it is written from.
 SETTING_OF = {

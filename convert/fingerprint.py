@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 INPUTS_FILE = "inputs.json"
 SAMPLES, SAMPLE_BYTES = 32, 4096

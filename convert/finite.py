@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Stored half-width float format -> (its bits as an unsigned integer, the exponent bits): NaN and Inf have every
 # exponent bit set, so a value is not finite exactly when its bits without the sign reach the exponent mask.

@@ -20,8 +20,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from convert.finite import refuse_non_finite
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 GGUF_MAGIC_BYTES = struct.pack("<I", gguf.GGUF_MAGIC)  # b"GGUF", the first four bytes of every GGUF file
 # A file without the magic, by its name: what it most likely is, and what to do with it.

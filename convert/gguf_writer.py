@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
 from convert.output_space import room_for
-from edgeft.fsutil import atomic_file
+from convert.common.fsutil import atomic_file
 
 # (GGUF name, planned byte size, zero-argument jobs each returning the next encoded chunk of its data)
 TensorJobs = tuple[str, int, Iterable[Callable[[], np.ndarray]]]

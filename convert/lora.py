@@ -29,8 +29,8 @@ from convert.arch import Architecture, load_architecture
 from convert.fingerprint import check_adapter_base
 from convert.safetensors_file import SafetensorsReader
 from convert.vocab.chat_template import chat_template_of
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file, refuse_own_input
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file, refuse_own_input
 
 OUTTYPES = ("f32", "f16", "q8_0")
 

@@ -34,8 +34,8 @@ def read_model_card(model_dir: Path) -> dict[str, Any]:
     end = text.find("\n---", 3)
     if end < 0:
         return {}
-    from edgeft.data.io import parse_yaml
-    from edgeft.errors import EdgeftError
+    from convert.common.jsonl import parse_yaml
+    from convert.common.errors import EdgeftError
 
     try:
         card = parse_yaml(text[3:end], path, "model card front matter")

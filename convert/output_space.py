@@ -4,7 +4,7 @@ safetensors one (import).
 A writer knows every byte it will write before the first one (the tensor table fixes the sizes), so an output that
 cannot fit is refused up front, in one line with the numbers. A disk that fills anyway (another process writing, a
 quota, space the file system keeps for itself) fails mid-write as one line with the same numbers; the partial
-output is then removed by the staging around it (edgeft.fsutil.atomic_file / atomic_dir).
+output is then removed by the staging around it (convert.common.fsutil.atomic_file / atomic_dir).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Kept free beyond the planned bytes: file-system metadata and block rounding, and the small files (config,
 # tokenizer, model card) an import writes beside its weights. Small next to a model, large next to rounding.

@@ -24,8 +24,8 @@ from convert.gguf_reader import tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, write_streamed
 from convert.reader import iter_row_chunks, open_weights
 from convert.vocab import load_vocab, write_vocab
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import refuse_own_input
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import refuse_own_input
 
 # Rows are processed in chunks of at most this many values (16 MB as float32) when the rewrite allows it.
 CHUNK_ELEMENTS = 4 * 1024 * 1024

@@ -13,7 +13,7 @@ import numpy as np
 
 from convert.finite import refuse_non_finite
 from convert.safetensors_file import INDEX_NAME, SafetensorsReader
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 

@@ -23,8 +23,8 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from convert.finite import refuse_non_finite
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 # safetensors dtype name -> numpy dtype of the stored bytes
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {

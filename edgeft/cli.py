@@ -14,7 +14,7 @@ import sys
 import click
 
 from edgeft import __version__
-from edgeft.errors import EdgeftError, environment_error
+from convert.common.errors import EdgeftError, environment_error
 from runtime.eval_settings import SettingError
 
 # name -> "module:attribute". Order here is the order in `edgeft --help`: the flow of the pipeline.

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from convert.fingerprint import model_fingerprint, read_inputs
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import refuse_own_input
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import refuse_own_input
 
 DEFAULT_MAX_LEN = 2048  # tokens per conversation; longer ones are truncated (their start is kept)
 
 
 def _render_token_ids(conversations, tokenizer, template: str, max_len: int) -> list[list[int]]:
-    from convert.vocab.hf_tokenizer import chat_ids
+    from runtime.hf_tokenizer import chat_ids
     from edgeft.data.templates import render_chat, special_tokens_of
 
     special = special_tokens_of(tokenizer)
@@ -53,7 +53,7 @@ def _linear_names(model, arch) -> dict[str, str]:
 def _calibration_ids(model_dir: Path, data_path: Path, chat_template: str | None, max_examples: int | None,
                      max_len: int) -> list[list[int]]:
     """The conversations of `data_path` rendered with the chat template and tokenized, one id list each."""
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
     from edgeft.data.masking import load_tokenizer
     from edgeft.data.templates import CHATML_TEMPLATE, template_for
 

@@ -25,8 +25,8 @@ from convert.adapter_file import Adapter, load_adapter
 from convert.finite import refuse_non_finite
 from convert.fingerprint import check_adapter_base
 from convert.safetensors_file import SafetensorsFile, SafetensorsStreamWriter
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, refuse_own_input
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_dir, refuse_own_input
 from edgeft.merge_plan import TensorJob, plan_merge, read_config
 
 logger = logging.getLogger("edgeft.merge")

@@ -14,8 +14,8 @@ import numpy as np
 
 from convert.adapter_file import Adapter
 from convert.safetensors_file import FLOAT_DTYPES, SafetensorsFile, SafetensorsReader
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 CONFIG_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 HEAD = "lm_head.weight"

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

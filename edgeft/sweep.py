@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 
 MARKER = "sweep.json"
 TRIALS = "trials"
@@ -111,7 +111,7 @@ def _result(folder: Path) -> dict:
 
 def _stale(folder: Path, trial: Trial, base: Path, data: Path, eval_path) -> str | None:
     """Why a trial folder from an earlier sweep is not this trial's (its recipe or what it read changed), or None."""
-    from edgeft.errors import EdgeftError as Refused
+    from convert.common.errors import EdgeftError as Refused
     from edgeft.identity import check_resume_inputs
     from edgeft.train.recipe import resolve_recipe
     from edgeft.train.size import apply_size_defaults
@@ -176,7 +176,7 @@ def run_sweep(base, data, out_dir, *, grid: dict, metric: str, config=None, eval
               log=print) -> dict:
     """Train and score every trial of `grid` (at most `max_trials`, none started after `budget_s` seconds) into
     OUT_DIR; return the sweep's record (what sweep.json holds)."""
-    from edgeft.fsutil import refuse_foreign_folder, refuse_own_input
+    from convert.common.fsutil import refuse_foreign_folder, refuse_own_input
     from edgeft.train.model import check_base
 
     base, data, out_dir = check_base(base), Path(data), Path(out_dir)

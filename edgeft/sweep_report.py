@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeft.fsutil import atomic_file
+from convert.common.fsutil import atomic_file
 
 
 def _cell(value) -> str:

@@ -3,7 +3,7 @@
 Both loops use it: `edgeft eval --hf` (runtime/parity.py, the eval conversations) and the release
 (edgeft/release/parity.py, fixed probes plus some eval conversations). Each case is one conversation and whether
 the generation prompt is added. The HF side is a tokenizer the caller loaded: `apply_chat_template`, then the ids
-training feeds (`convert.vocab.hf_tokenizer.chat_ids`: `encode` without special tokens, then the BOS the GGUF made
+training feeds (`runtime.hf_tokenizer.chat_ids`: `encode` without special tokens, then the BOS the GGUF made
 of that folder adds, by the one rule `convert.vocab.special.bos_first`). The GGUF
 side is its embedded template through llama-cpp-python (`runtime.generate.render_chat`) and the ids our runtime
 feeds the model (`prompt_tokens`). Three facts per case:
@@ -34,8 +34,8 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from convert.vocab.hf_tokenizer import chat_ids
-from edgeft.errors import EdgeftError
+from runtime.hf_tokenizer import chat_ids
+from convert.common.errors import EdgeftError
 from runtime.generate import embedded_template, merge_system, prompt_tokens, render_chat, token_text
 from runtime.load import open_gguf
 

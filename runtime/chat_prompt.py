@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Sequence
 
 from convert.vocab.chat_spans import ChatText, Special, may_hold, render_with_spans, require_spans, split_controls
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 Message = dict  # {"role": str, "content": str, optional "tool_calls", "tool_call_id", "name"}
 

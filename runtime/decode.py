@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence as Seq
 
 import numpy as np
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 BATCH = 512  # llama-server's ubatch: a prompt is evaluated in chunks of this many tokens
 

@@ -18,8 +18,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import refuse_foreign_folder
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import refuse_foreign_folder
 from runtime.quant_choice import DEFAULT_TOLERANCE
 from runtime.report import EVAL_FILES
 

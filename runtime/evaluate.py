@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from edgeft.fsutil import atomic_dir, refuse_own_input
+from convert.common.fsutil import atomic_dir, refuse_own_input
 from runtime import examples as examples_mod
 from runtime import ladder
 from runtime.eval_settings import EvalSettings, refuse_foreign_out_dir, refuse_long_prompts

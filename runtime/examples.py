@@ -1,7 +1,7 @@
 """Eval examples: each JSONL conversation becomes (prompt messages, gold answer), the gold being the last
 assistant turn; and the baseline's prompt: system text plus K solved examples from the training set.
 
-Eval files are read by edgeft.data.io's JSONL reader (a leaf: the laptop install, which has no training extras,
+Eval files are read by convert.common.jsonl's JSONL reader (a leaf: the laptop install, which has no training extras,
 has it) with this module's parser: the checks are the few an evaluation depends on, each reported as file:line.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeft.data.io import Record, lone_surrogate, parse_json_line, read_jsonl
-from edgeft.data.messages import ROLES, MessageError, normalize_message
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import Record, lone_surrogate, parse_json_line, read_jsonl
+from convert.common.messages import ROLES, MessageError, normalize_message
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 
 
@@ -44,7 +44,7 @@ def parse_eval_line(number: int, raw: str) -> Record:
                                           "calling with `edgeft serve` and your client, or drop the tools"])
     normalized = []
     for turn, message in enumerate(messages):
-        try:  # the one message schema (edgeft.data.messages): its role table, tool calls kept for the template
+        try:  # the one message schema (convert.common.messages): its role table, tool calls kept for the template
             message = normalize_message(message, turn)
         except MessageError as exc:
             return Record(number, raw, None, [f"message {turn} needs a role in {list(ROLES)} and string content "

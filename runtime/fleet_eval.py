@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from edgeft.fsutil import atomic_dir
+from convert.common.fsutil import atomic_dir
 from runtime.eval_settings import EvalSettings, SettingError, refuse_foreign_out_dir, refuse_long_prompts
 from runtime.examples import baseline_prompt, read_examples
 from runtime.metrics import Judge, parse_metric, refuse_unscoreable

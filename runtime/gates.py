@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 
 # When a gate is on: only when a threshold is asked for; in every release (at its default, unless the recipe sets
@@ -143,7 +143,7 @@ def recipe_eval(path: str | Path | None) -> dict:
     """The `eval:` section of a recipe YAML (empty when absent)."""
     if path is None:
         return {}
-    from edgeft.data.io import read_yaml
+    from convert.common.jsonl import read_yaml
 
     recipe = read_yaml(path, "recipe") or {}
     # A list or a sentence read as "no gates" would let every eval pass: only a mapping is a recipe.

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.load import open_gguf
 from runtime.perplexity import log_softmax, sequence_logits
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from edgeft.fsutil import atomic_file
+from convert.common.fsutil import atomic_file
 from runtime import ladder
 
 LADDER_LABEL = "ladder"

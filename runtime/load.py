@@ -14,7 +14,7 @@ from typing import Any
 from gguf import GGUFType, Keys
 
 from convert.gguf_reader import GGUFFile
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 
 

@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 
 CHILD = """
 import sys

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.data.pairs import read_pairs, split_pair
+from convert.common.pairs import read_pairs, split_pair
 
 
 def read_eval_pairs(path: str | Path) -> list[tuple[list, list, list]]:

@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgeft.data.io import read_json_lines
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import read_json_lines
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import EvalSettings, SettingError
 from runtime.quant_choice import choose_quant
 from runtime.quant_report import SWEEP_FILES
@@ -149,7 +149,7 @@ def plan_sweep(f16: Path, quants: str | Sequence[str], importance: dict | None,
 def _check_inputs(f16: Path, data, out_dir: Path, settings: EvalSettings) -> None:
     """The eval's own checks (metric and gold answers, prompts that fit, the report folder), run once on the F16:
     every candidate has its vocabulary and chat template."""
-    from edgeft.fsutil import refuse_foreign_folder, refuse_own_input
+    from convert.common.fsutil import refuse_foreign_folder, refuse_own_input
     from runtime.evaluate import prepare
 
     _refuse_unread(settings)
@@ -235,7 +235,7 @@ def run_sweep(f16: str | os.PathLike, data: str | os.PathLike, out_dir: str | os
     too (runtime.quant_choice). Returns quants.json's content with `outputs`."""
     from convert.output_space import check_room
     from convert.quant import load_imatrix
-    from edgeft.fsutil import atomic_dir
+    from convert.common.fsutil import atomic_dir
     from runtime.quant_report import write_outputs
 
     settings, out_dir, log = settings or EvalSettings(), Path(out_dir), log or _stderr

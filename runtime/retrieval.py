@@ -9,7 +9,7 @@ term weight tf / (tf + k1 (1 - b + b |d| / avgdl)); each distinct query word cou
 Near-duplicates are what `edgeft data check` calls them: exact Jaccard >= 0.8 of character 4-gram shingles of the
 normalised text (edgeft/data/dedup.py finds them corpus-wide with MinHash; here only a handful of candidates per
 question are checked, so the exact set comparison is cheap). The normal form and the shingles are the shared leaf
-edgeft.data.normalize's, so both sides judge the same text the same way.
+convert.common.normalize's, so both sides judge the same text the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeft.data.normalize import normalize_text, shingle_set
+from convert.common.normalize import normalize_text, shingle_set
 
 K1, B = 1.5, 0.75
 NEAR_DUPLICATE = 0.8

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.data.io import read_json_lines
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import read_json_lines
+from convert.common.errors import EdgeftError
 from runtime.examples import Example, read_conversations
 from runtime.eval_settings import SettingError
 from runtime.retrieval import BM25Index, is_near_duplicate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 from runtime.load import check_gguf
 

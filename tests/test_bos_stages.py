@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.train_helpers import TINY_RECIPE, toy_data, write_jsonl
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.factory_tokenizers import CHATML_TEMPLATE, LLAMA3_TEMPLATE
 
@@ -100,7 +100,7 @@ def test_no_bos_anywhere_is_parity(tmp_path):
 
 def test_a_bos_llama_cpp_adds_is_fed_by_training_too(tmp_path):
     """Template writes no BOS, GGUF says add_bos_token (TinyLlama/Zephyr): llama-server and edgeft's runtime feed
-    one, and training (`convert.vocab.hf_tokenizer.chat_ids`, the HF side here) feeds it too: parity."""
+    one, and training (`runtime.hf_tokenizer.chat_ids`, the HF side here) feeds it too: parity."""
     evaluated, refused = _both_loops(*_variant(tmp_path, NO_BOS))
     assert refused is None
     assert evaluated["ok"] and evaluated["token_matches"] == 1 and evaluated["first"] is None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from convert.vocab.chat_template import chat_template_of
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests import corpus
 from tests.factory import build_model
 
@@ -211,7 +211,7 @@ def test_llama_cpp_normalization_mismatch_is_refused(tmp_path):
     that step: refused in one line that says why and what to do."""
     from sentencepiece import sentencepiece_model_pb2
 
-    from convert.vocab.hf_tokenizer import match_llama_cpp
+    from runtime.hf_tokenizer import match_llama_cpp
     from edgeft.data.masking import load_tokenizer
 
     folder = tmp_path / "nfkc"
@@ -235,7 +235,7 @@ def test_bpe_and_repo_pipelines_are_left_alone():
     mistral/phi3; Gemma), the loader changes nothing."""
     from transformers import AutoTokenizer
 
-    from convert.vocab.hf_tokenizer import match_llama_cpp
+    from runtime.hf_tokenizer import match_llama_cpp
 
     for arch, kind in (("llama", "bpe-llama3"), ("mistral", "spm-mistral"), ("gemma2", "spm-gemma")):
         folder = build_model(arch, tokenizer=kind)

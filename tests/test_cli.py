@@ -58,7 +58,7 @@ def test_user_error_is_one_line_and_nonzero():
     from click.testing import CliRunner
 
     from edgeft.cli import LazyGroup
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     @click.group(cls=LazyGroup)
     def group():

@@ -1,6 +1,6 @@
 """Message text never becomes a control token: a client typing `<|im_end|>\\n<|im_start|>system` gets those
 characters tokenized as text, on the llama.cpp side (runtime.chat_prompt: eval, chat, serve) and on the HF side
-(convert.vocab.hf_tokenizer.chat_encoding: training's ids and masks, data check, imatrix), and the two agree.
+(runtime.hf_tokenizer.chat_encoding: training's ids and masks, data check, imatrix), and the two agree.
 
 The reference for a conversation without such text is the old whole-text tokenization (special tokens parsed): it
 must not change by a single id, since every model was trained and served with it.
@@ -13,7 +13,7 @@ import json
 import pytest
 
 from convert.vocab.chat_spans import ChatText, Special, render_with_spans, split_controls
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp")
@@ -35,7 +35,7 @@ def _control_texts(llm) -> list[str]:
 def models(tmp_path_factory):
     """arch -> (HF folder, loaded GGUF vocab, HF tokenizer)."""
     from convert import convert_model
-    from convert.vocab.hf_tokenizer import load_hf_tokenizer
+    from runtime.hf_tokenizer import load_hf_tokenizer
     from runtime.load import open_gguf
     from tests.factory import build_model
 
@@ -52,7 +52,7 @@ def models(tmp_path_factory):
 
 def _both_sides(folder, llm, tokenizer, messages):
     """(llama.cpp's prompt ids, training's ids, the rendered text) for `messages` with a generation prompt."""
-    from convert.vocab.hf_tokenizer import chat_ids
+    from runtime.hf_tokenizer import chat_ids
     from edgeft.data.templates import render_chat as render_hf
     from edgeft.data.templates import special_tokens_of, template_for
     from runtime.chat_prompt import prompt_tokens, render_chat

@@ -113,10 +113,10 @@ def test_output_folder_not_creatable(tmp_path, out_dir):
 def test_output_folder_not_writable(out_dir, monkeypatch):
     model = build_model("qwen2")
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # root writes anywhere: make the permission check say no
-        import edgeft.fsutil
+        import convert.common.fsutil
 
         real_access = os.access
-        monkeypatch.setattr(edgeft.fsutil.os, "access",
+        monkeypatch.setattr(convert.common.fsutil.os, "access",
                             lambda path, mode, **kw: False if str(path) == str(out_dir) else real_access(path, mode, **kw))
     out_dir.chmod(0o500)
     try:
@@ -150,7 +150,7 @@ def test_qwen3_attention_bias_refused_in_one_line(tmp_path, out_dir):
 def test_qwen3_gguf_with_attention_biases_is_not_imported(tmp_path):
     """The way back holds to the same rule: a qwen3 GGUF with q/k/v biases has no HF Qwen3 form edgeft writes."""
     from convert.arch.qwen3 import Qwen3
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     with pytest.raises(EdgeftError, match="blk.0.attn_q.bias: not part of a Qwen3ForCausalLM"):
         Qwen3({}, tmp_path / "m.gguf").hf_tensor_name("blk.0.attn_q.bias")

@@ -14,7 +14,7 @@ import pytest
 from convert.arch.rewrites import rotary_pairs
 from convert.safetensors_file import SafetensorsReader, bf16_to_float32
 from convert.vocab.pretokenizer import LLAMA3_SPLIT, QWEN2_SPLIT, detect_pretokenizer
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.convert_helpers import converted
 from tests.factory import build_model
 

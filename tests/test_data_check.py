@@ -7,8 +7,8 @@ import json
 import pytest
 
 from edgeft.data.check import check_dataset, fix
-from edgeft.data.io import scan_jsonl
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import scan_jsonl
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.hostile import GOOD, HOSTILE_LINES, NEEDLES, _good, error_line, invoke, one_line_error, tree_state
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from edgeft.data.io import read_conversations, scan_jsonl, validate_messages
+from convert.common.jsonl import read_conversations, scan_jsonl, validate_messages
 from edgeft.data.templates import CHATML_TEMPLATE, TemplateRenderError, render_chat, template_for
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.hostile import GOOD, HOSTILE_LINES, NEEDLES, invoke, one_line_error
 

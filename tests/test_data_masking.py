@@ -11,7 +11,7 @@ import pytest
 
 from edgeft.data.masking import IGNORE_INDEX, build_example, load_tokenizer
 from edgeft.data.templates import CHATML_TEMPLATE, render_chat, special_tokens_of
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_tokenizer
 
 TWO_TURNS = [

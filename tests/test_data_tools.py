@@ -13,7 +13,7 @@ from edgeft.data import dedup
 from edgeft.data.decontam import EvalText, find_contamination
 from edgeft.data.sample import TRAIN_CLOSE, TRAIN_OPEN, write_sample
 from edgeft.data.split import split_dataset
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_tokenizer
 from tests.hostile import _folder, invoke, one_line_error, tree_state
 from tests.test_data_check import PLANTED, planted_fixture
@@ -53,7 +53,7 @@ def test_data_check_and_retrieval_normalise_with_one_function():
     and the ASCII fast path agrees with the general one for every ASCII character (control characters included)."""
     import unicodedata
 
-    from edgeft.data import normalize
+    from convert.common import normalize
     from runtime import retrieval
 
     assert dedup.normalize_text is retrieval.normalize_text is normalize.normalize_text
@@ -166,7 +166,7 @@ def test_cli_check_with_tokenizer_reports_lengths(tmp_path):
 def test_fast_token_lengths_equal_the_ids_training_feeds(kind, monkeypatch):
     """Batched counts equal the per-text ids training feeds (`chat_ids`: no added specials, then the BOS llama.cpp
     adds when the text does not start with it: "<s>[INST]..." keeps its one BOS)."""
-    from convert.vocab.hf_tokenizer import chat_ids
+    from runtime.hf_tokenizer import chat_ids
     from edgeft.data import check
     from edgeft.data.check import token_lengths
     from edgeft.data.masking import load_tokenizer

@@ -91,7 +91,7 @@ def test_demo_tiny_base_over_a_damaged_stamp_pretrains_again(tmp_path, monkeypat
     """A damaged pretrain.json was a JSONDecodeError traceback; it means: not cached, pretrain again."""
     pytest.importorskip("torch")
     from edgeft.demo import base_lm
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     def stop(recipe):
         raise EdgeftError("pretraining would start here")

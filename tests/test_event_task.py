@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeft.demo.event_task import EVAL_PATTERNS, FIELDS, N_EVAL, N_TRAIN, TRAIN_PATTERNS, generate, write_event_task
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 RECIPE = Path(__file__).resolve().parent.parent / "edgeft" / "demo" / "events.yaml"
 

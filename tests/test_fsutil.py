@@ -1,4 +1,4 @@
-"""edgeft/fsutil.py: files appear whole or not at all, and no command writes over or inside its own input; a full
+"""convert/common/fsutil.py: files appear whole or not at all, and no command writes over or inside its own input; a full
 disk, a read-only or forbidden folder and a path that cannot be created are one line naming the output, with nothing
 half-written and the earlier output untouched; a SIGKILLed merge or convert leaves a recognisable temporary that the
 next run of that stage removes.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.fsutil import TEMP_TAG
+from convert.common.fsutil import TEMP_TAG
 from tests.factory import build_model
 from tests.hostile import ROOT, invoke, one_line_error, tree_state
 
@@ -230,7 +230,7 @@ def test_sigkill_leftovers_are_named_and_cleaned_by_the_next_run(tmp_path, model
 
 
 def test_atomic_file_leaves_nothing_on_failure(tmp_path):
-    from edgeft.fsutil import atomic_file
+    from convert.common.fsutil import atomic_file
 
     target = tmp_path / "out.bin"
     with pytest.raises(RuntimeError):

@@ -23,7 +23,7 @@ NOT_GGUF = [
 @pytest.mark.parametrize("name, content, needle", NOT_GGUF)
 def test_a_file_that_is_not_a_gguf_gets_one_message_on_every_path(tmp_path, name, content, needle):
     from convert.gguf_reader import GGUFFile
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from runtime.load import check_gguf
 
     path = tmp_path / name

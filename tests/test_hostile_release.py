@@ -108,7 +108,7 @@ def test_a_file_the_recipe_names_is_checked_before_any_stage(inputs, text, key, 
 
 def test_a_recipe_file_deleted_after_the_settings_stage_stops_the_check_stage(inputs):
     """The demo's files are made by the pipeline, so its recipe's files are checked again by the check stage."""
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from edgeft.release.settings import resolve_settings
     from edgeft.release.stages import stage_check
 

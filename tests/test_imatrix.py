@@ -15,7 +15,7 @@ from convert import convert_model
 from convert.quant import kernels, load_imatrix
 from convert.quant.gguf_io import quantize_gguf
 from convert.quant.imatrix_file import ImatrixData, read_imatrix, write_imatrix
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests import corpus
 from tests.factory import build_model
 from tests.hostile import invoke, one_line_error, tree_state
@@ -74,7 +74,7 @@ def test_values_are_sums_of_squared_inputs(llama_imatrix, calibration):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
     from edgeft.data.masking import load_tokenizer
     from edgeft.data.templates import render_chat, special_tokens_of, template_for
 

@@ -111,7 +111,7 @@ def test_overwrite_replaces_the_folder(parent):
 def test_failure_while_writing_leaves_nothing(parent, monkeypatch):
     """A tensor that fails half-way through the safetensors file: no output folder, no temporary folder."""
     from convert.importer.metadata import GGUFMetadata
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     real = GGUFMetadata.read_tensor
     calls = []

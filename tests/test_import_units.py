@@ -12,7 +12,7 @@ from convert.importer import import_gguf
 from convert.importer.safetensors_out import float32_to_bf16, write_safetensors
 from convert.safetensors_file import SafetensorsReader
 from convert.vocab.pretokenizer import PRETOKENIZER_TABLE, detect_pretokenizer, pretokenizer_definition
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.convert_helpers import converted
 from tests.factory import build_model
 

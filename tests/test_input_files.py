@@ -1,5 +1,5 @@
 """Inputs that are not regular files: a pipe (read once, or waits forever for a writer), a device (/dev/zero never
-ends), a folder. One rule (edgeft.data.io.input_file_problem) names what the path is, in one line, for every command
+ends), a folder. One rule (convert.common.jsonl.input_file_problem) names what the path is, in one line, for every command
 that reads a user's file; before it, data check and split read /dev/zero without bound, convert, merge and
 convert-lora hung on a pipe inside a model or adapter folder, and train called a folder or a pipe "not found".
 Each command runs in its own process with a timeout, so a hang fails the test instead of stalling it."""

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime import ladder
 from runtime.retrieval import jaccard
 from runtime.shots import read_pool

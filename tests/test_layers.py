@@ -1,5 +1,6 @@
-"""Imports run one way (DESIGN.md, "Packages and their borders"): `convert/` and `runtime/` take from `edgeft` only
-the shared leaves, `convert/` never imports `runtime/`, and the leaves import nothing from edgeft but each other.
+"""Imports run one way (DESIGN.md, "Packages and their borders"): the packages form a stack, and a module imports
+only from its own layer or the layers below it. `convert/common` is the bottom: what every layer shares (errors,
+safe file writing, JSON-lines reading, the message schema, the normalised text form); it imports nothing above it.
 
 Read from the source with `ast`, so an import inside a function (where torch-free code hides its heavy imports)
 counts as much as one at the top, and a relative import counts as the module it names.
@@ -11,14 +12,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# edgeft.data.normalize: the text form near-duplicates are judged on, which data check (edgeft.data.dedup) and the
-# ladder's retrieval (runtime.retrieval) must share, or a pair data check calls a near-duplicate could be a shot.
-# edgeft.data.messages: the one message schema (roles, tool calls) that serve, eval, chat and data check share.
-# edgeft.data.pairs: preference pairs, read by training and by `eval --pairs` (runtime.pairs_eval) by one rule.
-LEAVES = ("edgeft.errors", "edgeft.fsutil", "edgeft.data.io", "edgeft.data.messages", "edgeft.data.normalize",
-          "edgeft.data.pairs")
-# Importing a leaf runs the __init__ of every package above it, so those must stay leaves too.
-LEAF_PACKAGES = ("edgeft", "edgeft.data")
+# Bottom to top; the position is the layer's rank. No allowlist: an edge from a lower rank to a higher one is wrong.
+STACK = ("convert.common", "convert", "runtime", "edgeft")
+
+
+def layer(module: str) -> int | None:
+    """The rank of the layer `module` belongs to, or None for a module outside the project (numpy, torch...)."""
+    for rank, package in sorted(enumerate(STACK), key=lambda item: -len(item[1])):
+        if module == package or module.startswith(package + "."):
+            return rank
+    return None
 
 
 def module_name(path: Path) -> str:
@@ -52,24 +55,14 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
 
 def forbidden(importer: str, imported: str) -> str | None:
     """Why `importer` may not import `imported`, or None when the edge is allowed."""
-    top = imported.split(".")[0]
-    leaf = importer in LEAVES or importer in LEAF_PACKAGES
-    if top == "edgeft" and imported not in LEAVES and (leaf or importer.split(".")[0] in ("convert", "runtime")):
-        return f"takes {imported} from edgeft, which gives {'the leaves' if leaf else 'convert/ and runtime/'} " \
-               f"only {', '.join(LEAVES)}"
-    if leaf and top in ("convert", "runtime"):
-        return f"is a shared leaf and imports {imported}"
-    if importer.split(".")[0] == "convert" and top == "runtime":
-        return f"imports {imported}: convert/ never imports runtime/ (runtime/ sits above it)"
-    return None
+    low, high = layer(importer), layer(imported)
+    if low is None or high is None or high <= low:
+        return None
+    return f"imports {imported}: {STACK[low]} sits below {STACK[high]}, and imports run downwards only"
 
 
 def checked_files() -> list[Path]:
-    files = sorted((ROOT / "convert").rglob("*.py")) + sorted((ROOT / "runtime").rglob("*.py"))
-    for name in LEAVES + LEAF_PACKAGES:
-        path = ROOT.joinpath(*name.split("."))
-        files.append(path / "__init__.py" if path.is_dir() else path.with_suffix(".py"))
-    return files
+    return sorted(path for package in ("convert", "runtime", "edgeft") for path in (ROOT / package).rglob("*.py"))
 
 
 def violations(path: Path, source: str | None = None) -> list[str]:
@@ -88,11 +81,11 @@ def test_imports_run_one_way():
 
 
 def test_the_checker_sees_every_kind_of_import():
-    """Each forbidden edge, written each way an import can be written, is caught and named with its line."""
+    """Each upward edge, written each way an import can be written, is caught and named with its line."""
     source = "\n".join([
         "import edgeft.merge",
         "from edgeft import identity",
-        "from edgeft.errors import EdgeftError",  # allowed
+        "from convert.common.errors import EdgeftError",  # downwards: allowed
         "from runtime import load",
         "def later():",
         "    from runtime.evaluate import run_eval",
@@ -103,7 +96,9 @@ def test_the_checker_sees_every_kind_of_import():
     assert "edgeft.identity" in found[1] and "runtime.load" in found[2]
     assert violations(ROOT / "runtime" / "example.py", "from convert.safetensors_file import INDEX_NAME") == []
     assert violations(ROOT / "runtime" / "example.py", "from edgeft.data import dedup")
-    leaf = violations(ROOT / "edgeft" / "fsutil.py",
-                      "from convert.reader import open_weights\nfrom . import errors\nfrom .data import templates")
-    assert [problem.split(":")[1] for problem in leaf] == ["1", "3"], leaf
-    assert "edgeft.data.templates" in leaf[1]
+    bottom = violations(ROOT / "convert" / "common" / "fsutil.py",
+                        "from convert.reader import open_weights\nfrom . import errors\nfrom ..quant import policy")
+    assert [problem.split(":")[1] for problem in bottom] == ["1", "3"], bottom
+    assert "convert.quant.policy" in bottom[1]
+    assert violations(ROOT / "edgeft" / "example.py", "import runtime.load\nimport convert.common.errors") == []
+

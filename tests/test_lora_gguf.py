@@ -20,7 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from convert import convert_model  # noqa: E402
 from convert.lora import convert_lora, describe  # noqa: E402
-from edgeft.errors import EdgeftError  # noqa: E402
+from convert.common.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
 from tests.factory import ARCHS, MOE_ARCHS, build_model  # noqa: E402
 from tests.hostile import invoke, one_line_error  # noqa: E402

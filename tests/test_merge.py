@@ -20,7 +20,7 @@ peft = pytest.importorskip("peft")
 
 from click.testing import CliRunner  # noqa: E402
 
-from edgeft.errors import EdgeftError  # noqa: E402
+from convert.common.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
 from tests.factory import ARCHS, MOE_ARCHS, build_model  # noqa: E402
 

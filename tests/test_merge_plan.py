@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from edgeft.errors import EdgeftError  # noqa: E402
+from convert.common.errors import EdgeftError  # noqa: E402
 from edgeft.merge import merge_adapter  # noqa: E402
 from tests.factory import build_model  # noqa: E402
 from tests.test_merge import _leftovers, make_adapter, save_grown_tokenizer  # noqa: E402

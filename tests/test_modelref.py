@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.modelref import is_hub_id, resolve_model
 
 

@@ -54,7 +54,7 @@ def test_default_dropout_leaves_the_router_out(tmp_path):
 
 def test_training_the_experts_is_refused_in_one_line(tmp_path):
     pytest.importorskip("torch")
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from edgeft.train import train
 
     train_path, _ = toy_data(tmp_path / "data", n_train=4)

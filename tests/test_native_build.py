@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.native_build import build_key, cmake_args, cpu_flags
 
 # First-processor blocks as the kernel prints them (trimmed to the lines that matter).

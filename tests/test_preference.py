@@ -178,7 +178,7 @@ def test_orpo_equals_trl_orpo(setup):
 
 
 def test_beta_must_be_positive():
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from edgeft.train.preference import PreferenceLoss
 
     for beta in (0, -0.1, True, "x"):

@@ -111,7 +111,7 @@ def test_a_release_that_trains_with_dpo_gates_on_its_pairs(tmp_path):
     expanded); without eval.pairs the release is refused as one line, before anything trains."""
     import yaml
 
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from edgeft.release import settings as rp
 
     def settings(eval_section):

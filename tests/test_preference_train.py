@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.train_helpers import TINY_RECIPE, toy_data, write_jsonl
 

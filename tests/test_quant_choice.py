@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.quant_choice import choose_quant
 from runtime.quant_report import frontier
 

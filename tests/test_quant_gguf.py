@@ -14,7 +14,7 @@ from convert import convert_model
 from convert.quant import kernels, numpy_kernels
 from convert.quant.gguf_io import quantize_gguf
 from edgeft.cli import main
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.convert_helpers import assert_same_tensor_data
 from tests.factory import build_model
 

@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
 from convert.quant import FILE_TYPES, bf16_bits_to_f32, kernels, numpy_kernels, quantize_tensor
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Every tensor type our menu can produce, fallbacks included.
 IQ_TYPES = [T.IQ4_NL, T.IQ4_XS, T.IQ3_S, T.IQ3_XXS, T.IQ2_S, T.IQ2_XS, T.IQ2_XXS, T.IQ1_M, T.IQ1_S]

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as T
 
 from convert.quant import FILE_TYPES, parse_file_type, plan_tensor_types, validate_imatrix
 from convert.quant.policy import use_more_bits
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 def dense_model(n_layer=8, hidden=256, ffn=512, vocab=1024, kv=64, tied=False, fused_qkv=False):

@@ -20,7 +20,7 @@ from convert import convert_model
 from convert.quant import FILE_TYPES, load_imatrix
 from convert.quant.gguf_io import quantize_gguf
 from convert.quant.imatrix_file import ImatrixData, write_imatrix
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.convert_helpers import assert_same_tensor_data
 from tests.factory import build_model
 

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import yaml
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.release.settings import check_release_recipe
 from edgeft.train.recipe import SETTINGS, Recipe, resolve_recipe
 from tests.factory import build_model

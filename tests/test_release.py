@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.release.publish import base_license, publish_release
 from edgeft.release.verify import verify_release
 from edgeft.release.card import render_modelfile

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.release.publish import publish_release
 from edgeft.release.verify import verify_release
 from tests.test_release import PASSING, inputs, write_peft_adapter  # noqa: F401 (the fixture)

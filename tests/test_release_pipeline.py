@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgeft.release import pipeline, stages
 from edgeft.release import settings as release_settings
 from edgeft.cli import main
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.release.verify import verify_release
 from tests.hostile import ROOT
 from tests.test_release_make import make_release, would_run

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_model
 from tests.test_sweep import GRID, _script_scores, _setup
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.examples import Example
 from runtime.retrieval import BM25Index, jaccard
 from runtime.shots import RetrievedShots, Shot, choose_fixed, read_pool

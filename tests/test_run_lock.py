@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import hold_folder
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import hold_folder
 from tests.factory import build_model
 from tests.hostile import one_line_error, run, tree_state
 from tests.train_helpers import ROOT, edgeft_env, toy_data, write_recipe
@@ -97,7 +97,7 @@ def test_the_hold_is_dropped_by_the_os_when_its_process_dies(tmp_path):
     """A process SIGKILLed while holding: the next one holds at once (no stale lock file or pid to judge)."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from edgeft.fsutil import hold_folder
+        from convert.common.fsutil import hold_folder
         with hold_folder({str(tmp_path / 'held')!r}, holder="x", advice="y"):
             print("held", flush=True)
             time.sleep(600)

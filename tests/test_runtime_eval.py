@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from convert import convert_model  # noqa: E402
-from edgeft.errors import EdgeftError  # noqa: E402
+from convert.common.errors import EdgeftError  # noqa: E402
 from tests.factory import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

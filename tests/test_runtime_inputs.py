@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.examples import baseline_prompt, read_examples, shot_turns
 from runtime.load import check_gguf
 

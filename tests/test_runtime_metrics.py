@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.gates import check_gates, recipe_eval, resolve_gates
 from runtime.metrics import Judge, parse_metric, strip_fences
 from runtime.stats import mean_interval, paired_difference

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from edgeft.errors import EdgeftError  # noqa: E402
+from convert.common.errors import EdgeftError  # noqa: E402
 from runtime.serve.protocol import ApiError, Limits, check_api_key, parse_json, parse_request  # noqa: E402
 
 MODELS = ["base", "a1"]

@@ -1,4 +1,4 @@
-"""One loader of a folder's HF tokenizer (`convert.vocab.hf_tokenizer.load_hf_tokenizer`): `edgeft eval --hf`
+"""One loader of a folder's HF tokenizer (`runtime.hf_tokenizer.load_hf_tokenizer`): `edgeft eval --hf`
 (runtime.parity) and training, data check and the release's chat parity (edgeft.data.masking) get the same
 tokenizer, loaded the same way, offline, with the same one-line error for a folder without a usable tokenizer."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.factory import build_tokenizer
 from tests.hostile import GOOD, invoke, one_line_error
 
@@ -30,7 +30,7 @@ def _training_loader():
 
 @pytest.mark.parametrize("kind", ["spm-llama2", "bpe-llama3"])
 def test_eval_and_training_load_the_same_tokenizer(kind):
-    from convert.vocab.hf_tokenizer import chat_ids
+    from runtime.hf_tokenizer import chat_ids
 
     folder = build_tokenizer(kind)
     for_eval, for_training = _eval_loader()(folder), _training_loader()(folder)

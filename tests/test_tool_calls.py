@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 pytest.importorskip("transformers")
 
@@ -64,7 +64,7 @@ CONVERSATION = [
 def tools_model(tmp_path_factory):
     """The qwen2 fixture with Qwen2.5's tool template, its GGUF, and its HF tokenizer."""
     from convert import convert_model
-    from convert.vocab.hf_tokenizer import load_hf_tokenizer
+    from runtime.hf_tokenizer import load_hf_tokenizer
     from tests.factory import build_model
 
     out = tmp_path_factory.mktemp("tools")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from edgeft.fsutil import TEMP_TAG
+from convert.common.fsutil import TEMP_TAG
 from tests.factory import build_model
 from tests.hostile import _folder, error_line, invoke, one_line_error, run, tree_state
 from tests.test_fsutil import full_disk  # noqa: F401  (fixture)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.train import checkpoint as ckpt
 from tests.factory import build_model
 from tests.hostile import error_line, invoke

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from edgeft.fsutil import is_empty_folder
+from convert.common.fsutil import is_empty_folder
 from edgeft.train import checkpoint as ckpt
 from tests.factory import build_model
 from tests.train_helpers import ROOT, edgeft_env, toy_data, write_recipe

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import edgeft.train.precision as precision
 from edgeft.cli import main
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.train.precision import resolve_precision
 from edgeft.train.recipe import resolve_recipe
 from tests.factory import build_model

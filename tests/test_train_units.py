@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.train.batches import label_count, plan_epoch
 from edgeft.train.loop import cosine_with_warmup
 from edgeft.train.recipe import Recipe, resolve_recipe, save_recipe

@@ -9,7 +9,7 @@ import pytest
 
 from edgeft.data import dedup
 from edgeft.data.split import carve_validation
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from tests.train_helpers import TINY_RECIPE, write_jsonl
 
 WORDS = ("amber lantern river copper meadow falcon granite harbor velvet orchard cobalt thistle willow ember "

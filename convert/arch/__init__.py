@@ -9,7 +9,7 @@ from convert.arch import gemma2, llama, mistral, phi3, qwen2, qwen3  # noqa: F40
 from convert.arch import gemma3, granite, olmo2, smollm3  # noqa: F401  (registration)
 from convert.arch import lfm2, mixtral, qwen3moe  # noqa: F401  (registration, MoE and hybrid)
 from convert.arch.base import REGISTRY, Architecture, read_config
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 __all__ = ["Architecture", "gguf_architecture", "load_architecture", "supported_architectures"]
 

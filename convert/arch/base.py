@@ -17,8 +17,8 @@ import numpy as np
 
 from convert.arch.rewrites import Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, TensorTable, gguf_names
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 REGISTRY: dict[str, type["Architecture"]] = {}
 

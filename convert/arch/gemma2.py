@@ -11,7 +11,7 @@ from __future__ import annotations
 from convert.arch.base import Architecture, register
 from convert.arch.rewrites import PLUS_ONE, Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, POST_NORMS, T, without
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Llama's rows less lm_head (always tied), plus the norms after attention and after the MLP.
 GEMMA2_TENSORS = {

@@ -21,7 +21,7 @@ import numpy as np
 from convert.arch.base import Architecture, register
 from convert.arch.gemma2 import GEMMA2_TENSORS, Gemma2
 from convert.arch.tensors import QK_NORMS
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 @register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from convert.arch.base import Architecture, register
 from convert.arch.rewrites import SQUEEZED_CONV, Rewrite
 from convert.arch.tensors import LLAMA_FAMILY, QKV, T
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Llama's embedding, output and q/k/v rows; LFM2's own names for the rest.
 LFM2_TENSORS = {

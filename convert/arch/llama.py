@@ -66,7 +66,7 @@ def llama3_rope_parameters(factors: np.ndarray, theta: float, dim: int) -> dict:
               "original_max_position_embeddings": int(round(old_ctx))}
     again = llama3_rope_factors(params, theta, dim)
     if again.shape != factors.shape or not np.allclose(again, factors, rtol=1e-5, atol=1e-6):
-        from edgeft.errors import EdgeftError
+        from convert.common.errors import EdgeftError
 
         raise EdgeftError("tensor rope_freqs.weight: not Llama 3.1-style rope scaling factors; cannot be imported")
     return params
@@ -121,7 +121,7 @@ def _all_or_none(meta, tensors: tuple[T, ...]) -> bool:
     """HF Llama has one bias switch for attention and one for the MLP: a GGUF with only some of them has no HF form."""
     present = [meta.has_tensor(gguf_name(tensor, 0, "bias")) for tensor in tensors]
     if any(present) and not all(present):
-        from edgeft.errors import EdgeftError
+        from convert.common.errors import EdgeftError
 
         names = ", ".join(TENSOR_NAMES[tensor].removeprefix("blk.{bid}.") for tensor in tensors)
         raise EdgeftError(f"{meta.path}: biases on only some of {names}; LlamaForCausalLM cannot hold that, so this "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gguf import Keys
 
 from convert.arch.tensors import DENSE_MLP, T, TensorTable, without
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # transformers 5's in-memory layout (`save_original_format=False`), the same for every MoE family: the router, and
 # the experts fused into 3-D parameters (experts, rows, cols), gate_up cut in half along its rows (gate first).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from convert.arch.base import Architecture, register
 from convert.arch.tensors import LLAMA_FAMILY, POST_NORMS, QK_NORMS, T, without
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Llama's rows less the pre-attention norm; the post-norms take the place of the pre-MLP one.
 OLMO2_TENSORS = {**without(LLAMA_FAMILY, T.ATTN_NORM), **QK_NORMS, **POST_NORMS}

@@ -14,7 +14,7 @@ import numpy as np
 from convert.arch.base import Architecture, register
 from convert.arch.tensors import LLAMA_FAMILY, QKV, T, gguf_name, without
 from convert.config_shapes import EMBD, FFN, HEADS, KEY, KV_HEADS
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Llama's rows with attention and the gate/up pair each one fused tensor, as llama.cpp's phi3 graph takes them.
 PHI3_TENSORS = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from convert.arch.base import Architecture, register
 from convert.arch.tensors import LLAMA_FAMILY, QK_NORMS
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 QWEN3_TENSORS = {**LLAMA_FAMILY, **QK_NORMS}
 

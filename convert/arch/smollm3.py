@@ -16,7 +16,7 @@ import numpy as np
 from convert.arch.base import register
 from convert.arch.llama import Llama
 from convert.arch.tensors import LLAMA_FAMILY
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 LLAMA_CPP_NOPE_INTERVAL = 4  # llama_model_smollm3::load_arch_hparams
 

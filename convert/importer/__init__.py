@@ -24,9 +24,9 @@ from convert.importer.metadata import GGUFMetadata, model_card
 from convert.importer.safetensors_out import DTYPES, write_safetensors
 from convert.importer.tokenizer import read_vocab, tokenizer_files
 from convert.safetensors_file import INDEX_NAME
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
 
 __all__ = ["import_gguf"]
 

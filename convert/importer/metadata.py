@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 
 from convert.gguf_reader import GGUFFile, TensorEntry
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 _REQUIRED = object()
 

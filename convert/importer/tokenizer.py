@@ -23,7 +23,7 @@ import gguf
 from convert.metadata import PHI3_NAME_MARKERS, PHI3_NOT_RSTRIPPED
 from convert.vocab import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, Vocab
 from convert.vocab.pretokenizer import IGNORE_MERGES, pretokenizer_definition
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 K = gguf.Keys.Tokenizer
 SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID, "eot": K.EOT_ID, "eom": K.EOM_ID}

@@ -20,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from convert.quant import kernels, numpy_kernels, policy
 from convert.quant.kernels import default_threads
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from convert.finite import refuse_non_finite
 from convert.gguf_reader import GGUFFile, TensorEntry, tensor_nbytes
 from convert.gguf_writer import BulkGGUFWriter, RawValue, write_streamed
 from convert.quant.policy import walk_order
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 _KEYS = gguf.Keys.General
 # One output file, as llama-quantize writes; the two stamps are rewritten at the end (see _metadata).
@@ -129,8 +129,8 @@ def quantize_gguf(
     when complete (atomic rename). `progress` shows a tqdm bar on stderr.
     """
     from convert.quant import default_threads, parse_file_type
-    from edgeft.data.io import check_input_file
-    from edgeft.fsutil import refuse_own_input
+    from convert.common.jsonl import check_input_file
+    from convert.common.fsutil import refuse_own_input
 
     in_path, out_path = Path(in_path), Path(out_path)
     if isinstance(file_type, str):

@@ -20,8 +20,8 @@ import gguf
 import numpy as np
 
 from convert.gguf_reader import GGUFFile
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 # llama.cpp's names for the two statistics tensors of weight W: "W.in_sum2" and "W.counts" (no gguf constant).
 SUMS_SUFFIX = ".in_sum2"
@@ -88,7 +88,7 @@ def read_imatrix(path: str | os.PathLike) -> ImatrixData:
 def write_imatrix(path: str | os.PathLike, data: ImatrixData) -> Path:
     """Write `data` in llama.cpp's layout, atomically."""
     from convert.gguf_writer import BulkGGUFWriter
-    from edgeft.fsutil import atomic_file
+    from convert.common.fsutil import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from convert.vocab import CONTROL, NORMAL, UNUSED, USER_DEFINED, Vocab, read_json
 from convert.vocab.pretokenizer import detect_pretokenizer
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 def _merge_text(merge) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Fields whose strings a template compares or picks a branch on rather than renders: wrapping them would change
 # the branch, so they are checked instead (a control token's text there is refused, `require_spans`).

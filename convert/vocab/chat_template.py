@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.data.io import check_input_file
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import check_input_file
+from convert.common.errors import EdgeftError
 
 TEMPLATE_FILE = "chat_template.jinja"
 EXTRA_TEMPLATE_DIR = "additional_chat_templates"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # The regexes exactly as Llama 3 / Qwen2 tokenizer.json files carry them.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from convert.vocab import Vocab, read_json
 from convert.vocab.chat_template import chat_template_of
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 ROLES = ("bos", "eos", "unk", "pad")
 # SentencePiece models name their specials in the proto; these are its conventional pieces when the config names none.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convert.vocab import CONTROL, UNUSED, USER_DEFINED, Vocab, read_json
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 def _added_tokens(model_dir: Path) -> dict[int, tuple[str, bool]]:

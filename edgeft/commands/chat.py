@@ -23,7 +23,7 @@ def chat(model, lora, system, max_tokens, n_ctx, threads):
       edgeft chat out/model-Q4_K_M.gguf
       edgeft chat base-f16.gguf --lora out/adapter.gguf --system "You are terse."
     """
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from runtime.chat import ChatSession
 
     session = ChatSession(model, lora_path=lora, system=system, max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)

@@ -39,7 +39,7 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
     from pathlib import Path
 
     from convert import convert_model
-    from edgeft.fsutil import refuse_own_input
+    from convert.common.fsutil import refuse_own_input
     from edgeft.modelref import resolve_model
 
     model_dir = resolve_model(model_dir)
@@ -51,7 +51,7 @@ def convert(model_dir, out_path, outtype, imatrix, imatrix_data, threads, allow_
         imatrix = resolve_imatrix(imatrix, model_dir, data_path=imatrix_data,
                                   cache_dir=Path(out_path).resolve().parent / ".edgeft-imatrix")
     elif imatrix is not None:
-        from edgeft.data.io import check_input_file
+        from convert.common.jsonl import check_input_file
 
         check_input_file(imatrix, "pass an imatrix GGUF or --imatrix auto", missing="imatrix file not found")
 

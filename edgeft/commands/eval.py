@@ -138,7 +138,7 @@ RECIPE_READS = ("gates", "requests_per_day")  # what this command takes from a r
 def _settings(recipe, options: dict, *, resolve_hf: bool = True, reads: tuple[str, ...] = RECIPE_READS):
     """The command's options as EvalSettings: the flags given over the recipe's `reads` (its gates and traffic), over
     the defaults. `resolve_hf` False: --hf stays as given (the fleet refuses it; a hub id is not fetched first)."""
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from runtime.eval_settings import SettingError, recipe_key
     from runtime.gates import GATES, recipe_eval, resolve_gates
 
@@ -224,7 +224,7 @@ def _sweep_imatrix(spec, hf, data, out_dir):
     """--imatrix FILE as given; auto computed (once, cached beside the output) from the HF folder and the data."""
     from pathlib import Path
 
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     if spec is None:
         return None

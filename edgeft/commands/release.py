@@ -87,7 +87,7 @@ def release_verify(settings, folder: Path | None, digest: str | None) -> None:
       edgeft release verify release/edgeft-demo --digest 9f2c...   # the digest the publisher announced
     """
     folder = folder or settings().path("publish")
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
     from edgeft.release.verify import checked_against, verify_release
 
     problems = verify_release(folder, digest)

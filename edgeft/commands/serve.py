@@ -9,7 +9,7 @@ def parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
     """`NAME=PATH` pairs -> {name: path}; a bare PATH is named after its file's stem."""
     from pathlib import Path
 
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     adapters: dict[str, str] = {}
     for value in values:

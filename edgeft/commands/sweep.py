@@ -33,8 +33,8 @@ def sweep(base, data, config, grid_path, metric, eval_path, out_dir, max_trials,
       edgeft sweep --base path/to/hf-model --data train.jsonl --config recipe.yaml --grid grid.yaml \\
         --metric exact -o out/sweep
     """
-    from edgeft.data.io import read_yaml
-    from edgeft.fsutil import refuse_own_input
+    from convert.common.jsonl import read_yaml
+    from convert.common.fsutil import refuse_own_input
     from edgeft.modelref import is_hub_id, resolve_model
     from edgeft.sweep import run_sweep
 

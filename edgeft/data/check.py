@@ -17,10 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeft.data import decontam, dedup
-from edgeft.data.io import Record, write_jsonl_lines
-from edgeft.data.pairs import scan_examples
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import refuse_own_input
+from convert.common.jsonl import Record, write_jsonl_lines
+from convert.common.pairs import scan_examples
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import refuse_own_input
 
 FORMATS = ("text", "json")
 
@@ -100,7 +100,7 @@ def _turn_key(record: Record) -> str:
 
 def _record_key(record: Record) -> str:
     """What makes two examples the same: the conversation; for a preference pair, the rejected answer too."""
-    from edgeft.data.pairs import is_pair_object, rejected_conversation
+    from convert.common.pairs import is_pair_object, rejected_conversation
 
     key = _turn_key(record)
     if not is_pair_object(record.data):
@@ -201,7 +201,7 @@ def _control_warning(report: CheckReport, line: int, control: str, known: bool) 
 
 def _check_control_text(report: CheckReport, valid: list[Record]) -> None:
     """Without --tokenizer: the common formats' turn markers in any message (with it, the model's own tokens)."""
-    from convert.vocab.hf_tokenizer import LLAMA_CPP_CONTROL_NAMES
+    from runtime.hf_tokenizer import LLAMA_CPP_CONTROL_NAMES
 
     markers = sorted(set(TURN_MARKERS) | {name for name in LLAMA_CPP_CONTROL_NAMES if name.startswith("<|")})
     for record in valid:
@@ -228,7 +228,7 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     not need here, and calling the backend directly skips transformers' per-example Python conversion.
     """
     from convert.vocab.chat_spans import ChatText
-    from convert.vocab.hf_tokenizer import chat_ids, hf_specials, llama_cpp_bos_id
+    from runtime.hf_tokenizer import chat_ids, hf_specials, llama_cpp_bos_id
     from convert.vocab.special import bos_first
 
     controls = [special.text for special in hf_specials(tokenizer) if special.control]
@@ -251,7 +251,7 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
 def _check_tokens(
     report: CheckReport, valid: list[Record], tokenizer_dir: str, max_len: int | None, chat_template: str | None
 ) -> None:
-    from convert.vocab.hf_tokenizer import hf_specials
+    from runtime.hf_tokenizer import hf_specials
     from edgeft.data.masking import assistant_spans, load_tokenizer
     from edgeft.data.templates import CHATML_TEMPLATE, special_tokens_of, template_for
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 # normalize_text is re-exported: data check and split call dedup.normalize_text.
-from edgeft.data.normalize import SHINGLE_CHARS, normalize_text, shingle_set  # noqa: F401
+from convert.common.normalize import SHINGLE_CHARS, normalize_text, shingle_set  # noqa: F401
 
 BINS = 64  # signature length
 BAND_ROWS = 4  # bins per LSH band: 16 bands; a pair at Jaccard 0.8 shares a band with probability > 0.999

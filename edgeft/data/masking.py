@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 # The one loader of a folder's HF tokenizer (offline, fast, split as llama.cpp splits), shared with runtime/.
-from convert.vocab.hf_tokenizer import load_hf_tokenizer as load_tokenizer
+from runtime.hf_tokenizer import load_hf_tokenizer as load_tokenizer
 from edgeft.data.templates import TemplateRenderError, render_chat, special_tokens_of, template_for
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 IGNORE_INDEX = -100
 
@@ -228,7 +228,7 @@ def mask_example(
     # Labels come from character offsets, which only fast (tokenizers-backed) tokenizers report.
     if not getattr(tokenizer, "is_fast", True):
         raise EdgeftError(f"{where}: the tokenizer gives no character offsets; use a fast tokenizer")
-    from convert.vocab.hf_tokenizer import chat_encoding, llama_cpp_bos_id
+    from runtime.hf_tokenizer import chat_encoding, llama_cpp_bos_id
     from convert.vocab.special import bos_first
 
     # The ids llama.cpp is fed for this text: control tokens from the template's markup only, never from a

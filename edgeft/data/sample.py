@@ -12,10 +12,10 @@ from pathlib import Path
 
 from dataclasses import replace
 
-from edgeft.data.io import Record
-from edgeft.data.pairs import scan_examples, sides
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file, refuse_own_input
+from convert.common.jsonl import Record
+from convert.common.pairs import scan_examples, sides
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file, refuse_own_input
 
 TRAIN_OPEN, TRAIN_CLOSE = "⟦", "⟧"
 

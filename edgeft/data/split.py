@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.data import dedup
-from edgeft.data.io import scan_jsonl
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
+from convert.common.jsonl import scan_jsonl
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_dir, refuse_foreign_folder, refuse_own_input
 
 # What a split writes: --overwrite replaces a folder that holds nothing else.
 SPLIT_FILES = ("train.jsonl", "eval.jsonl", "split.json")
@@ -117,7 +117,7 @@ class Carved:
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
         """OUT_DIR/train-split.jsonl and OUT_DIR/validation.jsonl (lines verbatim), the files training reads."""
-        from edgeft.data.io import write_jsonl_lines
+        from convert.common.jsonl import write_jsonl_lines
 
         trained = write_jsonl_lines(Path(out_dir) / TRAINED_FILE, [r.raw for r in self.train])
         return trained, write_jsonl_lines(Path(out_dir) / VALIDATION_FILE, [r.raw for r in self.validation])

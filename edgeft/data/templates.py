@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # The plain ChatML template (Qwen2's without the default system prompt): the fallback for base models.
 CHATML_TEMPLATE = (

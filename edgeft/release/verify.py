@@ -20,7 +20,7 @@ import math
 import os
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.identity import file_sha256
 from edgeft.release.card import DIGEST_LINE, recorded_digest
 from edgeft.release.publish import CARD, MANIFEST_VERSION, digest_sidecar, gguf_file_name

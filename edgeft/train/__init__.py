@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 
 from convert.fingerprint import INPUTS_FILE
-from edgeft.errors import EdgeftError, environment_error
-from edgeft.fsutil import atomic_file, check_writable, empty_folder, hold_folder, is_empty_folder, refuse_own_input
+from convert.common.errors import EdgeftError, environment_error
+from convert.common.fsutil import atomic_file, check_writable, empty_folder, hold_folder, is_empty_folder, refuse_own_input
 from edgeft.identity import check_resume_inputs, training_inputs
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.model import bitsandbytes_problem, check_base
@@ -199,7 +199,7 @@ def _check_from_adapter(recipe: Recipe, base: Path) -> None:
 
 def _check_objective_data(data: Path, eval_path, recipe: Recipe) -> None:
     """Pairs for a preference objective, conversations for SFT: the wrong kind is one line before anything loads."""
-    from edgeft.data.pairs import holds_pairs
+    from convert.common.pairs import holds_pairs
 
     wanted = recipe.objective != "sft"
     for path, option in ((data, "--data"), (eval_path, "--eval")):
@@ -215,7 +215,7 @@ def _check_objective_data(data: Path, eval_path, recipe: Recipe) -> None:
 
 def _check_data(data: Path, eval_path, recipe: Recipe) -> None:
     from edgeft.data.check import check_dataset
-    from edgeft.data.io import check_input_file
+    from convert.common.jsonl import check_input_file
 
     check_input_file(data, "pass a JSONL file of conversations with --data")
     if eval_path is not None:

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # Examples sorted by length within windows of this many micro-batches: padding shrinks, yet every epoch still
 # visits every example once in a shuffled order.
@@ -20,7 +20,7 @@ LENGTH_GROUP_WINDOW = 50
 
 def tokenize_conversations(path: str | Path, tokenizer, chat_template: str, max_len: int) -> list[dict]:
     """Each conversation -> {"input_ids", "labels"} via edgeft.data.masking's mask builder (loss on assistant tokens)."""
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
     from edgeft.data.masking import build_example
 
     examples = []
@@ -41,7 +41,7 @@ def tokenize_pairs(path: str | Path, tokenizer, chat_template: str, max_len: int
     """Each preference pair -> {"chosen": example, "rejected": example}, each side its prompt + answer
     conversation through the same mask builder as SFT (labels on the answer and its end-of-turn marker only)."""
     from edgeft.data.masking import build_example
-    from edgeft.data.pairs import SIDES, read_pairs, rejected_conversation
+    from convert.common.pairs import SIDES, read_pairs, rejected_conversation
 
     pairs = []
     for record in read_pairs(path):

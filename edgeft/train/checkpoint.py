@@ -11,7 +11,7 @@ The marker is what makes a folder a training run's: a run killed before its firs
 inputs.json and metrics.jsonl (and maybe checkpoints/best/) with nothing to resume from, and the next `edgeft train`
 must say what that folder is instead of training into it; --overwrite replaces only a folder that is a run's. Which
 folders train may write into or replace is decided by the rule every command shares (`refuse_foreign_run_folder`,
-edgeft.fsutil.refuse_foreign_folder); what it then tells the user about a run's folder is `run_folder_state`.
+convert.common.fsutil.refuse_foreign_folder); what it then tells the user about a run's folder is `run_folder_state`.
 
 The data position is the global step: the batch plan is a pure function of (seed, epoch), see edgeft/train/batches.py.
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from convert.fingerprint import INPUTS_FILE
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_dir, atomic_file, is_marked, refuse_foreign_folder
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_dir, atomic_file, is_marked, refuse_foreign_folder
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -18,7 +18,7 @@ ANSWER_MARGIN_TOKENS = 16
 def prompt_ids(messages: Sequence[dict], tok) -> list[int]:
     """The ids llama.cpp feeds for `messages` with the generation prompt (runtime.generate.prompt_tokens' rule:
     `chat_ids`, where message text never yields a control token)."""
-    from convert.vocab.hf_tokenizer import chat_ids
+    from runtime.hf_tokenizer import chat_ids
     from edgeft.data.templates import render_chat, special_tokens_of
 
     text = render_chat(tok.chat_template, messages, add_generation_prompt=True,

@@ -11,8 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import make_temp
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import make_temp
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.batches import label_count, plan_epoch
 from edgeft.train.forward import eval_batches, shared_prefix_mask_form, step_batches, token_loss_sum
@@ -268,7 +268,7 @@ class TrainRun:
             from edgeft.train.plots import plot_loss
 
             plot_loss(self.out_dir / METRICS, self.out_dir / "loss.png")
-            from edgeft.fsutil import atomic_file
+            from convert.common.fsutil import atomic_file
 
             with atomic_file(self.out_dir / "summary.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -295,7 +295,7 @@ class TrainRun:
         """The grown tokenizer, which merge copies into the merged folder, saying what training read from the base
         where transformers 5's save_pretrained does not: the BOS training fed (add_bos_token, which it drops) and
         tokenizer.model (which it does not write; a SentencePiece vocabulary cannot be converted without it)."""
-        from convert.vocab.hf_tokenizer import llama_cpp_bos_id
+        from runtime.hf_tokenizer import llama_cpp_bos_id
         from convert.vocab.special import state_add_bos
 
         tokenizer = self.tok.tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from edgeft.train.recipe import Recipe
 
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeft.fsutil import atomic_file
+from convert.common.fsutil import atomic_file
 
 
 def read_metrics(path: Path) -> list[dict]:

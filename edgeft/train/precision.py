@@ -12,7 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 # /proc/cpuinfo flags that mean the CPU multiplies bf16 natively (torch's own probe is preferred when it has one).
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 OBJECTIVES = ("sft", "dpo", "orpo")
 REFERENCE_ADAPTER = "ref"  # TRL's name for the same thing

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 from edgeft.train.preference import BETA_WANTED, OBJECTIVES
 
 METHODS = ("qlora", "lora")
@@ -284,7 +284,7 @@ def _check_selection(recipe: Recipe, bad) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    from edgeft.data.io import check_input_file, read_yaml
+    from convert.common.jsonl import check_input_file, read_yaml
 
     path = check_input_file(path, "pass a recipe YAML with --config")
     data = read_yaml(path, "recipe") or {}

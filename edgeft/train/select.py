@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from edgeft.errors import EdgeftError
-from edgeft.fsutil import atomic_file
+from convert.common.errors import EdgeftError
+from convert.common.fsutil import atomic_file
 from edgeft.train import checkpoint as ckpt
 from edgeft.train.loop import TrainRun, evaluate, record_eval
 from edgeft.train.plots import read_metrics

@@ -31,7 +31,7 @@ BATCH_BY_SIZE = ((1e9, 16), (math.inf, 32))
 def parameter_count(base: Path) -> int | None:
     """Parameters in the base's safetensors, from the headers alone (no weights are read); None without them."""
     from convert.safetensors_file import SafetensorsReader
-    from edgeft.errors import EdgeftError
+    from convert.common.errors import EdgeftError
 
     try:
         reader = SafetensorsReader(base)

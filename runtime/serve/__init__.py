@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.eval_settings import SettingError
 from runtime.serve.protocol import Limits
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 from runtime.chat_prompt import text_tokens
 from runtime.generate import prompt_tokens, render_chat
 from runtime.load import check_context, check_gguf, open_gguf

@@ -12,9 +12,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from edgeft.data.io import parse_json_line
-from edgeft.data.messages import MessageError, normalize_message, normalize_tools
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import parse_json_line
+from convert.common.messages import MessageError, normalize_message, normalize_tools
+from convert.common.errors import EdgeftError
 from runtime.serve.engine import Sampling
 
 
@@ -135,7 +135,7 @@ def parse_request(document: dict, kind: str, known_models: list[str], limits: Li
 
 
 def _messages(messages) -> list[dict]:
-    """The conversation in the one message schema (edgeft.data.messages): roles from its table, tool calls kept
+    """The conversation in the one message schema (convert.common.messages): roles from its table, tool calls kept
     for the template to render; any message it refuses is a 400 naming the message and the allowed roles."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list of {role, content} objects", param="messages")

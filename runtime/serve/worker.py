@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 log = logging.getLogger("edgeft.serve")
 

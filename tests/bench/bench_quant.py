@@ -307,7 +307,7 @@ def plot_kld_vs_bpw(results: list[dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgeft.fsutil import atomic_file
+    from convert.common.fsutil import atomic_file
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     for label, marker in (("without", "o"), ("with", "^")):
@@ -333,8 +333,8 @@ def menu_rows(work: Path, types: list[str] | None = None) -> list[dict]:
     """Every type (or `types`), without and with the imatrix of the demo's training data, on the demo base."""
     from convert import convert_model
     from convert.quant import FILE_TYPES
-    from edgeft.data.io import read_conversations
-    from edgeft.errors import EdgeftError
+    from convert.common.jsonl import read_conversations
+    from convert.common.errors import EdgeftError
     from edgeft.imatrix import compute_imatrix
     from runtime.kld import compare
     from runtime.throughput import measure

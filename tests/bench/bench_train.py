@@ -67,7 +67,7 @@ def _plain_stepper(base: Path, data: Path, settings: dict):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from edgeft.data.io import read_conversations
+    from convert.common.jsonl import read_conversations
     from edgeft.data.masking import build_example
 
     torch.manual_seed(0)

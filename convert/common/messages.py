@@ -1,6 +1,6 @@
 """The chat message schema every stage accepts: one table of roles, and the one reading of tool calls.
 
-Serve (runtime.serve.protocol), eval and chat (runtime.examples), data check and training (edgeft.data.io) all take
+Serve (runtime.serve.protocol), eval and chat (runtime.examples), data check and training (convert.common.jsonl) all take
 a message through `normalize_message`, so a role or a tool call one of them accepts is one they all accept, and a
 message is never passed on with a field silently dropped: what the chat template can render (content, name,
 tool_calls, tool_call_id) is kept, the rest is refused by name.

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from edgeft.data.messages import ROLES, MessageError, normalize_message, normalize_tools  # noqa: F401 (ROLES)
-from edgeft.errors import EdgeftError
+from convert.common.messages import ROLES, MessageError, normalize_message, normalize_tools  # noqa: F401 (ROLES)
+from convert.common.errors import EdgeftError
 
 
 @dataclass
@@ -72,7 +72,7 @@ def validate_messages(obj: Any) -> list[str]:
 
 def normalized_messages(messages: list) -> list[dict]:
     """The messages of a line that passed `validate_messages`, in the one schema (roles, tool calls) every stage
-    renders (`edgeft.data.messages`)."""
+    renders (`convert.common.messages`)."""
     return [normalize_message(message, i) for i, message in enumerate(messages)]
 
 
@@ -243,7 +243,7 @@ def read_conversations(path: str | Path) -> list[dict]:
 
 def write_jsonl_lines(path: str | Path, lines: Iterable[str]) -> Path:
     """Write raw JSONL lines atomically (a killed run leaves no half file)."""
-    from edgeft.fsutil import atomic_file
+    from convert.common.fsutil import atomic_file
 
     path = Path(path)
     with atomic_file(path) as tmp:
@@ -258,7 +258,7 @@ def parse_yaml(text: str, where: str | Path, what: str = "YAML"):
     problem); fix the file" (PyYAML's own text spans several lines with a caret)."""
     import yaml
 
-    from edgeft.errors import yaml_problem
+    from convert.common.errors import yaml_problem
 
     try:
         return yaml.safe_load(text)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeft.data.io import Record, iter_lines, parse_json_line, read_jsonl, scan_jsonl, validate_messages
-from edgeft.errors import EdgeftError
+from convert.common.jsonl import Record, iter_lines, parse_json_line, read_jsonl, scan_jsonl, validate_messages
+from convert.common.errors import EdgeftError
 
 SIDES = ("chosen", "rejected")
 SHAPE = '{"prompt": [...] or "...", "chosen": [...] or "...", "rejected": [...] or "..."}'

@@ -4,7 +4,7 @@ complete, so a killed command never leaves something that looks finished.
 Temporary names are recognisable, `.NAME.PID-RANDOM.edgeft-tmp`: a run that starts writing NAME first removes the
 ones a killed run (its PID no longer alive) left beside it. A write that fails because of the environment (full
 disk, read-only or forbidden folder, a path that cannot be created) removes its partial output and becomes one line
-through `edgeft.errors.environment_error`, naming the output rather than the temporary file.
+through `convert.common.errors.environment_error`, naming the output rather than the temporary file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from edgeft.errors import EdgeftError, environment_error
+from convert.common.errors import EdgeftError, environment_error
 
 TEMP_TAG = "edgeft-tmp"
 # Below this much free space a failed write is taken for a full disk even when the library that wrote (torch,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgeft.errors import EdgeftError
+from convert.common.errors import EdgeftError
 
 SPACE = "▁"
 # What AutoTokenizer can build a tokenizer from; a folder holding none of them is not a tokenizer folder.
