@@ -98,7 +98,7 @@ FAST_TESTS ?= test_code_shape test_layers test_cli test_fsutil test_factory test
 	test_convert_errors test_quant_policy test_quant_gguf test_convert_tokenizer test_convert_pretokenizers \
 	test_convert_sharded test_tokenizer_loader test_import_units test_import_errors test_runtime_metrics \
 	test_runtime_inputs test_runtime_kld test_ladder test_retrieval test_decode test_eval test_chat test_fleet_eval \
-	test_eval_settings test_hostile_release test_disk_full test_native_build test_train_units test_train_cli \
+	test_eval_settings test_release_recipe test_disk_full test_native_build test_train_units test_train_cli \
 	test_release test_release_make test_release_pipeline test_release_verify test_release_adapter test_verdict \
 	test_min_sample test_interval_sample_size test_near_duplicate_similarity
 

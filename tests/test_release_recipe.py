@@ -1,4 +1,5 @@
-"""Hostile input, release: a recipe that is not a mapping, invalid YAML, a typo in a gate, a train setting or an eval key,
+"""The release's recipe and inputs as a hostile user writes them (edgeft/release/settings.py, the check stage and
+`release verify`'s refusals): a recipe that is not a mapping, invalid YAML, a typo in a gate, a train setting or an eval key,
 an unknown quant and gold answers the metric cannot score are refused in one line before any stage runs; a failed
 gate says that an earlier release of the same name is still there and is not this model; `release verify` on a
 folder that is not a release is one line."""
@@ -15,6 +16,8 @@ from tests.factory import build_model
 from tests.hostile import error_line, invoke, one_line_error, tree_state
 from tests.train_helpers import toy_data
 
+
+pytestmark = pytest.mark.hostile
 
 @pytest.fixture
 def inputs(tmp_path):
