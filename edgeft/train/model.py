@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convert.common.errors import EdgeftError
+from edgeft.train.lora_forward import use_fused_lora_forward
 from edgeft.train.recipe import Recipe
 
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -106,6 +107,7 @@ def load_training_model(base: Path, recipe: Recipe, tok: TrainingTokenizer, prec
         model = _continue_adapter(model, recipe)
     else:
         model = _attach_lora(model, recipe, token_indices)
+    use_fused_lora_forward(model)
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats(device)
     return model
