@@ -27,13 +27,17 @@ def run_inputs(tmp_path):
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(run_inputs, monkeypatch):
     import edgeft.train.loop as loop
 
-    real_loss, calls = loop.token_loss_sum, {"n": 0}
+    real_loss, real_accumulate, steps = loop.token_loss_sum, loop.TrainRun.accumulate, {"n": 0}
 
-    def poisoned_from_step_3(model, batch):  # two micro-batches a step: the 5th call is step 3's first
-        calls["n"] += 1
-        loss = real_loss(model, batch)
-        return loss * float("nan") if calls["n"] >= 5 else loss
+    def counting(self, mine):  # however the step's micro-batches are packed into forwards
+        steps["n"] += 1
+        return real_accumulate(self, mine)
 
+    def poisoned_from_step_3(model, batch, *rest):
+        loss = real_loss(model, batch, *rest)
+        return loss * float("nan") if steps["n"] >= 3 else loss
+
+    monkeypatch.setattr(loop.TrainRun, "accumulate", counting)
     monkeypatch.setattr(loop, "token_loss_sum", poisoned_from_step_3)
     out = run_inputs["out"]
     error_line(invoke("train", "--base", run_inputs["base"], "--data", run_inputs["data"], "--config",
