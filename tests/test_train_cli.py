@@ -86,3 +86,12 @@ def test_train_command_and_recipe_import_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported at module level'")
     done = subprocess.run([sys.executable, "-c", code], env=edgeft_env(), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_method_dpo_points_at_the_objective(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--base", "b", "--data", "d", "-o", str(tmp_path / "out"),
+                                       "--method", "dpo"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "'dpo' is not one of qlora, lora (dpo is an objective: --objective dpo)" in lines[0]
+    assert not (tmp_path / "out").exists()

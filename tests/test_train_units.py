@@ -42,6 +42,7 @@ def test_saved_recipe_round_trips(tmp_path):
     ("learning_rate: 0.1\n", "unknown recipe setting 'learning_rate'"),
     ("r: many\n", "r='many' must be an integer"),
     ("method: full\n", "method='full' is not one of qlora, lora"),
+    ("method: dpo\n", "is not one of qlora, lora (preference tuning is an objective: objective: dpo or orpo)"),
     ("r: [1\n", "r.yaml:2: recipe is not valid YAML"),
     ("- 1\n", "must be a mapping"),
 ])

@@ -14,7 +14,7 @@ import click
               help="Output folder: the peft adapter, recipe.yaml, metrics.jsonl, loss.png, checkpoints/.")
 @click.option("--config", type=click.Path(path_type=str), default=None,
               help="Recipe YAML (see edgeft/recipes/default.yaml); command-line options override it.")
-@click.option("--method", type=click.Choice(["qlora", "lora"]), default=None,
+@click.option("--method", default=None, callback=lambda _ctx, _param, value: _method(value),
               help="qlora: base frozen in 4-bit NF4 (default); lora: base kept in 16/32-bit.")
 @click.option("--objective", type=click.Choice(["sft", "dpo", "orpo"]), default=None,
               help="sft: conversations (default); dpo, orpo: preference pairs (prompt/chosen/rejected, TRL's format).")
@@ -75,6 +75,16 @@ def train(base, data, eval_path, out_dir, config, method, objective, beta, from_
         for line in format_summary(summary):
             click.echo(line)
         click.echo(f"adapter       {out}")
+
+
+def _method(value: str | None) -> str | None:
+    """--method is how the base is held; DPO/ORPO (what the issue tracker and other tools call a method) are objectives."""
+    from edgeft.train.recipe import METHODS, OBJECTIVES
+
+    if value is None or value in METHODS:
+        return value
+    hint = f" ({value} is an objective: --objective {value})" if value in OBJECTIVES else ""
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(METHODS)}{hint}", param_hint="'--method'")
 
 
 def _fraction_or_path(value: str | None):
