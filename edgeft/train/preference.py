@@ -58,11 +58,23 @@ def pair_batch(examples: list[dict], pad_id: int, device) -> dict:
     return batch
 
 
-def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device):
-    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r)."""
+def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device, precision=None):
+    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r). The output head runs at the
+    labelled positions only (edgeft.train.forward: most of a pair is prompt) and under the run's precision, as SFT's
+    forward does; the log-softmax is taken in fp32."""
+    import torch
+
+    from edgeft.train.forward import logits_only_at
+
     batch = pair_batch(chosen + rejected, pad_id, device)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, tokens = sequence_logps(logits, batch["labels"])
+    keep = batch["targets"] != -100  # position i predicts token i + 1: labels[:, 1:] == targets[:, :-1]
+    compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
+    with logits_only_at(model, keep), compute:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    picked = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, batch["targets"][keep].unsqueeze(-1))
+    rows = keep.nonzero(as_tuple=True)[0]
+    logps = torch.zeros(keep.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked[:, 0])
+    tokens = keep.sum(dim=1)
     n = len(chosen)
     return logps[:n], logps[n:], tokens[:n], tokens[n:]
 
@@ -124,18 +136,18 @@ class PreferenceLoss:
     accumulated micro-batches sum to the loss of the step's batch: pair terms by the step's pairs, ORPO's NLL by
     the step's chosen labelled tokens (TRL's mean over one batch when the step is one micro-batch)."""
 
-    def __init__(self, objective: str, beta: float, pad_id: int):
+    def __init__(self, objective: str, beta: float, pad_id: int, precision=None):
         if objective not in ("dpo", "orpo"):
             raise EdgeftError(f"objective={objective!r} is not a preference objective (dpo or orpo)")
-        self.objective, self.beta, self.pad_id = objective, check_beta(beta), pad_id
+        self.objective, self.beta, self.pad_id, self.precision = objective, check_beta(beta), pad_id, precision
 
     def __call__(self, model, pairs: list[dict], device, *, n_pairs: float, n_chosen_tokens: float) -> dict:
         chosen = [p["chosen"] for p in pairs]
         rejected = [p["rejected"] for p in pairs]
-        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device)
+        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision)
         if self.objective == "dpo":
             with reference_of(model):
-                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device)
+                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision)
             losses, reward_c, reward_r = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)
             loss = losses.sum() / n_pairs
         else:

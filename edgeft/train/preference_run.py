@@ -16,7 +16,7 @@ from edgeft.train.preference import PreferenceLoss, pair_stats
 class PreferenceRun(TrainRun):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_fn = PreferenceLoss(self.recipe.objective, self.recipe.beta, self.pad_id)
+        self.loss_fn = PreferenceLoss(self.recipe.objective, self.recipe.beta, self.pad_id, self.precision)
         self.step_figures: dict = {}
 
     @staticmethod
