@@ -41,7 +41,8 @@ def token_loss_sum(model, batch: dict, precision=None):
     inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "position_ids") if name in batch}
     compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
     with logits_only_at(model, keep), compute:
-        logits = model(**inputs).logits
+        # No KV cache: with one, transformers stops reading position_ids restarts as packed-row boundaries.
+        logits = model(**inputs, use_cache=False).logits
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["targets"][keep], reduction="sum")
 
 

@@ -130,9 +130,12 @@ def _row_layout(examples: list[dict], row: list) -> tuple[list[int], list[int], 
     return ids, positions, targets, block_of, owner
 
 
-def packed_batch(examples: list[dict], rows: list[list], pad_id: int, device, mask: str | None = None) -> dict:
+def packed_batch(examples: list[dict], rows: list[list], pad_id: int, device, mask: str | None = None,
+                 owners: bool = False) -> dict:
     """input_ids, position_ids and targets of shape (rows, widest row); with shared prefixes and `mask` ("bool" or
-    "additive") also the 4-D attention mask, else none (see the module)."""
+    "additive") also the 4-D attention mask, else none (see the module). With `owners`, also "owners": the index
+    in `examples` of the conversation each position belongs to (-1: a shared prefix or padding), for losses summed
+    per sequence (preference pairs)."""
     import torch
 
     layouts = [_row_layout(examples, row) for row in rows]
@@ -141,17 +144,19 @@ def packed_batch(examples: list[dict], rows: list[list], pad_id: int, device, ma
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     blocks = torch.full((len(rows), width), -1, dtype=torch.long)  # the padding: a block of its own
-    owners = torch.full((len(rows), width), -1, dtype=torch.long)
+    owner_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, (ids, pos, tgt, block_of, owner) in enumerate(layouts):
         n = len(ids)
         input_ids[r, :n], targets[r, :n], positions[r, :n] = torch.tensor(ids), torch.tensor(tgt), torch.tensor(pos)
-        blocks[r, :n], owners[r, :n] = torch.tensor(block_of), torch.tensor(owner)
+        blocks[r, :n], owner_ids[r, :n] = torch.tensor(block_of), torch.tensor(owner)
         positions[r, n:] = torch.arange(width - n)
     batch = {"input_ids": input_ids, "position_ids": positions, "targets": targets}
+    if owners:
+        batch["owners"] = owner_ids
     if any(prefix and len(members) > 1 for row in rows for prefix, members in row):
         if mask is None:
             raise ValueError("shared prefixes need a 4-D attention mask: pass mask='bool' or 'additive'")
-        batch["attention_mask"] = shared_prefix_mask(blocks, owners, mask)
+        batch["attention_mask"] = shared_prefix_mask(blocks, owner_ids, mask)
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 

@@ -16,6 +16,7 @@ The losses are TRL's (tests/test_preference.py compares the loss, rewards and Lo
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from convert.common.errors import EdgeftError
 
@@ -58,23 +59,60 @@ def pair_batch(examples: list[dict], pad_id: int, device) -> dict:
     return batch
 
 
-def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device, precision=None):
-    """Chosen and rejected through one forward: (logps_c, logps_r, tokens_c, tokens_r). The output head runs at the
-    labelled positions only (edgeft.train.forward: most of a pair is prompt) and under the run's precision, as SFT's
-    forward does; the log-softmax is taken in fp32."""
+@dataclass(frozen=True)
+class PairLayout:
+    """How a micro-batch of pairs goes through the model: SFT's packing (rows without padding; with `mask`, the
+    prompt a pair's two answers share, and a system prompt all pairs share, computed once: edgeft.train.packing)
+    or, with packing off, one right-padded batch."""
+
+    packing: bool = False
+    max_len: int = 0
+    mask: str | None = None  # a MASK_FORMS value: shared prefixes on
+
+
+def _pair_batches(examples: list[dict], pad_id: int, device, layout: PairLayout) -> list[dict]:
+    from edgeft.train.packing import packed_batch, plan_forwards
+
+    if not layout.packing:
+        batch = pair_batch(examples, pad_id, device)
+        batch["owners"] = _rows_of(batch["targets"])
+        return [batch]
+    # One forward for the micro-batch, as padded: at most len(examples) x max_len tokens (packing only narrows it).
+    forwards = plan_forwards(examples, micro_batch=len(examples), max_len=layout.max_len,
+                             share=layout.mask is not None)
+    return [packed_batch(examples, rows, pad_id, device, layout.mask, owners=True) for rows in forwards]
+
+
+def _rows_of(targets):
+    """Each position's sequence in a padded batch: its row."""
+    import torch
+
+    return torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+
+
+def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, device, precision=None,
+                 layout: PairLayout = PairLayout()):
+    """Chosen and rejected through the model together: (logps_c, logps_r, tokens_c, tokens_r). The output head
+    runs at the labelled positions only (edgeft.train.forward: most of a pair is prompt) and under the run's
+    precision, as SFT's forward does; the log-softmax is taken in fp32."""
     import torch
 
     from edgeft.train.forward import logits_only_at
+    from edgeft.train.packing import IGNORE
 
-    batch = pair_batch(chosen + rejected, pad_id, device)
-    keep = batch["targets"] != -100  # position i predicts token i + 1: labels[:, 1:] == targets[:, :-1]
-    compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
-    with logits_only_at(model, keep), compute:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    picked = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, batch["targets"][keep].unsqueeze(-1))
-    rows = keep.nonzero(as_tuple=True)[0]
-    logps = torch.zeros(keep.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked[:, 0])
-    tokens = keep.sum(dim=1)
+    examples = chosen + rejected
+    logps = torch.zeros(len(examples), dtype=torch.float32, device=device)
+    tokens = torch.zeros(len(examples), dtype=torch.long, device=device)
+    for batch in _pair_batches(examples, pad_id, device, layout):
+        keep = batch["targets"] != IGNORE
+        inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "position_ids") if name in batch}
+        compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
+        with logits_only_at(model, keep), compute:
+            logits = model(**inputs, use_cache=False).logits  # a cache turns off transformers' packed rows
+        picked = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, batch["targets"][keep].unsqueeze(-1))
+        owners = batch["owners"][keep]
+        logps = logps.index_add(0, owners, picked[:, 0])
+        tokens = tokens.index_add(0, owners, torch.ones_like(owners))
     n = len(chosen)
     return logps[:n], logps[n:], tokens[:n], tokens[n:]
 
@@ -136,18 +174,19 @@ class PreferenceLoss:
     accumulated micro-batches sum to the loss of the step's batch: pair terms by the step's pairs, ORPO's NLL by
     the step's chosen labelled tokens (TRL's mean over one batch when the step is one micro-batch)."""
 
-    def __init__(self, objective: str, beta: float, pad_id: int, precision=None):
+    def __init__(self, objective: str, beta: float, pad_id: int, precision=None, layout: PairLayout = PairLayout()):
         if objective not in ("dpo", "orpo"):
             raise EdgeftError(f"objective={objective!r} is not a preference objective (dpo or orpo)")
-        self.objective, self.beta, self.pad_id, self.precision = objective, check_beta(beta), pad_id, precision
+        self.objective, self.beta, self.pad_id = objective, check_beta(beta), pad_id
+        self.precision, self.layout = precision, layout
 
     def __call__(self, model, pairs: list[dict], device, *, n_pairs: float, n_chosen_tokens: float) -> dict:
         chosen = [p["chosen"] for p in pairs]
         rejected = [p["rejected"] for p in pairs]
-        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision)
+        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision, self.layout)
         if self.objective == "dpo":
             with reference_of(model):
-                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision)
+                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision, self.layout)
             losses, reward_c, reward_r = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)
             loss = losses.sum() / n_pairs
         else:

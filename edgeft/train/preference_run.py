@@ -1,8 +1,9 @@
 """The SFT training loop (edgeft/train/loop.py) on preference pairs: the same batch plan, optimizer, schedule,
 checkpoints, resume, best-checkpoint and early stop; only what one step computes and what is logged differ.
 
-An example is a pair {"chosen": example, "rejected": example}; a micro-batch of n pairs is one forward of 2n
-sequences. Logged per step: the loss, rewards, reward margin and accuracy, preference accuracy; per eval: the
+An example is a pair {"chosen": example, "rejected": example}; a micro-batch of n pairs is one forward of its 2n
+sequences, packed as SFT packs (recipe `packing`, `share_prefixes`: a pair's two answers read one copy of their
+prompt), or padded with packing off. Logged per step: the loss, rewards, reward margin and accuracy, preference accuracy; per eval: the
 held-out preference loss (what selects the best checkpoint) and the same figures on the held-out pairs.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 from edgeft.train.batches import label_count
 from edgeft.train.loop import TrainRun
-from edgeft.train.preference import PreferenceLoss, pair_stats
+from edgeft.train.preference import PairLayout, PreferenceLoss, pair_stats
 
 
 class PreferenceRun(TrainRun):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_fn = PreferenceLoss(self.recipe.objective, self.recipe.beta, self.pad_id, self.precision)
+        layout = PairLayout(self.recipe.packing, self.recipe.max_len, self.mask_form)
+        self.loss_fn = PreferenceLoss(self.recipe.objective, self.recipe.beta, self.pad_id, self.precision, layout)
         self.step_figures: dict = {}
 
     @staticmethod
