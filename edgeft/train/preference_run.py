@@ -3,8 +3,9 @@ checkpoints, resume, best-checkpoint and early stop; only what one step computes
 
 An example is a pair {"chosen": example, "rejected": example}; a micro-batch of n pairs is one forward of its 2n
 sequences, packed as SFT packs (recipe `packing`, `share_prefixes`: a pair's two answers read one copy of their
-prompt), or padded with packing off. Logged per step: the loss, rewards, reward margin and accuracy, preference accuracy; per eval: the
-held-out preference loss (what selects the best checkpoint) and the same figures on the held-out pairs.
+prompt), or padded with packing off. Logged per step: the loss, rewards, reward margin and accuracy, preference
+accuracy; per eval: the held-out preference loss (what selects the best checkpoint) and the same figures on the
+held-out pairs.
 """
 
 from __future__ import annotations
