@@ -151,8 +151,8 @@ def _modules(value) -> bool:
 # recipe's train: section, a saved recipe read back by --resume) goes through this table. A new Recipe field needs a
 # row here (tests/test_recipe_settings.py checks that every field has one).
 SETTINGS: dict[str, Setting] = {
-    "method": Setting(str, lambda v: v in METHODS,
-                      f"is not one of {', '.join(METHODS)} (preference tuning is an objective: objective: dpo or orpo)"),
+    "method": Setting(str, lambda v: v in METHODS, f"is not one of {', '.join(METHODS)} (preference tuning is an "
+                      "objective: objective: dpo or orpo)"),
     "objective": _choice(*OBJECTIVES),
     "beta": Setting(float, lambda v: v > 0, BETA_WANTED),
     "from_adapter": Setting(str, lambda v: bool(v.strip()), "must be an adapter folder (null: a new adapter)",
