@@ -183,12 +183,11 @@ class PreferenceLoss:
     def __call__(self, model, pairs: list[dict], device, *, n_pairs: float, n_chosen_tokens: float) -> dict:
         chosen = [p["chosen"] for p in pairs]
         rejected = [p["rejected"] for p in pairs]
-        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision,
-                                                              self.layout)
+        args = (self.pad_id, device, self.precision, self.layout)
+        policy_c, policy_r, tokens_c, tokens_r = pair_forward(model, chosen, rejected, *args)
         if self.objective == "dpo":
             with reference_of(model):
-                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, self.pad_id, device, self.precision,
-                                                  self.layout)
+                ref_c, ref_r, _, _ = pair_forward(model, chosen, rejected, *args)
             losses, reward_c, reward_r = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)
             loss = losses.sum() / n_pairs
         else:
