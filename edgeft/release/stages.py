@@ -32,10 +32,23 @@ def free_cores() -> int:
     return max(1, min(cpus, cpus - busy + 1))
 
 
+def _env_threads(name: str) -> int:
+    """A thread count from the environment, 0 when unset; OpenMP's nested form "4,2" counts its first level."""
+    value = os.environ.get(name, "").split(",")[0].strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise EdgeftError(f"{name}={os.environ[name]!r}: must be a whole number of threads of at least 1")
+    return int(value)
+
+
 def _torch_threads() -> int:
+    """EDGEFT_THREADS, else OpenMP's own OMP_NUM_THREADS (torch honours it unless told otherwise, and overriding it
+    put two threads per job on a shared box: measured 10x slower per step), else the free cores. The load average
+    lags: two jobs started together both see an idle box, so pin them with either variable."""
     import torch
 
-    threads = int(os.environ.get("EDGEFT_THREADS", 0)) or free_cores()
+    threads = _env_threads("EDGEFT_THREADS") or _env_threads("OMP_NUM_THREADS") or free_cores()
     torch.set_num_threads(threads)
     return threads
 
@@ -218,7 +231,7 @@ def context_files(s: Settings) -> list[Path]:
 
 
 def _llama_threads() -> int:
-    return int(os.environ.get("EDGEFT_THREADS", 0)) or free_cores()
+    return _env_threads("EDGEFT_THREADS") or free_cores()
 
 
 def stage_bench(s: Settings) -> None:
