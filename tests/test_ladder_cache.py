@@ -68,3 +68,25 @@ def test_a_changed_input_generates_the_ladder_again(ggufs, tmp_path, monkeypatch
         _eval(ggufs, tmp_path / "base", baseline=other_base)
         _eval(ggufs, tmp_path / "again")
     assert labels.count("ladder") == 4 and len(list(cache.glob("*.json"))) == 4
+
+
+def test_eval_command_ladder_cache(ggufs, tmp_path, monkeypatch):  # noqa: F811
+    """`edgeft eval --ladder-cache DIR`: a second eval of a model against the same base reuses the ladder; without
+    --baseline the flag is one line."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    labels = _counting(monkeypatch)
+    args = ["eval", str(ggufs["ft"]), "--data", str(ggufs["eval"]), "--baseline", str(ggufs["base"]), "--system",
+            "Answer with one SQL query.", "--shots", "2", "--shots-from", str(ggufs["train"]), "--max-tokens", "6",
+            "--ctx", "512", "--threads", "1", "--no-speed", "--latency-samples", "2", "--ladder-cache",
+            str(tmp_path / "cache")]
+    for name in ("one", "two"):
+        result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / name)])
+        assert result.exit_code in (0, 3), result.output
+    assert labels == ["fine-tune", "ladder", "fine-tune"] and "ladder: reused" in result.output
+    refused = CliRunner().invoke(main, ["eval", str(ggufs["ft"]), "--data", str(ggufs["eval"]), "-o",
+                                        str(tmp_path / "three"), "--ladder-cache", str(tmp_path / "cache")])
+    assert refused.exit_code == 1 and "--ladder-cache keeps the baseline's ladder" in refused.output
+    assert not (tmp_path / "three").exists()

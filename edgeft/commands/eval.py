@@ -67,6 +67,10 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's choice).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
 @click.option("--no-speed", is_flag=True, help="Skip the throughput comparison with the baseline.")
+@click.option("--ladder-cache", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder that keeps the baseline's ladder answers: an eval of another fine-tune against the same "
+                   "base GGUF, data, shots and decoding settings reuses them instead of re-running every rung "
+                   "(what `make release` keeps in OUT/ladder-cache).")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=ADAPTER.gguf",
               help="Score LoRA adapter GGUFs over MODEL (the base, loaded once) instead; repeat for a fleet.")
 @click.option("--quants", default=None, metavar="TYPE,TYPE...|auto",
@@ -81,7 +85,7 @@ GATE_FAILED_EXIT = 3  # distinct from 1 (bad input): the eval ran, the model did
 @click.option("--quant-tolerance", type=float, default=None,
               help=f"With --quants: points a smaller file may lose to the best (its paired 95% interval must reach "
                    f"-N or above; default: the recipe's eval.quant_tolerance, else {DEFAULTS.quant_tolerance:g}).")
-def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatrix_data, **options):
+def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatrix_data, ladder_cache, **options):
     """Evaluate MODEL.gguf on held-out conversations against a prompted baseline.
 
     Generates greedily with the GGUF's own chat template and scores with --metric. The baseline climbs a ladder
@@ -97,9 +101,14 @@ def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatri
         --metric sql-exec:shop.sqlite --reference out/model-f16.gguf --min-gain 5 --max-ppl-ratio 1.2
       edgeft eval base.gguf --adapter sql=sql.gguf --adapter faq=faq.gguf --data eval.jsonl -o out/fleet
       edgeft eval out/model-F16.gguf --quants auto --imatrix out/imatrix.gguf --data eval.jsonl -o out/quants
+      edgeft eval out/try2-Q4_K_M.gguf --baseline base-Q4_K_M.gguf ... --ladder-cache out/ladder-cache
     """
     from runtime.eval_settings import SettingError
 
+    if ladder_cache is not None and (quants is not None or adapters or options.get("baseline") is None):
+        raise SettingError("<ladder_cache> keeps the baseline's ladder: it is read with <baseline> only (not with "
+                           "<quants> or <adapters>)", "ladder_cache", "baseline",
+                           "quants", "adapters")
     if quants is not None:
         if adapters:
             raise SettingError("<quants> scores one model at several quants, not <adapters>", "quants", "adapters")
@@ -113,7 +122,13 @@ def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatri
         return _fleet(model, adapters, data, out_dir, recipe, options)
     from runtime.evaluate import run_eval
 
-    report = run_eval(model, data, out_dir, _settings(recipe, options))
+    import contextlib
+
+    from runtime.ladder_cache import reusing_base_ladder
+
+    settings = _settings(recipe, options)
+    with reusing_base_ladder(ladder_cache) if ladder_cache else contextlib.nullcontext():
+        report = run_eval(model, data, out_dir, settings)
     _print_report(report)
     if not report["passed"]:
         click.echo(f"Error: gate failed: {', '.join(report['failed_gates'])} (see {report['outputs'][EVAL_FILES['markdown']]})",
