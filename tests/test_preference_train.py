@@ -61,6 +61,10 @@ def test_preference_training_learns_the_preference(base, pairs, tmp_path, object
     assert evals[-1]["eval_reward_margin"] > evals[0]["eval_reward_margin"] - 1e-9
     assert (out / "adapter_config.json").is_file() and not (out / "ref").exists()
     assert "objective: " + objective in (out / "recipe.yaml").read_text()
+    from edgeft.train import format_summary
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == objective and f"lora, {objective} objective" in format_summary(summary)[0]
 
 
 def test_dpo_from_an_sft_adapter_starts_at_its_reference(base, pairs, sft_run, tmp_path):

@@ -319,7 +319,8 @@ def _train_run(split, *args, **kwargs):
 def format_summary(summary: dict) -> list[str]:
     """The one-screen summary `edgeft train` prints."""
     lines = [
-        f"method        {summary['method']} on {summary['device']} x{summary['processes']} process(es)",
+        f"method        {summary['method']}, {summary.get('objective', 'sft')} objective, on {summary['device']} "
+        f"x{summary['processes']} process(es)",
         f"precision     {summary.get('precision_reason', 'fp32')}",
         f"trainable     {summary['trainable_params']:,} of {summary['total_params']:,} params "
         f"({summary['trainable_pct']:.3f}%)",

@@ -247,7 +247,8 @@ class TrainRun:
         if keep_best:
             ckpt.load_trainable_state(self.model, best / "trainable.safetensors")
         summary = {
-            "method": self.recipe.method, "processes": self.world.size, "device": str(self.device),
+            "method": self.recipe.method, "objective": self.recipe.objective, "processes": self.world.size,
+            "device": str(self.device),
             "precision": self.precision.compute, "precision_reason": self.precision.describe(),
             "packing": self.recipe.packing, "shared_prefixes": self.mask_form is not None,
             "steps": self.state["step"], "planned_steps": self.total_steps,
