@@ -39,4 +39,4 @@ def test_the_dpo_recipe_resolves():
     from edgeft.train.recipe import resolve_recipe
 
     recipe = resolve_recipe(Path(sql_task.__file__).with_name("dpo.yaml"))
-    assert recipe.objective == "dpo" and recipe.beta == 0.1 and recipe.method == "lora"
+    assert recipe.objective == "dpo" and recipe.beta == 0.5 and recipe.method == "lora" and recipe.epochs == 0.5
