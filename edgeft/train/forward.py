@@ -33,17 +33,24 @@ def logits_only_at(model, keep):
         handle.remove()
 
 
-def token_loss_sum(model, batch: dict, precision=None):
-    """Summed next-token cross-entropy over the positions with a target (the assistant's tokens)."""
-    import torch.nn.functional as F
-
+def labelled_logits(model, batch: dict, precision=None):
+    """(logits at the positions with a target as (count, vocab), the (batch, length) mask of those positions): the
+    one forward of SFT's and the preference losses, under the run's precision."""
     keep = batch["targets"] != IGNORE
     inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "position_ids") if name in batch}
     compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
     with logits_only_at(model, keep), compute:
         # No KV cache: with one, transformers stops reading position_ids restarts as packed-row boundaries.
         logits = model(**inputs, use_cache=False).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["targets"][keep], reduction="sum")
+    return logits[0], keep
+
+
+def token_loss_sum(model, batch: dict, precision=None):
+    """Summed next-token cross-entropy over the positions with a target (the assistant's tokens)."""
+    import torch.nn.functional as F
+
+    logits, keep = labelled_logits(model, batch, precision)
+    return F.cross_entropy(logits.float(), batch["targets"][keep], reduction="sum")
 
 
 def padded_batch(examples: list[dict], pad_id: int, device) -> dict:

@@ -97,19 +97,14 @@ def pair_forward(model, chosen: list[dict], rejected: list[dict], pad_id: int, d
     precision, as SFT's forward does; the log-softmax is taken in fp32."""
     import torch
 
-    from edgeft.train.forward import logits_only_at
-    from edgeft.train.packing import IGNORE
+    from edgeft.train.forward import labelled_logits
 
     examples = chosen + rejected
     logps = torch.zeros(len(examples), dtype=torch.float32, device=device)
     tokens = torch.zeros(len(examples), dtype=torch.long, device=device)
     for batch in _pair_batches(examples, pad_id, device, layout):
-        keep = batch["targets"] != IGNORE
-        inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "position_ids") if name in batch}
-        compute = precision.autocast(batch["input_ids"].device) if precision is not None else contextlib.nullcontext()
-        with logits_only_at(model, keep), compute:
-            logits = model(**inputs, use_cache=False).logits  # a cache turns off transformers' packed rows
-        picked = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, batch["targets"][keep].unsqueeze(-1))
+        logits, keep = labelled_logits(model, batch, precision)
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch["targets"][keep].unsqueeze(-1))
         owners = batch["owners"][keep]
         logps = logps.index_add(0, owners, picked[:, 0])
         tokens = tokens.index_add(0, owners, torch.ones_like(owners))
