@@ -219,3 +219,28 @@ def test_packed_pairs_give_the_padded_loss_and_gradients(setup, objective):
         for key in ("loss", "logp_chosen", "logp_rejected", "reward_chosen", "reward_rejected"):
             assert torch.allclose(out[key], reference[key], atol=1e-5, rtol=1e-5), key
         assert_grads_equal(grads, reference_grads)
+
+
+def test_preference_forward_runs_under_the_runs_precision(setup, monkeypatch):
+    """Both sides of the CPU-dependent path: fp32 where the CPU has no bf16, bf16 autocast where it has (made to
+    say so here): the bf16 loss stays near the fp32 one and LoRA weights and gradients stay fp32."""
+    from edgeft.train import precision as precision_module
+    from edgeft.train.preference import PairLayout, PreferenceLoss
+
+    base, tok, pairs = setup
+    pad_id = tok.tokenizer.pad_token_id
+    n_tokens = sum(sum(1 for label in p["chosen"]["labels"][1:] if label != -100) for p in pairs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    losses = {}
+    for has_bf16 in (False, True):
+        monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: has_bf16)
+        chosen = precision_module.resolve_precision("auto")
+        assert chosen.compute == ("bf16" if has_bf16 else "fp32")
+        model = lora_model(base)
+        out = PreferenceLoss("dpo", BETA, pad_id, chosen, PairLayout(True, 512, None))(
+            model, pairs, "cpu", n_pairs=len(pairs), n_chosen_tokens=n_tokens)
+        out["loss"].backward()
+        lora = [p for p in model.parameters() if p.requires_grad]
+        assert lora and all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lora)
+        losses[chosen.compute] = float(out["loss"])
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.05 * abs(losses["fp32"]) + 0.01
