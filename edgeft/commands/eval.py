@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -107,8 +108,7 @@ def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatri
 
     if ladder_cache is not None and (quants is not None or adapters or options.get("baseline") is None):
         raise SettingError("<ladder_cache> keeps the baseline's ladder: it is read with <baseline> only (not with "
-                           "<quants> or <adapters>)", "ladder_cache", "baseline",
-                           "quants", "adapters")
+                           "<quants> or <adapters>)", "ladder_cache", "baseline", "quants", "adapters")
     if quants is not None:
         if adapters:
             raise SettingError("<quants> scores one model at several quants, not <adapters>", "quants", "adapters")
@@ -121,9 +121,6 @@ def eval_command(model, data, out_dir, adapters, recipe, quants, imatrix, imatri
     if adapters:
         return _fleet(model, adapters, data, out_dir, recipe, options)
     from runtime.evaluate import run_eval
-
-    import contextlib
-
     from runtime.ladder_cache import reusing_base_ladder
 
     settings = _settings(recipe, options)

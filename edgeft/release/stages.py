@@ -32,7 +32,7 @@ def free_cores() -> int:
     return max(1, min(cpus, cpus - busy + 1))
 
 
-def _env_threads(name: str) -> int:
+def env_threads(name: str) -> int:
     """A thread count from the environment, 0 when unset; OpenMP's nested form "4,2" counts its first level."""
     value = os.environ.get(name, "").split(",")[0].strip()
     if not value:
@@ -48,7 +48,7 @@ def _torch_threads() -> int:
     lags: two jobs started together both see an idle box, so pin them with either variable."""
     import torch
 
-    threads = _env_threads("EDGEFT_THREADS") or _env_threads("OMP_NUM_THREADS") or free_cores()
+    threads = env_threads("EDGEFT_THREADS") or env_threads("OMP_NUM_THREADS") or free_cores()
     torch.set_num_threads(threads)
     return threads
 
@@ -231,7 +231,7 @@ def context_files(s: Settings) -> list[Path]:
 
 
 def _llama_threads() -> int:
-    return _env_threads("EDGEFT_THREADS") or free_cores()
+    return env_threads("EDGEFT_THREADS") or free_cores()
 
 
 def stage_bench(s: Settings) -> None:

@@ -9,17 +9,18 @@ demo's 200 held-out questions, sql-exec, 64 new tokens, as the demo recipe's eva
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from edgeft.release.stages import env_threads
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEMO = ROOT / ".cache" / "demo"
 RELEASED = ROOT / "out" / "edgeft-demo"
 # llama.cpp threads; EDGEFT_THREADS=1 when another job shares a 2-core box (ggml's waiting threads spin).
-THREADS = int(os.environ.get("EDGEFT_THREADS", 0)) or 2
+THREADS = env_threads("EDGEFT_THREADS") or 2
 
 
 def _row(metric: str, value, unit: str) -> dict:
