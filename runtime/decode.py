@@ -184,7 +184,7 @@ class Decoder:
             raise RuntimeError("no free slot")
         shares = {slot: 0 if fresh or not self.can_cut else self.shared(slot, request.adapter, tokens)
                   for slot in self.free}
-        slot = max(self.free, key=lambda s: (shares[s], -s))
+        slot = max(self.free, key=lambda s: self._placement(s, request.adapter, shares[s]))
         self.free.remove(slot)
         shared = shares[slot]
         if not llama_cpp.llama_memory_seq_rm(self.memory, slot, shared, -1):
@@ -194,6 +194,19 @@ class Decoder:
         self.counts["prompt_evaluated"] += len(tokens) - shared
         rng = np.random.default_rng(request.seed) if request.temperature > 0 else None
         return Sequence(request, slot=slot, pending=tokens[shared:], rng=rng)
+
+    def _placement(self, slot: int, adapter: str | None, share: int) -> tuple:
+        """How good free `slot` is for a request under `adapter` (larger is better).
+
+        llama.cpp's non-unified KV cache puts only sequences with consecutive ids in one ubatch, so an adapter group
+        spread over non-adjacent slots costs a pass over the weights per run of adjacent slots, in every step
+        (measured on SmolLM2-135M: 8 single tokens in 4 runs of 2 took 74 ms a step, in one run 34 ms). So: next to
+        a running sequence of the same adapter first, then the longest cached prefix, then as far as possible from
+        other adapters' running sequences (a new group starts at the other end), then the lowest slot."""
+        busy = [s for s in range(self.n_seq) if s not in self.free]
+        beside = any(abs(slot - s) == 1 and self.cached[s][0] == adapter for s in busy)
+        apart = min((abs(slot - s) for s in busy if self.cached[s][0] != adapter), default=self.n_seq)
+        return beside, share, apart, -slot
 
     def shared(self, slot: int, adapter: str | None, tokens: Seq[int]) -> int:
         """How many leading `tokens` the slot holds computed under `adapter`; at least one token is always left to
@@ -245,10 +258,16 @@ class Decoder:
 
     def decode(self, entries: Seq[tuple[int, int, int, bool]]) -> list[int]:
         """One llama_decode of (token, slot, position, wants logits) entries (at most BATCH); the batch row of each
-        wanted entry, in order."""
+        wanted entry, in the order given.
+
+        The batch is laid out by slot (a stable sort: a sequence's tokens keep their order): llama.cpp splits it
+        into ubatches of consecutive sequence ids in batch order, so slots 3, 0, 1, 2 in that order would take
+        two passes over the weights where 0, 1, 2, 3 take one."""
         import llama_cpp
 
-        for i, (token, slot, position, wants) in enumerate(entries):
+        order = sorted(range(len(entries)), key=lambda index: entries[index][1])
+        row_of = {index: row for row, index in enumerate(order)}
+        for i, (token, slot, position, wants) in enumerate(entries[index] for index in order):
             self.batch.token[i] = token
             self.batch.pos[i] = position
             self.batch.n_seq_id[i] = 1
@@ -260,7 +279,7 @@ class Decoder:
         status = llama_cpp.llama_decode(self.ctx, self.batch)
         if status != 0:
             raise EdgeftError(f"llama.cpp decode failed (status {status}); the prompts may not fit: raise --ctx")
-        return [i for i, entry in enumerate(entries) if entry[3]]
+        return [row_of[i] for i, entry in enumerate(entries) if entry[3]]
 
     def logits(self, row: int) -> np.ndarray:
         import llama_cpp

@@ -68,3 +68,52 @@ def test_batched_eval_answers_are_the_lone_answers(ggufs, monkeypatch, exact, pa
     assert (step.tokens_batched > 0) == (exact is not False and step.batched)
     decoder.close()
     llm.close()
+
+
+def test_adapter_groups_take_adjacent_slots(monkeypatch):
+    """llama.cpp puts only consecutive sequence ids in one ubatch: requests that alternate between two adapters
+    must still land in two runs of adjacent slots (one pass over the weights per group and step), and a group's
+    next request joins its run rather than taking the slot of another adapter's cached prefix."""
+    import llama_cpp
+
+    from runtime.decode import Decoder, Request
+
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_rm", lambda *args: True)
+    decoder = Decoder.__new__(Decoder)
+    decoder.n_seq, decoder.n_ctx, decoder.can_cut, decoder.memory = 6, 64, True, None
+    decoder.adapters = {"a": object(), "b": object()}
+    decoder.free, decoder.cached = list(range(6)), [(None, []) for _ in range(6)]
+    decoder.counts = {"prompt_evaluated": 0}
+    placed = [decoder.admit(Request([1, 2, 3], max_tokens=4, adapter=name)) for name in "abab"]
+    slots = {name: sorted(s.slot for s in placed if s.request.adapter == name) for name in "ab"}
+    assert all(high - low == len(run) - 1 for run in slots.values() for low, high in [(run[0], run[-1])]), slots
+    decoder.release(placed[0])  # a's slot frees with its prompt cached; the next b request must not take it
+    fresh = decoder.admit(Request([1, 2, 3], max_tokens=4, adapter="b"))
+    assert any(abs(fresh.slot - s) == 1 for s in slots["b"]), (fresh.slot, slots)
+
+
+def test_decode_rows_follow_the_callers_order(ggufs):
+    """Decoder.decode lays the batch out by slot; the rows it returns still belong to the entries as given."""
+    import llama_cpp
+    import numpy as np
+
+    from convert import convert_model
+    from runtime.decode import Decoder
+    from tests.factory import build_model
+
+    path = convert_model(build_model("llama"), ggufs["ft"].parent / "ft-f32-rows.gguf", outtype="f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, flash_attn=True, verbose=False)
+    prompts = {0: [1, 5, 9], 1: [1, 7], 2: [1, 4, 6, 8]}
+    decoder = Decoder(llm, n_seq=3, n_ctx=64, threads=1)
+    alone = {}
+    for slot, prompt in prompts.items():
+        decoder.clear()
+        rows = decoder.decode([(t, slot, i, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        alone[slot] = np.array(decoder.logits(rows[0]))
+    decoder.clear()
+    entries = [(t, slot, i, i == len(prompts[slot]) - 1) for slot in (2, 0, 1) for i, t in enumerate(prompts[slot])]
+    rows = decoder.decode(entries)
+    for slot, row in zip((2, 0, 1), rows):
+        assert np.allclose(np.array(decoder.logits(row)), alone[slot], atol=1e-4), slot
+    decoder.close()
+    llm.close()
