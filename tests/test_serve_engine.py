@@ -120,3 +120,37 @@ def test_worker_refuses_past_the_queue_and_answers_waiting_ones_at_shutdown(flee
         asyncio.run(scenario())
     finally:
         engine.close()
+
+
+def test_a_non_streamed_job_gets_its_answer_once_and_the_same_text(fleet):
+    """A non-streamed job wakes the event loop once (the whole text, then Done), not once per token; its text and
+    token count equal a streamed job's, whose deltas join to that text."""
+    import asyncio
+
+    from runtime.serve.engine import Delta, Done, Engine, Sampling
+    from runtime.serve.worker import Job, Worker
+
+    engine = Engine(fleet["base"], fleet["adapters"], base_name="base", n_ctx=N_CTX, threads=1, parallel=2)
+    tokens = engine.text_tokens(PROMPTS[0])
+
+    def make(engine, cancelled):
+        return engine.request("a1", tokens, Sampling(max_tokens=MAX_TOKENS), cancelled)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        worker = Worker(engine)
+        jobs = [Job(make, loop, streaming=True), Job(make, loop, streaming=False)]
+        for job in jobs:
+            worker.submit(job)
+        seen = [[event async for event in job.events()] for job in jobs]
+        await loop.run_in_executor(None, worker.stop)
+        return seen
+
+    try:
+        streamed, whole = asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert [type(event) for event in whole] == [Delta, Done]
+    assert len(streamed) > 2 and isinstance(streamed[-1], Done)
+    assert "".join(e.text for e in streamed[:-1]) == whole[0].text
+    assert streamed[-1].tokens == whole[-1].tokens

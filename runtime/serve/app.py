@@ -139,7 +139,7 @@ class Api:
     async def _submit(self, http: HttpRequest, kind: str) -> tuple[Request, Job]:
         body = await read_body(http, self.limits.max_body_bytes)
         request = parse_request(parse_json(body), kind, self.engine.names, self.limits)
-        job = Job(_generation(request), asyncio.get_running_loop())
+        job = Job(_generation(request), asyncio.get_running_loop(), streaming=request.stream)
         self.worker.submit(job)
         return request, job
 

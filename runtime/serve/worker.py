@@ -38,12 +38,15 @@ _END = object()
 
 class Job:
     """`make(engine, cancelled)` returns the runtime.decode Request to decode (tokenizing in the worker); its
-    events arrive, in order, through `events()` on the event loop."""
+    events arrive, in order, through `events()` on the event loop: as the text grows when `streaming`, else the
+    whole text and Done once it has stopped (a non-streamed answer needs nothing sooner, and every event wakes the
+    event loop's thread, which takes a core from llama.cpp's threads in the middle of a decode)."""
 
-    def __init__(self, make: Callable, loop: asyncio.AbstractEventLoop):
+    def __init__(self, make: Callable, loop: asyncio.AbstractEventLoop, *, streaming: bool = True):
         from runtime.serve.engine import Stream
 
         self.make = make
+        self.streaming = streaming
         self.cancelled = threading.Event()
         self.stream = Stream()
         self._loop = loop
@@ -138,7 +141,7 @@ class Worker:
     def _emit(self, active) -> None:
         for sequence in active:
             job = self._jobs.get(id(sequence.request))
-            if job is None:
+            if job is None or not (job.streaming or sequence.stopped is not None):
                 continue
             for event in job.stream.events(sequence):
                 job.put(event)
