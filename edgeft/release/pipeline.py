@@ -74,8 +74,11 @@ def makefile(s: Settings) -> str:
     lines = ["# Written by `edgeft release` from the stage table in edgeft/release/graph.py; do not edit.",
              f"STAGE = {_command('release', *s.as_args(), 'stage')}", ".DELETE_ON_ERROR:",
              f".DEFAULT_GOAL := {_word(target(STAGE_BY_NAME['publish'], s))}"]
+    runs = {stage.name for stage in release_stages(s.quant)}
     for stage in (stage for stage in release_stages(s.quant) if not stage.always):
-        lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}",
+        first = [_word(target(STAGE_BY_NAME[name], s)) for name in stage.after if name in runs]
+        lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}"
+                  + (f" | {' '.join(first)}" if first else ""),
                   f"\t$(STAGE) {stage.name}"]
     return "\n".join(lines + (_demo_rules() if s.demo else [])) + "\n"
 

@@ -58,6 +58,14 @@ def stage_settings(s: Settings) -> None:
     write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
 
 
+def stage_train_settings(s: Settings) -> None:
+    """What training reads of the settings, apart (its config as train() gets it, the sweep, the paths): a changed
+    eval setting re-evaluates the fine-tune it already has."""
+    body = {"base": str(s.base), "data": str(s.data), "eval": str(s.eval), "out": str(s.out),
+            "train": s.train_config(), "sweep": s.recipe.get("sweep")}
+    write_if_changed(s.path("train_settings"), json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def stage_base_settings(s: Settings) -> None:
     """What the base's stages read of the settings, apart: a changed training or eval setting leaves the base's
     imatrix and GGUF (and so the cached ladder of the base) as they are."""
