@@ -229,3 +229,18 @@ def test_stage_threads_follow_the_environment_before_the_load_average(monkeypatc
             stages._torch_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_release_made_before_train_settings_existed_does_not_retrain(inputs):
+    """Upgrading edgeft: the first train-settings.json takes settings.json's time, which says when a training
+    setting last changed; so a finished release stays finished, and a changed setting still reruns training."""
+    makefile = _finished(inputs)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None)
+    s.path("train_settings").unlink()
+    _rewrite_settings(s)
+    assert _stages_make_would_run(makefile) == []
+    s.path("train_settings").unlink()
+    s.recipe["train"]["lr"] = 3e-4
+    _rewrite_settings(s)
+    assert "train" in _stages_make_would_run(makefile)

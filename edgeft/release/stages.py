@@ -63,7 +63,14 @@ def stage_train_settings(s: Settings) -> None:
     eval setting re-evaluates the fine-tune it already has."""
     body = {"base": str(s.base), "data": str(s.data), "eval": str(s.eval), "out": str(s.out),
             "train": s.train_config(), "sweep": s.recipe.get("sweep")}
-    write_if_changed(s.path("train_settings"), json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+    path, first = s.path("train_settings"), not s.path("train_settings").exists()
+    write_if_changed(path, json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+    whole = s.path("settings")
+    if first and whole.is_file():
+        # A release made before this file existed: settings.json (written first, and only on a change) holds every
+        # training setting, so its time is when they last changed; a new file's own time would retrain for nothing.
+        stat = whole.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def stage_base_settings(s: Settings) -> None:
