@@ -244,3 +244,21 @@ def test_a_release_made_before_train_settings_existed_does_not_retrain(inputs):
     s.recipe["train"]["lr"] = 3e-4
     _rewrite_settings(s)
     assert "train" in _stages_make_would_run(makefile)
+
+
+def test_a_stage_that_copies_an_older_output_is_done_now(inputs, monkeypatch):
+    """A sweep release's train stage copies the winning trial's folder, file times and all: without the stage
+    marking its output done now, make would find training stale on every later run."""
+    makefile = _finished(inputs)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None)
+    marker = pipeline.target(pipeline.STAGE_BY_NAME["train"], s)
+
+    def copy_an_old_run(settings):
+        marker.write_text("{}")
+        os.utime(marker, (1, 1))
+
+    monkeypatch.setattr(pipeline.stages, "stage_train", copy_an_old_run)
+    pipeline.run_stage("train", s)
+    assert marker.stat().st_mtime > s.path("train_settings").stat().st_mtime - 1
+    assert "train" not in _stages_make_would_run(makefile)

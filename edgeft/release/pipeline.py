@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -101,6 +102,9 @@ def run_stage(name: str, s: Settings) -> None:
     except SettingError as exc:  # the eval's settings come from the recipe: named as its keys, not as flags
         raise EdgeftError(exc.named(release_key)) from None
     if not stage.always:  # make shows only the command lines; the stage times are what a user tunes against
+        done = target(stage, s)
+        if done.exists():  # done now, for make: a stage that copies an older file (a sweep's winner) is not stale
+            os.utime(done)
         print(f"{stage.name}: done in {time.time() - started:.0f}s")
 
 
