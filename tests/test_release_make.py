@@ -109,23 +109,46 @@ def test_a_second_run_does_nothing_and_touching_data_reruns_from_training(inputs
                                                               if not stage.always)
 
 
-def test_a_changed_setting_reruns_what_reads_it(inputs):
+def _rewrite_settings(s) -> None:
+    for stage in release_stages(s.quant):
+        if stage.always:
+            pipeline.run_stage(stage.name, s)
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_M", "auto"])
+def test_a_changed_setting_reruns_what_reads_it(inputs, quant):
+    makefile = _finished(inputs, quant=quant)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None, quant=quant)
+    every = {stage.name for stage in release_stages(s.quant) if not stage.always}
+    _rewrite_settings(s)
+    assert _stages_make_would_run(makefile) == []  # the same settings: no settings file is rewritten
+    s.recipe["eval"].setdefault("gates", {})["min_gain"] = 30  # read by the eval and the card only: no retraining
+    _rewrite_settings(s)
+    assert set(_stages_make_would_run(makefile)) == {"check", "eval", "publish"} | ({"quants"} & every) \
+        | ({"model", "base_gguf", "bench"} if s.quant == "AUTO" else set())  # auto: the sweep chooses the file
+    _finished(inputs, quant=quant)
+    s.recipe["train"]["lr"] = 3e-4  # a fine-tune's setting: the base's imatrix and GGUF (and its ladder) stay
+    _rewrite_settings(s)
+    assert set(_stages_make_would_run(makefile)) == every - {"base_imatrix"} - \
+        ({"base_gguf"} if s.quant != "AUTO" else set())
+    s.recipe["eval"]["imatrix_examples"] = 8  # read by the base's imatrix too: everything reruns
+    _rewrite_settings(s)
+    assert set(_stages_make_would_run(makefile)) == every
+
+
+def test_training_waits_for_the_data_check_without_being_made_stale_by_it(inputs):
+    """make's order-only prerequisite: a check that reran (any setting) does not retrain; a missing one runs, and
+    only it."""
     makefile = _finished(inputs)
     s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
                          release_root=inputs["release"], recipe_path=None)
-    pipeline.stages.stage_settings(s)
-    pipeline.stages.stage_base_settings(s)
-    assert _stages_make_would_run(makefile) == []  # the same settings: settings.json is left as it was
-    s.recipe["train"]["lr"] = 3e-4  # a fine-tune's setting: the base's imatrix and GGUF (and its ladder) stay
-    pipeline.stages.stage_settings(s)
-    pipeline.stages.stage_base_settings(s)
-    base_side = {"base_imatrix", "base_gguf"}
-    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in release_stages("Q4_K_M")
-                                                              if not stage.always and stage.name not in base_side)
-    s.recipe["eval"]["imatrix_examples"] = 8  # read by the base's imatrix too: everything reruns
-    pipeline.stages.stage_settings(s)
-    pipeline.stages.stage_base_settings(s)
-    assert sorted(_stages_make_would_run(makefile)) == sorted(stage.name for stage in release_stages("Q4_K_M") if not stage.always)
+    rule = next(line for line in makefile.read_text().splitlines() if line.startswith(f"{s.path('train')}/"))
+    assert rule.endswith(f" | {s.path('check')}")
+    os.utime(s.path("check"))  # newer than the adapter
+    assert "train" not in _stages_make_would_run(makefile)
+    s.path("check").unlink()
+    assert _stages_make_would_run(makefile) == ["check"]
 
 
 def test_the_recipes_context_corpus_is_an_input_of_the_eval(inputs, tmp_path):
@@ -206,3 +229,36 @@ def test_stage_threads_follow_the_environment_before_the_load_average(monkeypatc
             stages._torch_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_release_made_before_train_settings_existed_does_not_retrain(inputs):
+    """Upgrading edgeft: the first train-settings.json takes settings.json's time, which says when a training
+    setting last changed; so a finished release stays finished, and a changed setting still reruns training."""
+    makefile = _finished(inputs)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None)
+    s.path("train_settings").unlink()
+    _rewrite_settings(s)
+    assert _stages_make_would_run(makefile) == []
+    s.path("train_settings").unlink()
+    s.recipe["train"]["lr"] = 3e-4
+    _rewrite_settings(s)
+    assert "train" in _stages_make_would_run(makefile)
+
+
+def test_a_stage_that_copies_an_older_output_is_done_now(inputs, monkeypatch):
+    """A sweep release's train stage copies the winning trial's folder, file times and all: without the stage
+    marking its output done now, make would find training stale on every later run."""
+    makefile = _finished(inputs)
+    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                         release_root=inputs["release"], recipe_path=None)
+    marker = pipeline.target(pipeline.STAGE_BY_NAME["train"], s)
+
+    def copy_an_old_run(settings):
+        marker.write_text("{}")
+        os.utime(marker, (1, 1))
+
+    monkeypatch.setattr(pipeline.stages, "stage_train", copy_an_old_run)
+    pipeline.run_stage("train", s)
+    assert marker.stat().st_mtime > s.path("train_settings").stat().st_mtime - 1
+    assert "train" not in _stages_make_would_run(makefile)

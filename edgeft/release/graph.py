@@ -25,6 +25,10 @@ class Stage:
     name: str
     output: str  # a file or folder under OUT/NAME ("{quant}": the release's quant), or RELEASE
     inputs: tuple[str, ...] = ()  # names of other stages (their outputs), or DATA / EVAL / BASE / CONTEXT
+    # Stages that must have run (and passed) first, though their output's time does not make this one stale: make's
+    # order-only prerequisites. Training waits for the data check, but a check rerun for an eval setting must not
+    # retrain.
+    after: tuple[str, ...] = ()
     marker: str | None = None  # for a folder: the file inside it whose presence says the stage finished
     # Run by `edgeft release` itself before make, every time; it rewrites its output only when the content changes,
     # so what reads it reruns only after a change (a make rule that always runs would look to `make -n` as a change).
@@ -36,22 +40,27 @@ class Stage:
 
 AUTO = "AUTO"  # `quant: auto`: ship the smallest file that keeps the task score (the quants stage chooses it)
 STAGES = (
+    # Each settings file holds what its readers read, so an iteration pays only for what it changed: settings.json
+    # is everything (the check, the quant sweep, the eval and the card read it), train-settings.json what training
+    # reads (a changed gate or system prompt re-evaluates, it does not retrain), base-settings.json what the
+    # base's stages and the imatrix read.
     Stage("settings", "settings.json", always=True),
+    Stage("train_settings", "train-settings.json", always=True),
     Stage("base_settings", "base-settings.json", always=True),
     Stage("check", "data-check.json", ("settings", DATA, EVAL)),
-    Stage("train", "adapter", ("check", DATA, EVAL, BASE), marker="adapter_config.json"),
+    Stage("train", "adapter", ("train_settings", DATA, EVAL, BASE), marker="adapter_config.json", after=("check",)),
     Stage("merge", "merged", ("train",), marker="config.json"),
-    Stage("imatrix", "imatrix.gguf", ("merge", DATA)),
+    Stage("imatrix", "imatrix.gguf", ("merge", "base_settings", DATA)),
     Stage("f16", "model-F16.gguf", ("merge",)),
     # The fine-tune's task score at each candidate quant, from the one F16 and imatrix (runtime.quant_sweep).
-    Stage("quants", "quants", ("f16", "imatrix", EVAL), marker="quants.json", only_quant=AUTO),
+    Stage("quants", "quants", ("f16", "imatrix", "settings", EVAL), marker="quants.json", only_quant=AUTO),
     Stage("model", "model-{quant}.gguf", ("merge", "imatrix", "quants")),
     Stage("base_imatrix", "base-imatrix.gguf", ("base_settings", BASE, DATA)),
     Stage("base_gguf", "base-{quant}.gguf", ("base_imatrix", BASE, "quants")),
     Stage("lora", "adapter.gguf", ("train",)),
-    Stage("eval", "eval", ("model", "base_gguf", "f16", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),
+    Stage("eval", "eval", ("model", "base_gguf", "f16", "settings", EVAL, DATA, CONTEXT), marker=EVAL_FILES["report"]),
     Stage("bench", "bench.json", ("model", "base_gguf")),
-    Stage("publish", RELEASE, ("eval", "bench", "model", "lora", "train"), marker="manifest.json"),
+    Stage("publish", RELEASE, ("eval", "bench", "model", "lora", "train", "settings"), marker="manifest.json"),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -74,8 +75,11 @@ def makefile(s: Settings) -> str:
     lines = ["# Written by `edgeft release` from the stage table in edgeft/release/graph.py; do not edit.",
              f"STAGE = {_command('release', *s.as_args(), 'stage')}", ".DELETE_ON_ERROR:",
              f".DEFAULT_GOAL := {_word(target(STAGE_BY_NAME['publish'], s))}"]
+    runs = {stage.name for stage in release_stages(s.quant)}
     for stage in (stage for stage in release_stages(s.quant) if not stage.always):
-        lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}",
+        first = [_word(target(STAGE_BY_NAME[name], s)) for name in stage.after if name in runs]
+        lines += [f"{_word(target(stage, s))}: {' '.join(_word(p) for p in stage_inputs(stage, s))}"
+                  + (f" | {' '.join(first)}" if first else ""),
                   f"\t$(STAGE) {stage.name}"]
     return "\n".join(lines + (_demo_rules() if s.demo else [])) + "\n"
 
@@ -98,6 +102,9 @@ def run_stage(name: str, s: Settings) -> None:
     except SettingError as exc:  # the eval's settings come from the recipe: named as its keys, not as flags
         raise EdgeftError(exc.named(release_key)) from None
     if not stage.always:  # make shows only the command lines; the stage times are what a user tunes against
+        done = target(stage, s)
+        if done.exists():  # done now, for make: a stage that copies an older file (a sweep's winner) is not stale
+            os.utime(done)
         print(f"{stage.name}: done in {time.time() - started:.0f}s")
 
 

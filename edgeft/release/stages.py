@@ -58,6 +58,21 @@ def stage_settings(s: Settings) -> None:
     write_if_changed(s.path("settings"), json.dumps(s.as_json(), indent=2, sort_keys=True) + "\n")
 
 
+def stage_train_settings(s: Settings) -> None:
+    """What training reads of the settings, apart (its config as train() gets it, the sweep, the paths): a changed
+    eval setting re-evaluates the fine-tune it already has."""
+    body = {"base": str(s.base), "data": str(s.data), "eval": str(s.eval), "out": str(s.out),
+            "train": s.train_config(), "sweep": s.recipe.get("sweep")}
+    path, first = s.path("train_settings"), not s.path("train_settings").exists()
+    write_if_changed(path, json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+    whole = s.path("settings")
+    if first and whole.is_file():
+        # A release made before this file existed: settings.json (written first, and only on a change) holds every
+        # training setting, so its time is when they last changed; a new file's own time would retrain for nothing.
+        stat = whole.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def stage_base_settings(s: Settings) -> None:
     """What the base's stages read of the settings, apart: a changed training or eval setting leaves the base's
     imatrix and GGUF (and so the cached ladder of the base) as they are."""
