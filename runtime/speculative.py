@@ -109,9 +109,9 @@ def draft_step(decoder, group) -> None:
         fed = decoder.feed(sequence, sequence.pending + draft, len(draft) + 1)
         plans.append((sequence, draft, fed[0][2], len(entries)))
         entries += [(token, slot, position, True) for token, slot, position, _ in fed]
-    decoder.decode(entries)
-    for sequence, draft, start, row in plans:
-        chosen = [decoder.choose(sequence, row + i) for i in range(len(draft) + 1)]
+    rows = decoder.decode(entries)  # every entry wants logits: rows[i] is entry i's row (the batch is by slot)
+    for sequence, draft, start, first in plans:
+        chosen = [decoder.choose(sequence, rows[first + i]) for i in range(len(draft) + 1)]
         kept = accepted_prefix(draft, chosen)
         decoder.counts["drafted"] += len(draft)
         decoder.counts["accepted"] += kept

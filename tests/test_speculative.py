@@ -107,3 +107,23 @@ def test_a_right_draft_saves_decode_steps(fixture_model):
     got = decoder.run([Request(prompt, max_tokens=12, hints=[right])], plain=True, step_fn=draft_step)[0]
     assert got.generated == tokens and decoder.counts["steps"] - steps_plain < steps_plain
     decoder.close()
+
+
+def test_drafts_of_requests_out_of_slot_order_are_checked_against_their_own_rows(fixture_model):
+    """The decoder lays a batch out by slot: each request's draft must still be checked against its own rows when
+    the requests come in another order than their slots."""
+    from runtime.decode import Decoder, Request
+    from runtime.speculative import draft_step
+
+    llm = fixture_model
+    prompts = _prompts(llm)[:3]
+    expected = _plain(llm, prompts)
+    right = [tokens + ([llm.token_eos()] if stopped == "eog" else []) for tokens, stopped in expected]
+    decoder = Decoder(llm, n_seq=3, n_ctx=512, threads=1)
+    decoder.run([Request(p, max_tokens=12) for p in prompts])  # slot i now holds prompt i's prefix
+    got = decoder.run([Request(p, max_tokens=12, hints=[h]) for p, h in zip(prompts[::-1], right[::-1])],
+                      step_fn=draft_step)
+    assert [s.slot for s in got] == [2, 1, 0]
+    assert [(s.generated, s.stopped) for s in got] == expected[::-1]
+    assert decoder.counts["accepted"] > 0
+    decoder.close()
