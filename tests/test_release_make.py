@@ -208,8 +208,8 @@ def test_without_make_the_release_says_so_in_one_line(inputs, monkeypatch):
 
 
 def test_stage_threads_follow_the_environment_before_the_load_average(monkeypatch):
-    """EDGEFT_THREADS, then OpenMP's OMP_NUM_THREADS, then the free cores: two jobs started together both see an
-    idle box, and torch threads fighting for a core measured 10x slower per step."""
+    """EDGEFT_THREADS, then OpenMP's OMP_NUM_THREADS, then the free cores, for torch and llama.cpp alike: two jobs
+    started together both see an idle box, and torch threads fighting for a core measured 10x slower per step."""
     import torch
 
     from edgeft.release import stages
@@ -223,7 +223,7 @@ def test_stage_threads_follow_the_environment_before_the_load_average(monkeypatc
                     monkeypatch.delenv(name, raising=False)
                 else:
                     monkeypatch.setenv(name, value)
-            assert stages._torch_threads() == expected == torch.get_num_threads()
+            assert stages._torch_threads() == expected == torch.get_num_threads() == stages.stage_threads()
         monkeypatch.setenv("EDGEFT_THREADS", "two")
         with pytest.raises(EdgeftError, match="EDGEFT_THREADS='two': must be a whole number"):
             stages._torch_threads()

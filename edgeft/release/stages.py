@@ -42,13 +42,18 @@ def env_threads(name: str) -> int:
     return int(value)
 
 
+def stage_threads() -> int:
+    """The threads of a stage's torch or llama.cpp work: EDGEFT_THREADS, else OpenMP's own OMP_NUM_THREADS (torch
+    honours it unless told otherwise, and overriding it put two threads per job on a shared box: measured 10x
+    slower per step), else the free cores. The load average lags: two jobs started together both see an idle box,
+    so pin them with either variable."""
+    return env_threads("EDGEFT_THREADS") or env_threads("OMP_NUM_THREADS") or free_cores()
+
+
 def _torch_threads() -> int:
-    """EDGEFT_THREADS, else OpenMP's own OMP_NUM_THREADS (torch honours it unless told otherwise, and overriding it
-    put two threads per job on a shared box: measured 10x slower per step), else the free cores. The load average
-    lags: two jobs started together both see an idle box, so pin them with either variable."""
     import torch
 
-    threads = env_threads("EDGEFT_THREADS") or env_threads("OMP_NUM_THREADS") or free_cores()
+    threads = stage_threads()
     torch.set_num_threads(threads)
     return threads
 
@@ -167,7 +172,7 @@ def stage_quants(s: Settings) -> None:
     from runtime.quant_sweep import run_sweep, sweep_settings
 
     evaluation = s.eval_settings()
-    settings = sweep_settings(replace(evaluation, threads=_llama_threads()))
+    settings = sweep_settings(replace(evaluation, threads=stage_threads()))
     # The shipped file must pass the release's KLD gate too: a smaller file that keeps the score but not the gate
     # would fail the release after the choice.
     report = run_sweep(s.path("f16"), s.eval, s.path("quants"), settings, quants="auto", imatrix=s.path("imatrix"),
@@ -236,7 +241,7 @@ def stage_eval(s: Settings) -> None:
 
     # The base's ladder is the same for every release of this base, eval set and shots: answered once per OUT.
     with reusing_base_ladder(s.out.parent / "ladder-cache"):
-        run_eval(s.path("model"), s.eval, s.path("eval"), replace(s.eval_settings(), threads=_llama_threads()))
+        run_eval(s.path("model"), s.eval, s.path("eval"), replace(s.eval_settings(), threads=stage_threads()))
 
 
 def context_files(s: Settings) -> list[Path]:
@@ -245,14 +250,10 @@ def context_files(s: Settings) -> list[Path]:
     return [Path(context)] if context else []
 
 
-def _llama_threads() -> int:
-    return env_threads("EDGEFT_THREADS") or free_cores()
-
-
 def stage_bench(s: Settings) -> None:
     from runtime.throughput import measure
 
-    threads = _llama_threads()
+    threads = stage_threads()
     rows = {who: measure(s.path(key), threads=threads, **BENCH_SETTINGS)
             for who, key in (("finetune", "model"), ("base", "base_gguf"))}
     with atomic_file(s.path("bench")) as tmp:
