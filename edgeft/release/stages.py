@@ -68,7 +68,8 @@ def stage_train_settings(s: Settings) -> None:
     eval setting re-evaluates the fine-tune it already has."""
     body = {"base": str(s.base), "data": str(s.data), "eval": str(s.eval), "out": str(s.out),
             "train": s.train_config(), "sweep": s.recipe.get("sweep")}
-    path, first = s.path("train_settings"), not s.path("train_settings").exists()
+    path = s.path("train_settings")
+    first = not path.exists()
     write_if_changed(path, json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
     whole = s.path("settings")
     if first and whole.is_file():
