@@ -72,10 +72,15 @@ def test_quant_and_name_given_to_make_win_over_the_recipe(inputs, tmp_path):
     assert f"{inputs['out'] / 'y' / 'model-Q8_0.gguf'}: " in (inputs["out"] / "y" / "stages.mk").read_text()
 
 
+def _settings(inputs, recipe=None, quant=None):
+    """The settings of the release the fixture's inputs make."""
+    return resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
+                            release_root=inputs["release"], recipe_path=recipe, quant=quant)
+
+
 def _finished(inputs, recipe=None, quant=None):
     """A release whose every stage ran, in the table's order, after its inputs were written."""
-    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=recipe, quant=quant)
+    s = _settings(inputs, recipe, quant)
     makefile = pipeline.write_makefile(s)
     start = time.time() - 1000
     for path in [inputs["data"], inputs["eval"], *inputs["base"].iterdir(), *pipeline.stages.context_files(s)]:
@@ -118,8 +123,7 @@ def _rewrite_settings(s) -> None:
 @pytest.mark.parametrize("quant", ["Q4_K_M", "auto"])
 def test_a_changed_setting_reruns_what_reads_it(inputs, quant):
     makefile = _finished(inputs, quant=quant)
-    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=None, quant=quant)
+    s = _settings(inputs, quant=quant)
     every = {stage.name for stage in release_stages(s.quant) if not stage.always}
     _rewrite_settings(s)
     assert _stages_make_would_run(makefile) == []  # the same settings: no settings file is rewritten
@@ -141,8 +145,7 @@ def test_training_waits_for_the_data_check_without_being_made_stale_by_it(inputs
     """make's order-only prerequisite: a check that reran (any setting) does not retrain; a missing one runs, and
     only it."""
     makefile = _finished(inputs)
-    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=None)
+    s = _settings(inputs)
     rule = next(line for line in makefile.read_text().splitlines() if line.startswith(f"{s.path('train')}/"))
     assert rule.endswith(f" | {s.path('check')}")
     os.utime(s.path("check"))  # newer than the adapter
@@ -173,8 +176,7 @@ def test_quant_auto_sweeps_before_the_model_and_the_base_and_a_fixed_quant_does_
     assert sweep in rules[str(work / "model-AUTO.gguf")] and sweep in rules[str(work / "base-AUTO.gguf")]
     inputs["eval"].touch()  # a new eval set: a new choice, and what follows from it
     assert {"quants", "model", "base_gguf", "eval", "bench", "publish"} <= set(_stages_make_would_run(makefile))
-    fixed = pipeline.makefile(resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"],
-                                               out=inputs["out"], release_root=inputs["release"], quant="Q4_K_M"))
+    fixed = pipeline.makefile(_settings(inputs, quant="Q4_K_M"))
     assert "$(STAGE) quants" not in fixed and "quants.json" not in fixed
 
 
@@ -235,8 +237,7 @@ def test_a_release_made_before_train_settings_existed_does_not_retrain(inputs):
     """Upgrading edgeft: the first train-settings.json takes settings.json's time, which says when a training
     setting last changed; so a finished release stays finished, and a changed setting still reruns training."""
     makefile = _finished(inputs)
-    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=None)
+    s = _settings(inputs)
     s.path("train_settings").unlink()
     _rewrite_settings(s)
     assert _stages_make_would_run(makefile) == []
@@ -250,8 +251,7 @@ def test_a_stage_that_copies_an_older_output_is_done_now(inputs, monkeypatch):
     """A sweep release's train stage copies the winning trial's folder, file times and all: without the stage
     marking its output done now, make would find training stale on every later run."""
     makefile = _finished(inputs)
-    s = resolve_settings(base=inputs["base"], data=inputs["data"], eval_path=inputs["eval"], out=inputs["out"],
-                         release_root=inputs["release"], recipe_path=None)
+    s = _settings(inputs)
     marker = pipeline.target(pipeline.STAGE_BY_NAME["train"], s)
 
     def copy_an_old_run(settings):
