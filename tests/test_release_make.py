@@ -262,3 +262,14 @@ def test_a_stage_that_copies_an_older_output_is_done_now(inputs, monkeypatch):
     pipeline.run_stage("train", s)
     assert marker.stat().st_mtime > s.path("train_settings").stat().st_mtime - 1
     assert "train" not in _stages_make_would_run(makefile)
+
+
+def test_a_failed_data_check_points_only_at_what_exists(inputs, capsys):
+    """A failed check writes no data-check.json (make deletes a failed stage's output too), so its message names
+    the command that lists every finding, not the file."""
+    inputs["data"].write_text("not json\n")
+    s = _settings(inputs)
+    with pytest.raises(EdgeftError, match="data check found"):
+        pipeline.stages.stage_check(s)
+    printed = capsys.readouterr().out
+    assert "edgeft data check" in printed and str(s.path("check")) not in printed and not s.path("check").exists()

@@ -107,7 +107,9 @@ def stage_check(s: Settings) -> None:
     for line in shown + [line for line in lines if ": error:" not in line and ": warning:" not in line]:
         print(line)
     if len(lines) > len(shown):
-        print(f"(every finding is in {s.path('check')} and `edgeft data check {s.data} --eval {s.eval}`)")
+        # A failed check writes no data-check.json (nothing half-done for make): the command is the one pointer.
+        kept = "" if report.errors else f"{s.path('check')} and "
+        print(f"(every finding is in {kept}`edgeft data check {s.data} --eval {s.eval}`)")
     if report.errors:
         raise EdgeftError(f"data check found {len(report.errors)} error(s) in {s.data} / {s.eval}: "
                           f"{report.errors[0]}; fix the data (edgeft data check --fix)")
